@@ -1,0 +1,7 @@
+//! Warnings: the four-colour levels, the alert lifecycle (pending → firing → resolved), the
+//! warning JSON of DESIGN.md, and the sinks that deliver it.
+
+pub mod level;
+pub mod lifecycle;
+pub mod sink;
+pub mod warning;

@@ -1,0 +1,195 @@
+//! Rows → Arrow `RecordBatch`, one builder per table (hot path: columnar appends, no per-row
+//! allocation beyond Arrow's amortised buffers). A batch is flushed when it is full or its
+//! first row has lingered long enough; `TableEvent` is what the rule stage receives.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use datafusion::arrow::array::{ArrayRef, Float64Builder, StringBuilder, TimestampMillisecondBuilder};
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::record_batch::RecordBatch;
+
+use crate::ingest::decode::{Cell, Row, RowSink};
+use crate::ingest::message::Message;
+use crate::schema::{ColumnType, TableDef, UTC};
+use crate::time::EpochMs;
+
+/// A flushed batch of one table, shared by every rule that reads the table.
+#[derive(Debug)]
+pub struct TableBatch {
+    /// Position of the table in the catalog.
+    pub table: usize,
+    pub batch: RecordBatch,
+    /// Wall-clock arrival of each row (ns since pipeline start), for detection latency.
+    pub arrivals_ns: Vec<u64>,
+    /// Virtual arrival time of each row (ms), for idle detection and dead letters.
+    pub at_ms: Vec<EpochMs>,
+    /// Topic of each row's message, for dead letters.
+    pub topics: Vec<Arc<str>>,
+}
+
+/// What the rule stage receives for a table, in arrival order.
+#[derive(Debug, Clone)]
+pub enum TableEvent {
+    Batch(Arc<TableBatch>),
+    /// No row arrived for `idle_timeout`: at virtual time `now_ms`, the last row had arrived
+    /// at `last_arrival_ms`. Every row of the table received so far was sent before this.
+    Idle { now_ms: EpochMs, last_arrival_ms: EpochMs, arrived_ns: u64 },
+    /// The source is exhausted.
+    End { arrived_ns: u64 },
+}
+
+enum ColumnBuilder {
+    Float(Float64Builder),
+    Text(StringBuilder),
+}
+
+/// Accumulates the rows of one table.
+pub struct TableBatcher {
+    table: usize,
+    def: Arc<TableDef>,
+    ts: TimestampMillisecondBuilder,
+    device_id: StringBuilder,
+    district: StringBuilder,
+    columns: Vec<ColumnBuilder>,
+    arrivals_ns: Vec<u64>,
+    at_ms: Vec<EpochMs>,
+    topics: Vec<Arc<str>>,
+    /// When the oldest row of the current batch was appended (for the linger deadline).
+    started: Option<Instant>,
+    last_topic: Option<Arc<str>>,
+}
+
+impl TableBatcher {
+    pub fn new(table: usize, def: Arc<TableDef>, capacity: usize) -> Self {
+        let columns = def
+            .columns
+            .iter()
+            .map(|c| match c.kind {
+                ColumnType::Float => ColumnBuilder::Float(Float64Builder::with_capacity(capacity)),
+                ColumnType::String => ColumnBuilder::Text(StringBuilder::with_capacity(capacity, capacity * 8)),
+            })
+            .collect();
+        TableBatcher {
+            table,
+            def,
+            ts: TimestampMillisecondBuilder::with_capacity(capacity).with_timezone(UTC),
+            device_id: StringBuilder::with_capacity(capacity, capacity * 8),
+            district: StringBuilder::with_capacity(capacity, capacity * 8),
+            columns,
+            arrivals_ns: Vec::with_capacity(capacity),
+            at_ms: Vec::with_capacity(capacity),
+            topics: Vec::with_capacity(capacity),
+            started: None,
+            last_topic: None,
+        }
+    }
+
+    /// Rows waiting in this batch.
+    pub fn len(&self) -> usize {
+        self.arrivals_ns.len()
+    }
+
+    /// Whether no rows are waiting.
+    pub fn is_empty(&self) -> bool {
+        self.arrivals_ns.is_empty()
+    }
+
+    /// When the oldest waiting row arrived.
+    pub fn started(&self) -> Option<Instant> {
+        self.started
+    }
+
+    /// Appends one decoded row.
+    pub fn push(&mut self, row: &Row<'_>, msg: &Message) {
+        self.ts.append_value(row.ts);
+        self.device_id.append_value(row.device_id);
+        self.district.append_value(row.district);
+        for (builder, cell) in self.columns.iter_mut().zip(row.cells) {
+            match (builder, cell) {
+                (ColumnBuilder::Float(b), Cell::Float(f)) => b.append_value(*f),
+                (ColumnBuilder::Text(b), Cell::Text(t)) => b.append_value(t),
+                (ColumnBuilder::Float(b), _) => b.append_null(),
+                (ColumnBuilder::Text(b), _) => b.append_null(),
+            }
+        }
+        self.arrivals_ns.push(msg.arrived_ns);
+        self.at_ms.push(msg.at_ms);
+        // Rows of one message share its topic; the Arc is made once per message.
+        let topic = match &self.last_topic {
+            Some(t) if **t == *msg.topic => Arc::clone(t),
+            _ => {
+                let t: Arc<str> = Arc::from(msg.topic.as_str());
+                self.last_topic = Some(Arc::clone(&t));
+                t
+            }
+        };
+        self.topics.push(topic);
+        if self.started.is_none() {
+            self.started = Some(Instant::now());
+        }
+    }
+
+    /// Finishes the waiting rows into a batch; the builders start empty again.
+    pub fn flush(&mut self) -> Result<TableBatch, ArrowError> {
+        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(3 + self.columns.len());
+        arrays.push(Arc::new(self.ts.finish()));
+        arrays.push(Arc::new(self.device_id.finish()));
+        arrays.push(Arc::new(self.district.finish()));
+        for builder in &mut self.columns {
+            arrays.push(match builder {
+                ColumnBuilder::Float(b) => Arc::new(b.finish()),
+                ColumnBuilder::Text(b) => Arc::new(b.finish()),
+            });
+        }
+        self.started = None;
+        let capacity = self.arrivals_ns.capacity();
+        Ok(TableBatch {
+            table: self.table,
+            batch: RecordBatch::try_new(Arc::clone(&self.def.schema), arrays)?,
+            arrivals_ns: std::mem::replace(&mut self.arrivals_ns, Vec::with_capacity(capacity)),
+            at_ms: std::mem::replace(&mut self.at_ms, Vec::with_capacity(capacity)),
+            topics: std::mem::replace(&mut self.topics, Vec::with_capacity(capacity)),
+        })
+    }
+}
+
+/// The batchers of the tables one decode worker owns, indexed by table id.
+pub struct Batchers {
+    pub by_table: Vec<Option<TableBatcher>>,
+}
+
+impl RowSink for Batchers {
+    fn push(&mut self, table: usize, row: &Row<'_>, msg: &Message) {
+        if let Some(Some(batcher)) = self.by_table.get_mut(table) {
+            batcher.push(row, msg);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::Catalog;
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::datatypes::Float64Type;
+
+    #[test]
+    fn rows_become_a_batch_with_the_table_schema() {
+        let catalog = Catalog::builtin();
+        let water = catalog.get("water").cloned().expect("water table");
+        let mut batcher = TableBatcher::new(3, Arc::clone(&water), 4);
+        let msg = Message { at_ms: 7, topic: "city/a/water/w1".into(), payload: Box::new([]), recorded_invalid: false, arrived_ns: 99 };
+        let cells = [Cell::Text("pressure".into()), Cell::Float(0.3), Cell::Null, Cell::Null, Cell::Null, Cell::Null];
+        batcher.push(&Row { ts: 1000, device_id: "w1", district: "a", cells: &cells }, &msg);
+        batcher.push(&Row { ts: 2000, device_id: "w1", district: "a", cells: &cells }, &msg);
+        let flushed = batcher.flush().expect("valid batch");
+        assert_eq!(flushed.batch.num_rows(), 2);
+        assert_eq!(flushed.batch.schema(), water.schema);
+        assert_eq!(flushed.arrivals_ns, [99, 99]);
+        let pressure = flushed.batch.column(4).as_primitive::<Float64Type>();
+        assert_eq!((pressure.value(1), flushed.batch.column(5).null_count()), (0.3, 2));
+        assert!(batcher.is_empty());
+        assert_eq!(batcher.flush().expect("empty batch").batch.num_rows(), 0);
+    }
+}

@@ -1,0 +1,226 @@
+//! `cityops.toml`: the root configuration composed of each stage's section. Defaults are
+//! embedded (see `DEFAULT_TOML` and the README); unknown keys are errors; problems are
+//! reported all at once. Command-line flags override the file in `main.rs`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer};
+
+use crate::schema::{Catalog, ColumnType};
+use crate::time::parse_duration_ms;
+
+/// The defaults, written out as a config file would be; the README shows the same text.
+pub const DEFAULT_TOML: &str = r#"
+[engine]
+batch_rows = 4096          # flush a table's batch at this many rows...
+linger = "20ms"            # ...or when its first row has waited this long (wall time)
+lateness = "2s"            # watermark = max ts seen - lateness (rules may override)
+idle_timeout = "60s"       # a table silent this long advances its watermark by the clock
+queue_capacity = 1024      # messages per decode queue; when full, the source waits
+decode_threads = 0         # 0 = one per core, at most one per table
+max_payload_bytes = 65536  # larger payloads are dead-lettered as `oversized`
+max_future = "1d"          # ts further ahead of the wall clock are `ts_out_of_range`
+rule_memory_limit_mb = 256 # memory one rule's evaluations may hold
+
+[topics]
+pattern = "city/{district}/{table}/{device_id}"
+
+[rules]
+dir = "queries"
+"#;
+
+/// A duration written as text (`"250ms"`), held in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationMs(pub i64);
+
+impl<'de> Deserialize<'de> for DurationMs {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_duration_ms(&text).map(DurationMs).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The root of `cityops.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub engine: EngineConfig,
+    #[serde(default)]
+    pub topics: TopicsConfig,
+    #[serde(default)]
+    pub rules: RulesConfig,
+    /// Extra columns per table, or whole new tables: `[tables.water] nitrate_mg_l = "float"`.
+    #[serde(default)]
+    pub tables: BTreeMap<String, BTreeMap<String, ColumnType>>,
+}
+
+/// Batching, time and capacity settings of the pipeline.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    pub batch_rows: usize,
+    pub linger: DurationMs,
+    pub lateness: DurationMs,
+    pub idle_timeout: DurationMs,
+    pub queue_capacity: usize,
+    pub decode_threads: usize,
+    pub max_payload_bytes: usize,
+    pub max_future: DurationMs,
+    pub rule_memory_limit_mb: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            batch_rows: 4096,
+            linger: DurationMs(20),
+            lateness: DurationMs(2_000),
+            idle_timeout: DurationMs(60_000),
+            queue_capacity: 1024,
+            decode_threads: 0,
+            max_payload_bytes: 65_536,
+            max_future: DurationMs(86_400_000),
+            rule_memory_limit_mb: 256,
+        }
+    }
+}
+
+/// How topics map to tables, districts and devices.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicsConfig {
+    /// Segments `{district}`, `{table}`, `{device_id}`, `+` (any) and literals.
+    pub pattern: String,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        TopicsConfig { pattern: "city/{district}/{table}/{device_id}".to_string() }
+    }
+}
+
+/// Where the rules live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesConfig {
+    pub dir: PathBuf,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        RulesConfig { dir: PathBuf::from("queries") }
+    }
+}
+
+/// A config that could not be read or does not hold together.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path} has {} problem(s):\n  {}", problems.len(), problems.join("\n  "))]
+    Invalid { path: PathBuf, problems: Vec<String> },
+}
+
+impl Config {
+    /// Reads a config file, or the defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let (text, shown) = match path {
+            Some(p) => (
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_path_buf(), source })?,
+                p.to_path_buf(),
+            ),
+            None => (DEFAULT_TOML.to_string(), PathBuf::from("<defaults>")),
+        };
+        Self::parse(&text, &shown)
+    }
+
+    /// Parses config text; `shown` names it in errors.
+    pub fn parse(text: &str, shown: &Path) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: shown.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let problems = config.problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid { path: shown.to_path_buf(), problems })
+        }
+    }
+
+    /// Every inconsistency at once.
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let e = &self.engine;
+        if e.batch_rows == 0 {
+            problems.push("engine.batch_rows must be at least 1".to_string());
+        }
+        if e.queue_capacity == 0 {
+            problems.push("engine.queue_capacity must be at least 1".to_string());
+        }
+        if e.max_payload_bytes == 0 {
+            problems.push("engine.max_payload_bytes must be at least 1".to_string());
+        }
+        if e.idle_timeout.0 == 0 {
+            problems.push("engine.idle_timeout must be longer than 0".to_string());
+        }
+        if let Err(message) = crate::ingest::topic::TopicPattern::parse(&self.topics.pattern) {
+            problems.push(format!("topics.pattern: {message}"));
+        }
+        if let Err(table_problems) = Catalog::new(&self.tables) {
+            problems.extend(table_problems.into_iter().map(|p| format!("tables: {p}")));
+        }
+        problems
+    }
+
+    /// The tables of this deployment.
+    pub fn catalog(&self) -> Catalog {
+        // `problems()` already validated the tables, so this cannot fail after `parse`.
+        Catalog::new(&self.tables).unwrap_or_else(|_| Catalog::builtin())
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            engine: EngineConfig::default(),
+            topics: TopicsConfig::default(),
+            rules: RulesConfig::default(),
+            tables: BTreeMap::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_parse_to_the_default_values() {
+        let parsed = Config::load(None).expect("defaults parse");
+        let defaults = EngineConfig::default();
+        assert_eq!(parsed.engine.batch_rows, defaults.batch_rows);
+        assert_eq!(parsed.engine.lateness, defaults.lateness);
+        assert_eq!(parsed.engine.idle_timeout, defaults.idle_timeout);
+        assert_eq!(parsed.topics.pattern, TopicsConfig::default().pattern);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = Config::parse("[engine]\nbatch_size = 3\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("batch_size"), "{err}");
+    }
+
+    #[test]
+    fn all_problems_are_reported_at_once() {
+        let text = "[engine]\nbatch_rows = 0\nqueue_capacity = 0\n[topics]\npattern = \"city/{district}\"\n";
+        match Config::parse(text, Path::new("x.toml")) {
+            Err(ConfigError::Invalid { problems, .. }) => assert_eq!(problems.len(), 3, "{problems:?}"),
+            other => panic!("expected invalid config, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,390 @@
+//! Payload + topic → typed rows (hot path). A payload is one JSON object or an array of
+//! them; ThingsBoard-style `{"ts": …, "values": {…}}` objects are flattened. `ts` is epoch
+//! milliseconds or date-time text; `district`/`device_id` come from the topic when absent.
+//! Every rejected row becomes a `DeadLetter` with its reason; nothing here panics, logs or
+//! counts per row (callers count per message from the returned `Outcome`).
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::message::Message;
+use super::topic::TopicPattern;
+use crate::deadletter::{DeadLetter, Reason};
+use crate::schema::{Catalog, ColumnType, TableDef};
+use crate::time::{EpochMs, parse_ts_text};
+
+/// 2000-01-01T00:00:00Z: anything earlier is a broken clock, not a reading.
+const MIN_TS_MS: EpochMs = 946_684_800_000;
+/// How much of a rejected payload's text is kept in the dead-letter file.
+const KEPT_TEXT_BYTES: usize = 4096;
+
+/// One column value of a decoded row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell<'a> {
+    Null,
+    Float(f64),
+    Text(Cow<'a, str>),
+}
+
+/// A decoded row, borrowed from the payload; `cells` follow the table's `columns`.
+#[derive(Debug)]
+pub struct Row<'a> {
+    pub ts: EpochMs,
+    pub device_id: &'a str,
+    pub district: &'a str,
+    pub cells: &'a [Cell<'a>],
+}
+
+/// Where decoded rows go (the batcher).
+pub trait RowSink {
+    fn push(&mut self, table: usize, row: &Row<'_>, msg: &Message);
+}
+
+/// Rows accepted and rejected from one message. A message rejected as a whole (not JSON,
+/// unknown topic, oversized) counts as one rejected row.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub accepted: u64,
+    pub rejected: u64,
+}
+
+/// Decodes messages for one deployment's tables and topic convention.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    tables: Vec<Arc<TableDef>>,
+    catalog: Catalog,
+    pattern: TopicPattern,
+    max_payload_bytes: usize,
+    max_future_ms: i64,
+}
+
+impl Decoder {
+    pub fn new(catalog: Catalog, pattern: TopicPattern, max_payload_bytes: usize, max_future_ms: i64) -> Self {
+        Decoder {
+            tables: catalog.tables().to_vec(),
+            catalog,
+            pattern,
+            max_payload_bytes,
+            max_future_ms,
+        }
+    }
+
+    /// The table a topic belongs to, without looking at the payload (for routing).
+    pub fn route(&self, topic: &str) -> Option<usize> {
+        self.pattern.parts(topic).and_then(|p| self.catalog.index_of(p.table))
+    }
+
+    /// Decodes one message: accepted rows go to `sink`, rejected ones to `reject`.
+    /// `now_ms` is the wall clock used to spot timestamps from the far future.
+    pub fn decode(
+        &self,
+        msg: &Message,
+        now_ms: EpochMs,
+        sink: &mut impl RowSink,
+        reject: &mut impl FnMut(DeadLetter),
+    ) -> Outcome {
+        let whole = |reason: Reason, detail: String| DeadLetter {
+            reason,
+            detail,
+            topic: msg.topic.clone(),
+            at: msg.at_ms,
+            rule: None,
+            payload: Value::String(kept_text(&msg.payload)),
+        };
+        let rejected_whole = Outcome { accepted: 0, rejected: 1 };
+        if msg.payload.len() > self.max_payload_bytes {
+            reject(whole(
+                Reason::Oversized,
+                format!("payload of {} bytes exceeds the limit of {}", msg.payload.len(), self.max_payload_bytes),
+            ));
+            return rejected_whole;
+        }
+        let Some(parts) = self.pattern.parts(&msg.topic) else {
+            reject(whole(Reason::UnknownTopic, "topic does not match the topic pattern".to_string()));
+            return rejected_whole;
+        };
+        let Some(table) = self.catalog.index_of(parts.table) else {
+            reject(whole(Reason::UnknownTopic, format!("no table named `{}`", parts.table)));
+            return rejected_whole;
+        };
+        if msg.recorded_invalid {
+            reject(whole(Reason::MalformedJson, "recorded payload was not JSON".to_string()));
+            return rejected_whole;
+        }
+        let value: Value = match serde_json::from_slice(&msg.payload) {
+            Ok(v) => v,
+            Err(e) => {
+                reject(whole(Reason::MalformedJson, e.to_string()));
+                return rejected_whole;
+            }
+        };
+        let ctx = RowContext {
+            def: &self.tables[table],
+            table,
+            topic_district: parts.district,
+            topic_device: parts.device_id,
+            max_ts: now_ms.saturating_add(self.max_future_ms),
+        };
+        let mut outcome = Outcome::default();
+        let mut one = |row: &Value| match ctx.decode_row(row, msg, sink) {
+            Ok(()) => outcome.accepted += 1,
+            Err((reason, detail)) => {
+                outcome.rejected += 1;
+                reject(DeadLetter {
+                    reason,
+                    detail,
+                    topic: msg.topic.clone(),
+                    at: msg.at_ms,
+                    rule: None,
+                    payload: row.clone(),
+                });
+            }
+        };
+        match &value {
+            Value::Array(rows) if !rows.is_empty() => rows.iter().for_each(&mut one),
+            other => one(other),
+        }
+        outcome
+    }
+}
+
+/// What a row of one message is decoded against.
+struct RowContext<'t> {
+    def: &'t TableDef,
+    table: usize,
+    topic_district: &'t str,
+    topic_device: &'t str,
+    max_ts: EpochMs,
+}
+
+type RowError = (Reason, String);
+
+impl RowContext<'_> {
+    fn decode_row(&self, row: &Value, msg: &Message, sink: &mut impl RowSink) -> Result<(), RowError> {
+        let Value::Object(obj) = row else {
+            return Err((Reason::NotAnObject, format!("expected a JSON object, got {}", kind_of(row))));
+        };
+        let values = match obj.get("values") {
+            Some(Value::Object(inner)) => Some(inner),
+            _ => None,
+        };
+        let field = |name: &str| values.and_then(|v| v.get(name)).or_else(|| obj.get(name));
+
+        let ts = read_ts(field("ts"), self.max_ts)?;
+        let device_id = text_or(field("device_id"), self.topic_device, "device_id")?;
+        if device_id.is_empty() {
+            return Err((Reason::MissingDeviceId, "no device_id in the payload or the topic".to_string()));
+        }
+        let district = text_or(field("district"), self.topic_district, "district")?;
+
+        let mut cells = Vec::with_capacity(self.def.columns.len());
+        for column in &self.def.columns {
+            cells.push(read_cell(field(&column.name), column.kind, &column.name)?);
+        }
+        sink.push(
+            self.table,
+            &Row { ts, device_id: &device_id, district: &district, cells: &cells },
+            msg,
+        );
+        Ok(())
+    }
+}
+
+fn read_ts(value: Option<&Value>, max_ts: EpochMs) -> Result<EpochMs, RowError> {
+    let ts = match value {
+        None | Some(Value::Null) => return Err((Reason::MissingTs, "the row has no ts".to_string())),
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(ms) => ms,
+            None => match n.as_f64() {
+                Some(ms) if ms.is_finite() && ms.abs() < 9.0e15 => ms.floor() as i64,
+                _ => return Err((Reason::BadTs, format!("ts {n} is not a usable number of milliseconds"))),
+            },
+        },
+        Some(Value::String(text)) => {
+            parse_ts_text(text).map_err(|_| (Reason::BadTs, format!("ts {text:?} is not epoch milliseconds or RFC 3339")))?
+        }
+        Some(other) => return Err((Reason::BadTs, format!("ts is {}, not a number or text", kind_of(other)))),
+    };
+    if !(MIN_TS_MS..=max_ts).contains(&ts) {
+        return Err((
+            Reason::TsOutOfRange,
+            format!("ts {} is before 2000 or beyond the allowed future skew", crate::time::format_ms(ts)),
+        ));
+    }
+    Ok(ts)
+}
+
+/// A text field, or `fallback` when absent; numbers are accepted as ids.
+fn text_or<'v>(value: Option<&'v Value>, fallback: &'v str, name: &str) -> Result<Cow<'v, str>, RowError> {
+    match value {
+        None | Some(Value::Null) => Ok(Cow::Borrowed(fallback)),
+        Some(Value::String(s)) => Ok(Cow::Borrowed(s.as_str())),
+        Some(Value::Number(n)) => Ok(Cow::Owned(n.to_string())),
+        Some(other) => Err((Reason::WrongType, format!("`{name}` must be text, got {}", kind_of(other)))),
+    }
+}
+
+fn read_cell<'v>(value: Option<&'v Value>, kind: ColumnType, name: &str) -> Result<Cell<'v>, RowError> {
+    match (kind, value) {
+        (_, None | Some(Value::Null)) => Ok(Cell::Null),
+        (ColumnType::Float, Some(Value::Number(n))) => match n.as_f64() {
+            Some(f) if f.is_finite() => Ok(Cell::Float(f)),
+            _ => Err((Reason::WrongType, format!("`{name}` = {n} is not a finite number"))),
+        },
+        // Many gateways quote numbers; a quoted number is still a number.
+        (ColumnType::Float, Some(Value::String(s))) => match s.trim().parse::<f64>() {
+            Ok(f) if f.is_finite() => Ok(Cell::Float(f)),
+            _ => Err((Reason::WrongType, format!("`{name}` expects a number, got {s:?}"))),
+        },
+        (ColumnType::String, Some(Value::String(s))) => Ok(Cell::Text(Cow::Borrowed(s.as_str()))),
+        (ColumnType::String, Some(Value::Number(n))) => Ok(Cell::Text(Cow::Owned(n.to_string()))),
+        (ColumnType::String, Some(Value::Bool(b))) => Ok(Cell::Text(Cow::Owned(b.to_string()))),
+        (expected, Some(other)) => Err((
+            Reason::WrongType,
+            format!(
+                "`{name}` expects {}, got {}",
+                if expected == ColumnType::Float { "a number" } else { "text" },
+                kind_of(other)
+            ),
+        )),
+    }
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "text",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn kept_text(payload: &[u8]) -> String {
+    let end = payload.len().min(KEPT_TEXT_BYTES);
+    String::from_utf8_lossy(&payload[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Collects accepted rows as (table, ts, device, district, cells) for assertions.
+    #[derive(Default)]
+    struct Collected(Vec<(usize, EpochMs, String, String, Vec<Cell<'static>>)>);
+
+    impl RowSink for Collected {
+        fn push(&mut self, table: usize, row: &Row<'_>, _msg: &Message) {
+            let cells = row
+                .cells
+                .iter()
+                .map(|c| match c {
+                    Cell::Null => Cell::Null,
+                    Cell::Float(f) => Cell::Float(*f),
+                    Cell::Text(t) => Cell::Text(Cow::Owned(t.to_string())),
+                })
+                .collect();
+            self.0.push((table, row.ts, row.device_id.to_string(), row.district.to_string(), cells));
+        }
+    }
+
+    const NOW: EpochMs = 1_768_418_100_000;
+
+    fn decoder() -> Decoder {
+        let pattern = TopicPattern::parse("city/{district}/{table}/{device_id}").expect("valid");
+        Decoder::new(Catalog::builtin(), pattern, 1024, 86_400_000)
+    }
+
+    fn message(topic: &str, payload: &str) -> Message {
+        Message {
+            at_ms: 0,
+            topic: topic.to_string(),
+            payload: payload.as_bytes().into(),
+            recorded_invalid: false,
+            arrived_ns: 0,
+        }
+    }
+
+    fn run(topic: &str, payload: &str) -> (Collected, Vec<DeadLetter>, Outcome) {
+        let mut rows = Collected::default();
+        let mut rejects = Vec::new();
+        let outcome = decoder().decode(&message(topic, payload), NOW, &mut rows, &mut |d| rejects.push(d));
+        (rows, rejects, outcome)
+    }
+
+    fn reasons(rejects: &[DeadLetter]) -> Vec<Reason> {
+        rejects.iter().map(|d| d.reason).collect()
+    }
+
+    #[test]
+    fn flat_object_takes_district_and_device_from_the_topic() {
+        let (rows, rejects, outcome) = run("city/chaoyang/water/wp-03", r#"{"ts": 1768418100000, "kind": "pressure", "pressure_mpa": 0.31}"#);
+        assert!(rejects.is_empty());
+        assert_eq!(outcome, Outcome { accepted: 1, rejected: 0 });
+        let (table, ts, device, district, cells) = &rows.0[0];
+        assert_eq!((*table, *ts, device.as_str(), district.as_str()), (3, NOW, "wp-03", "chaoyang"));
+        assert_eq!(cells[0], Cell::Text(Cow::Borrowed("pressure")));
+        assert_eq!(cells[1], Cell::Float(0.31));
+        assert_eq!(cells[2], Cell::Null);
+    }
+
+    #[test]
+    fn gateway_arrays_keep_good_rows_and_reject_bad_ones() {
+        let payload = r#"[{"ts": "2026-01-14T19:15:00Z", "device_id": "r1", "room_temp_c": 21.0},
+                          {"ts": 1768418100000, "device_id": "r2", "room_temp_c": "n/a"},
+                          {"device_id": "r3", "room_temp_c": 20.5},
+                          7]"#;
+        let (rows, rejects, outcome) = run("city/haidian/heating/gw-1", payload);
+        assert_eq!(outcome, Outcome { accepted: 1, rejected: 3 });
+        assert_eq!(rows.0[0].2, "r1");
+        assert_eq!(reasons(&rejects), [Reason::WrongType, Reason::MissingTs, Reason::NotAnObject]);
+    }
+
+    #[test]
+    fn thingsboard_values_are_flattened() {
+        let (rows, _, _) = run("city/haidian/heating/r9", r#"{"ts": 1768418100000, "values": {"room_temp_c": 19.5, "kind": "room"}}"#);
+        assert_eq!(rows.0[0].4[0], Cell::Text(Cow::Borrowed("room")));
+        assert_eq!(rows.0[0].4[6], Cell::Float(19.5));
+    }
+
+    #[test]
+    fn every_message_level_reason_is_detected() {
+        assert_eq!(reasons(&run("city/a/water/w", "{not json").1), [Reason::MalformedJson]);
+        assert_eq!(reasons(&run("city/a/elevator/e1", "{}").1), [Reason::UnknownTopic]);
+        assert_eq!(reasons(&run("city/a/water", "{}").1), [Reason::UnknownTopic]);
+        let big = format!(r#"{{"ts": 1, "pad": "{}"}}"#, "x".repeat(2000));
+        let (_, rejects, outcome) = run("city/a/water/w", &big);
+        assert_eq!((reasons(&rejects), outcome.rejected), (vec![Reason::Oversized], 1));
+        assert_eq!(reasons(&run("city/a/water/w", "42").1), [Reason::NotAnObject]);
+    }
+
+    #[test]
+    fn every_row_level_reason_is_detected() {
+        let cases = [
+            (r#"{"kind": "pressure"}"#, Reason::MissingTs),
+            (r#"{"ts": "soon"}"#, Reason::BadTs),
+            (r#"{"ts": true}"#, Reason::BadTs),
+            (r#"{"ts": 4102444800000}"#, Reason::TsOutOfRange),
+            (r#"{"ts": 5}"#, Reason::TsOutOfRange),
+            (r#"{"ts": 1768418100000, "ph": "acidic"}"#, Reason::WrongType),
+            (r#"{"ts": 1768418100000, "kind": {"a": 1}}"#, Reason::WrongType),
+        ];
+        for (payload, expected) in cases {
+            let (rows, rejects, _) = run("city/a/water/w1", payload);
+            assert!(rows.0.is_empty(), "{payload}");
+            assert_eq!(reasons(&rejects), [expected], "{payload}");
+        }
+        let (_, rejects, _) = run("city/a/water/", r#"{"ts": 1768418100000}"#);
+        assert_eq!(reasons(&rejects), [Reason::MissingDeviceId]);
+    }
+
+    #[test]
+    fn quoted_numbers_and_compact_timestamps_are_accepted() {
+        let (rows, rejects, _) = run("city/a/water/w1", r#"{"ts": "20260114T191500Z", "ph": "7.4"}"#);
+        assert!(rejects.is_empty(), "{rejects:?}");
+        assert_eq!((rows.0[0].1, &rows.0[0].4[5]), (NOW, &Cell::Float(7.4)));
+    }
+}

@@ -1,0 +1,107 @@
+//! Replaying a fixture into the pipeline: at recorded speed, scaled (`--speed 60`) or as
+//! fast as possible. The fixture's `at` offsets are the virtual clock; clock ticks go to
+//! every decode worker once per virtual second so silent tables can close their windows.
+
+use std::time::{Duration, Instant};
+
+use super::decode::Decoder;
+use super::fixture::{FixtureError, FixtureReader};
+use super::message::Ingest;
+use crate::metrics::Metrics;
+use crate::queue::{Closed, Handoff};
+
+/// How fast to replay.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Speed {
+    /// As fast as the pipeline takes it.
+    Max,
+    /// This many times the recorded speed (1 = real time).
+    Factor(f64),
+}
+
+impl std::str::FromStr for Speed {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("max") {
+            return Ok(Speed::Max);
+        }
+        match s.trim_end_matches('x').parse::<f64>() {
+            Ok(f) if f.is_finite() && f > 0.0 => Ok(Speed::Factor(f)),
+            _ => Err(format!("speed must be a positive number or `max`, got `{s}`")),
+        }
+    }
+}
+
+/// Virtual milliseconds between clock ticks.
+pub const TICK_MS: i64 = 1_000;
+
+/// A replay that could not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Fixture(#[from] FixtureError),
+    #[error(transparent)]
+    Closed(#[from] Closed),
+}
+
+/// Feeds every message of `reader` into the handoff, then ends the stream. A line whose
+/// envelope is broken goes to `on_bad_line` and the replay goes on.
+pub fn replay(
+    reader: &mut FixtureReader,
+    handoff: &Handoff,
+    decoder: &Decoder,
+    speed: Speed,
+    metrics: &Metrics,
+    on_bad_line: &mut dyn FnMut(FixtureError),
+) -> Result<u64, ReplayError> {
+    let started = Instant::now();
+    let mut first_at: Option<i64> = None;
+    let mut next_tick: Option<i64> = None;
+    let mut messages = 0;
+    loop {
+        let mut msg = match reader.next_message() {
+            Ok(Some(msg)) => msg,
+            Ok(None) => break,
+            Err(bad @ FixtureError::Line { .. }) => {
+                on_bad_line(bad);
+                continue;
+            }
+            Err(other) => return Err(other.into()),
+        };
+        let origin = *first_at.get_or_insert(msg.at_ms);
+        if let Speed::Factor(factor) = speed {
+            let due = Duration::from_secs_f64(((msg.at_ms - origin).max(0) as f64 / 1_000.0) / factor);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let tick = next_tick.get_or_insert(msg.at_ms - msg.at_ms.rem_euclid(TICK_MS) + TICK_MS);
+        while *tick <= msg.at_ms {
+            let now_ms = *tick;
+            handoff.broadcast(|| Ingest::Tick { now_ms })?;
+            *tick += TICK_MS;
+        }
+        msg.arrived_ns = metrics.now_ns();
+        metrics.messages_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let worker = decoder.route(&msg.topic).map(|t| handoff.owner(t)).unwrap_or(0);
+        handoff.send(worker, Ingest::Message(msg))?;
+        messages += 1;
+    }
+    handoff.broadcast(|| Ingest::End)?;
+    Ok(messages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn speed_parses_max_and_factors() {
+        assert_eq!("max".parse::<Speed>(), Ok(Speed::Max));
+        assert_eq!("60".parse::<Speed>(), Ok(Speed::Factor(60.0)));
+        assert_eq!("2.5x".parse::<Speed>(), Ok(Speed::Factor(2.5)));
+        assert!("0".parse::<Speed>().is_err());
+        assert!("fast".parse::<Speed>().is_err());
+    }
+}

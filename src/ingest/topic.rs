@@ -1,0 +1,107 @@
+//! Topic convention, e.g. `city/{district}/{table}/{device_id}`: which segments carry the
+//! table, district and device. Parsing borrows from the topic; nothing is allocated.
+
+/// One segment of a topic pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    District,
+    Table,
+    Device,
+    Any,
+}
+
+/// A parsed topic pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicPattern {
+    segments: Vec<Segment>,
+}
+
+/// The parts of a topic that matched a pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicParts<'a> {
+    pub district: &'a str,
+    pub table: &'a str,
+    pub device_id: &'a str,
+}
+
+impl TopicPattern {
+    /// Parses a pattern; `{table}`, `{district}` and `{device_id}` must each appear once.
+    pub fn parse(pattern: &str) -> Result<Self, String> {
+        let segments: Vec<Segment> = pattern
+            .split('/')
+            .map(|s| match s {
+                "{district}" => Segment::District,
+                "{table}" => Segment::Table,
+                "{device_id}" => Segment::Device,
+                "+" => Segment::Any,
+                other => Segment::Literal(other.to_string()),
+            })
+            .collect();
+        for (needed, name) in [(Segment::District, "{district}"), (Segment::Table, "{table}"), (Segment::Device, "{device_id}")] {
+            let count = segments.iter().filter(|s| **s == needed).count();
+            if count != 1 {
+                return Err(format!("`{pattern}` must contain {name} exactly once"));
+            }
+        }
+        Ok(TopicPattern { segments })
+    }
+
+    /// Splits a topic by the pattern; `None` when it does not match.
+    pub fn parts<'a>(&self, topic: &'a str) -> Option<TopicParts<'a>> {
+        let mut district = "";
+        let mut table = "";
+        let mut device_id = "";
+        let mut pieces = topic.split('/');
+        for segment in &self.segments {
+            let piece = pieces.next()?;
+            match segment {
+                Segment::Literal(lit) if lit != piece => return None,
+                Segment::Literal(_) | Segment::Any => {}
+                Segment::District => district = piece,
+                Segment::Table => table = piece,
+                Segment::Device => device_id = piece,
+            }
+        }
+        if pieces.next().is_some() || table.is_empty() {
+            return None;
+        }
+        Some(TopicParts { district, table, device_id })
+    }
+
+    /// The MQTT subscription filter for one table, e.g. `city/+/water/+`.
+    pub fn filter_for(&self, table: &str) -> String {
+        self.segments
+            .iter()
+            .map(|s| match s {
+                Segment::Literal(lit) => lit.as_str(),
+                Segment::Table => table,
+                Segment::District | Segment::Device | Segment::Any => "+",
+            })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_pattern_splits_a_topic_into_its_parts() {
+        let pattern = TopicPattern::parse("city/{district}/{table}/{device_id}").expect("valid");
+        assert_eq!(
+            pattern.parts("city/haidian/heating/hs-07"),
+            Some(TopicParts { district: "haidian", table: "heating", device_id: "hs-07" })
+        );
+        assert_eq!(pattern.parts("city/haidian/heating"), None);
+        assert_eq!(pattern.parts("town/haidian/heating/hs-07"), None);
+        assert_eq!(pattern.parts("city/haidian/heating/hs-07/extra"), None);
+        assert_eq!(pattern.filter_for("water"), "city/+/water/+");
+    }
+
+    #[test]
+    fn patterns_without_a_table_segment_are_rejected() {
+        assert!(TopicPattern::parse("city/{district}/{device_id}").is_err());
+    }
+}

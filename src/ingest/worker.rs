@@ -1,0 +1,185 @@
+//! A decode worker: one thread that owns some tables, takes their messages from its queue,
+//! decodes them into the tables' batchers, flushes batches on size or linger, turns clock
+//! ticks into idle notices for silent tables, and fans each batch out to the rules that
+//! read the table. Counters are updated per message, histograms merged per batch.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use hdrhistogram::Histogram;
+use tokio::sync::mpsc;
+
+use super::decode::Decoder;
+use super::message::{Ingest, Message};
+use crate::batch::{Batchers, TableBatcher, TableEvent};
+use crate::deadletter::DeadLetter;
+use crate::metrics::{Metrics, Stage, new_histogram};
+use crate::schema::Catalog;
+use crate::time::{EpochMs, wall_now_ms};
+
+/// Settings of the decode stage.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeSettings {
+    pub batch_rows: usize,
+    pub linger: Duration,
+    pub idle_timeout_ms: i64,
+}
+
+/// One decode worker's state.
+pub struct DecodeWorker {
+    decoder: Decoder,
+    batchers: Batchers,
+    /// Tables this worker owns.
+    tables: Vec<usize>,
+    /// Per table: the queues of the rules reading it.
+    outputs: Vec<Vec<mpsc::Sender<TableEvent>>>,
+    dead_letters: Sender<DeadLetter>,
+    metrics: Arc<Metrics>,
+    settings: DecodeSettings,
+    /// Virtual arrival of each owned table's latest row.
+    last_arrival_ms: Vec<Option<EpochMs>>,
+    decode_latency: Histogram<u64>,
+    queue_wait: Histogram<u64>,
+}
+
+impl DecodeWorker {
+    pub fn new(
+        decoder: Decoder,
+        catalog: &Catalog,
+        tables: Vec<usize>,
+        outputs: Vec<Vec<mpsc::Sender<TableEvent>>>,
+        dead_letters: Sender<DeadLetter>,
+        metrics: Arc<Metrics>,
+        settings: DecodeSettings,
+    ) -> Self {
+        let by_table = catalog
+            .tables()
+            .iter()
+            .enumerate()
+            .map(|(i, def)| tables.contains(&i).then(|| TableBatcher::new(i, Arc::clone(def), settings.batch_rows)))
+            .collect();
+        DecodeWorker {
+            decoder,
+            batchers: Batchers { by_table },
+            last_arrival_ms: vec![None; catalog.tables().len()],
+            tables,
+            outputs,
+            dead_letters,
+            metrics,
+            settings,
+            decode_latency: new_histogram(),
+            queue_wait: new_histogram(),
+        }
+    }
+
+    /// Runs until the source ends (or disappears).
+    pub fn run(mut self, rx: Receiver<Ingest>) {
+        loop {
+            let wait = self.next_linger_deadline().map(|d| d.saturating_duration_since(Instant::now()));
+            let item = match wait {
+                Some(wait) => rx.recv_timeout(wait),
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match item {
+                Ok(Ingest::Message(msg)) => self.on_message(&msg),
+                Ok(Ingest::Tick { now_ms }) => self.on_tick(now_ms),
+                Ok(Ingest::End) | Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            self.flush_lingering();
+        }
+        for table in self.tables.clone() {
+            self.flush(table);
+        }
+        let arrived_ns = self.metrics.now_ns();
+        for table in self.tables.clone() {
+            self.send(table, TableEvent::End { arrived_ns });
+        }
+        self.merge_histograms();
+    }
+
+    fn on_message(&mut self, msg: &Message) {
+        let started = Instant::now();
+        let _ = self.queue_wait.record(self.metrics.now_ns().saturating_sub(msg.arrived_ns).max(1));
+        let metrics = &self.metrics;
+        let dead_letters = &self.dead_letters;
+        let outcome = self.decoder.decode(msg, wall_now_ms(), &mut self.batchers, &mut |letter: DeadLetter| {
+            metrics.add_rejected(letter.reason, 1);
+            // The writer only goes away at shutdown; the count above still holds.
+            let _ = dead_letters.send(letter);
+        });
+        metrics.readings_accepted.fetch_add(outcome.accepted, Ordering::Relaxed);
+        let _ = self.decode_latency.record(started.elapsed().as_nanos().max(1) as u64);
+        if outcome.accepted > 0
+            && let Some(table) = self.decoder.route(&msg.topic)
+        {
+            self.last_arrival_ms[table] = Some(msg.at_ms);
+            let full = self.batchers.by_table[table].as_ref().is_some_and(|b| b.len() >= self.settings.batch_rows);
+            if full {
+                self.flush(table);
+            }
+        }
+    }
+
+    /// Silent tables advance their watermark by the clock.
+    fn on_tick(&mut self, now_ms: EpochMs) {
+        for table in self.tables.clone() {
+            let Some(last) = self.last_arrival_ms[table] else { continue };
+            if now_ms - last >= self.settings.idle_timeout_ms {
+                self.flush(table);
+                let arrived_ns = self.metrics.now_ns();
+                self.send(table, TableEvent::Idle { now_ms, last_arrival_ms: last, arrived_ns });
+            }
+        }
+    }
+
+    fn next_linger_deadline(&self) -> Option<Instant> {
+        self.batchers.by_table.iter().flatten().filter_map(|b| b.started()).min().map(|s| s + self.settings.linger)
+    }
+
+    fn flush_lingering(&mut self) {
+        let now = Instant::now();
+        for table in self.tables.clone() {
+            let due = self.batchers.by_table[table]
+                .as_ref()
+                .and_then(|b| b.started())
+                .is_some_and(|s| now.duration_since(s) >= self.settings.linger);
+            if due {
+                self.flush(table);
+            }
+        }
+    }
+
+    fn flush(&mut self, table: usize) {
+        let Some(batcher) = self.batchers.by_table[table].as_mut() else { return };
+        if batcher.is_empty() {
+            return;
+        }
+        let lingered = batcher.started().map(|s| s.elapsed().as_nanos() as u64).unwrap_or(0);
+        match batcher.flush() {
+            Ok(batch) => {
+                self.metrics.record(Stage::BatchLinger, lingered);
+                self.send(table, TableEvent::Batch(Arc::new(batch)));
+            }
+            Err(e) => {
+                // Builders follow the table schema, so this is an internal fault: say so loudly.
+                tracing::error!(table, error = %e, "could not build a batch; its rows are lost");
+            }
+        }
+        self.merge_histograms();
+    }
+
+    fn send(&self, table: usize, event: TableEvent) {
+        for rule in &self.outputs[table] {
+            // A rule's queue closes only if its task died; the others still get the event.
+            let _ = rule.blocking_send(event.clone());
+        }
+    }
+
+    fn merge_histograms(&mut self) {
+        self.metrics.merge(Stage::Decode, &mut self.decode_latency);
+        self.metrics.merge(Stage::QueueWait, &mut self.queue_wait);
+    }
+}

@@ -1,0 +1,31 @@
+//! cityops: a stream processor for city operations centres. Telemetry comes in over MQTT
+//! or from recorded fixtures, is decoded into Arrow batches behind lock-free queues, runs
+//! through engineers' windowed SQL rules (DataFusion), and leaves as graded warnings with a
+//! lifecycle (pending, firing, resolved). Latency is recorded at every stage.
+//!
+//! Layout, in pipeline order:
+//! - [`config`], [`schema`], [`time`]: settings, the tables rules query, time values.
+//! - [`ingest`]: messages, topics, fixtures (replay), decoding and the decode workers.
+//! - [`queue`]: the crossbeam handoff and its overflow policy.
+//! - [`batch`]: rows → Arrow record batches, flushed on size or linger.
+//! - [`window`]: event time, watermarks, window assignment, late rows.
+//! - [`rules`]: rule files, the SQL sandbox, planning, and per-rule evaluation.
+//! - [`alert`]: levels, the alert lifecycle, the warning JSON, sinks.
+//! - [`deadletter`], [`metrics`], [`summary`]: what was rejected, counted and timed.
+//! - [`pipeline`]: the one place that wires the stages together.
+//! - [`check`]: `cityops check`, every rule problem at once.
+
+pub mod alert;
+pub mod batch;
+pub mod check;
+pub mod config;
+pub mod deadletter;
+pub mod ingest;
+pub mod metrics;
+pub mod pipeline;
+pub mod queue;
+pub mod rules;
+pub mod schema;
+pub mod summary;
+pub mod time;
+pub mod window;

@@ -1,0 +1,175 @@
+//! The `cityops` command line: parses arguments, calls the library, maps errors to exit
+//! codes (0 ok, 1 failure, 2 rule or config problems).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use cityops::alert::sink::SinkConfig;
+use cityops::config::Config;
+use cityops::ingest::replay::Speed;
+use cityops::pipeline::{self, FixtureSource, RunError, RunOptions};
+use cityops::rules::worker::DetectionClock;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "cityops", version, about = "City telemetry in, windowed SQL rules, graded warnings out")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline: with no source, replay the bundled demo city as fast as possible.
+    Run(RunArgs),
+    /// Plan every rule against the table schemas and report every problem.
+    Check(CheckArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Fixture to replay (JSON Lines, optionally .zst); default: the embedded demo city.
+    #[arg(long, value_name = "FILE")]
+    replay: Option<PathBuf>,
+    /// Rules directory (default: rules.dir of the config, `queries`).
+    #[arg(long, value_name = "DIR")]
+    queries: Option<PathBuf>,
+    /// Config file (default: the embedded defaults).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Replay speed: a factor of recorded speed (1, 60, …) or `max`.
+    #[arg(long, default_value = "max")]
+    speed: Speed,
+    /// Also write each warning as a JSON object per line to FILE.
+    #[arg(long, value_name = "FILE")]
+    jsonl: Option<PathBuf>,
+    /// Where rejected and late rows go, with their reasons.
+    #[arg(long, value_name = "FILE", default_value = "cityops-dead-letters.jsonl")]
+    dead_letter: PathBuf,
+    /// Do not print a line per warning (the summary is still printed).
+    #[arg(long)]
+    quiet: bool,
+    /// Also write the summary as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    summary_json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// Rules directory (default: rules.dir of the config, `queries`).
+    dir: Option<PathBuf>,
+    /// Config file (default: the embedded defaults).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("cityops=info,warn")),
+        )
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Check(args) => check(args),
+    }
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<Config, ExitCode> {
+    Config::load(path.map(PathBuf::as_path)).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let mut config = match load_config(args.config.as_ref()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Some(dir) = args.queries {
+        config.rules.dir = dir;
+    }
+    let fixture = match args.replay {
+        Some(path) => FixtureSource::File(path),
+        None => FixtureSource::Demo,
+    };
+    let shown = match &fixture {
+        FixtureSource::Demo => "the demo city (fixtures/demo, embedded)".to_string(),
+        FixtureSource::File(p) => p.display().to_string(),
+    };
+    eprintln!("cityops: replaying {shown} at {} speed with rules from {}", speed_text(args.speed), config.rules.dir.display());
+    let options = RunOptions {
+        config,
+        fixture,
+        speed: args.speed,
+        sinks: SinkConfig { stdout: !args.quiet, jsonl: args.jsonl, collect: false },
+        dead_letter_path: args.dead_letter.clone(),
+        clock: DetectionClock::EventTime,
+    };
+    match pipeline::run(options) {
+        Ok(outcome) => {
+            for warning in &outcome.rule_warnings {
+                eprintln!("{warning}");
+            }
+            println!("{}", outcome.summary);
+            println!("dead letters: {}", args.dead_letter.display());
+            if let Some(path) = args.summary_json {
+                let written = serde_json::to_vec_pretty(&outcome.summary)
+                    .map_err(std::io::Error::from)
+                    .and_then(|json| std::fs::write(&path, json));
+                if let Err(e) = written {
+                    eprintln!("error: cannot write {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(RunError::Rules(problems)) => {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn speed_text(speed: Speed) -> String {
+    match speed {
+        Speed::Max => "maximum".to_string(),
+        Speed::Factor(f) => format!("{f}×"),
+    }
+}
+
+fn check(args: CheckArgs) -> ExitCode {
+    let config = match load_config(args.config.as_ref()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let dir = args.dir.unwrap_or_else(|| config.rules.dir.clone());
+    match cityops::check::check(&config, &dir) {
+        Ok(report) => {
+            for p in &report.problems {
+                println!("{p}");
+            }
+            let errors = report.problems.iter().filter(|p| p.severity == cityops::rules::problem::Severity::Error).count();
+            println!("{} rule(s) ok, {} error(s), {} warning(s)", report.ok.len(), errors, report.problems.len() - errors);
+            if report.has_errors() { ExitCode::from(2) } else { ExitCode::SUCCESS }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

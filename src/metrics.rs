@@ -1,0 +1,179 @@
+//! Counters and HdrHistogram latency recorders for every stage, shared by the pipeline
+//! through one `Arc<Metrics>`. Stages update counters per message or batch and record
+//! latencies into thread-local histograms that they merge here per batch; nothing is
+//! locked per row. Metric names live in `names`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+
+use crate::alert::level::Level;
+use crate::deadletter::Reason;
+
+/// Prometheus-style names of the metrics, `cityops_<what>_<unit>[_total]`.
+pub mod names {
+    pub const MESSAGES_IN: &str = "cityops_messages_in_total";
+    pub const READINGS_IN: &str = "cityops_readings_in_total";
+    pub const READINGS_ACCEPTED: &str = "cityops_readings_accepted_total";
+    pub const READINGS_REJECTED: &str = "cityops_readings_rejected_total";
+    pub const LATE_ROWS: &str = "cityops_late_rows_total";
+    pub const WINDOWS_CLOSED: &str = "cityops_windows_closed_total";
+    pub const WARNINGS: &str = "cityops_warnings_total";
+    pub const RULE_ERRORS: &str = "cityops_rule_errors_total";
+    pub const QUEUE_FULL_WAITS: &str = "cityops_queue_full_waits_total";
+    pub const STAGE_LATENCY: &str = "cityops_stage_latency_seconds";
+}
+
+/// The stages whose latency is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Decoding one message into rows.
+    Decode,
+    /// From a message entering the decode queue to a decode worker taking it.
+    QueueWait,
+    /// From a batch's first row to the batch being flushed.
+    BatchLinger,
+    /// One rule handling one batch (window routing, or a row rule's evaluation).
+    RuleEval,
+    /// From a window's close to its results being ready.
+    WindowClose,
+    /// Handing one warning to the sinks.
+    SinkSend,
+    /// Warning emitted − arrival of the last event it needed.
+    Detection,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 7] = [
+        Stage::Decode,
+        Stage::QueueWait,
+        Stage::BatchLinger,
+        Stage::RuleEval,
+        Stage::WindowClose,
+        Stage::SinkSend,
+        Stage::Detection,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Decode => "decode",
+            Stage::QueueWait => "queue_wait",
+            Stage::BatchLinger => "batch_linger",
+            Stage::RuleEval => "rule_eval",
+            Stage::WindowClose => "window_close",
+            Stage::SinkSend => "sink_send",
+            Stage::Detection => "detection",
+        }
+    }
+}
+
+/// A latency histogram in nanoseconds, 1 ns to 1 hour at 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    match Histogram::new_with_bounds(1, 3_600_000_000_000, 3) {
+        Ok(h) => h,
+        Err(e) => unreachable!("constant histogram bounds are valid: {e}"),
+    }
+}
+
+/// Everything the pipeline counts and times.
+pub struct Metrics {
+    start: Instant,
+    pub messages_in: AtomicU64,
+    pub readings_accepted: AtomicU64,
+    rejected: [AtomicU64; Reason::ALL.len()],
+    late: Mutex<BTreeMap<(String, String), u64>>,
+    pub windows_closed: AtomicU64,
+    warnings: [AtomicU64; Level::ALL.len()],
+    pub resolved: AtomicU64,
+    pub rule_errors: AtomicU64,
+    pub queue_full_waits: AtomicU64,
+    stages: [Mutex<Histogram<u64>>; Stage::ALL.len()],
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Metrics {
+            start: Instant::now(),
+            messages_in: AtomicU64::new(0),
+            readings_accepted: AtomicU64::new(0),
+            rejected: std::array::from_fn(|_| AtomicU64::new(0)),
+            late: Mutex::new(BTreeMap::new()),
+            windows_closed: AtomicU64::new(0),
+            warnings: std::array::from_fn(|_| AtomicU64::new(0)),
+            resolved: AtomicU64::new(0),
+            rule_errors: AtomicU64::new(0),
+            queue_full_waits: AtomicU64::new(0),
+            stages: std::array::from_fn(|_| Mutex::new(new_histogram())),
+        }
+    }
+
+    /// Nanoseconds since the pipeline started: the one wall-clock scale of arrival stamps.
+    pub fn now_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    /// When the pipeline started.
+    pub fn started(&self) -> Instant {
+        self.start
+    }
+
+    pub fn add_rejected(&self, reason: Reason, n: u64) {
+        self.rejected[reason.index()].fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn rejected(&self, reason: Reason) -> u64 {
+        self.rejected[reason.index()].load(Ordering::Relaxed)
+    }
+
+    /// Rejections by decode (every reason but `late`, which is per rule).
+    pub fn rejected_total(&self) -> u64 {
+        Reason::ALL.iter().filter(|r| **r != Reason::Late).map(|r| self.rejected(*r)).sum()
+    }
+
+    pub fn add_late(&self, table: &str, rule: &str, n: u64) {
+        *self.late.lock().entry((table.to_string(), rule.to_string())).or_insert(0) += n;
+        self.add_rejected(Reason::Late, n);
+    }
+
+    /// Late rows per (table, rule).
+    pub fn late(&self) -> BTreeMap<(String, String), u64> {
+        self.late.lock().clone()
+    }
+
+    pub fn add_warning(&self, level: Level) {
+        self.warnings[level.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Firing notifications (including escalations) at a level.
+    pub fn warnings(&self, level: Level) -> u64 {
+        self.warnings[level.index()].load(Ordering::Relaxed)
+    }
+
+    /// Records one latency sample.
+    pub fn record(&self, stage: Stage, nanos: u64) {
+        let _ = self.stages[stage as usize].lock().record(nanos.max(1));
+    }
+
+    /// Merges a stage-local histogram (then clears it).
+    pub fn merge(&self, stage: Stage, local: &mut Histogram<u64>) {
+        if local.is_empty() {
+            return;
+        }
+        let _ = self.stages[stage as usize].lock().add(&*local);
+        local.reset();
+    }
+
+    /// A copy of one stage's histogram.
+    pub fn histogram(&self, stage: Stage) -> Histogram<u64> {
+        self.stages[stage as usize].lock().clone()
+    }
+}

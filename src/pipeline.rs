@@ -1,0 +1,236 @@
+//! The only place that knows the whole graph: it loads and plans the rules, builds the
+//! queues, starts the stages (source → decode workers → rule tasks → sink thread, with the
+//! dead-letter writer beside them), waits for the source to end, shuts the stages down in
+//! order and collects the summary.
+//!
+//! ```text
+//! fixture ─► Handoff (crossbeam, per decode worker) ─► decode threads ─► TableEvent (tokio mpsc, per rule)
+//!        ─► rule tasks (DataFusion, one per rule) ─► Warning (tokio mpsc) ─► sink thread
+//!                      decode + rules ─► DeadLetter (crossbeam) ─► dead-letter writer
+//! ```
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::alert::sink::{self, SinkConfig, SinkError};
+use crate::alert::warning::Warning;
+use crate::config::Config;
+use crate::deadletter::{self, DeadLetter, Reason};
+use crate::ingest::decode::Decoder;
+use crate::ingest::fixture::{FixtureError, FixtureReader};
+use crate::ingest::replay::{ReplayError, Speed, replay};
+use crate::ingest::topic::TopicPattern;
+use crate::ingest::worker::{DecodeSettings, DecodeWorker};
+use crate::metrics::Metrics;
+use crate::queue::Handoff;
+use crate::rules::compile::{CompiledRule, compile_all};
+use crate::rules::loader::load_dir;
+use crate::rules::problem::{Problem, Severity};
+use crate::rules::worker::{DetectionClock, RuleReport, RuleWorker, WorkerContext};
+use crate::summary::Summary;
+
+/// Events a rule's queue holds before the decode worker waits.
+const RULE_QUEUE: usize = 64;
+/// Warnings the sink queue holds before rules wait.
+const WARNING_QUEUE: usize = 4096;
+/// Dead letters the writer's queue holds before stages wait.
+const DEAD_LETTER_QUEUE: usize = 65_536;
+
+/// Which fixture to replay.
+#[derive(Debug, Clone)]
+pub enum FixtureSource {
+    /// The demo city embedded in the binary.
+    Demo,
+    File(PathBuf),
+}
+
+/// Everything a run needs.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub config: Config,
+    pub fixture: FixtureSource,
+    pub speed: Speed,
+    pub sinks: SinkConfig,
+    pub dead_letter_path: PathBuf,
+    pub clock: DetectionClock,
+}
+
+/// What a finished run hands back.
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub summary: Summary,
+    /// Delivered warnings, when the sink config collects them.
+    pub warnings: Vec<Warning>,
+    /// Per rule: alerts firing at the end and evaluation errors.
+    pub reports: Vec<RuleReport>,
+    /// Rule warnings from `check` (the run went ahead).
+    pub rule_warnings: Vec<Problem>,
+}
+
+/// A run that could not start or finish.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{} rule problem(s):\n{}", .0.len(), .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+    Rules(Vec<Problem>),
+    #[error(transparent)]
+    Fixture(#[from] FixtureError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+fn io(context: &str) -> impl FnOnce(std::io::Error) -> RunError + '_ {
+    move |source| RunError::Io { context: context.to_string(), source }
+}
+
+/// Loads and plans the rules of `config.rules.dir`; errors stop the run, warnings do not.
+pub fn load_rules(config: &Config, runtime: &tokio::runtime::Runtime) -> Result<(Vec<CompiledRule>, Vec<Problem>), RunError> {
+    let catalog = config.catalog();
+    let (files, mut problems) = load_dir(&config.rules.dir);
+    let (compiled, more) = runtime.block_on(compile_all(&files, &catalog, &config.engine));
+    problems.extend(more);
+    if problems.iter().any(|p| p.severity == Severity::Error) {
+        return Err(RunError::Rules(problems));
+    }
+    if compiled.is_empty() {
+        return Err(RunError::Rules(vec![Problem::error(&config.rules.dir, 1, 1, "no rules (*.sql files) found")]));
+    }
+    Ok((compiled, problems))
+}
+
+/// Runs the pipeline over a fixture until it ends.
+pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores)
+        .thread_name("rules")
+        .enable_all()
+        .build()
+        .map_err(io("starting the rule runtime"))?;
+    let (compiled, rule_warnings) = load_rules(&options.config, &runtime)?;
+    let config = &options.config;
+    let catalog = config.catalog();
+    let engine = &config.engine;
+    let metrics = Arc::new(Metrics::new());
+
+    let (dead_letters, dead_letter_writer) =
+        deadletter::start(&options.dead_letter_path, DEAD_LETTER_QUEUE).map_err(io("opening the dead-letter file"))?;
+    let (warnings_tx, warnings_rx) = mpsc::channel(WARNING_QUEUE);
+    let sink = sink::start(options.sinks.clone(), warnings_rx, Arc::clone(&metrics))?;
+
+    // Rules: one task each, fed by one queue each.
+    let mut outputs: Vec<Vec<mpsc::Sender<crate::batch::TableEvent>>> = vec![Vec::new(); catalog.tables().len()];
+    let mut rule_tasks = Vec::new();
+    for rule in compiled {
+        let rule = Arc::new(rule);
+        let (tx, rx) = mpsc::channel(RULE_QUEUE);
+        outputs[rule.table].push(tx);
+        let ctx = WorkerContext {
+            metrics: Arc::clone(&metrics),
+            warnings: warnings_tx.clone(),
+            dead_letters: dead_letters.clone(),
+            clock: options.clock,
+            table_name: catalog.tables()[rule.table].name.clone(),
+        };
+        rule_tasks.push(runtime.spawn(RuleWorker::new(rule, ctx).run(rx)));
+    }
+    drop(warnings_tx);
+
+    // Decode workers: each owns some tables, so every table keeps its arrival order.
+    let workers = match engine.decode_threads {
+        0 => cores.min(catalog.tables().len()).max(1),
+        n => n,
+    };
+    let (handoff, receivers) = Handoff::new(workers, catalog.tables().len(), engine.queue_capacity, Arc::clone(&metrics));
+    let pattern = TopicPattern::parse(&config.topics.pattern).map_err(RunError::Internal)?;
+    let decoder = Decoder::new(catalog.clone(), pattern, engine.max_payload_bytes, engine.max_future.0);
+    let settings = DecodeSettings {
+        batch_rows: engine.batch_rows,
+        linger: Duration::from_millis(engine.linger.0.max(0) as u64),
+        idle_timeout_ms: engine.idle_timeout.0,
+    };
+    let mut decode_threads = Vec::new();
+    for (w, rx) in receivers.into_iter().enumerate() {
+        let tables = handoff.tables_of(w);
+        let worker_outputs = outputs
+            .iter()
+            .enumerate()
+            .map(|(t, senders)| if tables.contains(&t) { senders.clone() } else { Vec::new() })
+            .collect();
+        let worker = DecodeWorker::new(
+            decoder.clone(),
+            &catalog,
+            tables,
+            worker_outputs,
+            dead_letters.clone(),
+            Arc::clone(&metrics),
+            settings,
+        );
+        let thread = std::thread::Builder::new()
+            .name(format!("decode-{w}"))
+            .spawn(move || worker.run(rx))
+            .map_err(io("starting a decode worker"))?;
+        decode_threads.push(thread);
+    }
+    drop(outputs);
+
+    // The source runs on this thread until the fixture ends.
+    let started = Instant::now();
+    let replayed = match &options.fixture {
+        FixtureSource::Demo => FixtureReader::demo(),
+        FixtureSource::File(path) => FixtureReader::open(path),
+    }
+    .map_err(ReplayError::from)
+    .and_then(|mut reader| replay_all(&mut reader, &handoff, &decoder, options.speed, &metrics, &dead_letters));
+    drop(handoff);
+
+    // Shutdown in pipeline order: decode workers, rules, sink, dead letters.
+    for thread in decode_threads {
+        thread.join().map_err(|_| RunError::Internal("a decode worker panicked".to_string()))?;
+    }
+    let mut reports = Vec::new();
+    for task in runtime.block_on(futures::future::join_all(rule_tasks)) {
+        reports.push(task.map_err(|e| RunError::Internal(format!("a rule task failed: {e}")))?);
+    }
+    let wall = started.elapsed();
+    drop(dead_letters);
+    let warnings = sink.finish()?;
+    dead_letter_writer.finish().map_err(io("writing dead letters"))?;
+    match replayed {
+        Ok(()) => {}
+        Err(ReplayError::Fixture(e)) => return Err(RunError::Fixture(e)),
+        Err(ReplayError::Closed(e)) => return Err(RunError::Internal(e.to_string())),
+    }
+    let firing = reports.iter().map(|r| r.firing.len()).sum();
+    Ok(RunOutcome { summary: Summary::collect(&metrics, wall, firing), warnings, reports, rule_warnings })
+}
+
+/// Replays a fixture; a line whose envelope is broken is dead-lettered and skipped.
+fn replay_all(
+    reader: &mut FixtureReader,
+    handoff: &Handoff,
+    decoder: &Decoder,
+    speed: Speed,
+    metrics: &Metrics,
+    dead_letters: &crossbeam_channel::Sender<DeadLetter>,
+) -> Result<(), ReplayError> {
+    let mut on_bad_line = |error: FixtureError| {
+        metrics.messages_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics.add_rejected(Reason::MalformedJson, 1);
+        let _ = dead_letters.send(DeadLetter {
+            reason: Reason::MalformedJson,
+            detail: error.to_string(),
+            topic: String::new(),
+            at: 0,
+            rule: None,
+            payload: serde_json::Value::Null,
+        });
+    };
+    replay(reader, handoff, decoder, speed, metrics, &mut on_bad_line).map(|_| ())
+}

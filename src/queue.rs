@@ -1,0 +1,100 @@
+//! The lock-free handoff from a source to the decode workers: one bounded crossbeam queue
+//! per worker, messages routed by table so each table's rows stay in arrival order. The
+//! overflow policy lives here and only here: when a queue is full the source waits (for
+//! MQTT QoS 1 that means it stops reading the socket and the broker holds the backlog);
+//! every such wait is counted.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+
+use crate::ingest::message::Ingest;
+use crate::metrics::Metrics;
+
+/// The sending side, held by the source.
+pub struct Handoff {
+    queues: Vec<Sender<Ingest>>,
+    /// Which worker owns each table.
+    owner_of_table: Vec<usize>,
+    metrics: Arc<Metrics>,
+}
+
+/// The queues closed: every decode worker has gone (only at shutdown or after a crash).
+#[derive(Debug, thiserror::Error)]
+#[error("the decode workers have stopped")]
+pub struct Closed;
+
+impl Handoff {
+    /// Makes `workers` queues of `capacity` each; table `t` goes to worker `t % workers`.
+    pub fn new(workers: usize, tables: usize, capacity: usize, metrics: Arc<Metrics>) -> (Self, Vec<Receiver<Ingest>>) {
+        let workers = workers.max(1);
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| bounded(capacity)).unzip();
+        let owner_of_table = (0..tables).map(|t| t % workers).collect();
+        (Handoff { queues: senders, owner_of_table, metrics }, receivers)
+    }
+
+    /// The worker that owns a table.
+    pub fn owner(&self, table: usize) -> usize {
+        self.owner_of_table.get(table).copied().unwrap_or(0)
+    }
+
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// Tables owned by one worker.
+    pub fn tables_of(&self, worker: usize) -> Vec<usize> {
+        (0..self.owner_of_table.len()).filter(|t| self.owner_of_table[*t] == worker).collect()
+    }
+
+    /// Hands one item to a worker, waiting while its queue is full.
+    pub fn send(&self, worker: usize, item: Ingest) -> Result<(), Closed> {
+        let queue = &self.queues[worker.min(self.queues.len() - 1)];
+        match queue.try_send(item) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(item)) => {
+                self.metrics.queue_full_waits.fetch_add(1, Ordering::Relaxed);
+                queue.send(item).map_err(|_| Closed)
+            }
+            Err(TrySendError::Disconnected(_)) => Err(Closed),
+        }
+    }
+
+    /// Sends a copy of a control item to every worker.
+    pub fn broadcast(&self, make: impl Fn() -> Ingest) -> Result<(), Closed> {
+        (0..self.queues.len()).try_for_each(|w| self.send(w, make()))
+    }
+
+    /// Messages waiting, per worker.
+    pub fn depths(&self) -> Vec<usize> {
+        self.queues.iter().map(Sender::len).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_makes_the_sender_wait_and_is_counted() {
+        let metrics = Arc::new(Metrics::new());
+        let (handoff, receivers) = Handoff::new(1, 4, 1, Arc::clone(&metrics));
+        handoff.send(0, Ingest::Tick { now_ms: 1 }).expect("room for one");
+        let rx = receivers[0].clone();
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            (rx.recv().is_ok(), rx.recv().is_ok())
+        });
+        handoff.send(0, Ingest::Tick { now_ms: 2 }).expect("waits, then sends");
+        assert_eq!(reader.join().expect("reader ran"), (true, true));
+        assert_eq!(metrics.queue_full_waits.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn tables_are_spread_over_workers() {
+        let (handoff, _rx) = Handoff::new(2, 4, 8, Arc::new(Metrics::new()));
+        assert_eq!((handoff.tables_of(0), handoff.tables_of(1)), (vec![0, 2], vec![1, 3]));
+    }
+}

@@ -1,0 +1,442 @@
+//! Planning a rule once with DataFusion: a sandboxed session per rule (one partition, no
+//! dynamic filters, a memory limit), the rule's table registered as a channel-fed
+//! `StreamingTable`, the rewritten SQL planned to a physical plan, and the output columns
+//! sorted into alert key, level and values. Planning never happens on the evaluation path.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::streaming::StreamingTable;
+use datafusion::common::tree_node::TreeNode;
+use datafusion::error::DataFusionError;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+
+use super::feed::Feed;
+use super::loader::RuleFile;
+use super::problem::Problem;
+use super::sql::{AnalyzedSql, WindowSpec, analyze, lint};
+use crate::alert::level::Level;
+use crate::alert::lifecycle::{FireAfter, Policy};
+use crate::alert::warning::RuleInfo;
+use crate::config::EngineConfig;
+use crate::schema::{Catalog, DEVICE_ID, DISTRICT, ROW_INDEX, TableDef, WINDOW_END, WINDOW_START, timestamp_type};
+use crate::time::parse_duration_ms;
+
+/// Row rules judge each row; window rules judge each closed window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleKind {
+    Row,
+    Window(WindowSpec),
+}
+
+/// Where the parts of an alert are in the rule's output (or input, for row-rule keys).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputLayout {
+    /// Alert key columns: output columns for window rules, input columns for row rules.
+    pub key: Vec<(String, usize)>,
+    /// Output columns reported as `values`.
+    pub values: Vec<(String, usize)>,
+    /// The output column `level`, when the rule grades per row.
+    pub level: Option<usize>,
+    /// The output column holding the input row index (row rules).
+    pub row_index: Option<usize>,
+}
+
+/// A rule planned and ready to evaluate.
+pub struct CompiledRule {
+    pub id: String,
+    pub path: PathBuf,
+    pub info: RuleInfo,
+    /// Position of the rule's table in the catalog.
+    pub table: usize,
+    pub kind: RuleKind,
+    /// The header's level, used when the output has no `level` column.
+    pub level: Level,
+    pub policy: Policy,
+    pub lateness_ms: i64,
+    /// The schema of the batches the rule is fed (table schema plus engine columns).
+    pub feed_schema: SchemaRef,
+    pub layout: OutputLayout,
+    /// FNV-1a of the rule's text, to tell versions apart.
+    pub version: String,
+    plan: Arc<dyn ExecutionPlan>,
+    feed: Arc<Feed>,
+    task_ctx: Arc<TaskContext>,
+}
+
+impl std::fmt::Debug for CompiledRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledRule").field("id", &self.id).field("kind", &self.kind).finish_non_exhaustive()
+    }
+}
+
+impl CompiledRule {
+    /// Starts one evaluation over `input`; the returned stream yields the rule's result rows.
+    pub fn execute(&self, input: SendableRecordBatchStream) -> Result<SendableRecordBatchStream, DataFusionError> {
+        self.feed.bind(input);
+        let output = self.plan.execute(0, Arc::clone(&self.task_ctx));
+        if self.feed.is_bound() {
+            self.feed.unbind();
+            return Err(DataFusionError::Internal(format!("rule {} did not bind its input during execute", self.id)));
+        }
+        output
+    }
+
+    /// An input stream over already-built batches.
+    pub fn stream_of(&self, batches: Vec<datafusion::arrow::record_batch::RecordBatch>) -> SendableRecordBatchStream {
+        Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.feed_schema),
+            futures::stream::iter(batches.into_iter().map(Ok)),
+        ))
+    }
+}
+
+/// Plans every rule; returns the ones that compiled and every problem (errors and warnings).
+pub async fn compile_all(rules: &[RuleFile], catalog: &Catalog, engine: &EngineConfig) -> (Vec<CompiledRule>, Vec<Problem>) {
+    let mut compiled = Vec::new();
+    let mut problems = Vec::new();
+    for rule in rules {
+        match compile(rule, catalog, engine).await {
+            Ok((c, mut warnings)) => {
+                compiled.push(c);
+                problems.append(&mut warnings);
+            }
+            Err(mut errors) => problems.append(&mut errors),
+        }
+    }
+    (compiled, problems)
+}
+
+/// Plans one rule. Returns the compiled rule with its warnings, or its errors.
+pub async fn compile(rule: &RuleFile, catalog: &Catalog, engine: &EngineConfig) -> Result<(CompiledRule, Vec<Problem>), Vec<Problem>> {
+    let path = rule.path.as_path();
+    let header = &rule.header;
+    let analyzed = analyze(path, &rule.text, header.key.as_deref())?;
+    let warnings = lint(path, &analyzed, header.key.as_deref());
+    let start = analyzed.start;
+    let Some(table_def) = catalog.get(&analyzed.table) else {
+        let (line, col) = find_word(&rule.text, &analyzed.table).unwrap_or(start);
+        let names: Vec<&str> = catalog.tables().iter().map(|t| t.name.as_str()).collect();
+        let hint = closest(&analyzed.table, &names).map(|n| format!("; did you mean `{n}`?")).unwrap_or_default();
+        return Err(vec![Problem::error(
+            path,
+            line,
+            col,
+            format!("unknown table `{}`{hint} (tables: {})", analyzed.table, names.join(", ")),
+        )]);
+    };
+    let table = catalog.index_of(&analyzed.table).unwrap_or_default();
+    let kind = match analyzed.window {
+        Some(spec) => RuleKind::Window(spec),
+        None => RuleKind::Row,
+    };
+    let feed_schema = feed_schema(table_def, kind);
+    let feed = Arc::new(Feed::new(Arc::clone(&feed_schema)));
+    let ctx = rule_session(engine).map_err(|e| vec![df_problem(path, &e, start)])?;
+    let provider = StreamingTable::try_new(Arc::clone(&feed_schema), vec![Arc::clone(&feed) as _])
+        .map_err(|e| vec![df_problem(path, &e, start)])?;
+    ctx.register_table(analyzed.table.as_str(), Arc::new(provider))
+        .map_err(|e| vec![df_problem(path, &e, start)])?;
+
+    let logical = plan_logical(&ctx, &analyzed).await.map_err(|e| vec![df_problem(path, &e, start)])?;
+    if kind == RuleKind::Row && logical.exists(|p| Ok(matches!(p, LogicalPlan::Aggregate(_)))).unwrap_or(false) {
+        return Err(vec![Problem::error(
+            path,
+            start.0,
+            start.1,
+            "aggregates need a window: add tumble(ts, INTERVAL '…') to GROUP BY (a rule without a window judges each row)",
+        )]);
+    }
+    let plan = ctx.state().create_physical_plan(&logical).await.map_err(|e| vec![df_problem(path, &e, start)])?;
+    let layout = output_layout(rule, &analyzed, kind, table_def, &plan.schema())?;
+    let policy = policy(rule, kind)?;
+
+    let compiled = CompiledRule {
+        id: rule.id.clone(),
+        path: rule.path.clone(),
+        info: RuleInfo { rule: rule.id.clone(), table: analyzed.table.clone(), description: header.description.clone() },
+        table,
+        kind,
+        level: header.level,
+        policy,
+        lateness_ms: header.lateness_ms.unwrap_or(engine.lateness.0),
+        feed_schema,
+        layout,
+        version: text_version(&rule.text),
+        plan,
+        feed,
+        task_ctx: ctx.task_ctx(),
+    };
+    smoke_test(&compiled).await.map_err(|e| vec![df_problem(path, &e, start)])?;
+    Ok((compiled, warnings))
+}
+
+/// One session per rule: a single partition (rules scale by running in parallel), spans
+/// for error positions, no dynamic filters (the plan is re-executed), and a memory limit.
+fn rule_session(engine: &EngineConfig) -> Result<SessionContext, DataFusionError> {
+    let mut config = SessionConfig::new().with_target_partitions(1).with_information_schema(false);
+    let options = config.options_mut();
+    options.sql_parser.collect_spans = true;
+    options.optimizer.enable_dynamic_filter_pushdown = false;
+    options.optimizer.enable_round_robin_repartition = false;
+    options.execution.coalesce_batches = false;
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_limit(engine.rule_memory_limit_mb.max(1) * 1024 * 1024, 1.0)
+        .build_arc()?;
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .build();
+    Ok(SessionContext::new_with_state(state))
+}
+
+async fn plan_logical(ctx: &SessionContext, analyzed: &AnalyzedSql) -> Result<LogicalPlan, DataFusionError> {
+    let statement = datafusion::sql::parser::Statement::Statement(Box::new(analyzed.statement.clone()));
+    let plan = ctx.state().statement_to_plan(statement).await?;
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+        .verify_plan(&plan)?;
+    Ok(plan)
+}
+
+fn feed_schema(table: &TableDef, kind: RuleKind) -> SchemaRef {
+    let mut fields: Vec<Field> = table.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    match kind {
+        RuleKind::Window(_) => {
+            fields.push(Field::new(WINDOW_START, timestamp_type(), false));
+            fields.push(Field::new(WINDOW_END, timestamp_type(), false));
+        }
+        RuleKind::Row => fields.push(Field::new(ROW_INDEX, DataType::UInt32, false)),
+    }
+    Arc::new(Schema::new(fields))
+}
+
+fn output_layout(
+    rule: &RuleFile,
+    analyzed: &AnalyzedSql,
+    kind: RuleKind,
+    table: &TableDef,
+    output: &SchemaRef,
+) -> Result<OutputLayout, Vec<Problem>> {
+    let path = rule.path.as_path();
+    let header = &rule.header;
+    let key_position = header.key.as_ref().map(|_| (2_u64, 1_u64)).unwrap_or(analyzed.start);
+    let key_line = rule.text.lines().position(|l| l.trim_start().starts_with("-- key:")).map(|i| (i as u64 + 1, 8));
+    let key_at = key_line.unwrap_or(key_position);
+    let index = |name: &str| output.index_of(name).ok();
+
+    let key: Vec<(String, usize)> = match kind {
+        RuleKind::Window(_) => {
+            let names = header.key.clone().unwrap_or_else(|| analyzed.group_columns.clone());
+            let mut key = Vec::new();
+            for name in names {
+                match index(&name) {
+                    Some(i) => key.push((name, i)),
+                    None => {
+                        return Err(vec![Problem::error(
+                            path,
+                            key_at.0,
+                            key_at.1,
+                            format!("key column `{name}` is not in the rule's output; select it or group by it"),
+                        )]);
+                    }
+                }
+            }
+            key
+        }
+        RuleKind::Row => {
+            let names = header.key.clone().unwrap_or_else(|| {
+                let mut names = vec![DISTRICT.to_string(), DEVICE_ID.to_string()];
+                if table.column_index("kind").is_some() {
+                    names.push("kind".to_string());
+                }
+                names
+            });
+            let mut key = Vec::new();
+            for name in names {
+                match table.column_index(&name) {
+                    Some(i) => key.push((name, i)),
+                    None => {
+                        return Err(vec![Problem::error(
+                            path,
+                            key_at.0,
+                            key_at.1,
+                            format!("key column `{name}` is not a column of table `{}`", table.name),
+                        )]);
+                    }
+                }
+            }
+            key
+        }
+    };
+    let level = index("level");
+    if let Some(i) = level
+        && !matches!(output.field(i).data_type(), DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8)
+    {
+        return Err(vec![Problem::error(
+            path,
+            analyzed.start.0,
+            analyzed.start.1,
+            "the `level` column must be text: 'blue', 'yellow', 'orange' or 'red'",
+        )]);
+    }
+    let row_index = index(ROW_INDEX);
+    let skip = |name: &str| {
+        name == "level"
+            || name == ROW_INDEX
+            || name == WINDOW_START
+            || name == WINDOW_END
+            || analyzed.hidden_columns.iter().any(|h| h == name)
+            || (kind != RuleKind::Row && key.iter().any(|(k, _)| k == name))
+    };
+    let values = output
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| !skip(f.name()))
+        .filter(|(_, f)| kind != RuleKind::Row || !key.iter().any(|(k, _)| k == f.name()))
+        .map(|(i, f)| (f.name().clone(), i))
+        .collect();
+    if kind == RuleKind::Row && row_index.is_none() {
+        return Err(vec![Problem::error(path, analyzed.start.0, analyzed.start.1, "internal: the row index was not selected")]);
+    }
+    Ok(OutputLayout { key, values, level, row_index })
+}
+
+fn policy(rule: &RuleFile, kind: RuleKind) -> Result<Policy, Vec<Problem>> {
+    let resolve_after = rule.header.resolve;
+    let fire_after = match (&rule.header.fire_for, kind) {
+        (None, RuleKind::Window(_)) => FireAfter::Windows(1),
+        (None, RuleKind::Row) => FireAfter::Duration(0),
+        (Some(f), RuleKind::Window(_)) => match f.text.parse::<u32>() {
+            Ok(n) if n >= 1 => FireAfter::Windows(n),
+            _ => {
+                return Err(vec![Problem::error(
+                    &rule.path,
+                    f.line,
+                    f.col,
+                    format!("`for` of a window rule counts breaching windows: a whole number of at least 1, got `{}`", f.text),
+                )]);
+            }
+        },
+        (Some(f), RuleKind::Row) => match (f.text.as_str(), parse_duration_ms(&f.text)) {
+            ("0", _) => FireAfter::Duration(0),
+            (_, Ok(ms)) => FireAfter::Duration(ms),
+            (_, Err(e)) => {
+                return Err(vec![Problem::error(&rule.path, f.line, f.col, format!("`for` of a row rule is a duration: {e}"))]);
+            }
+        },
+    };
+    Ok(Policy { fire_after, resolve_after })
+}
+
+/// Runs the plan once over no rows, so a rule that cannot execute fails at load time.
+async fn smoke_test(rule: &CompiledRule) -> Result<(), DataFusionError> {
+    let stream = rule.execute(rule.stream_of(Vec::new()))?;
+    datafusion::physical_plan::common::collect(stream).await.map(|_| ())
+}
+
+/// A DataFusion error as a problem, positioned by its diagnostic span when it has one.
+fn df_problem(path: &Path, error: &DataFusionError, fallback: (u64, u64)) -> Problem {
+    let diagnostic = error.diagnostic();
+    let (line, col) = diagnostic
+        .and_then(|d| d.span)
+        .map(|s| (s.start.line, s.start.column))
+        .filter(|(line, _)| *line > 0)
+        .unwrap_or(fallback);
+    let mut message = error.strip_backtrace();
+    for prefix in ["Error during planning: ", "Schema error: ", "SQL error: "] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            message = rest.to_string();
+        }
+    }
+    if let Some(d) = diagnostic {
+        for help in &d.helps {
+            message.push_str(&format!("; help: {}", help.message));
+        }
+    }
+    Problem::error(path, line, col, message)
+}
+
+/// 1-based position of the first whole-word, case-insensitive occurrence of `word` in SQL.
+fn find_word(text: &str, word: &str) -> Option<(u64, u64)> {
+    let word = word.to_lowercase();
+    for (index, line) in text.lines().enumerate() {
+        if line.trim_start().starts_with("--") {
+            continue;
+        }
+        let lower = line.to_lowercase();
+        let mut from = 0;
+        while let Some(found) = lower[from..].find(&word) {
+            let at = from + found;
+            let before = lower[..at].chars().next_back();
+            let after = lower[at + word.len()..].chars().next();
+            let boundary = |c: Option<char>| !c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+            if boundary(before) && boundary(after) {
+                return Some((index as u64 + 1, at as u64 + 1));
+            }
+            from = at + word.len();
+        }
+    }
+    None
+}
+
+/// The candidate within edit distance 2 of `name`, if any.
+pub fn closest<'a>(name: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (edit_distance(name, c), *c))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            current.push((previous[j] + cost).min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
+fn text_version(text: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{:08x}", hash >> 32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closest_suggests_near_misses_only() {
+        assert_eq!(closest("sensr", &["sensor", "water"]), Some("sensor"));
+        assert_eq!(closest("elevator", &["sensor", "water"]), None);
+    }
+
+    #[test]
+    fn find_word_skips_comments_and_partial_words() {
+        let text = "-- sensor rule\nSELECT sensors, x\nFROM sensor";
+        assert_eq!(find_word(text, "sensor"), Some((3, 6)));
+    }
+}

@@ -1,0 +1,13 @@
+//! Rules: one SQL file each under `queries/`, with a `-- key: value` header. `loader` reads
+//! files and headers, `sql` recognises window functions and enforces the read-only sandbox
+//! on the SQL text, `compile` plans each rule once with DataFusion, `feed` is the
+//! channel-fed leaf that lets one plan run once per open window, and `worker` evaluates a
+//! rule over its table's batches and drives its alert lifecycle.
+
+pub mod compile;
+pub mod feed;
+pub mod loader;
+pub mod output;
+pub mod problem;
+pub mod sql;
+pub mod worker;

@@ -1,0 +1,129 @@
+//! The end-of-run report: readings in, rejected by reason, late rows per rule, windows
+//! closed, warnings by level, throughput, and p50/p90/p99/p99.9/max per stage.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::alert::level::Level;
+use crate::deadletter::Reason;
+use crate::metrics::{Metrics, Stage};
+
+/// Latency percentiles of one stage, in microseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageLatency {
+    pub stage: &'static str,
+    pub count: u64,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+}
+
+/// Everything a run reports at exit.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub wall_seconds: f64,
+    pub messages_in: u64,
+    /// Accepted plus rejected: every reading that came in.
+    pub readings_in: u64,
+    pub readings_accepted: u64,
+    pub readings_rejected: u64,
+    pub rejected_by_reason: Vec<(String, u64)>,
+    /// (table, rule, rows) for rows that came after their windows closed.
+    pub late_by_rule: Vec<(String, String, u64)>,
+    pub windows_closed: u64,
+    pub warnings_by_level: Vec<(String, u64)>,
+    pub resolved: u64,
+    pub firing_at_end: usize,
+    pub rule_errors: u64,
+    pub queue_full_waits: u64,
+    pub readings_per_second: f64,
+    pub stages: Vec<StageLatency>,
+}
+
+impl Summary {
+    /// Reads the final counters and histograms.
+    pub fn collect(metrics: &Metrics, wall: Duration, firing_at_end: usize) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        let accepted = metrics.readings_accepted.load(Relaxed);
+        let rejected = metrics.rejected_total();
+        let wall_seconds = wall.as_secs_f64();
+        let stages = Stage::ALL
+            .iter()
+            .map(|stage| {
+                let h = metrics.histogram(*stage);
+                let us = |ns: u64| ns as f64 / 1_000.0;
+                StageLatency {
+                    stage: stage.as_str(),
+                    count: h.len(),
+                    p50_us: us(h.value_at_quantile(0.50)),
+                    p90_us: us(h.value_at_quantile(0.90)),
+                    p99_us: us(h.value_at_quantile(0.99)),
+                    p999_us: us(h.value_at_quantile(0.999)),
+                    max_us: us(h.max()),
+                }
+            })
+            .collect();
+        Summary {
+            wall_seconds,
+            messages_in: metrics.messages_in.load(Relaxed),
+            readings_in: accepted + rejected,
+            readings_accepted: accepted,
+            readings_rejected: rejected,
+            rejected_by_reason: Reason::ALL
+                .iter()
+                .filter(|r| **r != Reason::Late)
+                .map(|r| (r.as_str().to_string(), metrics.rejected(*r)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+            late_by_rule: metrics.late().into_iter().map(|((t, r), n)| (t, r, n)).collect(),
+            windows_closed: metrics.windows_closed.load(Relaxed),
+            warnings_by_level: Level::ALL.iter().map(|l| (l.as_str().to_string(), metrics.warnings(*l))).collect(),
+            resolved: metrics.resolved.load(Relaxed),
+            firing_at_end,
+            rule_errors: metrics.rule_errors.load(Relaxed),
+            queue_full_waits: metrics.queue_full_waits.load(Relaxed),
+            readings_per_second: if wall_seconds > 0.0 { (accepted + rejected) as f64 / wall_seconds } else { 0.0 },
+            stages,
+        }
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "── cityops summary ─────────────────────────────────────────────")?;
+        writeln!(f, "messages in          {:>12}", self.messages_in)?;
+        writeln!(f, "readings in          {:>12}   (accepted + rejected)", self.readings_in)?;
+        writeln!(f, "  accepted           {:>12}", self.readings_accepted)?;
+        writeln!(f, "  rejected           {:>12}", self.readings_rejected)?;
+        for (reason, n) in &self.rejected_by_reason {
+            writeln!(f, "    {reason:<18} {n:>10}")?;
+        }
+        let late: u64 = self.late_by_rule.iter().map(|(_, _, n)| n).sum();
+        writeln!(f, "late rows (per rule) {late:>12}")?;
+        for (table, rule, n) in &self.late_by_rule {
+            writeln!(f, "    {:<30} {n:>6}", format!("{table}/{rule}"))?;
+        }
+        writeln!(f, "windows closed       {:>12}", self.windows_closed)?;
+        let levels: Vec<String> = self.warnings_by_level.iter().map(|(l, n)| format!("{l} {n}")).collect();
+        writeln!(f, "warnings fired       {:>12}   ({})", self.warnings_by_level.iter().map(|(_, n)| n).sum::<u64>(), levels.join(", "))?;
+        writeln!(f, "warnings resolved    {:>12}", self.resolved)?;
+        writeln!(f, "firing at end        {:>12}", self.firing_at_end)?;
+        writeln!(f, "rule errors          {:>12}", self.rule_errors)?;
+        writeln!(f, "queue-full waits     {:>12}", self.queue_full_waits)?;
+        writeln!(f, "wall time            {:>12.3} s", self.wall_seconds)?;
+        writeln!(f, "throughput           {:>12.0} readings/s", self.readings_per_second)?;
+        writeln!(f, "latency (µs)         {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}", "count", "p50", "p90", "p99", "p99.9", "max")?;
+        for s in &self.stages {
+            writeln!(
+                f,
+                "  {:<18} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+                s.stage, s.count, s.p50_us, s.p90_us, s.p99_us, s.p999_us, s.max_us
+            )?;
+        }
+        write!(f, "────────────────────────────────────────────────────────────────")
+    }
+}

@@ -1,0 +1,197 @@
+//! Event time for one window rule (hot path, pure): window assignment, the watermark
+//! (max `ts` seen − lateness), late rows, and the points where the watermark passes window
+//! ends. A batch is judged row by row in arrival order, so results never depend on how
+//! rows were batched: a row arriving after the row that closed its window is late even
+//! when both came in the same batch. Windows are [start, end), aligned to the epoch.
+
+use crate::rules::sql::WindowSpec;
+use crate::time::EpochMs;
+
+/// The watermark moved: every window with `end <= boundary` is now closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Advance {
+    /// The greatest window end at or below the new watermark.
+    pub boundary: EpochMs,
+    /// Index (in the batch) of the row that moved the watermark, if a row did.
+    pub row: Option<usize>,
+    /// Max event time seen when it moved (the detection clock in replay).
+    pub event_ms: EpochMs,
+}
+
+/// Where each row of a batch goes.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Routing {
+    /// (window start, row indices) for rows in open windows, windows in order of start.
+    pub windows: Vec<(EpochMs, Vec<u32>)>,
+    /// Rows whose every window had already closed.
+    pub late: Vec<u32>,
+    /// Watermark advances across window ends, in order.
+    pub advances: Vec<Advance>,
+}
+
+/// The event-time state of one window rule.
+#[derive(Debug, Clone)]
+pub struct WindowClock {
+    size_ms: EpochMs,
+    lateness_ms: EpochMs,
+    max_ts: Option<EpochMs>,
+    /// Every window ending at or before this is closed.
+    closed_through: Option<EpochMs>,
+}
+
+impl WindowClock {
+    pub fn new(spec: WindowSpec, lateness_ms: i64) -> Self {
+        let WindowSpec::Tumble { size_ms } = spec;
+        WindowClock { size_ms: size_ms.max(1), lateness_ms: lateness_ms.max(0), max_ts: None, closed_through: None }
+    }
+
+    /// The window size.
+    pub fn size_ms(&self) -> EpochMs {
+        self.size_ms
+    }
+
+    /// Max event time seen so far.
+    pub fn max_ts(&self) -> Option<EpochMs> {
+        self.max_ts
+    }
+
+    /// The window end at or below `watermark`.
+    fn boundary(&self, watermark: EpochMs) -> EpochMs {
+        watermark.div_euclid(self.size_ms) * self.size_ms
+    }
+
+    /// The start of the window holding `ts`.
+    pub fn window_start(&self, ts: EpochMs) -> EpochMs {
+        ts.div_euclid(self.size_ms) * self.size_ms
+    }
+
+    /// Assigns a batch's rows (their `ts`, in arrival order) to windows.
+    pub fn route(&mut self, ts: &[EpochMs]) -> Routing {
+        let mut routing = Routing::default();
+        for (i, &t) in ts.iter().enumerate() {
+            let start = self.window_start(t);
+            let closed = self.closed_through.is_some_and(|c| start + self.size_ms <= c);
+            if closed {
+                routing.late.push(i as u32);
+            } else {
+                match routing.windows.iter_mut().find(|(s, _)| *s == start) {
+                    Some((_, rows)) => rows.push(i as u32),
+                    None => routing.windows.push((start, vec![i as u32])),
+                }
+            }
+            if self.max_ts.is_none_or(|m| t > m) {
+                self.max_ts = Some(t);
+                if let Some(advance) = self.advance_watermark(t, Some(i)) {
+                    routing.advances.push(advance);
+                }
+            }
+        }
+        routing.windows.sort_by_key(|(s, _)| *s);
+        routing
+    }
+
+    /// Moves event time forward without a row (idle table): `event_ms` becomes the max.
+    pub fn advance_to(&mut self, event_ms: EpochMs) -> Option<Advance> {
+        if self.max_ts.is_some_and(|m| event_ms <= m) {
+            return None;
+        }
+        self.max_ts = Some(event_ms);
+        self.advance_watermark(event_ms, None)
+    }
+
+    fn advance_watermark(&mut self, max_ts: EpochMs, row: Option<usize>) -> Option<Advance> {
+        let boundary = self.boundary(max_ts - self.lateness_ms);
+        match self.closed_through {
+            // The first row: nothing was open before it, so nothing closes.
+            None => {
+                self.closed_through = Some(boundary);
+                None
+            }
+            Some(previous) if boundary > previous => {
+                self.closed_through = Some(boundary);
+                Some(Advance { boundary, row, event_ms: max_ts })
+            }
+            Some(_) => None,
+        }
+    }
+
+    /// Window ends in (`after`, `through`], in order: the windows an advance closes.
+    pub fn ends_between(&self, after: EpochMs, through: EpochMs) -> impl Iterator<Item = EpochMs> + '_ {
+        let first = after + self.size_ms;
+        (0..).map(move |k| first + k * self.size_ms).take_while(move |end| *end <= through)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: i64 = 60_000;
+
+    fn clock() -> WindowClock {
+        WindowClock::new(WindowSpec::Tumble { size_ms: MIN }, 2_000)
+    }
+
+    #[test]
+    fn rows_are_grouped_by_window_and_the_first_row_closes_nothing() {
+        let mut c = clock();
+        let r = c.route(&[10_000, 70_000, 20_000]);
+        assert_eq!(r.windows, vec![(0, vec![0, 2]), (MIN, vec![1])]);
+        assert!(r.late.is_empty() && r.advances.is_empty());
+    }
+
+    #[test]
+    fn the_watermark_closes_a_window_lateness_after_its_end() {
+        let mut c = clock();
+        c.route(&[10_000]);
+        assert!(c.route(&[61_999]).advances.is_empty(), "watermark 59.999 s: window [0, 60 s) still open");
+        let r = c.route(&[62_000]);
+        assert_eq!(r.advances, vec![Advance { boundary: MIN, row: Some(0), event_ms: 62_000 }]);
+    }
+
+    #[test]
+    fn a_row_after_the_closing_row_in_the_same_batch_is_late() {
+        let mut c = clock();
+        c.route(&[10_000]);
+        let r = c.route(&[59_000, 62_000, 59_500]);
+        assert_eq!(r.windows, vec![(0, vec![0]), (MIN, vec![1])]);
+        assert_eq!(r.late, vec![2]);
+        assert_eq!(r.advances.len(), 1);
+    }
+
+    #[test]
+    fn batching_does_not_change_the_outcome() {
+        let ts = [5_000, 30_000, 61_000, 58_000, 63_000, 59_000, 125_000, 119_000];
+        let mut whole = clock();
+        let all = whole.route(&ts);
+        let mut split = clock();
+        let mut late = Vec::new();
+        let mut advances = 0;
+        for (offset, chunk) in ts.chunks(3).enumerate() {
+            let r = split.route(chunk);
+            late.extend(r.late.iter().map(|i| i + offset as u32 * 3));
+            advances += r.advances.len();
+        }
+        assert_eq!(all.late, late);
+        assert_eq!(all.late, vec![5], "59 s arrives after 63 s closed [0, 60 s)");
+        assert_eq!(all.advances.len(), advances);
+    }
+
+    #[test]
+    fn out_of_order_rows_within_lateness_are_included() {
+        let mut c = clock();
+        let r = c.route(&[10_000, 61_500, 59_000]);
+        assert!(r.late.is_empty());
+        assert_eq!(r.windows[0], (0, vec![0, 2]));
+    }
+
+    #[test]
+    fn idle_advance_closes_windows_without_rows() {
+        let mut c = clock();
+        c.route(&[10_000]);
+        let advance = c.advance_to(10_000 + 3 * MIN).expect("advances");
+        assert_eq!(advance.boundary, 3 * MIN);
+        assert_eq!(c.ends_between(0, advance.boundary).collect::<Vec<_>>(), vec![MIN, 2 * MIN, 3 * MIN]);
+        assert_eq!(c.advance_to(5_000), None, "event time never goes back");
+    }
+}
