@@ -2,7 +2,10 @@
 //! (max `ts` seen − lateness), late rows, and the points where the watermark passes window
 //! ends. A batch is judged row by row in arrival order, so results never depend on how
 //! rows were batched: a row arriving after the row that closed its window is late even
-//! when both came in the same batch. Windows are [start, end), aligned to the epoch.
+//! when both came in the same batch. Windows are [start, end), aligned to the epoch, and
+//! identified by their end (every window kind has one window per end; see `WindowSpec`).
+
+use std::collections::BTreeMap;
 
 use crate::rules::sql::WindowSpec;
 use crate::time::EpochMs;
@@ -21,7 +24,7 @@ pub struct Advance {
 /// Where each row of a batch goes.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Routing {
-    /// (window start, row indices) for rows in open windows, windows in order of start.
+    /// (window end, row indices) for rows in open windows, in order of end.
     pub windows: Vec<(EpochMs, Vec<u32>)>,
     /// Rows whose every window had already closed.
     pub late: Vec<u32>,
@@ -32,7 +35,7 @@ pub struct Routing {
 /// The event-time state of one window rule.
 #[derive(Debug, Clone)]
 pub struct WindowClock {
-    size_ms: EpochMs,
+    spec: WindowSpec,
     lateness_ms: EpochMs,
     max_ts: Option<EpochMs>,
     /// Every window ending at or before this is closed.
@@ -41,13 +44,11 @@ pub struct WindowClock {
 
 impl WindowClock {
     pub fn new(spec: WindowSpec, lateness_ms: i64) -> Self {
-        let WindowSpec::Tumble { size_ms } = spec;
-        WindowClock { size_ms: size_ms.max(1), lateness_ms: lateness_ms.max(0), max_ts: None, closed_through: None }
+        WindowClock { spec, lateness_ms: lateness_ms.max(0), max_ts: None, closed_through: None }
     }
 
-    /// The window size.
-    pub fn size_ms(&self) -> EpochMs {
-        self.size_ms
+    pub fn spec(&self) -> WindowSpec {
+        self.spec
     }
 
     /// Max event time seen so far.
@@ -57,26 +58,21 @@ impl WindowClock {
 
     /// The window end at or below `watermark`.
     fn boundary(&self, watermark: EpochMs) -> EpochMs {
-        watermark.div_euclid(self.size_ms) * self.size_ms
-    }
-
-    /// The start of the window holding `ts`.
-    pub fn window_start(&self, ts: EpochMs) -> EpochMs {
-        ts.div_euclid(self.size_ms) * self.size_ms
+        let step = self.spec.step_ms();
+        watermark.div_euclid(step) * step
     }
 
     /// Assigns a batch's rows (their `ts`, in arrival order) to windows.
     pub fn route(&mut self, ts: &[EpochMs]) -> Routing {
+        let mut windows: BTreeMap<EpochMs, Vec<u32>> = BTreeMap::new();
         let mut routing = Routing::default();
         for (i, &t) in ts.iter().enumerate() {
-            let start = self.window_start(t);
-            let closed = self.closed_through.is_some_and(|c| start + self.size_ms <= c);
-            if closed {
-                routing.late.push(i as u32);
-            } else {
-                match routing.windows.iter_mut().find(|(s, _)| *s == start) {
-                    Some((_, rows)) => rows.push(i as u32),
-                    None => routing.windows.push((start, vec![i as u32])),
+            match self.closed_through {
+                Some(closed) if self.spec.last_end_of(t) <= closed => routing.late.push(i as u32),
+                closed => {
+                    for end in self.spec.ends_of(t).filter(|end| closed.is_none_or(|c| *end > c)) {
+                        windows.entry(end).or_default().push(i as u32);
+                    }
                 }
             }
             if self.max_ts.is_none_or(|m| t > m) {
@@ -86,7 +82,7 @@ impl WindowClock {
                 }
             }
         }
-        routing.windows.sort_by_key(|(s, _)| *s);
+        routing.windows = windows.into_iter().collect();
         routing
     }
 
@@ -116,9 +112,10 @@ impl WindowClock {
     }
 
     /// Window ends in (`after`, `through`], in order: the windows an advance closes.
-    pub fn ends_between(&self, after: EpochMs, through: EpochMs) -> impl Iterator<Item = EpochMs> + '_ {
-        let first = after + self.size_ms;
-        (0..).map(move |k| first + k * self.size_ms).take_while(move |end| *end <= through)
+    pub fn ends_between(&self, after: EpochMs, through: EpochMs) -> impl Iterator<Item = EpochMs> + use<> {
+        let step = self.spec.step_ms();
+        let first = self.boundary(after) + step;
+        (0..).map(move |k| first + k * step).take_while(move |end| *end <= through)
     }
 }
 
@@ -135,8 +132,8 @@ mod tests {
     #[test]
     fn rows_are_grouped_by_window_and_the_first_row_closes_nothing() {
         let mut c = clock();
-        let r = c.route(&[10_000, 70_000, 20_000]);
-        assert_eq!(r.windows, vec![(0, vec![0, 2]), (MIN, vec![1])]);
+        let r = c.route(&[10_000, 61_000, 20_000]);
+        assert_eq!(r.windows, vec![(MIN, vec![0, 2]), (2 * MIN, vec![1])]);
         assert!(r.late.is_empty() && r.advances.is_empty());
     }
 
@@ -154,7 +151,7 @@ mod tests {
         let mut c = clock();
         c.route(&[10_000]);
         let r = c.route(&[59_000, 62_000, 59_500]);
-        assert_eq!(r.windows, vec![(0, vec![0]), (MIN, vec![1])]);
+        assert_eq!(r.windows, vec![(MIN, vec![0]), (2 * MIN, vec![1])]);
         assert_eq!(r.late, vec![2]);
         assert_eq!(r.advances.len(), 1);
     }
@@ -173,7 +170,7 @@ mod tests {
             advances += r.advances.len();
         }
         assert_eq!(all.late, late);
-        assert_eq!(all.late, vec![5], "59 s arrives after 63 s closed [0, 60 s)");
+        assert_eq!(all.late, vec![5, 7], "59 s comes after 63 s closed [0, 60 s); 119 s after 125 s closed [60 s, 120 s)");
         assert_eq!(all.advances.len(), advances);
     }
 
@@ -182,7 +179,7 @@ mod tests {
         let mut c = clock();
         let r = c.route(&[10_000, 61_500, 59_000]);
         assert!(r.late.is_empty());
-        assert_eq!(r.windows[0], (0, vec![0, 2]));
+        assert_eq!(r.windows[0], (MIN, vec![0, 2]));
     }
 
     #[test]
@@ -193,5 +190,17 @@ mod tests {
         assert_eq!(advance.boundary, 3 * MIN);
         assert_eq!(c.ends_between(0, advance.boundary).collect::<Vec<_>>(), vec![MIN, 2 * MIN, 3 * MIN]);
         assert_eq!(c.advance_to(5_000), None, "event time never goes back");
+    }
+
+    #[test]
+    fn a_hop_row_goes_to_every_window_covering_it_and_is_late_only_when_all_closed() {
+        let mut c = WindowClock::new(WindowSpec::Hop { slide_ms: MIN, size_ms: 3 * MIN }, 0);
+        let r = c.route(&[150_000]);
+        assert_eq!(r.windows, vec![(3 * MIN, vec![0]), (4 * MIN, vec![0]), (5 * MIN, vec![0])]);
+        c.route(&[4 * MIN]); // closes windows ending at 3 and 4 min
+        let r = c.route(&[150_000]);
+        assert_eq!(r.windows, vec![(5 * MIN, vec![0])], "only the still-open window gets it");
+        c.route(&[5 * MIN]);
+        assert_eq!(c.route(&[150_000]).late, vec![0]);
     }
 }

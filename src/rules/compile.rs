@@ -365,6 +365,8 @@ fn df_problem(path: &Path, error: &DataFusionError, fallback: (u64, u64)) -> Pro
             message.push_str(&format!("; help: {}", help.message));
         }
     }
+    // One problem, one line: editors and CI read `path:line:col: message` line by line.
+    let message = message.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ");
     Problem::error(path, line, col, message)
 }
 

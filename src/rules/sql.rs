@@ -19,11 +19,52 @@ use super::problem::Problem;
 use crate::schema::{DEVICE_ID, DISTRICT, ROW_INDEX, WINDOW_END, WINDOW_START};
 use crate::time::parse_duration_ms;
 
-/// The window a rule aggregates over.
+/// The window a rule aggregates over. Windows are [start, end), aligned to the epoch.
+/// For every kind, window ends are spaced `step_ms` apart and each end has one window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WindowSpec {
-    /// Fixed, non-overlapping windows of `size_ms`, aligned to the epoch.
+    /// Fixed, non-overlapping windows of `size_ms`.
     Tumble { size_ms: i64 },
+    /// Windows of `size_ms` starting every `slide_ms`; a row is in every window covering it.
+    Hop { slide_ms: i64, size_ms: i64 },
+    /// Windows sharing a start every `max_size_ms`, growing by `step_ms`.
+    Cumulate { step_ms: i64, max_size_ms: i64 },
+}
+
+impl WindowSpec {
+    /// The spacing of window ends.
+    pub fn step_ms(&self) -> i64 {
+        match *self {
+            WindowSpec::Tumble { size_ms } => size_ms,
+            WindowSpec::Hop { slide_ms, .. } => slide_ms,
+            WindowSpec::Cumulate { step_ms, .. } => step_ms,
+        }
+    }
+
+    /// The window that ends at `end` (a multiple of `step_ms`).
+    pub fn window_ending_at(&self, end: i64) -> (i64, i64) {
+        match *self {
+            WindowSpec::Tumble { size_ms } | WindowSpec::Hop { size_ms, .. } => (end - size_ms, end),
+            WindowSpec::Cumulate { max_size_ms, .. } => ((end - 1).div_euclid(max_size_ms) * max_size_ms, end),
+        }
+    }
+
+    /// The latest end among the windows holding `ts`.
+    pub fn last_end_of(&self, ts: i64) -> i64 {
+        match *self {
+            WindowSpec::Tumble { size_ms } => ts.div_euclid(size_ms) * size_ms + size_ms,
+            WindowSpec::Hop { slide_ms, size_ms } => ts.div_euclid(slide_ms) * slide_ms + size_ms,
+            WindowSpec::Cumulate { max_size_ms, .. } => ts.div_euclid(max_size_ms) * max_size_ms + max_size_ms,
+        }
+    }
+
+    /// The ends of every window holding `ts`, in increasing order.
+    pub fn ends_of(&self, ts: i64) -> impl Iterator<Item = i64> {
+        let step = self.step_ms();
+        let first = ts.div_euclid(step) * step + step;
+        let last = self.last_end_of(ts);
+        (0..).map(move |k| first + k * step).take_while(move |end| *end <= last)
+    }
 }
 
 /// A rule's SQL, checked and rewritten for the engine.
@@ -50,7 +91,8 @@ pub fn analyze(path: &Path, text: &str, key: Option<&[String]>) -> Result<Analyz
     let err = |line: u64, col: u64, message: String| vec![Problem::error(path, line, col, message)];
     let statements = DFParser::parse_sql_with_dialect(text, &GenericDialect {}).map_err(|e| {
         let message = e.strip_backtrace();
-        let (line, col) = parser_error_position(&message).unwrap_or(start);
+        let at_end = message.contains("found: EOF").then(|| end_position(text));
+        let (line, col) = parser_error_position(&message).or(at_end).unwrap_or(start);
         err(line, col, format!("SQL syntax error: {}", strip_position(&message)))
     })?;
     let mut statements = statements.into_iter();
@@ -266,7 +308,15 @@ fn parse_window(name: &str, expr: &Expr) -> Result<WindowSpec, String> {
     match (name, durations.as_slice()) {
         ("tumble", [size]) if *size > 0 => Ok(WindowSpec::Tumble { size_ms: *size }),
         ("tumble", _) => Err("tumble takes (ts, size) with a size above zero, e.g. tumble(ts, INTERVAL '5 minutes')".to_string()),
-        (other, _) => Err(format!("window function {other} is not supported yet; use tumble(ts, size)")),
+        ("hop", [slide, size]) if *slide > 0 && *size > 0 && size % slide == 0 => {
+            Ok(WindowSpec::Hop { slide_ms: *slide, size_ms: *size })
+        }
+        ("hop", _) => Err("hop takes (ts, slide, size) with size a whole multiple of slide, e.g. hop(ts, INTERVAL '5 minutes', INTERVAL '1 hour')".to_string()),
+        ("cumulate", [step, max]) if *step > 0 && *max > 0 && max % step == 0 => {
+            Ok(WindowSpec::Cumulate { step_ms: *step, max_size_ms: *max })
+        }
+        ("cumulate", _) => Err("cumulate takes (ts, step, max_size) with max_size a whole multiple of step, e.g. cumulate(ts, INTERVAL '1 hour', INTERVAL '1 day')".to_string()),
+        (other, _) => Err(format!("window function {other} is not supported yet; use tumble, hop or cumulate")),
     }
 }
 
@@ -357,9 +407,20 @@ fn parser_error_position(message: &str) -> Option<(u64, u64)> {
     Some((line.trim().parse().ok()?, column.parse().ok()?))
 }
 
+/// Line and column just after the last character of the text.
+fn end_position(text: &str) -> (u64, u64) {
+    let trimmed = text.trim_end();
+    let line = trimmed.lines().count().max(1) as u64;
+    let col = trimmed.lines().last().map(|l| l.chars().count() + 1).unwrap_or(1) as u64;
+    (line, col)
+}
+
 fn strip_position(message: &str) -> String {
     let message = message.strip_prefix("SQL error: ").unwrap_or(message);
-    let message = message.strip_prefix("ParserError(\"").unwrap_or(message);
+    let message = match message.strip_prefix("ParserError(\"") {
+        Some(inner) => inner.strip_suffix("\")").unwrap_or(inner),
+        None => message,
+    };
     let message = message.strip_prefix("sql parser error: ").unwrap_or(message);
     match message.rfind(" at Line: ") {
         Some(i) => message[..i].to_string(),
@@ -427,7 +488,7 @@ mod tests {
     #[test]
     fn syntax_errors_carry_the_parser_position() {
         let problems = analyze_text("-- level: red\nSELECT device_id\nFROM sensor WHERE value >").unwrap_err();
-        assert!(problems[0].starts_with("r.sql:3:"), "{problems:?}");
+        assert!(problems[0].starts_with("r.sql:3:26: SQL syntax error: Expected: an expression, found: EOF"), "{problems:?}");
         assert!(problems[0].contains("SQL syntax error"), "{problems:?}");
     }
 
@@ -438,6 +499,24 @@ mod tests {
         assert!(two[0].contains("reads sensor, water"), "{two:?}");
         let with_cte = "WITH hot AS (SELECT * FROM heating) SELECT device_id FROM hot";
         assert_eq!(analyze_text(with_cte).expect("a CTE is not a table").table, "heating");
+    }
+
+    #[test]
+    fn hop_and_cumulate_are_recognised_and_window_ends_are_evenly_spaced() {
+        let hop = analyze_text("SELECT device_id, avg(value) FROM sensor GROUP BY hop(ts, INTERVAL '5 minutes', INTERVAL '10 minutes'), device_id")
+            .expect("valid")
+            .window
+            .expect("a window");
+        assert_eq!(hop, WindowSpec::Hop { slide_ms: 300_000, size_ms: 600_000 });
+        assert_eq!(hop.ends_of(420_000).collect::<Vec<_>>(), vec![600_000, 900_000], "7 min is in [0, 10) and [5, 15)");
+        assert_eq!(hop.window_ending_at(900_000), (300_000, 900_000));
+        let cumulate = WindowSpec::Cumulate { step_ms: 2, max_size_ms: 8 };
+        assert_eq!(cumulate.ends_of(3).collect::<Vec<_>>(), vec![4, 6, 8]);
+        assert_eq!(cumulate.window_ending_at(6), (0, 6));
+        assert_eq!(cumulate.window_ending_at(10), (8, 10));
+        let tumble = WindowSpec::Tumble { size_ms: 5 };
+        assert_eq!(tumble.ends_of(7).collect::<Vec<_>>(), vec![10]);
+        assert!(analyze_text("SELECT 1 FROM sensor GROUP BY hop(ts, INTERVAL '7 minutes', INTERVAL '10 minutes')").is_err());
     }
 
     #[test]

@@ -69,10 +69,12 @@ struct OpenWindow {
 
 struct Windows {
     clock: WindowClock,
-    /// Open windows by start.
+    /// Open windows by end (each end has one window).
     open: BTreeMap<EpochMs, OpenWindow>,
     /// Every window ending at or before this has been closed and judged.
     judged_through: Option<EpochMs>,
+    /// Max `ts` of the rows themselves (idle advances excluded), the base of idle time.
+    row_max_ts: Option<EpochMs>,
 }
 
 /// The evaluation state of one rule.
@@ -93,6 +95,7 @@ impl RuleWorker {
                 clock: WindowClock::new(spec, rule.lateness_ms),
                 open: BTreeMap::new(),
                 judged_through: None,
+                row_max_ts: None,
             }),
             RuleKind::Row => None,
         };
@@ -208,7 +211,9 @@ impl RuleWorker {
         let batch = &input.batch;
         let ts = batch.column(0).as_primitive::<TimestampMillisecondType>();
         let routing = windows.clock.route(ts.values());
-        let size = windows.clock.size_ms();
+        let spec = windows.clock.spec();
+        let batch_max = ts.values().iter().copied().max();
+        windows.row_max_ts = windows.row_max_ts.max(batch_max);
 
         if !routing.late.is_empty() {
             self.ctx.metrics.add_late(&self.ctx.table_name, &self.rule.id, routing.late.len() as u64);
@@ -224,14 +229,15 @@ impl RuleWorker {
                 });
             }
         }
-        for (start, rows) in routing.windows {
+        for (end, rows) in routing.windows {
             let part = if rows.len() == batch.num_rows() {
                 batch.clone()
             } else {
                 take_record_batch(batch, &UInt32Array::from(rows))?
             };
-            let fed = with_window(&self.rule, part, start, start + size)?;
-            let window = match windows.open.entry(start) {
+            let (start, end) = spec.window_ending_at(end);
+            let fed = with_window(&self.rule, part, start, end)?;
+            let window = match windows.open.entry(end) {
                 std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::btree_map::Entry::Vacant(e) => e.insert(open_window(&self.rule)?),
             };
@@ -247,8 +253,9 @@ impl RuleWorker {
 
     async fn on_idle(&mut self, now_ms: EpochMs, last_arrival_ms: EpochMs, arrived_ns: u64) {
         let Some(windows) = self.windows.as_mut() else { return };
-        let Some(max_ts) = windows.clock.max_ts() else { return };
-        let event_ms = max_ts + (now_ms - last_arrival_ms).max(0);
+        let Some(row_max_ts) = windows.row_max_ts else { return };
+        // Event time is taken to advance with the clock since the table's last row.
+        let event_ms = row_max_ts + (now_ms - last_arrival_ms).max(0);
         if let Some(advance) = windows.clock.advance_to(event_ms) {
             self.judge_through(advance.boundary, advance.event_ms, arrived_ns).await;
         }
@@ -256,11 +263,12 @@ impl RuleWorker {
 
     async fn on_end(&mut self, arrived_ns: u64) {
         let Some(windows) = self.windows.as_mut() else { return };
-        let size = windows.clock.size_ms();
+        let spec = windows.clock.spec();
         let max_ts = windows.clock.max_ts().unwrap_or_default();
         let open = std::mem::take(&mut windows.open);
-        for (start, window) in open {
-            self.close(window, start, start + size, max_ts, arrived_ns).await;
+        for (end, window) in open {
+            let (start, end) = spec.window_ending_at(end);
+            self.close(window, start, end, max_ts, arrived_ns).await;
         }
     }
 
@@ -268,23 +276,24 @@ impl RuleWorker {
     /// Windows without rows are clean steps for every live alert.
     async fn judge_through(&mut self, boundary: EpochMs, event_ms: EpochMs, arrived_ns: u64) {
         let Some(windows) = self.windows.as_mut() else { return };
-        let size = windows.clock.size_ms();
+        let spec = windows.clock.spec();
+        let step = spec.step_ms();
         let from = windows
             .judged_through
-            .or_else(|| windows.open.keys().next().copied())
+            .or_else(|| windows.open.keys().next().map(|end| end - step))
             .unwrap_or(boundary)
             .min(boundary);
         windows.judged_through = Some(boundary);
         // Beyond `resolve_after` empty windows nothing more can change; skip long silences.
         let mut empty_budget = self.rule.policy.resolve_after as usize;
-        let ends: Vec<EpochMs> = if (boundary - from) / size <= 100_000 {
+        let ends: Vec<EpochMs> = if (boundary - from) / step <= 100_000 {
             windows.clock.ends_between(from, boundary).collect()
         } else {
-            windows.open.keys().map(|s| s + size).filter(|e| *e <= boundary).collect()
+            windows.open.range(..=boundary).map(|(end, _)| *end).collect()
         };
         for end in ends {
-            let start = end - size;
-            let open = self.windows.as_mut().and_then(|w| w.open.remove(&start));
+            let (start, end) = spec.window_ending_at(end);
+            let open = self.windows.as_mut().and_then(|w| w.open.remove(&end));
             match open {
                 Some(window) => {
                     empty_budget = self.rule.policy.resolve_after as usize;
