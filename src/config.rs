@@ -14,7 +14,7 @@ use crate::time::parse_duration_ms;
 pub const DEFAULT_TOML: &str = r#"
 [engine]
 batch_rows = 4096          # flush a table's batch at this many rows...
-linger = "20ms"            # ...or when its first row has waited this long (wall time)
+linger = "20ms"            # ...or when the decode queue runs dry, or at the latest after this long
 lateness = "2s"            # watermark = max ts seen - lateness (rules may override)
 idle_timeout = "60s"       # a table silent this long advances its watermark by the clock
 queue_capacity = 1024      # messages per decode queue; when full, the source waits

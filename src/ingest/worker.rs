@@ -1,5 +1,6 @@
 //! A decode worker: one thread that owns some tables, takes their messages from its queue,
-//! decodes them into the tables' batchers, flushes batches on size or linger, turns clock
+//! decodes them into the tables' batchers, flushes batches when full, when the queue runs
+//! dry (adaptive: no waiting when there is nothing to wait for) or on linger, turns clock
 //! ticks into idle notices for silent tables, and fans each batch out to the rules that
 //! read the table. Counters are updated per message, histograms merged per batch.
 
@@ -18,6 +19,9 @@ use crate::deadletter::DeadLetter;
 use crate::metrics::{Metrics, Stage, new_histogram};
 use crate::schema::Catalog;
 use crate::time::{EpochMs, wall_now_ms};
+
+/// How long a batch waits for more rows when the queue is empty (the linger floor).
+const DRY_QUEUE_LINGER: Duration = Duration::from_millis(2);
 
 /// Settings of the decode stage.
 #[derive(Debug, Clone, Copy)]
@@ -88,11 +92,12 @@ impl DecodeWorker {
                 Ok(Ingest::End) | Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {}
             }
-            self.flush_lingering();
+            // Adaptive batching: when nothing more is waiting, a batch that has waited the
+            // short floor goes now; under load the queue never drains and batches fill up.
+            let linger = if rx.is_empty() { self.settings.linger.min(DRY_QUEUE_LINGER) } else { self.settings.linger };
+            self.flush_older_than(linger);
         }
-        for table in self.tables.clone() {
-            self.flush(table);
-        }
+        self.flush_all();
         let arrived_ns = self.metrics.now_ns();
         for table in self.tables.clone() {
             self.send(table, TableEvent::End { arrived_ns });
@@ -135,20 +140,29 @@ impl DecodeWorker {
         }
     }
 
+    /// When the oldest waiting batch is due: the dry-queue floor, so an idle queue still
+    /// flushes soon after its last row.
     fn next_linger_deadline(&self) -> Option<Instant> {
-        self.batchers.by_table.iter().flatten().filter_map(|b| b.started()).min().map(|s| s + self.settings.linger)
+        let wait = self.settings.linger.min(DRY_QUEUE_LINGER);
+        self.batchers.by_table.iter().flatten().filter_map(|b| b.started()).min().map(|s| s + wait)
     }
 
-    fn flush_lingering(&mut self) {
+    fn flush_older_than(&mut self, linger: Duration) {
         let now = Instant::now();
         for table in self.tables.clone() {
             let due = self.batchers.by_table[table]
                 .as_ref()
                 .and_then(|b| b.started())
-                .is_some_and(|s| now.duration_since(s) >= self.settings.linger);
+                .is_some_and(|s| now.duration_since(s) >= linger);
             if due {
                 self.flush(table);
             }
+        }
+    }
+
+    fn flush_all(&mut self) {
+        for table in self.tables.clone() {
+            self.flush(table);
         }
     }
 
