@@ -113,6 +113,7 @@ fn run(args: RunArgs) -> ExitCode {
         sinks: SinkConfig { stdout: !args.quiet, jsonl: args.jsonl, collect: false },
         dead_letter_path: args.dead_letter.clone(),
         clock: DetectionClock::EventTime,
+        capture_results: false,
     };
     match pipeline::run(options) {
         Ok(outcome) => {

@@ -29,7 +29,7 @@ use crate::queue::Handoff;
 use crate::rules::compile::{CompiledRule, compile_all};
 use crate::rules::loader::load_dir;
 use crate::rules::problem::{Problem, Severity};
-use crate::rules::worker::{DetectionClock, RuleReport, RuleWorker, WorkerContext};
+use crate::rules::worker::{DetectionClock, RuleReport, RuleWorker, WindowResult, WorkerContext};
 use crate::summary::Summary;
 
 /// Events a rule's queue holds before the decode worker waits.
@@ -56,6 +56,8 @@ pub struct RunOptions {
     pub sinks: SinkConfig,
     pub dead_letter_path: PathBuf,
     pub clock: DetectionClock,
+    /// Keep every closed window's result rows (rule tests).
+    pub capture_results: bool,
 }
 
 /// What a finished run hands back.
@@ -68,6 +70,8 @@ pub struct RunOutcome {
     pub reports: Vec<RuleReport>,
     /// Rule warnings from `check` (the run went ahead).
     pub rule_warnings: Vec<Problem>,
+    /// Closed windows' result rows, when captured.
+    pub results: Vec<WindowResult>,
 }
 
 /// A run that could not start or finish.
@@ -124,6 +128,9 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
     let (warnings_tx, warnings_rx) = mpsc::channel(WARNING_QUEUE);
     let sink = sink::start(options.sinks.clone(), warnings_rx, Arc::clone(&metrics))?;
 
+    let (results_tx, mut results_rx) = mpsc::unbounded_channel();
+    let results_tx = options.capture_results.then_some(results_tx);
+
     // Rules: one task each, fed by one queue each.
     let mut outputs: Vec<Vec<mpsc::Sender<crate::batch::TableEvent>>> = vec![Vec::new(); catalog.tables().len()];
     let mut rule_tasks = Vec::new();
@@ -132,6 +139,7 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
         let (tx, rx) = mpsc::channel(RULE_QUEUE);
         outputs[rule.table].push(tx);
         let ctx = WorkerContext {
+            results: results_tx.clone(),
             metrics: Arc::clone(&metrics),
             warnings: warnings_tx.clone(),
             dead_letters: dead_letters.clone(),
@@ -141,6 +149,7 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
         rule_tasks.push(runtime.spawn(RuleWorker::new(rule, ctx).run(rx)));
     }
     drop(warnings_tx);
+    drop(results_tx);
 
     // Decode workers: each owns some tables, so every table keeps its arrival order.
     let workers = match engine.decode_threads {
@@ -208,7 +217,11 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
         Err(ReplayError::Closed(e)) => return Err(RunError::Internal(e.to_string())),
     }
     let firing = reports.iter().map(|r| r.firing.len()).sum();
-    Ok(RunOutcome { summary: Summary::collect(&metrics, wall, firing), warnings, reports, rule_warnings })
+    let mut results = Vec::new();
+    while let Ok(result) = results_rx.try_recv() {
+        results.push(result);
+    }
+    Ok(RunOutcome { summary: Summary::collect(&metrics, wall, firing), warnings, reports, rule_warnings, results })
 }
 
 /// Replays a fixture; a line whose envelope is broken is dead-lettered and skipped.

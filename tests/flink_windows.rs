@@ -118,3 +118,36 @@ GROUP BY tumble(ts, INTERVAL '10' MINUTES), device_id";
         .collect();
     assert_eq!(rows, expected);
 }
+
+#[test]
+fn session_matches_flinks_example() {
+    // Flink: SESSION(TABLE Bid PARTITION BY supplier_id, DESCRIPTOR(bidtime), INTERVAL '2' MINUTES)
+    let s = Scenario::new();
+    s.rule(
+        "bids",
+        "SELECT window_start, window_end, device_id, sum(value) AS total_price FROM sensor
+GROUP BY session(ts, INTERVAL '2' MINUTES), device_id",
+    );
+    let outcome = s.run(&bids(&s), |_| {});
+    let hhmm = |v: &serde_json::Value| v.as_str().map(|t| t[11..16].to_string()).unwrap_or_default();
+    let mut rows: Vec<(String, String, String, f64)> = outcome
+        .results
+        .iter()
+        .flat_map(|w| w.rows.iter())
+        .map(|r| (hhmm(&r["window_start"]), hhmm(&r["window_end"]), r["device_id"].as_str().unwrap_or_default().to_string(), r["total_price"].as_f64().unwrap_or_default()))
+        .collect();
+    rows.sort_by(|a, b| (&a.0, &a.2).cmp(&(&b.0, &b.2)));
+    let expected: Vec<(String, String, String, f64)> = [
+        ("08:05", "08:09", "supplier1", 6.0),
+        ("08:09", "08:13", "supplier2", 8.0),
+        ("08:13", "08:15", "supplier1", 1.0),
+        ("08:17", "08:19", "supplier2", 6.0),
+    ]
+    .iter()
+    .map(|(a, b, c, d)| (a.to_string(), b.to_string(), c.to_string(), *d))
+    .collect();
+    assert_eq!(rows, expected);
+    // Each supplier's first session fires its alert; the second is a repeat while firing.
+    let fired: Vec<String> = outcome.warnings.iter().map(|w| format!("{:?} {}", w.status, w.key["device_id"])).collect();
+    assert_eq!(fired, ["Firing \"supplier1\"", "Firing \"supplier2\""]);
+}

@@ -21,7 +21,7 @@ use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use super::feed::Feed;
 use super::loader::RuleFile;
 use super::problem::Problem;
-use super::sql::{AnalyzedSql, WindowSpec, analyze, lint};
+use super::sql::{AnalyzedSql, WindowSpec, Windowing, analyze, lint};
 use crate::alert::level::Level;
 use crate::alert::lifecycle::{FireAfter, Policy};
 use crate::alert::warning::RuleInfo;
@@ -29,11 +29,13 @@ use crate::config::EngineConfig;
 use crate::schema::{Catalog, DEVICE_ID, DISTRICT, ROW_INDEX, TableDef, WINDOW_END, WINDOW_START, timestamp_type};
 use crate::time::parse_duration_ms;
 
-/// Row rules judge each row; window rules judge each closed window.
+/// Row rules judge each row; window rules judge each closed window; session rules judge
+/// each closed session of a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RuleKind {
     Row,
     Window(WindowSpec),
+    Session { gap_ms: i64 },
 }
 
 /// Where the parts of an alert are in the rule's output (or input, for row-rule keys).
@@ -64,6 +66,8 @@ pub struct CompiledRule {
     /// The schema of the batches the rule is fed (table schema plus engine columns).
     pub feed_schema: SchemaRef,
     pub layout: OutputLayout,
+    /// Session rules: the key columns in the input, which partition the sessions.
+    pub session_key: Vec<(String, usize)>,
     /// FNV-1a of the rule's text, to tell versions apart.
     pub version: String,
     plan: Arc<dyn ExecutionPlan>,
@@ -134,7 +138,8 @@ pub async fn compile(rule: &RuleFile, catalog: &Catalog, engine: &EngineConfig) 
     };
     let table = catalog.index_of(&analyzed.table).unwrap_or_default();
     let kind = match analyzed.window {
-        Some(spec) => RuleKind::Window(spec),
+        Some(Windowing::Aligned(spec)) => RuleKind::Window(spec),
+        Some(Windowing::Session { gap_ms }) => RuleKind::Session { gap_ms },
         None => RuleKind::Row,
     };
     let feed_schema = feed_schema(table_def, kind);
@@ -157,6 +162,10 @@ pub async fn compile(rule: &RuleFile, catalog: &Catalog, engine: &EngineConfig) 
     let plan = ctx.state().create_physical_plan(&logical).await.map_err(|e| vec![df_problem(path, &e, start)])?;
     let layout = output_layout(rule, &analyzed, kind, table_def, &plan.schema())?;
     let policy = policy(rule, kind)?;
+    let session_key = match kind {
+        RuleKind::Session { .. } => session_key(rule, table_def, &layout, start)?,
+        _ => Vec::new(),
+    };
 
     let compiled = CompiledRule {
         id: rule.id.clone(),
@@ -169,6 +178,7 @@ pub async fn compile(rule: &RuleFile, catalog: &Catalog, engine: &EngineConfig) 
         lateness_ms: header.lateness_ms.unwrap_or(engine.lateness.0),
         feed_schema,
         layout,
+        session_key,
         version: text_version(&rule.text),
         plan,
         feed,
@@ -212,7 +222,7 @@ async fn plan_logical(ctx: &SessionContext, analyzed: &AnalyzedSql) -> Result<Lo
 fn feed_schema(table: &TableDef, kind: RuleKind) -> SchemaRef {
     let mut fields: Vec<Field> = table.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
     match kind {
-        RuleKind::Window(_) => {
+        RuleKind::Window(_) | RuleKind::Session { .. } => {
             fields.push(Field::new(WINDOW_START, timestamp_type(), false));
             fields.push(Field::new(WINDOW_END, timestamp_type(), false));
         }
@@ -236,7 +246,7 @@ fn output_layout(
     let index = |name: &str| output.index_of(name).ok();
 
     let key: Vec<(String, usize)> = match kind {
-        RuleKind::Window(_) => {
+        RuleKind::Window(_) | RuleKind::Session { .. } => {
             let names = header.key.clone().unwrap_or_else(|| analyzed.group_columns.clone());
             let mut key = Vec::new();
             for name in names {
@@ -313,12 +323,30 @@ fn output_layout(
     Ok(OutputLayout { key, values, level, row_index })
 }
 
+/// A session rule's key must be plain table columns: sessions are tracked per key value
+/// before aggregation.
+fn session_key(rule: &RuleFile, table: &TableDef, layout: &OutputLayout, start: (u64, u64)) -> Result<Vec<(String, usize)>, Vec<Problem>> {
+    layout
+        .key
+        .iter()
+        .map(|(name, _)| match table.column_index(name) {
+            Some(i) => Ok((name.clone(), i)),
+            None => Err(vec![Problem::error(
+                &rule.path,
+                start.0,
+                start.1,
+                format!("session windows are kept per key, so key column `{name}` must be a column of table `{}`", table.name),
+            )]),
+        })
+        .collect()
+}
+
 fn policy(rule: &RuleFile, kind: RuleKind) -> Result<Policy, Vec<Problem>> {
     let resolve_after = rule.header.resolve;
     let fire_after = match (&rule.header.fire_for, kind) {
-        (None, RuleKind::Window(_)) => FireAfter::Windows(1),
+        (None, RuleKind::Window(_) | RuleKind::Session { .. }) => FireAfter::Windows(1),
         (None, RuleKind::Row) => FireAfter::Duration(0),
-        (Some(f), RuleKind::Window(_)) => match f.text.parse::<u32>() {
+        (Some(f), RuleKind::Window(_) | RuleKind::Session { .. }) => match f.text.parse::<u32>() {
             Ok(n) if n >= 1 => FireAfter::Windows(n),
             _ => {
                 return Err(vec![Problem::error(

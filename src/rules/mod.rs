@@ -9,5 +9,6 @@ pub mod feed;
 pub mod loader;
 pub mod output;
 pub mod problem;
+pub mod session;
 pub mod sql;
 pub mod worker;

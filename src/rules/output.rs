@@ -71,6 +71,18 @@ pub fn level_of(batch: &RecordBatch, row: usize, column: Option<usize>, default:
     }
 }
 
+/// A whole result row as JSON (the hidden row index left out), for captured results.
+pub fn result_json(batch: &RecordBatch, row: usize) -> Map<String, Value> {
+    let schema = batch.schema();
+    schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.name() != ROW_INDEX)
+        .map(|(i, f)| (f.name().clone(), json_value(batch.column(i), row)))
+        .collect()
+}
+
 /// A whole input row as JSON (engine columns left out), for dead letters.
 pub fn row_json(batch: &RecordBatch, row: usize) -> Value {
     let schema = batch.schema();

@@ -67,6 +67,15 @@ impl WindowSpec {
     }
 }
 
+/// How a rule's rows are grouped in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Windowing {
+    /// Epoch-aligned windows shared by every key (tumble, hop, cumulate).
+    Aligned(WindowSpec),
+    /// Per-key sessions that end `gap_ms` after their last row.
+    Session { gap_ms: i64 },
+}
+
 /// A rule's SQL, checked and rewritten for the engine.
 #[derive(Debug, Clone)]
 pub struct AnalyzedSql {
@@ -74,7 +83,7 @@ pub struct AnalyzedSql {
     pub statement: Statement,
     /// The one table the rule reads.
     pub table: String,
-    pub window: Option<WindowSpec>,
+    pub window: Option<Windowing>,
     /// Plain column names in GROUP BY besides the window (the default alert key).
     pub group_columns: Vec<String>,
     /// Columns the engine appended to the SELECT list (not shown in warning values).
@@ -284,7 +293,7 @@ fn window_call(expr: &Expr) -> Option<String> {
     WINDOW_FUNCTIONS.contains(&name.as_str()).then_some(name)
 }
 
-fn parse_window(name: &str, expr: &Expr) -> Result<WindowSpec, String> {
+fn parse_window(name: &str, expr: &Expr) -> Result<Windowing, String> {
     let Expr::Function(f) = expr else {
         return Err(format!("{name} must be called like {name}(ts, INTERVAL '1 minute')"));
     };
@@ -305,18 +314,21 @@ fn parse_window(name: &str, expr: &Expr) -> Result<WindowSpec, String> {
     }
     let durations: Result<Vec<i64>, String> = args[1..].iter().map(|e| interval_ms(e)).collect();
     let durations = durations?;
+    let aligned = |spec: WindowSpec| Ok(Windowing::Aligned(spec));
     match (name, durations.as_slice()) {
-        ("tumble", [size]) if *size > 0 => Ok(WindowSpec::Tumble { size_ms: *size }),
+        ("session", [gap]) if *gap > 0 => Ok(Windowing::Session { gap_ms: *gap }),
+        ("session", _) => Err("session takes (ts, gap) with a gap above zero, e.g. session(ts, INTERVAL '10 minutes')".to_string()),
+        ("tumble", [size]) if *size > 0 => aligned(WindowSpec::Tumble { size_ms: *size }),
         ("tumble", _) => Err("tumble takes (ts, size) with a size above zero, e.g. tumble(ts, INTERVAL '5 minutes')".to_string()),
         ("hop", [slide, size]) if *slide > 0 && *size > 0 && size % slide == 0 => {
-            Ok(WindowSpec::Hop { slide_ms: *slide, size_ms: *size })
+            aligned(WindowSpec::Hop { slide_ms: *slide, size_ms: *size })
         }
         ("hop", _) => Err("hop takes (ts, slide, size) with size a whole multiple of slide, e.g. hop(ts, INTERVAL '5 minutes', INTERVAL '1 hour')".to_string()),
         ("cumulate", [step, max]) if *step > 0 && *max > 0 && max % step == 0 => {
-            Ok(WindowSpec::Cumulate { step_ms: *step, max_size_ms: *max })
+            aligned(WindowSpec::Cumulate { step_ms: *step, max_size_ms: *max })
         }
         ("cumulate", _) => Err("cumulate takes (ts, step, max_size) with max_size a whole multiple of step, e.g. cumulate(ts, INTERVAL '1 hour', INTERVAL '1 day')".to_string()),
-        (other, _) => Err(format!("window function {other} is not supported yet; use tumble, hop or cumulate")),
+        (other, _) => Err(format!("unknown window function {other}; use tumble, hop, session or cumulate")),
     }
 }
 
@@ -440,7 +452,7 @@ mod tests {
     fn tumble_is_recognised_and_rewritten_to_window_columns() {
         let sql = "-- level: red\nSELECT district, avg(value) AS v FROM sensor\nGROUP BY tumble(ts, INTERVAL '15 minutes'), district, device_id";
         let a = analyze_text(sql).expect("valid");
-        assert_eq!(a.window, Some(WindowSpec::Tumble { size_ms: 900_000 }));
+        assert_eq!(a.window, Some(Windowing::Aligned(WindowSpec::Tumble { size_ms: 900_000 })));
         assert_eq!(a.table, "sensor");
         assert_eq!(a.group_columns, ["district", "device_id"]);
         assert_eq!(a.hidden_columns, ["device_id"]);
@@ -453,7 +465,7 @@ mod tests {
     #[test]
     fn interval_with_a_unit_keyword_is_understood() {
         let a = analyze_text("SELECT count(*) FROM water GROUP BY tumble(ts, INTERVAL '5' MINUTE), device_id").expect("valid");
-        assert_eq!(a.window, Some(WindowSpec::Tumble { size_ms: 300_000 }));
+        assert_eq!(a.window, Some(Windowing::Aligned(WindowSpec::Tumble { size_ms: 300_000 })));
     }
 
     #[test]
@@ -507,7 +519,10 @@ mod tests {
             .expect("valid")
             .window
             .expect("a window");
+        let Windowing::Aligned(hop) = hop else { panic!("hop is aligned") };
         assert_eq!(hop, WindowSpec::Hop { slide_ms: 300_000, size_ms: 600_000 });
+        let session = analyze_text("SELECT device_id, count(*) FROM sensor GROUP BY session(ts, INTERVAL '2' MINUTES), device_id").expect("valid");
+        assert_eq!(session.window, Some(Windowing::Session { gap_ms: 120_000 }));
         assert_eq!(hop.ends_of(420_000).collect::<Vec<_>>(), vec![600_000, 900_000], "7 min is in [0, 10) and [5, 15)");
         assert_eq!(hop.window_ending_at(900_000), (300_000, 900_000));
         let cumulate = WindowSpec::Cumulate { step_ms: 2, max_size_ms: 8 };

@@ -23,7 +23,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::compile::{CompiledRule, RuleKind};
-use super::output::{key_of, level_of, row_json, values_of};
+use super::output::{key_of, level_of, result_json, row_json, values_of};
+use super::session::{ClosedSession, Sessions};
 use crate::alert::lifecycle::{CleanStep, Evidence, FiringAlert, Lifecycle, Transition};
 use crate::alert::warning::Warning;
 use crate::batch::{TableBatch, TableEvent};
@@ -41,9 +42,21 @@ pub enum DetectionClock {
     Wall,
 }
 
+/// The result rows of one closed window (captured for rule tests when asked for).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowResult {
+    pub rule: String,
+    pub window_start: EpochMs,
+    pub window_end: EpochMs,
+    /// Every output column of every result row.
+    pub rows: Vec<serde_json::Map<String, serde_json::Value>>,
+}
+
 /// What a rule worker needs from the pipeline.
 #[derive(Clone)]
 pub struct WorkerContext {
+    /// Where closed windows' result rows go, when captured.
+    pub results: Option<mpsc::UnboundedSender<WindowResult>>,
     pub metrics: Arc<Metrics>,
     pub warnings: mpsc::Sender<Warning>,
     pub dead_letters: crossbeam_channel::Sender<DeadLetter>,
@@ -82,6 +95,7 @@ pub struct RuleWorker {
     rule: Arc<CompiledRule>,
     lifecycle: Lifecycle,
     windows: Option<Windows>,
+    sessions: Option<Sessions>,
     ctx: WorkerContext,
     errors: u64,
     eval_latency: Histogram<u64>,
@@ -97,9 +111,14 @@ impl RuleWorker {
                 judged_through: None,
                 row_max_ts: None,
             }),
-            RuleKind::Row => None,
+            RuleKind::Row | RuleKind::Session { .. } => None,
+        };
+        let sessions = match rule.kind {
+            RuleKind::Session { gap_ms } => Some(Sessions::new(gap_ms, rule.lateness_ms, rule.session_key.clone())),
+            _ => None,
         };
         RuleWorker {
+            sessions,
             lifecycle: Lifecycle::new(&rule.id, rule.policy),
             rule,
             windows,
@@ -119,6 +138,7 @@ impl RuleWorker {
                     let result = match self.rule.kind {
                         RuleKind::Row => self.on_row_batch(&batch).await,
                         RuleKind::Window(_) => self.on_window_batch(&batch).await,
+                        RuleKind::Session { .. } => self.on_session_batch(&batch).await,
                     };
                     if let Err(e) = result {
                         self.fail(&e);
@@ -215,20 +235,6 @@ impl RuleWorker {
         let batch_max = ts.values().iter().copied().max();
         windows.row_max_ts = windows.row_max_ts.max(batch_max);
 
-        if !routing.late.is_empty() {
-            self.ctx.metrics.add_late(&self.ctx.table_name, &self.rule.id, routing.late.len() as u64);
-            for &row in &routing.late {
-                let row = row as usize;
-                let _ = self.ctx.dead_letters.send(DeadLetter {
-                    reason: Reason::Late,
-                    detail: format!("every window of rule {} holding this row had closed", self.rule.id),
-                    topic: input.topics[row].to_string(),
-                    at: input.at_ms[row],
-                    rule: Some(self.rule.id.clone()),
-                    payload: row_json(batch, row),
-                });
-            }
-        }
         for (end, rows) in routing.windows {
             let part = if rows.len() == batch.num_rows() {
                 batch.clone()
@@ -244,6 +250,7 @@ impl RuleWorker {
             // A send fails only if the window's execution already failed; its task reports why.
             let _ = window.tx.unbounded_send(fed);
         }
+        self.dead_letter_late(input, &routing.late);
         for advance in routing.advances {
             let arrived_ns = advance.row.map(|r| input.arrivals_ns[r]).unwrap_or_else(|| self.ctx.metrics.now_ns());
             self.judge_through(advance.boundary, advance.event_ms, arrived_ns).await;
@@ -251,7 +258,105 @@ impl RuleWorker {
         Ok(())
     }
 
+    /// Counts and dead-letters rows that came after every window holding them had closed.
+    fn dead_letter_late(&self, input: &TableBatch, late: &[u32]) {
+        if late.is_empty() {
+            return;
+        }
+        self.ctx.metrics.add_late(&self.ctx.table_name, &self.rule.id, late.len() as u64);
+        for &row in late {
+            let row = row as usize;
+            let _ = self.ctx.dead_letters.send(DeadLetter {
+                reason: Reason::Late,
+                detail: format!("every window of rule {} holding this row had closed", self.rule.id),
+                topic: input.topics[row].to_string(),
+                at: input.at_ms[row],
+                rule: Some(self.rule.id.clone()),
+                payload: row_json(&input.batch, row),
+            });
+        }
+    }
+
+    // ---- session rules ---------------------------------------------------------------
+
+    async fn on_session_batch(&mut self, input: &TableBatch) -> Result<(), DataFusionError> {
+        let Some(sessions) = self.sessions.as_mut() else { return Ok(()) };
+        let routing = sessions.route(&input.batch)?;
+        self.dead_letter_late(input, &routing.late);
+        let now_ns = self.ctx.metrics.now_ns();
+        let arrivals: Vec<u64> = routing.closed.iter().map(|c| c.row.map(|r| input.arrivals_ns[r]).unwrap_or(now_ns)).collect();
+        self.judge_sessions(routing.closed, &arrivals).await
+    }
+
+    /// Evaluates closed sessions — one plan execution for as many as have distinct keys —
+    /// and steps each session's alert: a breach per result row, a clean step otherwise.
+    async fn judge_sessions(&mut self, closed: Vec<ClosedSession>, arrivals: &[u64]) -> Result<(), DataFusionError> {
+        let mut remaining: Vec<(ClosedSession, u64)> = closed.into_iter().zip(arrivals.iter().copied()).collect();
+        while !remaining.is_empty() {
+            let mut keys = HashSet::new();
+            let split = remaining.iter().position(|(c, _)| !keys.insert(c.key_id.clone())).unwrap_or(remaining.len());
+            let rest = remaining.split_off(split);
+            let group = std::mem::replace(&mut remaining, rest);
+            let started = Instant::now();
+            let mut fed = Vec::new();
+            for (session, _) in &group {
+                for part in &session.parts {
+                    fed.push(with_window(&self.rule, part.clone(), session.start, session.end)?);
+                }
+            }
+            let output = collect(self.rule.execute(self.rule.stream_of(fed))?).await?;
+            self.ctx.metrics.windows_closed.fetch_add(group.len() as u64, Ordering::Relaxed);
+            self.ctx.metrics.record(Stage::WindowClose, started.elapsed().as_nanos() as u64);
+            let mut rows_by_key: std::collections::HashMap<String, Vec<(usize, usize)>> = std::collections::HashMap::new();
+            for (b, out) in output.iter().enumerate() {
+                for r in 0..out.num_rows() {
+                    rows_by_key.entry(key_of(out, r, &self.rule.layout.key).id).or_default().push((b, r));
+                }
+            }
+            for (session, arrived_ns) in group {
+                let window = Some((session.start, session.end));
+                let detected_ms = self.detected(session.event_ms);
+                let rows = rows_by_key.remove(&session.key_id);
+                self.capture(session.start, session.end, rows.iter().flatten().copied(), &output);
+                match rows {
+                    Some(rows) => {
+                        for (b, r) in rows {
+                            let out = &output[b];
+                            let evidence = Evidence {
+                                key: key_of(out, r, &self.rule.layout.key),
+                                level: self.level(out, r),
+                                values: values_of(out, r, &self.rule.layout.values),
+                                window,
+                                event_ms: session.start,
+                                detected_ms,
+                                arrived_ns,
+                            };
+                            if let Some(t) = self.lifecycle.breach(evidence) {
+                                self.emit(t).await;
+                            }
+                        }
+                    }
+                    None => {
+                        if let Some(t) = self.lifecycle.clean(&session.key_id, CleanStep { window, detected_ms, arrived_ns }) {
+                            self.emit(t).await;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn on_idle(&mut self, now_ms: EpochMs, last_arrival_ms: EpochMs, arrived_ns: u64) {
+        if let Some(sessions) = self.sessions.as_mut() {
+            let Some(row_max_ts) = sessions.row_max_ts() else { return };
+            let closed = sessions.advance_to(row_max_ts + (now_ms - last_arrival_ms).max(0));
+            let arrivals = vec![arrived_ns; closed.len()];
+            if let Err(e) = self.judge_sessions(closed, &arrivals).await {
+                self.fail(&e);
+            }
+            return;
+        }
         let Some(windows) = self.windows.as_mut() else { return };
         let Some(row_max_ts) = windows.row_max_ts else { return };
         // Event time is taken to advance with the clock since the table's last row.
@@ -262,6 +367,14 @@ impl RuleWorker {
     }
 
     async fn on_end(&mut self, arrived_ns: u64) {
+        if let Some(sessions) = self.sessions.as_mut() {
+            let closed = sessions.close_all();
+            let arrivals = vec![arrived_ns; closed.len()];
+            if let Err(e) = self.judge_sessions(closed, &arrivals).await {
+                self.fail(&e);
+            }
+            return;
+        }
         let Some(windows) = self.windows.as_mut() else { return };
         let spec = windows.clock.spec();
         let max_ts = windows.clock.max_ts().unwrap_or_default();
@@ -328,6 +441,8 @@ impl RuleWorker {
         };
         self.ctx.metrics.windows_closed.fetch_add(1, Ordering::Relaxed);
         self.ctx.metrics.record(Stage::WindowClose, started.elapsed().as_nanos() as u64);
+        let all_rows = output.iter().enumerate().flat_map(|(b, out)| (0..out.num_rows()).map(move |r| (b, r)));
+        self.capture(start, end, all_rows, &output);
         let detected_ms = self.detected(event_ms);
         let mut breached = HashSet::new();
         for out in &output {
@@ -355,6 +470,13 @@ impl RuleWorker {
     }
 
     // ---- shared ----------------------------------------------------------------------
+
+    /// Sends a window's result rows to the capture, when one is attached.
+    fn capture(&self, start: EpochMs, end: EpochMs, rows: impl Iterator<Item = (usize, usize)>, output: &[RecordBatch]) {
+        let Some(results) = &self.ctx.results else { return };
+        let rows = rows.map(|(b, r)| result_json(&output[b], r)).collect();
+        let _ = results.send(WindowResult { rule: self.rule.id.clone(), window_start: start, window_end: end, rows });
+    }
 
     fn level(&mut self, out: &RecordBatch, row: usize) -> crate::alert::level::Level {
         match level_of(out, row, self.rule.layout.level, self.rule.level) {

@@ -82,6 +82,7 @@ pub fn run_with(config: Config, fixture: FixtureSource, dead_letters: &Path) -> 
         sinks: SinkConfig { stdout: false, jsonl: None, collect: true },
         dead_letter_path: dead_letters.to_path_buf(),
         clock: DetectionClock::EventTime,
+        capture_results: true,
     };
     pipeline::run(options).expect("the pipeline runs")
 }
