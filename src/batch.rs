@@ -34,7 +34,7 @@ pub enum TableEvent {
     Batch(Arc<TableBatch>),
     /// No row arrived for `idle_timeout`: at virtual time `now_ms`, the last row had arrived
     /// at `last_arrival_ms`. Every row of the table received so far was sent before this.
-    Idle { now_ms: EpochMs, last_arrival_ms: EpochMs, arrived_ns: u64 },
+    Idle { table: usize, now_ms: EpochMs, last_arrival_ms: EpochMs, arrived_ns: u64 },
     /// The source is exhausted.
     End { arrived_ns: u64 },
 }

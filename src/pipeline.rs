@@ -26,7 +26,7 @@ use crate::ingest::topic::TopicPattern;
 use crate::ingest::worker::{DecodeSettings, DecodeWorker};
 use crate::metrics::Metrics;
 use crate::queue::Handoff;
-use crate::rules::compile::{CompiledRule, compile_all};
+use crate::rules::compile::{CompiledRule, RuleKind, compile_all};
 use crate::rules::loader::load_dir;
 use crate::rules::problem::{Problem, Severity};
 use crate::rules::worker::{DetectionClock, RuleReport, RuleWorker, WindowResult, WorkerContext};
@@ -134,17 +134,27 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
     // Rules: one task each, fed by one queue each.
     let mut outputs: Vec<Vec<mpsc::Sender<crate::batch::TableEvent>>> = vec![Vec::new(); catalog.tables().len()];
     let mut rule_tasks = Vec::new();
+    let table_names: Vec<String> = catalog.tables().iter().map(|t| t.name.clone()).collect();
     for rule in compiled {
         let rule = Arc::new(rule);
         let (tx, rx) = mpsc::channel(RULE_QUEUE);
-        outputs[rule.table].push(tx);
+        // A `devices` rule watches every table; any other rule reads one.
+        let inputs = if rule.kind == RuleKind::Devices {
+            outputs.iter_mut().for_each(|o| o.push(tx.clone()));
+            outputs.len()
+        } else {
+            outputs[rule.table].push(tx);
+            1
+        };
         let ctx = WorkerContext {
             results: results_tx.clone(),
             metrics: Arc::clone(&metrics),
             warnings: warnings_tx.clone(),
             dead_letters: dead_letters.clone(),
             clock: options.clock,
-            table_name: catalog.tables()[rule.table].name.clone(),
+            table_name: rule.info.table.clone(),
+            table_names: table_names.clone(),
+            inputs,
         };
         rule_tasks.push(runtime.spawn(RuleWorker::new(rule, ctx).run(rx)));
     }

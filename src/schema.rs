@@ -20,6 +20,15 @@ pub const WINDOW_START: &str = "window_start";
 pub const WINDOW_END: &str = "window_end";
 /// Hidden input row index that lets a row rule tell breaching rows from clean ones.
 pub const ROW_INDEX: &str = "__row";
+/// The engine-kept table of devices and when each was last seen (silence rules).
+pub const DEVICES: &str = "devices";
+/// `devices` columns beyond `device_id` and `district`.
+pub const TABLE_NAME: &str = "table_name";
+pub const LAST_SEEN: &str = "last_seen";
+/// The evaluation time of a `devices` snapshot.
+pub const NOW: &str = "now";
+/// Seconds from `last_seen` to `now`.
+pub const SILENT_S: &str = "silent_s";
 /// Timezone of every timestamp column.
 pub const UTC: &str = "UTC";
 
@@ -83,6 +92,18 @@ impl TableDef {
 /// `Timestamp(Millisecond, "UTC")`, the type of `ts`, `window_start` and `window_end`.
 pub fn timestamp_type() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, Some(UTC.into()))
+}
+
+/// The schema of the `devices` table: one row per (table, device) ever seen.
+pub fn devices_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(TABLE_NAME, DataType::Utf8, false),
+        Field::new(DEVICE_ID, DataType::Utf8, false),
+        Field::new(DISTRICT, DataType::Utf8, false),
+        Field::new(LAST_SEEN, timestamp_type(), false),
+        Field::new(NOW, timestamp_type(), false),
+        Field::new(SILENT_S, DataType::Float64, false),
+    ]))
 }
 
 /// The built-in tables of DESIGN.md with their default columns.
@@ -152,7 +173,7 @@ impl Catalog {
             .collect();
         let mut problems = Vec::new();
         for (table, columns) in extra {
-            if !is_identifier(table) {
+            if !is_identifier(table) || table == DEVICES {
                 problems.push(format!("table name `{table}` must be lower-case letters, digits and _"));
                 continue;
             }

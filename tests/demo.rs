@@ -92,6 +92,7 @@ fn demo_replay_matches_the_golden_warnings_and_catches_every_incident() {
         ("network_pressure_low", "hs-15", Orange),
         ("supply_temp_high", "hs-03", Yellow),
         ("ph_out_of_range", "wq-08", Yellow),
+        ("station_silent", "hs-12", Orange),
     ];
     for (rule, device, expected) in incidents {
         assert_eq!(level(rule, device), Some(expected), "{rule} on {device}");
@@ -102,7 +103,7 @@ fn demo_replay_matches_the_golden_warnings_and_catches_every_incident() {
     // 3. Nothing outside the incidents.
     let incident_devices: BTreeSet<&str> = [
         "wp-12", "wp-13", "wp-14", "wp-15", "wq-03", "hs-07", "gas-031", "up-03", "mh-017", "td-a03", "td-a04", "td-a05",
-        "td-e02", "aqi-02", "aqi-05", "hs-15", "hs-03", "wq-08",
+        "td-e02", "aqi-02", "aqi-05", "hs-15", "hs-03", "wq-08", "hs-12",
     ]
     .into_iter()
     .collect();
@@ -110,7 +111,16 @@ fn demo_replay_matches_the_golden_warnings_and_catches_every_incident() {
         assert!(incident_devices.contains(device.as_str()) || device.starts_with("room-hd-07"), "unexpected warning: {rule} on {device}");
     }
     let tables: BTreeSet<&str> = warnings.iter().map(|w| w.table.as_str()).collect();
-    assert_eq!(tables, BTreeSet::from(["heating", "sensor", "traffic", "water"]));
+    assert_eq!(tables, BTreeSet::from(["devices", "heating", "sensor", "traffic", "water"]));
+
+    // The silent station fires once, ten minutes into its silence, and resolves once it is back.
+    let silent: Vec<(WarningStatus, &str)> =
+        warnings.iter().filter(|w| w.rule == "station_silent").map(|w| (w.status, w.detected_at.as_str())).collect();
+    assert_eq!(
+        silent,
+        [(WarningStatus::Firing, "2026-01-15T02:30:00.000Z"), (WarningStatus::Resolved, "2026-01-15T05:06:00.000Z")],
+        "hs-12 is silent from 10:20 to 13:05 CST (02:20Z-05:05Z)"
+    );
 
     // 4. The gas leak walks up through every level and resolves.
     let gas: Vec<(WarningStatus, Level)> = warnings.iter().filter(|w| w.rule == "gas_lel_high").map(|w| (w.status, w.level)).collect();

@@ -161,3 +161,33 @@ GROUP BY tumble(ts, INTERVAL '1 minute'), district, device_id HAVING avg(room_te
     let shown: Vec<(String, String)> = outcome.warnings.iter().map(|w| (common::stable(w)["status"].to_string(), w.detected_at.clone())).collect();
     assert_eq!(shown, [("\"firing\"".to_string(), at(70_000)), ("\"resolved\"".to_string(), at(122_000))]);
 }
+
+#[test]
+fn a_silent_station_fires_and_resolves_when_it_reports_again() {
+    let s = Scenario::new();
+    s.rule(
+        "station_silent",
+        "-- level: orange
+SELECT table_name, district, device_id, silent_s FROM devices
+WHERE table_name = 'heating' AND device_id LIKE 'hs-%' AND silent_s >= 600
+",
+    );
+    // hs-1 reports every minute; hs-2 falls silent after minute 5 and is back at minute 25.
+    let mut messages = Vec::new();
+    for minute in 0..40 {
+        let ms = minute * MIN;
+        messages.push((ms, "city/haidian/heating/hs-1", json!({"ts": T0 + ms, "kind": "station", "supply_temp_c": 70.0})));
+        if !(6..25).contains(&minute) {
+            messages.push((ms + 1, "city/haidian/heating/hs-2", json!({"ts": T0 + ms, "kind": "station", "supply_temp_c": 70.0})));
+        }
+    }
+    let outcome = s.run(&s.fixture(&messages), |_| {});
+    let shown: Vec<(String, String)> = outcome.warnings.iter().map(|w| (common::stable(w)["status"].to_string(), w.detected_at.clone())).collect();
+    // Snapshots are judged at each minute: at 15 min hs-2 has been silent 600 s; the
+    // snapshot at 26 min is the first that sees its report of 25 min.
+    assert_eq!(shown, [("\"firing\"".to_string(), at(15 * MIN)), ("\"resolved\"".to_string(), at(26 * MIN))]);
+    let fired = &outcome.warnings[0];
+    assert_eq!(fired.key, serde_json::from_value(json!({"table_name": "heating", "device_id": "hs-2"})).expect("map"));
+    assert_eq!(fired.values["silent_s"], json!(600.0));
+    assert_eq!(fired.values["district"], json!("haidian"));
+}

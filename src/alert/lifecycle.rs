@@ -242,7 +242,18 @@ impl Lifecycle {
 
     /// A clean step for every alert whose key is not in `breached` (a window closed).
     pub fn clean_all_except(&mut self, breached: &HashSet<String>, step: CleanStep) -> Vec<Transition> {
-        let mut ids: Vec<String> = self.alerts.keys().filter(|id| !breached.contains(*id)).cloned().collect();
+        self.clean_where(breached, step, |_| true)
+    }
+
+    /// A clean step for every alert not in `breached` whose key passes `judged` (the part of
+    /// the key space an evaluation covered).
+    pub fn clean_where(&mut self, breached: &HashSet<String>, step: CleanStep, judged: impl Fn(&AlertKey) -> bool) -> Vec<Transition> {
+        let mut ids: Vec<String> = self
+            .alerts
+            .iter()
+            .filter(|(id, alert)| !breached.contains(*id) && judged(&alert.key))
+            .map(|(id, _)| id.clone())
+            .collect();
         ids.sort();
         ids.iter().filter_map(|id| self.clean(id, step)).collect()
     }

@@ -135,7 +135,7 @@ impl DecodeWorker {
             if now_ms - last >= self.settings.idle_timeout_ms {
                 self.flush(table);
                 let arrived_ns = self.metrics.now_ns();
-                self.send(table, TableEvent::Idle { now_ms, last_arrival_ms: last, arrived_ns });
+                self.send(table, TableEvent::Idle { table, now_ms, last_arrival_ms: last, arrived_ns });
             }
         }
     }

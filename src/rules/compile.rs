@@ -26,7 +26,7 @@ use crate::alert::level::Level;
 use crate::alert::lifecycle::{FireAfter, Policy};
 use crate::alert::warning::RuleInfo;
 use crate::config::EngineConfig;
-use crate::schema::{Catalog, DEVICE_ID, DISTRICT, ROW_INDEX, TableDef, WINDOW_END, WINDOW_START, timestamp_type};
+use crate::schema::{Catalog, DEVICE_ID, DEVICES, DISTRICT, ROW_INDEX, TableDef, WINDOW_END, WINDOW_START, devices_schema, timestamp_type};
 use crate::time::parse_duration_ms;
 
 /// Row rules judge each row; window rules judge each closed window; session rules judge
@@ -36,6 +36,8 @@ pub enum RuleKind {
     Row,
     Window(WindowSpec),
     Session { gap_ms: i64 },
+    /// A snapshot of the `devices` table, judged once per minute of event time.
+    Devices,
 }
 
 /// Where the parts of an alert are in the rule's output (or input, for row-rule keys).
@@ -125,9 +127,12 @@ pub async fn compile(rule: &RuleFile, catalog: &Catalog, engine: &EngineConfig) 
     let analyzed = analyze(path, &rule.text, header.key.as_deref())?;
     let warnings = lint(path, &analyzed, header.key.as_deref());
     let start = analyzed.start;
-    let Some(table_def) = catalog.get(&analyzed.table) else {
+    let devices = analyzed.table == DEVICES;
+    let table_def = catalog.get(&analyzed.table);
+    if table_def.is_none() && !devices {
         let (line, col) = find_word(&rule.text, &analyzed.table).unwrap_or(start);
-        let names: Vec<&str> = catalog.tables().iter().map(|t| t.name.as_str()).collect();
+        let mut names: Vec<&str> = catalog.tables().iter().map(|t| t.name.as_str()).collect();
+        names.push(DEVICES);
         let hint = closest(&analyzed.table, &names).map(|n| format!("; did you mean `{n}`?")).unwrap_or_default();
         return Err(vec![Problem::error(
             path,
@@ -135,14 +140,21 @@ pub async fn compile(rule: &RuleFile, catalog: &Catalog, engine: &EngineConfig) 
             col,
             format!("unknown table `{}`{hint} (tables: {})", analyzed.table, names.join(", ")),
         )]);
-    };
+    }
     let table = catalog.index_of(&analyzed.table).unwrap_or_default();
-    let kind = match analyzed.window {
-        Some(Windowing::Aligned(spec)) => RuleKind::Window(spec),
-        Some(Windowing::Session { gap_ms }) => RuleKind::Session { gap_ms },
-        None => RuleKind::Row,
+    let kind = match (analyzed.window, devices) {
+        (None, true) => RuleKind::Devices,
+        (Some(_), true) => {
+            return Err(vec![Problem::error(path, start.0, start.1, "`devices` is judged as a snapshot each minute: it takes no window function")]);
+        }
+        (Some(Windowing::Aligned(spec)), false) => RuleKind::Window(spec),
+        (Some(Windowing::Session { gap_ms }), false) => RuleKind::Session { gap_ms },
+        (None, false) => RuleKind::Row,
     };
-    let feed_schema = feed_schema(table_def, kind);
+    let feed_schema = match table_def {
+        Some(def) => feed_schema(def, kind),
+        None => devices_schema(),
+    };
     let feed = Arc::new(Feed::new(Arc::clone(&feed_schema)));
     let ctx = rule_session(engine).map_err(|e| vec![df_problem(path, &e, start)])?;
     let provider = StreamingTable::try_new(Arc::clone(&feed_schema), vec![Arc::clone(&feed) as _])
@@ -160,10 +172,10 @@ pub async fn compile(rule: &RuleFile, catalog: &Catalog, engine: &EngineConfig) 
         )]);
     }
     let plan = ctx.state().create_physical_plan(&logical).await.map_err(|e| vec![df_problem(path, &e, start)])?;
-    let layout = output_layout(rule, &analyzed, kind, table_def, &plan.schema())?;
+    let layout = output_layout(rule, &analyzed, kind, table_def.map(|t| t.as_ref()), &plan.schema())?;
     let policy = policy(rule, kind)?;
-    let session_key = match kind {
-        RuleKind::Session { .. } => session_key(rule, table_def, &layout, start)?,
+    let session_key = match (kind, table_def) {
+        (RuleKind::Session { .. }, Some(def)) => session_key(rule, def, &layout, start)?,
         _ => Vec::new(),
     };
 
@@ -227,6 +239,7 @@ fn feed_schema(table: &TableDef, kind: RuleKind) -> SchemaRef {
             fields.push(Field::new(WINDOW_END, timestamp_type(), false));
         }
         RuleKind::Row => fields.push(Field::new(ROW_INDEX, DataType::UInt32, false)),
+        RuleKind::Devices => {}
     }
     Arc::new(Schema::new(fields))
 }
@@ -235,7 +248,7 @@ fn output_layout(
     rule: &RuleFile,
     analyzed: &AnalyzedSql,
     kind: RuleKind,
-    table: &TableDef,
+    table: Option<&TableDef>,
     output: &SchemaRef,
 ) -> Result<OutputLayout, Vec<Problem>> {
     let path = rule.path.as_path();
@@ -246,7 +259,7 @@ fn output_layout(
     let index = |name: &str| output.index_of(name).ok();
 
     let key: Vec<(String, usize)> = match kind {
-        RuleKind::Window(_) | RuleKind::Session { .. } => {
+        RuleKind::Window(_) | RuleKind::Session { .. } | RuleKind::Devices => {
             let names = header.key.clone().unwrap_or_else(|| analyzed.group_columns.clone());
             let mut key = Vec::new();
             for name in names {
@@ -265,6 +278,9 @@ fn output_layout(
             key
         }
         RuleKind::Row => {
+            let Some(table) = table else {
+                return Err(vec![Problem::error(path, 1, 1, "internal: a row rule without its table")]);
+            };
             let names = header.key.clone().unwrap_or_else(|| {
                 let mut names = vec![DISTRICT.to_string(), DEVICE_ID.to_string()];
                 if table.column_index("kind").is_some() {
@@ -344,9 +360,9 @@ fn session_key(rule: &RuleFile, table: &TableDef, layout: &OutputLayout, start: 
 fn policy(rule: &RuleFile, kind: RuleKind) -> Result<Policy, Vec<Problem>> {
     let resolve_after = rule.header.resolve;
     let fire_after = match (&rule.header.fire_for, kind) {
-        (None, RuleKind::Window(_) | RuleKind::Session { .. }) => FireAfter::Windows(1),
+        (None, RuleKind::Window(_) | RuleKind::Session { .. } | RuleKind::Devices) => FireAfter::Windows(1),
         (None, RuleKind::Row) => FireAfter::Duration(0),
-        (Some(f), RuleKind::Window(_) | RuleKind::Session { .. }) => match f.text.parse::<u32>() {
+        (Some(f), RuleKind::Window(_) | RuleKind::Session { .. } | RuleKind::Devices) => match f.text.parse::<u32>() {
             Ok(n) if n >= 1 => FireAfter::Windows(n),
             _ => {
                 return Err(vec![Problem::error(

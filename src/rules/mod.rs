@@ -5,6 +5,7 @@
 //! rule over its table's batches and drives its alert lifecycle.
 
 pub mod compile;
+pub mod devices;
 pub mod feed;
 pub mod loader;
 pub mod output;

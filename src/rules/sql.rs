@@ -16,7 +16,7 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::parser::{DFParser, Statement as DFStatement};
 
 use super::problem::Problem;
-use crate::schema::{DEVICE_ID, DISTRICT, ROW_INDEX, WINDOW_END, WINDOW_START};
+use crate::schema::{DEVICE_ID, DEVICES, DISTRICT, ROW_INDEX, TABLE_NAME, WINDOW_END, WINDOW_START};
 use crate::time::parse_duration_ms;
 
 /// The window a rule aggregates over. Windows are [start, end), aligned to the epoch.
@@ -183,11 +183,16 @@ pub fn analyze(path: &Path, text: &str, key: Option<&[String]>) -> Result<Analyz
             _ => wildcard = true,
         }
     }
+    // A `devices` rule judges a snapshot, keyed like a window rule; by default per device.
+    let snapshot = table == DEVICES;
+    if snapshot && group_columns.is_empty() {
+        group_columns = vec![TABLE_NAME.to_string(), DEVICE_ID.to_string()];
+    }
     let mut hidden_columns = Vec::new();
-    let wanted: Vec<String> = match (window, key) {
-        (Some(_), Some(k)) => k.to_vec(),
-        (Some(_), None) => group_columns.clone(),
-        (None, _) => vec![ROW_INDEX.to_string()],
+    let wanted: Vec<String> = match (window.is_some() || snapshot, key) {
+        (true, Some(k)) => k.to_vec(),
+        (true, None) => group_columns.clone(),
+        (false, _) => vec![ROW_INDEX.to_string()],
     };
     for column in wanted {
         if !wildcard && !output_names.contains(&column) {

@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 
 use super::compile::{CompiledRule, RuleKind};
 use super::output::{key_of, level_of, result_json, row_json, values_of};
+use super::devices::{DeviceWatch, Snapshot};
 use super::session::{ClosedSession, Sessions};
 use crate::alert::lifecycle::{CleanStep, Evidence, FiringAlert, Lifecycle, Transition};
 use crate::alert::warning::Warning;
@@ -62,6 +63,10 @@ pub struct WorkerContext {
     pub dead_letters: crossbeam_channel::Sender<DeadLetter>,
     pub clock: DetectionClock,
     pub table_name: String,
+    /// Names of every table (the `devices` table lists devices of all of them).
+    pub table_names: Vec<String>,
+    /// How many tables feed this rule: it stops after an End from each.
+    pub inputs: usize,
 }
 
 /// What a rule worker reports when its input ends.
@@ -96,6 +101,7 @@ pub struct RuleWorker {
     lifecycle: Lifecycle,
     windows: Option<Windows>,
     sessions: Option<Sessions>,
+    devices: Option<DeviceWatch>,
     ctx: WorkerContext,
     errors: u64,
     eval_latency: Histogram<u64>,
@@ -111,14 +117,16 @@ impl RuleWorker {
                 judged_through: None,
                 row_max_ts: None,
             }),
-            RuleKind::Row | RuleKind::Session { .. } => None,
+            RuleKind::Row | RuleKind::Session { .. } | RuleKind::Devices => None,
         };
+        let devices = (rule.kind == RuleKind::Devices).then(|| DeviceWatch::new(ctx.table_names.clone()));
         let sessions = match rule.kind {
             RuleKind::Session { gap_ms } => Some(Sessions::new(gap_ms, rule.lateness_ms, rule.session_key.clone())),
             _ => None,
         };
         RuleWorker {
             sessions,
+            devices,
             lifecycle: Lifecycle::new(&rule.id, rule.policy),
             rule,
             windows,
@@ -131,6 +139,7 @@ impl RuleWorker {
 
     /// Consumes the table's events until the end of input.
     pub async fn run(mut self, mut rx: mpsc::Receiver<TableEvent>) -> RuleReport {
+        let mut ends = 0;
         while let Some(event) = rx.recv().await {
             match event {
                 TableEvent::Batch(batch) => {
@@ -139,6 +148,7 @@ impl RuleWorker {
                         RuleKind::Row => self.on_row_batch(&batch).await,
                         RuleKind::Window(_) => self.on_window_batch(&batch).await,
                         RuleKind::Session { .. } => self.on_session_batch(&batch).await,
+                        RuleKind::Devices => self.on_devices_batch(&batch).await,
                     };
                     if let Err(e) = result {
                         self.fail(&e);
@@ -147,10 +157,14 @@ impl RuleWorker {
                     self.ctx.metrics.merge(Stage::RuleEval, &mut self.eval_latency);
                     self.ctx.metrics.merge(Stage::Detection, &mut self.detection_latency);
                 }
-                TableEvent::Idle { now_ms, last_arrival_ms, arrived_ns } => {
-                    self.on_idle(now_ms, last_arrival_ms, arrived_ns).await;
+                TableEvent::Idle { table, now_ms, last_arrival_ms, arrived_ns } => {
+                    self.on_idle(table, now_ms, last_arrival_ms, arrived_ns).await;
                 }
                 TableEvent::End { arrived_ns } => {
+                    ends += 1;
+                    if ends < self.ctx.inputs {
+                        continue;
+                    }
                     self.on_end(arrived_ns).await;
                     break;
                 }
@@ -347,7 +361,66 @@ impl RuleWorker {
         Ok(())
     }
 
-    async fn on_idle(&mut self, now_ms: EpochMs, last_arrival_ms: EpochMs, arrived_ns: u64) {
+    // ---- devices rules ----------------------------------------------------------------
+
+    async fn on_devices_batch(&mut self, input: &TableBatch) -> Result<(), DataFusionError> {
+        let Some(watch) = self.devices.as_mut() else { return Ok(()) };
+        let due = watch.observe(input)?;
+        let now_ns = self.ctx.metrics.now_ns();
+        for snapshot in due {
+            let arrived_ns = snapshot.row.map(|r| input.arrivals_ns[r]).unwrap_or(now_ns);
+            self.judge_snapshot(snapshot, arrived_ns).await?;
+        }
+        Ok(())
+    }
+
+    /// Judges a `devices` snapshot: a breach per result row, a clean step for every other
+    /// live alert.
+    async fn judge_snapshot(&mut self, snapshot: Snapshot, arrived_ns: u64) -> Result<(), DataFusionError> {
+        let output = collect(self.rule.execute(self.rule.stream_of(vec![snapshot.batch]))?).await?;
+        let detected_ms = self.detected(snapshot.at_ms);
+        let mut breached = HashSet::new();
+        for out in &output {
+            for r in 0..out.num_rows() {
+                let key = key_of(out, r, &self.rule.layout.key);
+                breached.insert(key.id.clone());
+                let evidence = Evidence {
+                    key,
+                    level: self.level(out, r),
+                    values: values_of(out, r, &self.rule.layout.values),
+                    window: None,
+                    event_ms: snapshot.at_ms,
+                    detected_ms,
+                    arrived_ns,
+                };
+                if let Some(t) = self.lifecycle.breach(evidence) {
+                    self.emit(t).await;
+                }
+            }
+        }
+        // The snapshot covered one table: only that table's alerts can be clean.
+        let table = serde_json::Value::String(snapshot.table_name.clone());
+        let judged = |key: &crate::alert::lifecycle::AlertKey| {
+            key.fields.iter().all(|(name, value)| name != crate::schema::TABLE_NAME || *value == table)
+        };
+        for t in self.lifecycle.clean_where(&breached, CleanStep { window: None, detected_ms, arrived_ns }, judged) {
+            self.emit(t).await;
+        }
+        Ok(())
+    }
+
+    async fn on_idle(&mut self, table: usize, now_ms: EpochMs, last_arrival_ms: EpochMs, arrived_ns: u64) {
+        if let Some(watch) = self.devices.as_mut() {
+            let judged = match watch.idle(table, now_ms, last_arrival_ms) {
+                Ok(Some(snapshot)) => self.judge_snapshot(snapshot, arrived_ns).await,
+                Ok(None) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = judged {
+                self.fail(&e);
+            }
+            return;
+        }
         if let Some(sessions) = self.sessions.as_mut() {
             let Some(row_max_ts) = sessions.row_max_ts() else { return };
             let closed = sessions.advance_to(row_max_ts + (now_ms - last_arrival_ms).max(0));
