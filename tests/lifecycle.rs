@@ -191,3 +191,22 @@ WHERE table_name = 'heating' AND device_id LIKE 'hs-%' AND silent_s >= 600
     assert_eq!(fired.values["silent_s"], json!(600.0));
     assert_eq!(fired.values["district"], json!("haidian"));
 }
+
+#[test]
+fn a_rule_failing_at_run_time_is_counted_and_the_other_rules_go_on() {
+    let s = Scenario::new();
+    s.rule("room_cold", ROOM_RULE);
+    // Casting the text column `kind` ('room') to a number fails on every evaluation.
+    s.rule(
+        "broken",
+        "-- level: red
+SELECT district, device_id, avg(CAST(kind AS DOUBLE)) AS k FROM heating
+GROUP BY tumble(ts, INTERVAL '1 minute'), district, device_id",
+    );
+    let outcome = s.run(&room_fixture(&s), |_| {});
+    assert!(outcome.summary.rule_errors > 0, "the failures are counted");
+    let broken = outcome.reports.iter().find(|r| r.rule == "broken").expect("a report for the broken rule");
+    assert_eq!(broken.errors, outcome.summary.rule_errors);
+    assert_eq!(steps(&outcome.warnings, "broken"), vec![]);
+    assert_eq!(steps(&outcome.warnings, "room_cold").len(), 2, "the healthy rule still fires and resolves");
+}
