@@ -42,7 +42,12 @@ fn gateway_message(rows: usize) -> Message {
 
 fn batchers(catalog: &Catalog, capacity: usize) -> Batchers {
     Batchers {
-        by_table: catalog.tables().iter().enumerate().map(|(i, t)| Some(TableBatcher::new(i, Arc::clone(t), capacity))).collect(),
+        by_table: catalog
+            .tables()
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Some(TableBatcher::new(i, Arc::clone(t), capacity)))
+            .collect(),
     }
 }
 
@@ -102,29 +107,46 @@ fn window(c: &mut Criterion) {
 }
 
 fn rules(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let catalog = Catalog::builtin();
     let text = "-- level: blue
 SELECT district, device_id, avg(room_temp_c) AS avg_room_temp_c FROM heating WHERE kind = 'room'
 GROUP BY tumble(ts, INTERVAL '1 hour'), district, device_id HAVING avg(room_temp_c) < 18
 ";
     let file = parse_rule(Path::new("room_temp_low.sql"), text.to_string()).expect("rule parses");
-    let (rule, _) = runtime.block_on(compile(&file, &catalog, &EngineConfig::default())).expect("rule compiles");
+    let (rule, _) = runtime
+        .block_on(compile(&file, &catalog, &EngineConfig::default()))
+        .expect("rule compiles");
     let pattern = TopicPattern::parse("city/{district}/{table}/{device_id}").expect("pattern");
     let decoder = Decoder::new(catalog.clone(), pattern, 1 << 20, 86_400_000);
     let mut sink = batchers(&catalog, 8192);
     decoder.decode(&gateway_message(8192), T0 + 86_400_000, &mut sink, &mut |_| {});
-    let table_batch = sink.by_table[2].as_mut().map(|b| b.flush()).and_then(Result::ok).expect("batch");
+    let table_batch = sink.by_table[2]
+        .as_mut()
+        .map(|b| b.flush())
+        .and_then(Result::ok)
+        .expect("batch");
     let rows = table_batch.batch.num_rows();
     let mut columns = table_batch.batch.columns().to_vec();
-    columns.push(Arc::new(datafusion::arrow::array::TimestampMillisecondArray::from_value(T0, rows).with_timezone("UTC")));
-    columns.push(Arc::new(datafusion::arrow::array::TimestampMillisecondArray::from_value(T0 + 3_600_000, rows).with_timezone("UTC")));
-    let fed = datafusion::arrow::record_batch::RecordBatch::try_new(Arc::clone(&rule.feed_schema), columns).expect("fed batch");
+    columns.push(Arc::new(
+        datafusion::arrow::array::TimestampMillisecondArray::from_value(T0, rows).with_timezone("UTC"),
+    ));
+    columns.push(Arc::new(
+        datafusion::arrow::array::TimestampMillisecondArray::from_value(T0 + 3_600_000, rows).with_timezone("UTC"),
+    ));
+    let fed = datafusion::arrow::record_batch::RecordBatch::try_new(Arc::clone(&rule.feed_schema), columns)
+        .expect("fed batch");
 
     let mut group = c.benchmark_group("rules");
     group.throughput(Throughput::Elements(rows as u64));
     group.bench_function("tumble_avg_having_8192_rows", |b| {
-        b.iter(|| runtime.block_on(async { collect(rule.execute(rule.stream_of(vec![fed.clone()])).expect("executes")).await }))
+        b.iter(|| {
+            runtime
+                .block_on(async { collect(rule.execute(rule.stream_of(vec![fed.clone()])).expect("executes")).await })
+        })
     });
     group.finish();
 }

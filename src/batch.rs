@@ -34,9 +34,16 @@ pub enum TableEvent {
     Batch(Arc<TableBatch>),
     /// No row arrived for `idle_timeout`: at virtual time `now_ms`, the last row had arrived
     /// at `last_arrival_ms`. Every row of the table received so far was sent before this.
-    Idle { table: usize, now_ms: EpochMs, last_arrival_ms: EpochMs, arrived_ns: u64 },
+    Idle {
+        table: usize,
+        now_ms: EpochMs,
+        last_arrival_ms: EpochMs,
+        arrived_ns: u64,
+    },
     /// The source is exhausted.
-    End { arrived_ns: u64 },
+    End {
+        arrived_ns: u64,
+    },
 }
 
 enum ColumnBuilder {
@@ -179,10 +186,39 @@ mod tests {
         let catalog = Catalog::builtin();
         let water = catalog.get("water").cloned().expect("water table");
         let mut batcher = TableBatcher::new(3, Arc::clone(&water), 4);
-        let msg = Message { at_ms: 7, topic: "city/a/water/w1".into(), payload: Box::new([]), recorded_invalid: false, arrived_ns: 99 };
-        let cells = [Cell::Text("pressure".into()), Cell::Float(0.3), Cell::Null, Cell::Null, Cell::Null, Cell::Null];
-        batcher.push(&Row { ts: 1000, device_id: "w1", district: "a", cells: &cells }, &msg);
-        batcher.push(&Row { ts: 2000, device_id: "w1", district: "a", cells: &cells }, &msg);
+        let msg = Message {
+            at_ms: 7,
+            topic: "city/a/water/w1".into(),
+            payload: Box::new([]),
+            recorded_invalid: false,
+            arrived_ns: 99,
+        };
+        let cells = [
+            Cell::Text("pressure".into()),
+            Cell::Float(0.3),
+            Cell::Null,
+            Cell::Null,
+            Cell::Null,
+            Cell::Null,
+        ];
+        batcher.push(
+            &Row {
+                ts: 1000,
+                device_id: "w1",
+                district: "a",
+                cells: &cells,
+            },
+            &msg,
+        );
+        batcher.push(
+            &Row {
+                ts: 2000,
+                device_id: "w1",
+                district: "a",
+                cells: &cells,
+            },
+            &msg,
+        );
         let flushed = batcher.flush().expect("valid batch");
         assert_eq!(flushed.batch.num_rows(), 2);
         assert_eq!(flushed.batch.schema(), water.schema);

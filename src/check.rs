@@ -35,5 +35,8 @@ pub fn check(config: &Config, dir: &Path) -> Result<CheckReport, std::io::Error>
     if files.is_empty() && problems.is_empty() {
         problems.push(Problem::error(dir, 1, 1, "no rules (*.sql files) found"));
     }
-    Ok(CheckReport { ok: compiled.iter().map(|c| c.id.clone()).collect(), problems })
+    Ok(CheckReport {
+        ok: compiled.iter().map(|c| c.id.clone()).collect(),
+        problems,
+    })
 }

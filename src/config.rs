@@ -37,7 +37,9 @@ pub struct DurationMs(pub i64);
 impl<'de> Deserialize<'de> for DurationMs {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        parse_duration_ms(&text).map(DurationMs).map_err(serde::de::Error::custom)
+        parse_duration_ms(&text)
+            .map(DurationMs)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -97,7 +99,9 @@ pub struct TopicsConfig {
 
 impl Default for TopicsConfig {
     fn default() -> Self {
-        TopicsConfig { pattern: "city/{district}/{table}/{device_id}".to_string() }
+        TopicsConfig {
+            pattern: "city/{district}/{table}/{device_id}".to_string(),
+        }
     }
 }
 
@@ -110,7 +114,9 @@ pub struct RulesConfig {
 
 impl Default for RulesConfig {
     fn default() -> Self {
-        RulesConfig { dir: PathBuf::from("queries") }
+        RulesConfig {
+            dir: PathBuf::from("queries"),
+        }
     }
 }
 
@@ -130,7 +136,10 @@ impl Config {
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let (text, shown) = match path {
             Some(p) => (
-                std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_path_buf(), source })?,
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?,
                 p.to_path_buf(),
             ),
             None => (DEFAULT_TOML.to_string(), PathBuf::from("<defaults>")),
@@ -148,7 +157,10 @@ impl Config {
         if problems.is_empty() {
             Ok(config)
         } else {
-            Err(ConfigError::Invalid { path: shown.to_path_buf(), problems })
+            Err(ConfigError::Invalid {
+                path: shown.to_path_buf(),
+                problems,
+            })
         }
     }
 

@@ -106,7 +106,13 @@ pub fn start(path: &Path, capacity: usize) -> std::io::Result<(Sender<DeadLetter
     let handle = std::thread::Builder::new()
         .name("dead-letters".to_string())
         .spawn(move || write_all(rx, BufWriter::new(file)))?;
-    Ok((tx, DeadLetterWriter { handle, path: path.to_path_buf() }))
+    Ok((
+        tx,
+        DeadLetterWriter {
+            handle,
+            path: path.to_path_buf(),
+        },
+    ))
 }
 
 fn write_all(rx: Receiver<DeadLetter>, mut out: BufWriter<File>) -> std::io::Result<u64> {

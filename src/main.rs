@@ -16,7 +16,11 @@ use cityops::rules::worker::DetectionClock;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "cityops", version, about = "City telemetry in, windowed SQL rules, graded warnings out")]
+#[command(
+    name = "cityops",
+    version,
+    about = "City telemetry in, windowed SQL rules, graded warnings out"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -105,12 +109,20 @@ fn run(args: RunArgs) -> ExitCode {
         FixtureSource::Demo => "the demo city (fixtures/demo, embedded)".to_string(),
         FixtureSource::File(p) => p.display().to_string(),
     };
-    eprintln!("cityops: replaying {shown} at {} speed with rules from {}", speed_text(args.speed), config.rules.dir.display());
+    eprintln!(
+        "cityops: replaying {shown} at {} speed with rules from {}",
+        speed_text(args.speed),
+        config.rules.dir.display()
+    );
     let options = RunOptions {
         config,
         fixture,
         speed: args.speed,
-        sinks: SinkConfig { stdout: !args.quiet, jsonl: args.jsonl, collect: false },
+        sinks: SinkConfig {
+            stdout: !args.quiet,
+            jsonl: args.jsonl,
+            collect: false,
+        },
         dead_letter_path: args.dead_letter.clone(),
         clock: DetectionClock::EventTime,
         capture_results: false,
@@ -164,9 +176,22 @@ fn check(args: CheckArgs) -> ExitCode {
             for p in &report.problems {
                 println!("{p}");
             }
-            let errors = report.problems.iter().filter(|p| p.severity == cityops::rules::problem::Severity::Error).count();
-            println!("{} rule(s) ok, {} error(s), {} warning(s)", report.ok.len(), errors, report.problems.len() - errors);
-            if report.has_errors() { ExitCode::from(2) } else { ExitCode::SUCCESS }
+            let errors = report
+                .problems
+                .iter()
+                .filter(|p| p.severity == cityops::rules::problem::Severity::Error)
+                .count();
+            println!(
+                "{} rule(s) ok, {} error(s), {} warning(s)",
+                report.ok.len(),
+                errors,
+                report.problems.len() - errors
+            );
+            if report.has_errors() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(e) => {
             eprintln!("error: {e}");

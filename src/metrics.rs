@@ -136,11 +136,19 @@ impl Metrics {
 
     /// Rejections by decode (every reason but `late`, which is per rule).
     pub fn rejected_total(&self) -> u64 {
-        Reason::ALL.iter().filter(|r| **r != Reason::Late).map(|r| self.rejected(*r)).sum()
+        Reason::ALL
+            .iter()
+            .filter(|r| **r != Reason::Late)
+            .map(|r| self.rejected(*r))
+            .sum()
     }
 
     pub fn add_late(&self, table: &str, rule: &str, n: u64) {
-        *self.late.lock().entry((table.to_string(), rule.to_string())).or_insert(0) += n;
+        *self
+            .late
+            .lock()
+            .entry((table.to_string(), rule.to_string()))
+            .or_insert(0) += n;
         self.add_rejected(Reason::Late, n);
     }
 

@@ -90,11 +90,17 @@ pub enum RunError {
 }
 
 fn io(context: &str) -> impl FnOnce(std::io::Error) -> RunError + '_ {
-    move |source| RunError::Io { context: context.to_string(), source }
+    move |source| RunError::Io {
+        context: context.to_string(),
+        source,
+    }
 }
 
 /// Loads and plans the rules of `config.rules.dir`; errors stop the run, warnings do not.
-pub fn load_rules(config: &Config, runtime: &tokio::runtime::Runtime) -> Result<(Vec<CompiledRule>, Vec<Problem>), RunError> {
+pub fn load_rules(
+    config: &Config,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<(Vec<CompiledRule>, Vec<Problem>), RunError> {
     let catalog = config.catalog();
     let (files, mut problems) = load_dir(&config.rules.dir);
     let (compiled, more) = runtime.block_on(compile_all(&files, &catalog, &config.engine));
@@ -103,7 +109,12 @@ pub fn load_rules(config: &Config, runtime: &tokio::runtime::Runtime) -> Result<
         return Err(RunError::Rules(problems));
     }
     if compiled.is_empty() {
-        return Err(RunError::Rules(vec![Problem::error(&config.rules.dir, 1, 1, "no rules (*.sql files) found")]));
+        return Err(RunError::Rules(vec![Problem::error(
+            &config.rules.dir,
+            1,
+            1,
+            "no rules (*.sql files) found",
+        )]));
     }
     Ok((compiled, problems))
 }
@@ -166,7 +177,12 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
         0 => cores.min(catalog.tables().len()).max(1),
         n => n,
     };
-    let (handoff, receivers) = Handoff::new(workers, catalog.tables().len(), engine.queue_capacity, Arc::clone(&metrics));
+    let (handoff, receivers) = Handoff::new(
+        workers,
+        catalog.tables().len(),
+        engine.queue_capacity,
+        Arc::clone(&metrics),
+    );
     let pattern = TopicPattern::parse(&config.topics.pattern).map_err(RunError::Internal)?;
     let decoder = Decoder::new(catalog.clone(), pattern, engine.max_payload_bytes, engine.max_future.0);
     let settings = DecodeSettings {
@@ -180,7 +196,13 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
         let worker_outputs = outputs
             .iter()
             .enumerate()
-            .map(|(t, senders)| if tables.contains(&t) { senders.clone() } else { Vec::new() })
+            .map(|(t, senders)| {
+                if tables.contains(&t) {
+                    senders.clone()
+                } else {
+                    Vec::new()
+                }
+            })
             .collect();
         let worker = DecodeWorker::new(
             decoder.clone(),
@@ -211,7 +233,9 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
 
     // Shutdown in pipeline order: decode workers, rules, sink, dead letters.
     for thread in decode_threads {
-        thread.join().map_err(|_| RunError::Internal("a decode worker panicked".to_string()))?;
+        thread
+            .join()
+            .map_err(|_| RunError::Internal("a decode worker panicked".to_string()))?;
     }
     let mut reports = Vec::new();
     for task in runtime.block_on(futures::future::join_all(rule_tasks)) {
@@ -231,7 +255,13 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
     while let Ok(result) = results_rx.try_recv() {
         results.push(result);
     }
-    Ok(RunOutcome { summary: Summary::collect(&metrics, wall, firing), warnings, reports, rule_warnings, results })
+    Ok(RunOutcome {
+        summary: Summary::collect(&metrics, wall, firing),
+        warnings,
+        reports,
+        rule_warnings,
+        results,
+    })
 }
 
 /// Replays a fixture; a line whose envelope is broken is dead-lettered and skipped.

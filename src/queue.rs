@@ -31,7 +31,14 @@ impl Handoff {
         let workers = workers.max(1);
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| bounded(capacity)).unzip();
         let owner_of_table = (0..tables).map(|t| t % workers).collect();
-        (Handoff { queues: senders, owner_of_table, metrics }, receivers)
+        (
+            Handoff {
+                queues: senders,
+                owner_of_table,
+                metrics,
+            },
+            receivers,
+        )
     }
 
     /// The worker that owns a table.
@@ -46,7 +53,9 @@ impl Handoff {
 
     /// Tables owned by one worker.
     pub fn tables_of(&self, worker: usize) -> Vec<usize> {
-        (0..self.owner_of_table.len()).filter(|t| self.owner_of_table[*t] == worker).collect()
+        (0..self.owner_of_table.len())
+            .filter(|t| self.owner_of_table[*t] == worker)
+            .collect()
     }
 
     /// Hands one item to a worker, waiting while its queue is full.

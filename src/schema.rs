@@ -166,7 +166,10 @@ impl Catalog {
             .map(|(name, cols)| {
                 let cols = cols
                     .into_iter()
-                    .map(|(n, kind)| ColumnDef { name: n.to_string(), kind })
+                    .map(|(n, kind)| ColumnDef {
+                        name: n.to_string(),
+                        kind,
+                    })
                     .collect();
                 (name.to_string(), cols)
             })
@@ -191,7 +194,10 @@ impl Catalog {
                 } else if defs[index].1.iter().any(|c| &c.name == name) {
                     problems.push(format!("table `{table}` already has a column `{name}`"));
                 } else {
-                    defs[index].1.push(ColumnDef { name: name.clone(), kind: *kind });
+                    defs[index].1.push(ColumnDef {
+                        name: name.clone(),
+                        kind: *kind,
+                    });
                 }
             }
         }
@@ -251,16 +257,30 @@ mod tests {
     #[test]
     fn config_adds_columns_and_tables() {
         let mut extra = BTreeMap::new();
-        extra.insert("water".to_string(), BTreeMap::from([("nitrate_mg_l".to_string(), ColumnType::Float)]));
-        extra.insert("elevator".to_string(), BTreeMap::from([("load_kg".to_string(), ColumnType::Float)]));
+        extra.insert(
+            "water".to_string(),
+            BTreeMap::from([("nitrate_mg_l".to_string(), ColumnType::Float)]),
+        );
+        extra.insert(
+            "elevator".to_string(),
+            BTreeMap::from([("load_kg".to_string(), ColumnType::Float)]),
+        );
         let catalog = Catalog::new(&extra).expect("valid extension");
-        assert!(catalog.get("water").and_then(|t| t.column_index("nitrate_mg_l")).is_some());
+        assert!(
+            catalog
+                .get("water")
+                .and_then(|t| t.column_index("nitrate_mg_l"))
+                .is_some()
+        );
         assert_eq!(catalog.index_of("elevator"), Some(4));
     }
 
     #[test]
     fn config_cannot_redefine_reserved_columns() {
-        let extra = BTreeMap::from([("water".to_string(), BTreeMap::from([("ts".to_string(), ColumnType::Float)]))]);
+        let extra = BTreeMap::from([(
+            "water".to_string(),
+            BTreeMap::from([("ts".to_string(), ColumnType::Float)]),
+        )]);
         assert_eq!(Catalog::new(&extra).map(|_| ()).unwrap_err().len(), 1);
     }
 }

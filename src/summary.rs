@@ -81,12 +81,19 @@ impl Summary {
                 .collect(),
             late_by_rule: metrics.late().into_iter().map(|((t, r), n)| (t, r, n)).collect(),
             windows_closed: metrics.windows_closed.load(Relaxed),
-            warnings_by_level: Level::ALL.iter().map(|l| (l.as_str().to_string(), metrics.warnings(*l))).collect(),
+            warnings_by_level: Level::ALL
+                .iter()
+                .map(|l| (l.as_str().to_string(), metrics.warnings(*l)))
+                .collect(),
             resolved: metrics.resolved.load(Relaxed),
             firing_at_end,
             rule_errors: metrics.rule_errors.load(Relaxed),
             queue_full_waits: metrics.queue_full_waits.load(Relaxed),
-            readings_per_second: if wall_seconds > 0.0 { (accepted + rejected) as f64 / wall_seconds } else { 0.0 },
+            readings_per_second: if wall_seconds > 0.0 {
+                (accepted + rejected) as f64 / wall_seconds
+            } else {
+                0.0
+            },
             stages,
         }
     }
@@ -96,7 +103,11 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "── cityops summary ─────────────────────────────────────────────")?;
         writeln!(f, "messages in          {:>12}", self.messages_in)?;
-        writeln!(f, "readings in          {:>12}   (accepted + rejected)", self.readings_in)?;
+        writeln!(
+            f,
+            "readings in          {:>12}   (accepted + rejected)",
+            self.readings_in
+        )?;
         writeln!(f, "  accepted           {:>12}", self.readings_accepted)?;
         writeln!(f, "  rejected           {:>12}", self.readings_rejected)?;
         for (reason, n) in &self.rejected_by_reason {
@@ -109,14 +120,23 @@ impl fmt::Display for Summary {
         }
         writeln!(f, "windows closed       {:>12}", self.windows_closed)?;
         let levels: Vec<String> = self.warnings_by_level.iter().map(|(l, n)| format!("{l} {n}")).collect();
-        writeln!(f, "warnings fired       {:>12}   ({})", self.warnings_by_level.iter().map(|(_, n)| n).sum::<u64>(), levels.join(", "))?;
+        writeln!(
+            f,
+            "warnings fired       {:>12}   ({})",
+            self.warnings_by_level.iter().map(|(_, n)| n).sum::<u64>(),
+            levels.join(", ")
+        )?;
         writeln!(f, "warnings resolved    {:>12}", self.resolved)?;
         writeln!(f, "firing at end        {:>12}", self.firing_at_end)?;
         writeln!(f, "rule errors          {:>12}", self.rule_errors)?;
         writeln!(f, "queue-full waits     {:>12}", self.queue_full_waits)?;
         writeln!(f, "wall time            {:>12.3} s", self.wall_seconds)?;
         writeln!(f, "throughput           {:>12.0} readings/s", self.readings_per_second)?;
-        writeln!(f, "latency (µs)         {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}", "count", "p50", "p90", "p99", "p99.9", "max")?;
+        writeln!(
+            f,
+            "latency (µs)         {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "count", "p50", "p90", "p99", "p99.9", "max"
+        )?;
         for s in &self.stages {
             writeln!(
                 f,

@@ -25,7 +25,11 @@ pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
         "h" | "hour" | "hours" => 3_600_000.0,
         "d" | "day" | "days" => 86_400_000.0,
         "" => return Err(format!("`{text}` has no unit; write it like 250ms, 2s, 15m, 1h or 1d")),
-        other => return Err(format!("unknown duration unit `{other}` in `{text}`; use ms, s, m, h or d")),
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` in `{text}`; use ms, s, m, h or d"
+            ));
+        }
     };
     let ms = number * unit_ms;
     if !ms.is_finite() || ms < 0.0 || ms > 365.0 * 86_400_000.0 {

@@ -44,7 +44,12 @@ pub struct WindowClock {
 
 impl WindowClock {
     pub fn new(spec: WindowSpec, lateness_ms: i64) -> Self {
-        WindowClock { spec, lateness_ms: lateness_ms.max(0), max_ts: None, closed_through: None }
+        WindowClock {
+            spec,
+            lateness_ms: lateness_ms.max(0),
+            max_ts: None,
+            closed_through: None,
+        }
     }
 
     pub fn spec(&self) -> WindowSpec {
@@ -105,7 +110,11 @@ impl WindowClock {
             }
             Some(previous) if boundary > previous => {
                 self.closed_through = Some(boundary);
-                Some(Advance { boundary, row, event_ms: max_ts })
+                Some(Advance {
+                    boundary,
+                    row,
+                    event_ms: max_ts,
+                })
             }
             Some(_) => None,
         }
@@ -115,7 +124,9 @@ impl WindowClock {
     pub fn ends_between(&self, after: EpochMs, through: EpochMs) -> impl Iterator<Item = EpochMs> + use<> {
         let step = self.spec.step_ms();
         let first = self.boundary(after) + step;
-        (0..).map(move |k| first + k * step).take_while(move |end| *end <= through)
+        (0..)
+            .map(move |k| first + k * step)
+            .take_while(move |end| *end <= through)
     }
 }
 
@@ -141,9 +152,19 @@ mod tests {
     fn the_watermark_closes_a_window_lateness_after_its_end() {
         let mut c = clock();
         c.route(&[10_000]);
-        assert!(c.route(&[61_999]).advances.is_empty(), "watermark 59.999 s: window [0, 60 s) still open");
+        assert!(
+            c.route(&[61_999]).advances.is_empty(),
+            "watermark 59.999 s: window [0, 60 s) still open"
+        );
         let r = c.route(&[62_000]);
-        assert_eq!(r.advances, vec![Advance { boundary: MIN, row: Some(0), event_ms: 62_000 }]);
+        assert_eq!(
+            r.advances,
+            vec![Advance {
+                boundary: MIN,
+                row: Some(0),
+                event_ms: 62_000
+            }]
+        );
     }
 
     #[test]
@@ -170,7 +191,11 @@ mod tests {
             advances += r.advances.len();
         }
         assert_eq!(all.late, late);
-        assert_eq!(all.late, vec![5, 7], "59 s comes after 63 s closed [0, 60 s); 119 s after 125 s closed [60 s, 120 s)");
+        assert_eq!(
+            all.late,
+            vec![5, 7],
+            "59 s comes after 63 s closed [0, 60 s); 119 s after 125 s closed [60 s, 120 s)"
+        );
         assert_eq!(all.advances.len(), advances);
     }
 
@@ -188,18 +213,34 @@ mod tests {
         c.route(&[10_000]);
         let advance = c.advance_to(10_000 + 3 * MIN).expect("advances");
         assert_eq!(advance.boundary, 3 * MIN);
-        assert_eq!(c.ends_between(0, advance.boundary).collect::<Vec<_>>(), vec![MIN, 2 * MIN, 3 * MIN]);
+        assert_eq!(
+            c.ends_between(0, advance.boundary).collect::<Vec<_>>(),
+            vec![MIN, 2 * MIN, 3 * MIN]
+        );
         assert_eq!(c.advance_to(5_000), None, "event time never goes back");
     }
 
     #[test]
     fn a_hop_row_goes_to_every_window_covering_it_and_is_late_only_when_all_closed() {
-        let mut c = WindowClock::new(WindowSpec::Hop { slide_ms: MIN, size_ms: 3 * MIN }, 0);
+        let mut c = WindowClock::new(
+            WindowSpec::Hop {
+                slide_ms: MIN,
+                size_ms: 3 * MIN,
+            },
+            0,
+        );
         let r = c.route(&[150_000]);
-        assert_eq!(r.windows, vec![(3 * MIN, vec![0]), (4 * MIN, vec![0]), (5 * MIN, vec![0])]);
+        assert_eq!(
+            r.windows,
+            vec![(3 * MIN, vec![0]), (4 * MIN, vec![0]), (5 * MIN, vec![0])]
+        );
         c.route(&[4 * MIN]); // closes windows ending at 3 and 4 min
         let r = c.route(&[150_000]);
-        assert_eq!(r.windows, vec![(5 * MIN, vec![0])], "only the still-open window gets it");
+        assert_eq!(
+            r.windows,
+            vec![(5 * MIN, vec![0])],
+            "only the still-open window gets it"
+        );
         c.route(&[5 * MIN]);
         assert_eq!(c.route(&[150_000]).late, vec![0]);
     }

@@ -16,7 +16,11 @@ fn cityops() -> Command {
 
 #[test]
 fn check_passes_on_the_shipped_rules() {
-    let out = cityops().args(["check", "queries"]).current_dir(env!("CARGO_MANIFEST_DIR")).output().expect("runs");
+    let out = cityops()
+        .args(["check", "queries"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("16 rule(s) ok, 0 error(s), 0 warning(s)"), "{stdout}");
@@ -26,7 +30,10 @@ fn check_passes_on_the_shipped_rules() {
 fn check_reports_every_broken_rule_with_path_line_and_column() {
     let s = Scenario::new();
     s.rule("typo", "-- level: red\nSELECT device_id,\n       avg(presure_mpa) AS p\nFROM water\nGROUP BY tumble(ts, INTERVAL '1 minute'), device_id\n");
-    s.rule("header", "-- level: red\n-- severity: high\nSELECT device_id FROM water\n");
+    s.rule(
+        "header",
+        "-- level: red\n-- severity: high\nSELECT device_id FROM water\n",
+    );
     s.rule("table", "SELECT device_id FROM watr WHERE ph > 9\n");
     s.rule("syntax", "-- level: red\nSELECT device_id\nFROM water WHERE\n");
     s.rule("ddl", "DROP TABLE water\n");
@@ -37,11 +44,26 @@ fn check_reports_every_broken_rule_with_path_line_and_column() {
     let lines: Vec<&str> = stdout.lines().collect();
     let dir = s.path("queries");
     let at = |file: &str, pos: &str| format!("{}:{pos}: ", dir.join(file).display());
-    assert!(lines[0].starts_with(&at("ddl.sql", "1:1")) && lines[0].contains("DDL"), "{stdout}");
-    assert!(lines[1].starts_with(&at("header.sql", "2:4")) && lines[1].contains("unknown header key `severity`"), "{stdout}");
-    assert!(lines[2].starts_with(&at("syntax.sql", "3:17")) && lines[2].contains("SQL syntax error"), "{stdout}");
-    assert!(lines[3].starts_with(&at("table.sql", "1:23")) && lines[3].contains("did you mean `water`"), "{stdout}");
-    assert!(lines[4].starts_with(&at("typo.sql", "3:12")) && lines[4].contains("presure_mpa"), "{stdout}");
+    assert!(
+        lines[0].starts_with(&at("ddl.sql", "1:1")) && lines[0].contains("DDL"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].starts_with(&at("header.sql", "2:4")) && lines[1].contains("unknown header key `severity`"),
+        "{stdout}"
+    );
+    assert!(
+        lines[2].starts_with(&at("syntax.sql", "3:17")) && lines[2].contains("SQL syntax error"),
+        "{stdout}"
+    );
+    assert!(
+        lines[3].starts_with(&at("table.sql", "1:23")) && lines[3].contains("did you mean `water`"),
+        "{stdout}"
+    );
+    assert!(
+        lines[4].starts_with(&at("typo.sql", "3:12")) && lines[4].contains("presure_mpa"),
+        "{stdout}"
+    );
     assert_eq!(lines[5], "1 rule(s) ok, 5 error(s), 0 warning(s)");
 }
 
@@ -65,7 +87,11 @@ HAVING avg(room_temp_c) < 18
     for minute in 0..75 {
         let ms = minute * MIN;
         let temp = if minute < 45 { 16.8 } else { 20.0 };
-        messages.push((ms, "city/haidian/heating/room-hd-0701", json!({"ts": cityops::time::format_ms(T0 + ms), "kind": "room", "room_temp_c": temp})));
+        messages.push((
+            ms,
+            "city/haidian/heating/room-hd-0701",
+            json!({"ts": cityops::time::format_ms(T0 + ms), "kind": "room", "room_temp_c": temp}),
+        ));
     }
     let fixture = s.fixture(&messages);
     let out_file = s.path("warnings.jsonl");
@@ -83,14 +109,33 @@ HAVING avg(room_temp_c) < 18
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("readings in                    75"), "{stdout}");
-    assert!(stdout.contains("FIRING     yellow III heating/room_temp_low  device_id=room-hd-0701 district=haidian  avg_room_temp_c=16.8"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "FIRING     yellow III heating/room_temp_low  device_id=room-hd-0701 district=haidian  avg_room_temp_c=16.8"
+        ),
+        "{stdout}"
+    );
     let warnings = read_jsonl(&out_file);
     let statuses: Vec<(&str, &str)> = warnings
         .iter()
-        .map(|w| (w["status"].as_str().unwrap_or_default(), w["window_start"].as_str().unwrap_or_default()))
+        .map(|w| {
+            (
+                w["status"].as_str().unwrap_or_default(),
+                w["window_start"].as_str().unwrap_or_default(),
+            )
+        })
         .collect();
-    assert_eq!(statuses, [("firing", "2026-01-15T00:15:00.000Z"), ("resolved", "2026-01-15T00:45:00.000Z")]);
-    assert_eq!(warnings[0]["description"], "Room temperature below the 18 °C heating-season minimum (GB/T 33833-2017 5.1)");
+    assert_eq!(
+        statuses,
+        [
+            ("firing", "2026-01-15T00:15:00.000Z"),
+            ("resolved", "2026-01-15T00:45:00.000Z")
+        ]
+    );
+    assert_eq!(
+        warnings[0]["description"],
+        "Room temperature below the 18 °C heating-season minimum (GB/T 33833-2017 5.1)"
+    );
     assert_eq!(warnings[0]["first_breach"], "2026-01-15T00:00:00.000Z");
     assert!(warnings[0]["latency_ms"].as_f64().is_some());
 }

@@ -19,7 +19,9 @@ GROUP BY tumble(ts, INTERVAL '1 minute'), district, device_id HAVING count(*) > 
 fn by_reason(letters: &[Value]) -> BTreeMap<String, u64> {
     let mut counts = BTreeMap::new();
     for letter in letters {
-        *counts.entry(letter["reason"].as_str().unwrap_or("?").to_string()).or_insert(0) += 1;
+        *counts
+            .entry(letter["reason"].as_str().unwrap_or("?").to_string())
+            .or_insert(0) += 1;
     }
     counts
 }
@@ -28,7 +30,9 @@ fn by_reason(letters: &[Value]) -> BTreeMap<String, u64> {
 fn every_rejection_reason_is_dead_lettered_and_counted() {
     let s = Scenario::new();
     s.rule("busy", COUNT_RULE);
-    let good = |ms: i64| json!({"at": ms, "topic": "city/a/water/w1", "payload": {"ts": T0 + ms, "kind": "pressure", "pressure_mpa": 0.3}}).to_string();
+    let good = |ms: i64| {
+        json!({"at": ms, "topic": "city/a/water/w1", "payload": {"ts": T0 + ms, "kind": "pressure", "pressure_mpa": 0.3}}).to_string()
+    };
     let line = |at: i64, topic: &str, payload: Value| json!({"at": at, "topic": topic, "payload": payload}).to_string();
     let lines = vec![
         good(0),
@@ -42,7 +46,11 @@ fn every_rejection_reason_is_dead_lettered_and_counted() {
         line(8, "city/a/water", json!({"ts": T0})),
         line(9, "city/a/water/w1", json!({"ts": T0, "pad": "x".repeat(70_000)})),
         line(10, "city/a/water/", json!({"ts": T0})),
-        line(11, "city/a/water/gw", json!([{"ts": T0, "device_id": "w2", "ph": 7.1}, {"ts": T0, "device_id": "w3", "ph": "acid"}, 5])),
+        line(
+            11,
+            "city/a/water/gw",
+            json!([{"ts": T0, "device_id": "w2", "ph": 7.1}, {"ts": T0, "device_id": "w3", "ph": "acid"}, 5]),
+        ),
         "{\"topic\": \"broken envelope\"}".to_string(),
         good(12),
     ];
@@ -65,13 +73,29 @@ fn every_rejection_reason_is_dead_lettered_and_counted() {
     let counted: BTreeMap<String, u64> = summary.rejected_by_reason.iter().cloned().collect();
     assert_eq!(counted, expected);
     assert_eq!(by_reason(&s.dead_letters()), expected, "one dead letter per rejection");
-    assert_eq!(summary.readings_accepted, 3, "two good messages and the good gateway row");
+    assert_eq!(
+        summary.readings_accepted, 3,
+        "two good messages and the good gateway row"
+    );
     assert_eq!(summary.readings_rejected, 13);
-    assert_eq!(summary.readings_in, summary.readings_accepted + summary.readings_rejected);
+    assert_eq!(
+        summary.readings_in,
+        summary.readings_accepted + summary.readings_rejected
+    );
     assert_eq!(summary.messages_in, 14);
-    let wrong = s.dead_letters().into_iter().find(|d| d["payload"]["device_id"] == "w3").expect("bad gateway row kept");
+    let wrong = s
+        .dead_letters()
+        .into_iter()
+        .find(|d| d["payload"]["device_id"] == "w3")
+        .expect("bad gateway row kept");
     assert_eq!(wrong["reason"], "wrong_type");
-    assert!(wrong["detail"].as_str().unwrap_or_default().contains("`ph` expects a number"), "{wrong}");
+    assert!(
+        wrong["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("`ph` expects a number"),
+        "{wrong}"
+    );
 }
 
 #[test]
@@ -86,7 +110,13 @@ SELECT device_id, count(*) AS n FROM water GROUP BY tumble(ts, INTERVAL '1 minut
 ",
     );
     let topic = "city/a/water/w1";
-    let row = |at: i64, ts: i64| (at, topic, json!({"ts": T0 + ts, "kind": "pressure", "pressure_mpa": 0.3}));
+    let row = |at: i64, ts: i64| {
+        (
+            at,
+            topic,
+            json!({"ts": T0 + ts, "kind": "pressure", "pressure_mpa": 0.3}),
+        )
+    };
     let messages = vec![
         row(0, 10_000),
         row(1_000, 50_000),
@@ -98,11 +128,17 @@ SELECT device_id, count(*) AS n FROM water GROUP BY tumble(ts, INTERVAL '1 minut
     let outcome = s.run(&s.fixture(&messages), |_| {});
     assert_eq!(
         outcome.summary.late_by_rule,
-        vec![("water".to_string(), "busy".to_string(), 2), ("water".to_string(), "quiet".to_string(), 1)]
+        vec![
+            ("water".to_string(), "busy".to_string(), 2),
+            ("water".to_string(), "quiet".to_string(), 1)
+        ]
     );
     let late: Vec<Value> = s.dead_letters().into_iter().filter(|d| d["reason"] == "late").collect();
     assert_eq!(late.len(), 3);
     assert_eq!(late.iter().filter(|d| d["rule"] == "busy").count(), 2);
     assert_eq!(late[0]["payload"]["device_id"], "w1");
-    assert_eq!(outcome.summary.readings_accepted, 6, "late rows were accepted by decode; lateness is per rule");
+    assert_eq!(
+        outcome.summary.readings_accepted, 6,
+        "late rows were accepted by decode; lateness is per rule"
+    );
 }

@@ -31,7 +31,12 @@ fn run_demo(dir: &tempfile::TempDir) -> RunOutcome {
 fn max_levels(warnings: &[Warning]) -> BTreeMap<(String, String), Level> {
     let mut levels = BTreeMap::new();
     for w in warnings.iter().filter(|w| w.status == WarningStatus::Firing) {
-        let device = w.key.get("device_id").and_then(Value::as_str).unwrap_or_default().to_string();
+        let device = w
+            .key
+            .get("device_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         let entry = levels.entry((w.rule.clone(), device)).or_insert(w.level);
         *entry = (*entry).max(w.level);
     }
@@ -97,33 +102,52 @@ fn demo_replay_matches_the_golden_warnings_and_catches_every_incident() {
     for (rule, device, expected) in incidents {
         assert_eq!(level(rule, device), Some(expected), "{rule} on {device}");
     }
-    let red_rooms = levels.iter().filter(|((r, _), l)| r == "room_temp_low" && **l == Red).count();
+    let red_rooms = levels
+        .iter()
+        .filter(|((r, _), l)| r == "room_temp_low" && **l == Red)
+        .count();
     assert_eq!(red_rooms, 8, "the eight coldest rooms of the hs-07 compound reach red");
 
     // 3. Nothing outside the incidents.
     let incident_devices: BTreeSet<&str> = [
-        "wp-12", "wp-13", "wp-14", "wp-15", "wq-03", "hs-07", "gas-031", "up-03", "mh-017", "td-a03", "td-a04", "td-a05",
-        "td-e02", "aqi-02", "aqi-05", "hs-15", "hs-03", "wq-08", "hs-12",
+        "wp-12", "wp-13", "wp-14", "wp-15", "wq-03", "hs-07", "gas-031", "up-03", "mh-017", "td-a03", "td-a04",
+        "td-a05", "td-e02", "aqi-02", "aqi-05", "hs-15", "hs-03", "wq-08", "hs-12",
     ]
     .into_iter()
     .collect();
     for ((rule, device), _) in &levels {
-        assert!(incident_devices.contains(device.as_str()) || device.starts_with("room-hd-07"), "unexpected warning: {rule} on {device}");
+        assert!(
+            incident_devices.contains(device.as_str()) || device.starts_with("room-hd-07"),
+            "unexpected warning: {rule} on {device}"
+        );
     }
     let tables: BTreeSet<&str> = warnings.iter().map(|w| w.table.as_str()).collect();
-    assert_eq!(tables, BTreeSet::from(["devices", "heating", "sensor", "traffic", "water"]));
+    assert_eq!(
+        tables,
+        BTreeSet::from(["devices", "heating", "sensor", "traffic", "water"])
+    );
 
     // The silent station fires once, ten minutes into its silence, and resolves once it is back.
-    let silent: Vec<(WarningStatus, &str)> =
-        warnings.iter().filter(|w| w.rule == "station_silent").map(|w| (w.status, w.detected_at.as_str())).collect();
+    let silent: Vec<(WarningStatus, &str)> = warnings
+        .iter()
+        .filter(|w| w.rule == "station_silent")
+        .map(|w| (w.status, w.detected_at.as_str()))
+        .collect();
     assert_eq!(
         silent,
-        [(WarningStatus::Firing, "2026-01-15T02:30:00.000Z"), (WarningStatus::Resolved, "2026-01-15T05:06:00.000Z")],
+        [
+            (WarningStatus::Firing, "2026-01-15T02:30:00.000Z"),
+            (WarningStatus::Resolved, "2026-01-15T05:06:00.000Z")
+        ],
         "hs-12 is silent from 10:20 to 13:05 CST (02:20Z-05:05Z)"
     );
 
     // 4. The gas leak walks up through every level and resolves.
-    let gas: Vec<(WarningStatus, Level)> = warnings.iter().filter(|w| w.rule == "gas_lel_high").map(|w| (w.status, w.level)).collect();
+    let gas: Vec<(WarningStatus, Level)> = warnings
+        .iter()
+        .filter(|w| w.rule == "gas_lel_high")
+        .map(|w| (w.status, w.level))
+        .collect();
     assert_eq!(gas.first(), Some(&(WarningStatus::Firing, Blue)));
     assert_eq!(gas.last().map(|g| g.0), Some(WarningStatus::Resolved));
     for l in [Yellow, Orange, Red] {
@@ -152,7 +176,10 @@ fn demo_replay_matches_the_golden_warnings_and_catches_every_incident() {
     assert_eq!(rejected, expected_rejects);
     let dead_letters = common::read_jsonl(&dir.path().join("dead-letters.jsonl"));
     let decode_rejects = dead_letters.iter().filter(|d| d["reason"] != "late").count() as u64;
-    assert_eq!(decode_rejects, s.readings_rejected, "every rejected reading is in the dead-letter file");
+    assert_eq!(
+        decode_rejects, s.readings_rejected,
+        "every rejected reading is in the dead-letter file"
+    );
     assert_eq!(s.rule_errors, 0);
 }
 
@@ -166,8 +193,17 @@ fn demo_late_rows_are_the_five_delayed_messages() {
         .filter(|d| d["reason"] == "late")
         .filter_map(|d| d["payload"]["device_id"].as_str().map(str::to_string))
         .collect();
-    assert_eq!(late_devices, ["gas-005", "hs-09", "td-a15", "up-07", "wp-03"].map(String::from).into_iter().collect());
+    assert_eq!(
+        late_devices,
+        ["gas-005", "hs-09", "td-a15", "up-07", "wp-03"]
+            .map(String::from)
+            .into_iter()
+            .collect()
+    );
     let late_total: u64 = outcome.summary.late_by_rule.iter().map(|(_, _, n)| n).sum();
     let late_letters = dead_letters.iter().filter(|d| d["reason"] == "late").count() as u64;
-    assert_eq!(late_total, late_letters, "each late row is dead-lettered once per window rule of its table");
+    assert_eq!(
+        late_total, late_letters,
+        "each late row is dead-lettered once per window rule of its table"
+    );
 }

@@ -29,7 +29,11 @@ fn bids(s: &Scenario) -> std::path::PathBuf {
         .iter()
         .map(|(minute, price, item, supplier)| {
             let ts = EIGHT + minute * MIN;
-            (minute * MIN, "city/bids/sensor/x", json!({"ts": ts, "device_id": supplier, "kind": item, "value": price}))
+            (
+                minute * MIN,
+                "city/bids/sensor/x",
+                json!({"ts": ts, "device_id": supplier, "kind": item, "value": price}),
+            )
         })
         .collect();
     s.fixture(&messages)
@@ -45,14 +49,22 @@ fn windows(rule_sql: &str) -> Vec<(String, String, f64)> {
         .warnings
         .iter()
         .filter(|w| w.status == cityops::alert::warning::WarningStatus::Firing)
-        .map(|w| (hhmm(&w.key["window_start"]), hhmm(&w.key["window_end"]), w.values["total_price"].as_f64().unwrap_or(f64::NAN)))
+        .map(|w| {
+            (
+                hhmm(&w.key["window_start"]),
+                hhmm(&w.key["window_end"]),
+                w.values["total_price"].as_f64().unwrap_or(f64::NAN),
+            )
+        })
         .collect();
     rows.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
     rows
 }
 
 fn expected(rows: &[(&str, &str, f64)]) -> Vec<(String, String, f64)> {
-    rows.iter().map(|(s, e, t)| (s.to_string(), e.to_string(), *t)).collect()
+    rows.iter()
+        .map(|(s, e, t)| (s.to_string(), e.to_string(), *t))
+        .collect()
 }
 
 #[test]
@@ -60,7 +72,10 @@ fn tumble_matches_flinks_example() {
     let sql = "-- key: window_start, window_end
 SELECT window_start, window_end, sum(value) AS total_price FROM sensor
 GROUP BY tumble(ts, INTERVAL '10' MINUTES)";
-    assert_eq!(windows(sql), expected(&[("08:00", "08:10", 11.0), ("08:10", "08:20", 10.0)]));
+    assert_eq!(
+        windows(sql),
+        expected(&[("08:00", "08:10", 11.0), ("08:10", "08:20", 10.0)])
+    );
 }
 
 #[test]
@@ -70,7 +85,12 @@ SELECT window_start, window_end, sum(value) AS total_price FROM sensor
 GROUP BY hop(ts, INTERVAL '5' MINUTES, INTERVAL '10' MINUTES)";
     assert_eq!(
         windows(sql),
-        expected(&[("08:00", "08:10", 11.0), ("08:05", "08:15", 15.0), ("08:10", "08:20", 10.0), ("08:15", "08:25", 6.0)])
+        expected(&[
+            ("08:00", "08:10", 11.0),
+            ("08:05", "08:15", 15.0),
+            ("08:10", "08:20", 10.0),
+            ("08:15", "08:25", 6.0)
+        ])
     );
 }
 
@@ -107,15 +127,27 @@ GROUP BY tumble(ts, INTERVAL '10' MINUTES), device_id";
         .iter()
         .filter(|w| w.status == cityops::alert::warning::WarningStatus::Firing)
         .map(|w| {
-            let start = w.key["window_start"].as_str().map(|t| t[11..16].to_string()).unwrap_or_default();
-            (start, w.key["device_id"].as_str().unwrap_or_default().to_string(), w.values["total_price"].as_f64().unwrap_or_default())
+            let start = w.key["window_start"]
+                .as_str()
+                .map(|t| t[11..16].to_string())
+                .unwrap_or_default();
+            (
+                start,
+                w.key["device_id"].as_str().unwrap_or_default().to_string(),
+                w.values["total_price"].as_f64().unwrap_or_default(),
+            )
         })
         .collect();
     rows.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-    let expected: Vec<(String, String, f64)> = [("08:00", "supplier1", 6.0), ("08:00", "supplier2", 5.0), ("08:10", "supplier1", 1.0), ("08:10", "supplier2", 9.0)]
-        .iter()
-        .map(|(a, b, c)| (a.to_string(), b.to_string(), *c))
-        .collect();
+    let expected: Vec<(String, String, f64)> = [
+        ("08:00", "supplier1", 6.0),
+        ("08:00", "supplier2", 5.0),
+        ("08:10", "supplier1", 1.0),
+        ("08:10", "supplier2", 9.0),
+    ]
+    .iter()
+    .map(|(a, b, c)| (a.to_string(), b.to_string(), *c))
+    .collect();
     assert_eq!(rows, expected);
 }
 
@@ -134,7 +166,14 @@ GROUP BY session(ts, INTERVAL '2' MINUTES), device_id",
         .results
         .iter()
         .flat_map(|w| w.rows.iter())
-        .map(|r| (hhmm(&r["window_start"]), hhmm(&r["window_end"]), r["device_id"].as_str().unwrap_or_default().to_string(), r["total_price"].as_f64().unwrap_or_default()))
+        .map(|r| {
+            (
+                hhmm(&r["window_start"]),
+                hhmm(&r["window_end"]),
+                r["device_id"].as_str().unwrap_or_default().to_string(),
+                r["total_price"].as_f64().unwrap_or_default(),
+            )
+        })
         .collect();
     rows.sort_by(|a, b| (&a.0, &a.2).cmp(&(&b.0, &b.2)));
     let expected: Vec<(String, String, String, f64)> = [
@@ -148,6 +187,10 @@ GROUP BY session(ts, INTERVAL '2' MINUTES), device_id",
     .collect();
     assert_eq!(rows, expected);
     // Each supplier's first session fires its alert; the second is a repeat while firing.
-    let fired: Vec<String> = outcome.warnings.iter().map(|w| format!("{:?} {}", w.status, w.key["device_id"])).collect();
+    let fired: Vec<String> = outcome
+        .warnings
+        .iter()
+        .map(|w| format!("{:?} {}", w.status, w.key["device_id"]))
+        .collect();
     assert_eq!(fired, ["Firing \"supplier1\"", "Firing \"supplier2\""]);
 }

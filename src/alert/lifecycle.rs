@@ -78,7 +78,9 @@ pub struct CleanStep {
 pub enum Change {
     Fired,
     /// The level changed while firing (up or down).
-    Escalated { from: Level },
+    Escalated {
+        from: Level,
+    },
     Resolved,
 }
 
@@ -133,7 +135,11 @@ pub struct FiringAlert {
 
 impl Lifecycle {
     pub fn new(rule: &str, policy: Policy) -> Self {
-        Lifecycle { rule: rule.to_string(), policy, alerts: HashMap::new() }
+        Lifecycle {
+            rule: rule.to_string(),
+            policy,
+            alerts: HashMap::new(),
+        }
     }
 
     /// Whether no alert is pending or firing (lets callers skip clean-step bookkeeping).
@@ -247,7 +253,12 @@ impl Lifecycle {
 
     /// A clean step for every alert not in `breached` whose key passes `judged` (the part of
     /// the key space an evaluation covered).
-    pub fn clean_where(&mut self, breached: &HashSet<String>, step: CleanStep, judged: impl Fn(&AlertKey) -> bool) -> Vec<Transition> {
+    pub fn clean_where(
+        &mut self,
+        breached: &HashSet<String>,
+        step: CleanStep,
+        judged: impl Fn(&AlertKey) -> bool,
+    ) -> Vec<Transition> {
         let mut ids: Vec<String> = self
             .alerts
             .iter()
@@ -262,7 +273,13 @@ impl Lifecycle {
 /// A stable id for one firing: FNV-1a of rule, key and first breach, as 16 hex digits.
 fn alert_id(rule: &str, key_id: &str, first_breach_ms: EpochMs) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in rule.bytes().chain([0]).chain(key_id.bytes()).chain([0]).chain(first_breach_ms.to_le_bytes()) {
+    for byte in rule
+        .bytes()
+        .chain([0])
+        .chain(key_id.bytes())
+        .chain([0])
+        .chain(first_breach_ms.to_le_bytes())
+    {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
@@ -290,20 +307,35 @@ mod tests {
     }
 
     fn clean_at(at: EpochMs) -> CleanStep {
-        CleanStep { window: Some((at, at + 60_000)), detected_ms: at + 62_000, arrived_ns: 0 }
+        CleanStep {
+            window: Some((at, at + 60_000)),
+            detected_ms: at + 62_000,
+            arrived_ns: 0,
+        }
     }
 
     fn windows(fire: u32, resolve: u32) -> Lifecycle {
-        Lifecycle::new("r", Policy { fire_after: FireAfter::Windows(fire), resolve_after: resolve })
+        Lifecycle::new(
+            "r",
+            Policy {
+                fire_after: FireAfter::Windows(fire),
+                resolve_after: resolve,
+            },
+        )
     }
 
     #[test]
     fn alert_is_pending_until_for_is_met_then_fires_once() {
         let mut lc = windows(2, 1);
         assert!(lc.breach(breach("a", Level::Yellow, 0)).is_none());
-        let fired = lc.breach(breach("a", Level::Yellow, 60_000)).expect("fires on the second window");
+        let fired = lc
+            .breach(breach("a", Level::Yellow, 60_000))
+            .expect("fires on the second window");
         assert_eq!((fired.change, fired.first_breach_ms), (Change::Fired, 0));
-        assert!(lc.breach(breach("a", Level::Yellow, 120_000)).is_none(), "repeats are not re-sent");
+        assert!(
+            lc.breach(breach("a", Level::Yellow, 120_000)).is_none(),
+            "repeats are not re-sent"
+        );
     }
 
     #[test]
@@ -312,15 +344,24 @@ mod tests {
         assert!(lc.breach(breach("a", Level::Blue, 0)).is_none());
         assert!(lc.clean("a", clean_at(60_000)).is_none());
         assert!(lc.is_empty());
-        assert!(lc.breach(breach("a", Level::Blue, 120_000)).is_none(), "counting starts again");
+        assert!(
+            lc.breach(breach("a", Level::Blue, 120_000)).is_none(),
+            "counting starts again"
+        );
     }
 
     #[test]
     fn level_changes_while_firing_notify_as_escalations() {
         let mut lc = windows(1, 1);
-        assert_eq!(lc.breach(breach("a", Level::Blue, 0)).map(|t| t.change), Some(Change::Fired));
+        assert_eq!(
+            lc.breach(breach("a", Level::Blue, 0)).map(|t| t.change),
+            Some(Change::Fired)
+        );
         let up = lc.breach(breach("a", Level::Red, 60_000)).expect("escalation");
-        assert_eq!((up.change, up.level), (Change::Escalated { from: Level::Blue }, Level::Red));
+        assert_eq!(
+            (up.change, up.level),
+            (Change::Escalated { from: Level::Blue }, Level::Red)
+        );
         let down = lc.breach(breach("a", Level::Orange, 120_000)).expect("de-escalation");
         assert_eq!(down.change, Change::Escalated { from: Level::Red });
     }
@@ -331,7 +372,9 @@ mod tests {
         let fired = lc.breach(breach("a", Level::Orange, 0)).expect("fires");
         assert!(lc.clean("a", clean_at(60_000)).is_none());
         assert!(lc.clean("a", clean_at(120_000)).is_none());
-        let resolved = lc.clean("a", clean_at(180_000)).expect("resolves on the third clean window");
+        let resolved = lc
+            .clean("a", clean_at(180_000))
+            .expect("resolves on the third clean window");
         assert_eq!(resolved.change, Change::Resolved);
         assert_eq!(resolved.alert_id, fired.alert_id);
         assert_eq!(resolved.level, Level::Orange);
@@ -352,10 +395,19 @@ mod tests {
 
     #[test]
     fn duration_for_fires_once_the_breach_has_lasted() {
-        let mut lc = Lifecycle::new("r", Policy { fire_after: FireAfter::Duration(120_000), resolve_after: 1 });
+        let mut lc = Lifecycle::new(
+            "r",
+            Policy {
+                fire_after: FireAfter::Duration(120_000),
+                resolve_after: 1,
+            },
+        );
         assert!(lc.breach(breach("a", Level::Red, 0)).is_none());
         assert!(lc.breach(breach("a", Level::Red, 60_000)).is_none());
-        assert_eq!(lc.breach(breach("a", Level::Red, 120_000)).map(|t| t.change), Some(Change::Fired));
+        assert_eq!(
+            lc.breach(breach("a", Level::Red, 120_000)).map(|t| t.change),
+            Some(Change::Fired)
+        );
     }
 
     #[test]

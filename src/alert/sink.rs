@@ -63,11 +63,17 @@ pub fn start(config: SinkConfig, rx: mpsc::Receiver<Warning>, metrics: Arc<Metri
 
 fn open(path: &Path) -> Result<BufWriter<File>, SinkError> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|source| SinkError::Open { path: path.to_path_buf(), source })?;
+        std::fs::create_dir_all(parent).map_err(|source| SinkError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
     }
     File::create(path)
         .map(BufWriter::new)
-        .map_err(|source| SinkError::Open { path: path.to_path_buf(), source })
+        .map_err(|source| SinkError::Open {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 fn deliver(

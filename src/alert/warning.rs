@@ -130,7 +130,11 @@ mod tests {
 
     #[test]
     fn warning_json_has_exactly_the_design_fields() {
-        let rule = RuleInfo { rule: "pressure_low".into(), table: "water".into(), description: "d".into() };
+        let rule = RuleInfo {
+            rule: "pressure_low".into(),
+            table: "water".into(),
+            description: "d".into(),
+        };
         let t = Transition {
             change: Change::Fired,
             alert_id: "00ff".into(),
@@ -144,19 +148,36 @@ mod tests {
         };
         let w = Warning::from_transition(&rule, t, 3_500_000);
         let json = serde_json::to_value(&w).expect("serializes");
-        let mut keys: Vec<_> = json.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+        let mut keys: Vec<_> = json
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
         keys.sort();
         assert_eq!(
             keys,
             [
-                "alert_id", "description", "detected_at", "first_breach", "key", "latency_ms", "level", "rule",
-                "status", "table", "values", "window_end", "window_start"
+                "alert_id",
+                "description",
+                "detected_at",
+                "first_breach",
+                "key",
+                "latency_ms",
+                "level",
+                "rule",
+                "status",
+                "table",
+                "values",
+                "window_end",
+                "window_start"
             ]
         );
         assert_eq!(json["status"], "firing");
         assert_eq!(json["level"], "red");
         assert_eq!(json["window_start"], "2026-01-14T18:40:00.000Z");
         assert_eq!(json["latency_ms"], 2.5);
-        assert!(w.human_line().contains("FIRING     red    I   water/pressure_low  device_id=wp-03  avg_pressure_mpa=0.031"));
+        assert!(
+            w.human_line()
+                .contains("FIRING     red    I   water/pressure_low  device_id=wp-03  avg_pressure_mpa=0.031")
+        );
     }
 }

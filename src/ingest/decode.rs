@@ -93,16 +93,26 @@ impl Decoder {
             rule: None,
             payload: Value::String(kept_text(&msg.payload)),
         };
-        let rejected_whole = Outcome { accepted: 0, rejected: 1 };
+        let rejected_whole = Outcome {
+            accepted: 0,
+            rejected: 1,
+        };
         if msg.payload.len() > self.max_payload_bytes {
             reject(whole(
                 Reason::Oversized,
-                format!("payload of {} bytes exceeds the limit of {}", msg.payload.len(), self.max_payload_bytes),
+                format!(
+                    "payload of {} bytes exceeds the limit of {}",
+                    msg.payload.len(),
+                    self.max_payload_bytes
+                ),
             ));
             return rejected_whole;
         }
         let Some(parts) = self.pattern.parts(&msg.topic) else {
-            reject(whole(Reason::UnknownTopic, "topic does not match the topic pattern".to_string()));
+            reject(whole(
+                Reason::UnknownTopic,
+                "topic does not match the topic pattern".to_string(),
+            ));
             return rejected_whole;
         };
         let Some(table) = self.catalog.index_of(parts.table) else {
@@ -110,7 +120,10 @@ impl Decoder {
             return rejected_whole;
         };
         if msg.recorded_invalid {
-            reject(whole(Reason::MalformedJson, "recorded payload was not JSON".to_string()));
+            reject(whole(
+                Reason::MalformedJson,
+                "recorded payload was not JSON".to_string(),
+            ));
             return rejected_whole;
         }
         let value: Value = match serde_json::from_slice(&msg.payload) {
@@ -164,7 +177,10 @@ type RowError = (Reason, String);
 impl RowContext<'_> {
     fn decode_row(&self, row: &Value, msg: &Message, sink: &mut impl RowSink) -> Result<(), RowError> {
         let Value::Object(obj) = row else {
-            return Err((Reason::NotAnObject, format!("expected a JSON object, got {}", kind_of(row))));
+            return Err((
+                Reason::NotAnObject,
+                format!("expected a JSON object, got {}", kind_of(row)),
+            ));
         };
         let values = match obj.get("values") {
             Some(Value::Object(inner)) => Some(inner),
@@ -175,7 +191,10 @@ impl RowContext<'_> {
         let ts = read_ts(field("ts"), self.max_ts)?;
         let device_id = text_or(field("device_id"), self.topic_device, "device_id")?;
         if device_id.is_empty() {
-            return Err((Reason::MissingDeviceId, "no device_id in the payload or the topic".to_string()));
+            return Err((
+                Reason::MissingDeviceId,
+                "no device_id in the payload or the topic".to_string(),
+            ));
         }
         let district = text_or(field("district"), self.topic_district, "district")?;
 
@@ -185,7 +204,12 @@ impl RowContext<'_> {
         }
         sink.push(
             self.table,
-            &Row { ts, device_id: &device_id, district: &district, cells: &cells },
+            &Row {
+                ts,
+                device_id: &device_id,
+                district: &district,
+                cells: &cells,
+            },
             msg,
         );
         Ok(())
@@ -202,15 +226,21 @@ fn read_ts(value: Option<&Value>, max_ts: EpochMs) -> Result<EpochMs, RowError> 
                 _ => return Err((Reason::BadTs, format!("ts {n} is not a usable number of milliseconds"))),
             },
         },
-        Some(Value::String(text)) => {
-            parse_ts_text(text).map_err(|_| (Reason::BadTs, format!("ts {text:?} is not epoch milliseconds or RFC 3339")))?
-        }
+        Some(Value::String(text)) => parse_ts_text(text).map_err(|_| {
+            (
+                Reason::BadTs,
+                format!("ts {text:?} is not epoch milliseconds or RFC 3339"),
+            )
+        })?,
         Some(other) => return Err((Reason::BadTs, format!("ts is {}, not a number or text", kind_of(other)))),
     };
     if !(MIN_TS_MS..=max_ts).contains(&ts) {
         return Err((
             Reason::TsOutOfRange,
-            format!("ts {} is before 2000 or beyond the allowed future skew", crate::time::format_ms(ts)),
+            format!(
+                "ts {} is before 2000 or beyond the allowed future skew",
+                crate::time::format_ms(ts)
+            ),
         ));
     }
     Ok(ts)
@@ -222,7 +252,10 @@ fn text_or<'v>(value: Option<&'v Value>, fallback: &'v str, name: &str) -> Resul
         None | Some(Value::Null) => Ok(Cow::Borrowed(fallback)),
         Some(Value::String(s)) => Ok(Cow::Borrowed(s.as_str())),
         Some(Value::Number(n)) => Ok(Cow::Owned(n.to_string())),
-        Some(other) => Err((Reason::WrongType, format!("`{name}` must be text, got {}", kind_of(other)))),
+        Some(other) => Err((
+            Reason::WrongType,
+            format!("`{name}` must be text, got {}", kind_of(other)),
+        )),
     }
 }
 
@@ -245,7 +278,11 @@ fn read_cell<'v>(value: Option<&'v Value>, kind: ColumnType, name: &str) -> Resu
             Reason::WrongType,
             format!(
                 "`{name}` expects {}, got {}",
-                if expected == ColumnType::Float { "a number" } else { "text" },
+                if expected == ColumnType::Float {
+                    "a number"
+                } else {
+                    "text"
+                },
                 kind_of(other)
             ),
         )),
@@ -287,7 +324,13 @@ mod tests {
                     Cell::Text(t) => Cell::Text(Cow::Owned(t.to_string())),
                 })
                 .collect();
-            self.0.push((table, row.ts, row.device_id.to_string(), row.district.to_string(), cells));
+            self.0.push((
+                table,
+                row.ts,
+                row.device_id.to_string(),
+                row.district.to_string(),
+                cells,
+            ));
         }
     }
 
@@ -321,11 +364,23 @@ mod tests {
 
     #[test]
     fn flat_object_takes_district_and_device_from_the_topic() {
-        let (rows, rejects, outcome) = run("city/chaoyang/water/wp-03", r#"{"ts": 1768418100000, "kind": "pressure", "pressure_mpa": 0.31}"#);
+        let (rows, rejects, outcome) = run(
+            "city/chaoyang/water/wp-03",
+            r#"{"ts": 1768418100000, "kind": "pressure", "pressure_mpa": 0.31}"#,
+        );
         assert!(rejects.is_empty());
-        assert_eq!(outcome, Outcome { accepted: 1, rejected: 0 });
+        assert_eq!(
+            outcome,
+            Outcome {
+                accepted: 1,
+                rejected: 0
+            }
+        );
         let (table, ts, device, district, cells) = &rows.0[0];
-        assert_eq!((*table, *ts, device.as_str(), district.as_str()), (3, NOW, "wp-03", "chaoyang"));
+        assert_eq!(
+            (*table, *ts, device.as_str(), district.as_str()),
+            (3, NOW, "wp-03", "chaoyang")
+        );
         assert_eq!(cells[0], Cell::Text(Cow::Borrowed("pressure")));
         assert_eq!(cells[1], Cell::Float(0.31));
         assert_eq!(cells[2], Cell::Null);
@@ -338,14 +393,26 @@ mod tests {
                           {"device_id": "r3", "room_temp_c": 20.5},
                           7]"#;
         let (rows, rejects, outcome) = run("city/haidian/heating/gw-1", payload);
-        assert_eq!(outcome, Outcome { accepted: 1, rejected: 3 });
+        assert_eq!(
+            outcome,
+            Outcome {
+                accepted: 1,
+                rejected: 3
+            }
+        );
         assert_eq!(rows.0[0].2, "r1");
-        assert_eq!(reasons(&rejects), [Reason::WrongType, Reason::MissingTs, Reason::NotAnObject]);
+        assert_eq!(
+            reasons(&rejects),
+            [Reason::WrongType, Reason::MissingTs, Reason::NotAnObject]
+        );
     }
 
     #[test]
     fn thingsboard_values_are_flattened() {
-        let (rows, _, _) = run("city/haidian/heating/r9", r#"{"ts": 1768418100000, "values": {"room_temp_c": 19.5, "kind": "room"}}"#);
+        let (rows, _, _) = run(
+            "city/haidian/heating/r9",
+            r#"{"ts": 1768418100000, "values": {"room_temp_c": 19.5, "kind": "room"}}"#,
+        );
         assert_eq!(rows.0[0].4[0], Cell::Text(Cow::Borrowed("room")));
         assert_eq!(rows.0[0].4[6], Cell::Float(19.5));
     }

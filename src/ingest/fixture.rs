@@ -22,9 +22,16 @@ pub enum FixtureError {
     #[error("cannot open fixture {path}: {source}")]
     Open { path: PathBuf, source: std::io::Error },
     #[error("fixture {source_name} line {line}: {message}")]
-    Line { source_name: String, line: u64, message: String },
+    Line {
+        source_name: String,
+        line: u64,
+        message: String,
+    },
     #[error("reading fixture {source_name}: {source}")]
-    Io { source_name: String, source: std::io::Error },
+    Io {
+        source_name: String,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Deserialize)]
@@ -47,10 +54,16 @@ pub struct FixtureReader {
 impl FixtureReader {
     /// Opens a fixture file; `.zst` files are decompressed on the fly.
     pub fn open(path: &Path) -> Result<Self, FixtureError> {
-        let file = File::open(path).map_err(|source| FixtureError::Open { path: path.to_path_buf(), source })?;
+        let file = File::open(path).map_err(|source| FixtureError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let name = path.display().to_string();
         let reader: Box<dyn Read + Send> = if path.extension().is_some_and(|e| e == "zst") {
-            let decoder = zstd::Decoder::new(file).map_err(|source| FixtureError::Open { path: path.to_path_buf(), source })?;
+            let decoder = zstd::Decoder::new(file).map_err(|source| FixtureError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
             Box::new(decoder)
         } else {
             Box::new(file)
@@ -113,7 +126,11 @@ impl FixtureReader {
     }
 
     fn line_error(&self, message: String) -> FixtureError {
-        FixtureError::Line { source_name: self.source_name.clone(), line: self.line_no, message }
+        FixtureError::Line {
+            source_name: self.source_name.clone(),
+            line: self.line_no,
+            message,
+        }
     }
 }
 

@@ -20,7 +20,9 @@ pub struct Message {
 pub enum Ingest {
     Message(Message),
     /// The virtual clock reached `now_ms`; lets idle tables advance their watermark.
-    Tick { now_ms: i64 },
+    Tick {
+        now_ms: i64,
+    },
     /// The source is exhausted; flush everything.
     End,
 }

@@ -38,7 +38,11 @@ impl TopicPattern {
                 other => Segment::Literal(other.to_string()),
             })
             .collect();
-        for (needed, name) in [(Segment::District, "{district}"), (Segment::Table, "{table}"), (Segment::Device, "{device_id}")] {
+        for (needed, name) in [
+            (Segment::District, "{district}"),
+            (Segment::Table, "{table}"),
+            (Segment::Device, "{device_id}"),
+        ] {
             let count = segments.iter().filter(|s| **s == needed).count();
             if count != 1 {
                 return Err(format!("`{pattern}` must contain {name} exactly once"));
@@ -66,7 +70,11 @@ impl TopicPattern {
         if pieces.next().is_some() || table.is_empty() {
             return None;
         }
-        Some(TopicParts { district, table, device_id })
+        Some(TopicParts {
+            district,
+            table,
+            device_id,
+        })
     }
 
     /// The MQTT subscription filter for one table, e.g. `city/+/water/+`.
@@ -92,7 +100,11 @@ mod tests {
         let pattern = TopicPattern::parse("city/{district}/{table}/{device_id}").expect("valid");
         assert_eq!(
             pattern.parts("city/haidian/heating/hs-07"),
-            Some(TopicParts { district: "haidian", table: "heating", device_id: "hs-07" })
+            Some(TopicParts {
+                district: "haidian",
+                table: "heating",
+                device_id: "hs-07"
+            })
         );
         assert_eq!(pattern.parts("city/haidian/heating"), None);
         assert_eq!(pattern.parts("town/haidian/heating/hs-07"), None);

@@ -62,7 +62,11 @@ impl DecodeWorker {
             .tables()
             .iter()
             .enumerate()
-            .map(|(i, def)| tables.contains(&i).then(|| TableBatcher::new(i, Arc::clone(def), settings.batch_rows)))
+            .map(|(i, def)| {
+                tables
+                    .contains(&i)
+                    .then(|| TableBatcher::new(i, Arc::clone(def), settings.batch_rows))
+            })
             .collect();
         DecodeWorker {
             decoder,
@@ -81,7 +85,9 @@ impl DecodeWorker {
     /// Runs until the source ends (or disappears).
     pub fn run(mut self, rx: Receiver<Ingest>) {
         loop {
-            let wait = self.next_linger_deadline().map(|d| d.saturating_duration_since(Instant::now()));
+            let wait = self
+                .next_linger_deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()));
             let item = match wait {
                 Some(wait) => rx.recv_timeout(wait),
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
@@ -94,7 +100,11 @@ impl DecodeWorker {
             }
             // Adaptive batching: when nothing more is waiting, a batch that has waited the
             // short floor goes now; under load the queue never drains and batches fill up.
-            let linger = if rx.is_empty() { self.settings.linger.min(DRY_QUEUE_LINGER) } else { self.settings.linger };
+            let linger = if rx.is_empty() {
+                self.settings.linger.min(DRY_QUEUE_LINGER)
+            } else {
+                self.settings.linger
+            };
             self.flush_older_than(linger);
         }
         self.flush_all();
@@ -107,21 +117,27 @@ impl DecodeWorker {
 
     fn on_message(&mut self, msg: &Message) {
         let started = Instant::now();
-        let _ = self.queue_wait.record(self.metrics.now_ns().saturating_sub(msg.arrived_ns).max(1));
+        let _ = self
+            .queue_wait
+            .record(self.metrics.now_ns().saturating_sub(msg.arrived_ns).max(1));
         let metrics = &self.metrics;
         let dead_letters = &self.dead_letters;
-        let outcome = self.decoder.decode(msg, wall_now_ms(), &mut self.batchers, &mut |letter: DeadLetter| {
-            metrics.add_rejected(letter.reason, 1);
-            // The writer only goes away at shutdown; the count above still holds.
-            let _ = dead_letters.send(letter);
-        });
+        let outcome = self
+            .decoder
+            .decode(msg, wall_now_ms(), &mut self.batchers, &mut |letter: DeadLetter| {
+                metrics.add_rejected(letter.reason, 1);
+                // The writer only goes away at shutdown; the count above still holds.
+                let _ = dead_letters.send(letter);
+            });
         metrics.readings_accepted.fetch_add(outcome.accepted, Ordering::Relaxed);
         let _ = self.decode_latency.record(started.elapsed().as_nanos().max(1) as u64);
         if outcome.accepted > 0
             && let Some(table) = self.decoder.route(&msg.topic)
         {
             self.last_arrival_ms[table] = Some(msg.at_ms);
-            let full = self.batchers.by_table[table].as_ref().is_some_and(|b| b.len() >= self.settings.batch_rows);
+            let full = self.batchers.by_table[table]
+                .as_ref()
+                .is_some_and(|b| b.len() >= self.settings.batch_rows);
             if full {
                 self.flush(table);
             }
@@ -131,11 +147,21 @@ impl DecodeWorker {
     /// Silent tables advance their watermark by the clock.
     fn on_tick(&mut self, now_ms: EpochMs) {
         for table in self.tables.clone() {
-            let Some(last) = self.last_arrival_ms[table] else { continue };
+            let Some(last) = self.last_arrival_ms[table] else {
+                continue;
+            };
             if now_ms - last >= self.settings.idle_timeout_ms {
                 self.flush(table);
                 let arrived_ns = self.metrics.now_ns();
-                self.send(table, TableEvent::Idle { table, now_ms, last_arrival_ms: last, arrived_ns });
+                self.send(
+                    table,
+                    TableEvent::Idle {
+                        table,
+                        now_ms,
+                        last_arrival_ms: last,
+                        arrived_ns,
+                    },
+                );
             }
         }
     }
@@ -144,7 +170,13 @@ impl DecodeWorker {
     /// flushes soon after its last row.
     fn next_linger_deadline(&self) -> Option<Instant> {
         let wait = self.settings.linger.min(DRY_QUEUE_LINGER);
-        self.batchers.by_table.iter().flatten().filter_map(|b| b.started()).min().map(|s| s + wait)
+        self.batchers
+            .by_table
+            .iter()
+            .flatten()
+            .filter_map(|b| b.started())
+            .min()
+            .map(|s| s + wait)
     }
 
     fn flush_older_than(&mut self, linger: Duration) {
@@ -167,7 +199,9 @@ impl DecodeWorker {
     }
 
     fn flush(&mut self, table: usize) {
-        let Some(batcher) = self.batchers.by_table[table].as_mut() else { return };
+        let Some(batcher) = self.batchers.by_table[table].as_mut() else {
+            return;
+        };
         if batcher.is_empty() {
             return;
         }

@@ -26,7 +26,10 @@ use crate::alert::level::Level;
 use crate::alert::lifecycle::{FireAfter, Policy};
 use crate::alert::warning::RuleInfo;
 use crate::config::EngineConfig;
-use crate::schema::{Catalog, DEVICE_ID, DEVICES, DISTRICT, ROW_INDEX, TableDef, WINDOW_END, WINDOW_START, devices_schema, timestamp_type};
+use crate::schema::{
+    Catalog, DEVICE_ID, DEVICES, DISTRICT, ROW_INDEX, TableDef, WINDOW_END, WINDOW_START, devices_schema,
+    timestamp_type,
+};
 use crate::time::parse_duration_ms;
 
 /// Row rules judge each row; window rules judge each closed window; session rules judge
@@ -35,7 +38,9 @@ use crate::time::parse_duration_ms;
 pub enum RuleKind {
     Row,
     Window(WindowSpec),
-    Session { gap_ms: i64 },
+    Session {
+        gap_ms: i64,
+    },
     /// A snapshot of the `devices` table, judged once per minute of event time.
     Devices,
 }
@@ -79,7 +84,10 @@ pub struct CompiledRule {
 
 impl std::fmt::Debug for CompiledRule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CompiledRule").field("id", &self.id).field("kind", &self.kind).finish_non_exhaustive()
+        f.debug_struct("CompiledRule")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
     }
 }
 
@@ -90,7 +98,10 @@ impl CompiledRule {
         let output = self.plan.execute(0, Arc::clone(&self.task_ctx));
         if self.feed.is_bound() {
             self.feed.unbind();
-            return Err(DataFusionError::Internal(format!("rule {} did not bind its input during execute", self.id)));
+            return Err(DataFusionError::Internal(format!(
+                "rule {} did not bind its input during execute",
+                self.id
+            )));
         }
         output
     }
@@ -105,7 +116,11 @@ impl CompiledRule {
 }
 
 /// Plans every rule; returns the ones that compiled and every problem (errors and warnings).
-pub async fn compile_all(rules: &[RuleFile], catalog: &Catalog, engine: &EngineConfig) -> (Vec<CompiledRule>, Vec<Problem>) {
+pub async fn compile_all(
+    rules: &[RuleFile],
+    catalog: &Catalog,
+    engine: &EngineConfig,
+) -> (Vec<CompiledRule>, Vec<Problem>) {
     let mut compiled = Vec::new();
     let mut problems = Vec::new();
     for rule in rules {
@@ -121,7 +136,11 @@ pub async fn compile_all(rules: &[RuleFile], catalog: &Catalog, engine: &EngineC
 }
 
 /// Plans one rule. Returns the compiled rule with its warnings, or its errors.
-pub async fn compile(rule: &RuleFile, catalog: &Catalog, engine: &EngineConfig) -> Result<(CompiledRule, Vec<Problem>), Vec<Problem>> {
+pub async fn compile(
+    rule: &RuleFile,
+    catalog: &Catalog,
+    engine: &EngineConfig,
+) -> Result<(CompiledRule, Vec<Problem>), Vec<Problem>> {
     let path = rule.path.as_path();
     let header = &rule.header;
     let analyzed = analyze(path, &rule.text, header.key.as_deref())?;
@@ -133,19 +152,30 @@ pub async fn compile(rule: &RuleFile, catalog: &Catalog, engine: &EngineConfig) 
         let (line, col) = find_word(&rule.text, &analyzed.table).unwrap_or(start);
         let mut names: Vec<&str> = catalog.tables().iter().map(|t| t.name.as_str()).collect();
         names.push(DEVICES);
-        let hint = closest(&analyzed.table, &names).map(|n| format!("; did you mean `{n}`?")).unwrap_or_default();
+        let hint = closest(&analyzed.table, &names)
+            .map(|n| format!("; did you mean `{n}`?"))
+            .unwrap_or_default();
         return Err(vec![Problem::error(
             path,
             line,
             col,
-            format!("unknown table `{}`{hint} (tables: {})", analyzed.table, names.join(", ")),
+            format!(
+                "unknown table `{}`{hint} (tables: {})",
+                analyzed.table,
+                names.join(", ")
+            ),
         )]);
     }
     let table = catalog.index_of(&analyzed.table).unwrap_or_default();
     let kind = match (analyzed.window, devices) {
         (None, true) => RuleKind::Devices,
         (Some(_), true) => {
-            return Err(vec![Problem::error(path, start.0, start.1, "`devices` is judged as a snapshot each minute: it takes no window function")]);
+            return Err(vec![Problem::error(
+                path,
+                start.0,
+                start.1,
+                "`devices` is judged as a snapshot each minute: it takes no window function",
+            )]);
         }
         (Some(Windowing::Aligned(spec)), false) => RuleKind::Window(spec),
         (Some(Windowing::Session { gap_ms }), false) => RuleKind::Session { gap_ms },
@@ -162,8 +192,14 @@ pub async fn compile(rule: &RuleFile, catalog: &Catalog, engine: &EngineConfig) 
     ctx.register_table(analyzed.table.as_str(), Arc::new(provider))
         .map_err(|e| vec![df_problem(path, &e, start)])?;
 
-    let logical = plan_logical(&ctx, &analyzed).await.map_err(|e| vec![df_problem(path, &e, start)])?;
-    if kind == RuleKind::Row && logical.exists(|p| Ok(matches!(p, LogicalPlan::Aggregate(_)))).unwrap_or(false) {
+    let logical = plan_logical(&ctx, &analyzed)
+        .await
+        .map_err(|e| vec![df_problem(path, &e, start)])?;
+    if kind == RuleKind::Row
+        && logical
+            .exists(|p| Ok(matches!(p, LogicalPlan::Aggregate(_))))
+            .unwrap_or(false)
+    {
         return Err(vec![Problem::error(
             path,
             start.0,
@@ -171,7 +207,11 @@ pub async fn compile(rule: &RuleFile, catalog: &Catalog, engine: &EngineConfig) 
             "aggregates need a window: add tumble(ts, INTERVAL '…') to GROUP BY (a rule without a window judges each row)",
         )]);
     }
-    let plan = ctx.state().create_physical_plan(&logical).await.map_err(|e| vec![df_problem(path, &e, start)])?;
+    let plan = ctx
+        .state()
+        .create_physical_plan(&logical)
+        .await
+        .map_err(|e| vec![df_problem(path, &e, start)])?;
     let layout = output_layout(rule, &analyzed, kind, table_def.map(|t| t.as_ref()), &plan.schema())?;
     let policy = policy(rule, kind)?;
     let session_key = match (kind, table_def) {
@@ -182,7 +222,11 @@ pub async fn compile(rule: &RuleFile, catalog: &Catalog, engine: &EngineConfig) 
     let compiled = CompiledRule {
         id: rule.id.clone(),
         path: rule.path.clone(),
-        info: RuleInfo { rule: rule.id.clone(), table: analyzed.table.clone(), description: header.description.clone() },
+        info: RuleInfo {
+            rule: rule.id.clone(),
+            table: analyzed.table.clone(),
+            description: header.description.clone(),
+        },
         table,
         kind,
         level: header.level,
@@ -196,14 +240,18 @@ pub async fn compile(rule: &RuleFile, catalog: &Catalog, engine: &EngineConfig) 
         feed,
         task_ctx: ctx.task_ctx(),
     };
-    smoke_test(&compiled).await.map_err(|e| vec![df_problem(path, &e, start)])?;
+    smoke_test(&compiled)
+        .await
+        .map_err(|e| vec![df_problem(path, &e, start)])?;
     Ok((compiled, warnings))
 }
 
 /// One session per rule: a single partition (rules scale by running in parallel), spans
 /// for error positions, no dynamic filters (the plan is re-executed), and a memory limit.
 fn rule_session(engine: &EngineConfig) -> Result<SessionContext, DataFusionError> {
-    let mut config = SessionConfig::new().with_target_partitions(1).with_information_schema(false);
+    let mut config = SessionConfig::new()
+        .with_target_partitions(1)
+        .with_information_schema(false);
     let options = config.options_mut();
     options.sql_parser.collect_spans = true;
     options.optimizer.enable_dynamic_filter_pushdown = false;
@@ -254,7 +302,11 @@ fn output_layout(
     let path = rule.path.as_path();
     let header = &rule.header;
     let key_position = header.key.as_ref().map(|_| (2_u64, 1_u64)).unwrap_or(analyzed.start);
-    let key_line = rule.text.lines().position(|l| l.trim_start().starts_with("-- key:")).map(|i| (i as u64 + 1, 8));
+    let key_line = rule
+        .text
+        .lines()
+        .position(|l| l.trim_start().starts_with("-- key:"))
+        .map(|i| (i as u64 + 1, 8));
     let key_at = key_line.unwrap_or(key_position);
     let index = |name: &str| output.index_of(name).ok();
 
@@ -279,7 +331,12 @@ fn output_layout(
         }
         RuleKind::Row => {
             let Some(table) = table else {
-                return Err(vec![Problem::error(path, 1, 1, "internal: a row rule without its table")]);
+                return Err(vec![Problem::error(
+                    path,
+                    1,
+                    1,
+                    "internal: a row rule without its table",
+                )]);
             };
             let names = header.key.clone().unwrap_or_else(|| {
                 let mut names = vec![DISTRICT.to_string(), DEVICE_ID.to_string()];
@@ -307,7 +364,10 @@ fn output_layout(
     };
     let level = index("level");
     if let Some(i) = level
-        && !matches!(output.field(i).data_type(), DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8)
+        && !matches!(
+            output.field(i).data_type(),
+            DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8
+        )
     {
         return Err(vec![Problem::error(
             path,
@@ -334,14 +394,29 @@ fn output_layout(
         .map(|(i, f)| (f.name().clone(), i))
         .collect();
     if kind == RuleKind::Row && row_index.is_none() {
-        return Err(vec![Problem::error(path, analyzed.start.0, analyzed.start.1, "internal: the row index was not selected")]);
+        return Err(vec![Problem::error(
+            path,
+            analyzed.start.0,
+            analyzed.start.1,
+            "internal: the row index was not selected",
+        )]);
     }
-    Ok(OutputLayout { key, values, level, row_index })
+    Ok(OutputLayout {
+        key,
+        values,
+        level,
+        row_index,
+    })
 }
 
 /// A session rule's key must be plain table columns: sessions are tracked per key value
 /// before aggregation.
-fn session_key(rule: &RuleFile, table: &TableDef, layout: &OutputLayout, start: (u64, u64)) -> Result<Vec<(String, usize)>, Vec<Problem>> {
+fn session_key(
+    rule: &RuleFile,
+    table: &TableDef,
+    layout: &OutputLayout,
+    start: (u64, u64),
+) -> Result<Vec<(String, usize)>, Vec<Problem>> {
     layout
         .key
         .iter()
@@ -351,7 +426,10 @@ fn session_key(rule: &RuleFile, table: &TableDef, layout: &OutputLayout, start: 
                 &rule.path,
                 start.0,
                 start.1,
-                format!("session windows are kept per key, so key column `{name}` must be a column of table `{}`", table.name),
+                format!(
+                    "session windows are kept per key, so key column `{name}` must be a column of table `{}`",
+                    table.name
+                ),
             )]),
         })
         .collect()
@@ -369,7 +447,10 @@ fn policy(rule: &RuleFile, kind: RuleKind) -> Result<Policy, Vec<Problem>> {
                     &rule.path,
                     f.line,
                     f.col,
-                    format!("`for` of a window rule counts breaching windows: a whole number of at least 1, got `{}`", f.text),
+                    format!(
+                        "`for` of a window rule counts breaching windows: a whole number of at least 1, got `{}`",
+                        f.text
+                    ),
                 )]);
             }
         },
@@ -377,11 +458,19 @@ fn policy(rule: &RuleFile, kind: RuleKind) -> Result<Policy, Vec<Problem>> {
             ("0", _) => FireAfter::Duration(0),
             (_, Ok(ms)) => FireAfter::Duration(ms),
             (_, Err(e)) => {
-                return Err(vec![Problem::error(&rule.path, f.line, f.col, format!("`for` of a row rule is a duration: {e}"))]);
+                return Err(vec![Problem::error(
+                    &rule.path,
+                    f.line,
+                    f.col,
+                    format!("`for` of a row rule is a duration: {e}"),
+                )]);
             }
         },
     };
-    Ok(Policy { fire_after, resolve_after })
+    Ok(Policy {
+        fire_after,
+        resolve_after,
+    })
 }
 
 /// Runs the plan once over no rows, so a rule that cannot execute fails at load time.
@@ -410,7 +499,12 @@ fn df_problem(path: &Path, error: &DataFusionError, fallback: (u64, u64)) -> Pro
         }
     }
     // One problem, one line: editors and CI read `path:line:col: message` line by line.
-    let message = message.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ");
+    let message = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
     Problem::error(path, line, col, message)
 }
 

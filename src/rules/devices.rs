@@ -70,7 +70,10 @@ impl DeviceWatch {
                 due.push(snapshot);
             }
             let watch = &mut self.tables[input.table];
-            let entry = watch.last_seen.entry(devices.value(i).to_string()).or_insert_with(|| (String::new(), t));
+            let entry = watch
+                .last_seen
+                .entry(devices.value(i).to_string())
+                .or_insert_with(|| (String::new(), t));
             entry.0.clear();
             entry.0.push_str(districts.value(i));
             entry.1 = entry.1.max(t);
@@ -80,8 +83,15 @@ impl DeviceWatch {
     }
 
     /// A silent table: event time advances with the clock since its last row.
-    pub fn idle(&mut self, table: usize, now_ms: EpochMs, last_arrival_ms: EpochMs) -> Result<Option<Snapshot>, ArrowError> {
-        let Some(base) = self.tables.get(table).and_then(|w| w.row_max) else { return Ok(None) };
+    pub fn idle(
+        &mut self,
+        table: usize,
+        now_ms: EpochMs,
+        last_arrival_ms: EpochMs,
+    ) -> Result<Option<Snapshot>, ArrowError> {
+        let Some(base) = self.tables.get(table).and_then(|w| w.row_max) else {
+            return Ok(None);
+        };
         self.advance(table, base + (now_ms - last_arrival_ms).max(0), None)
     }
 
@@ -103,7 +113,12 @@ impl DeviceWatch {
                 watch.next_evaluation = Some(boundary + EVALUATE_EVERY_MS);
                 let table_name = self.table_names[table].clone();
                 let batch = self.snapshot(table, boundary)?;
-                Ok(Some(Snapshot { table_name, at_ms: boundary, batch, row }))
+                Ok(Some(Snapshot {
+                    table_name,
+                    at_ms: boundary,
+                    batch,
+                    row,
+                }))
             }
             Some(_) => Ok(None),
         }
@@ -124,7 +139,9 @@ impl DeviceWatch {
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.2))),
             Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.3)).with_timezone(UTC)),
             Arc::new(TimestampMillisecondArray::from_value(at_ms, n).with_timezone(UTC)),
-            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| (at_ms - r.3) as f64 / 1_000.0))),
+            Arc::new(Float64Array::from_iter_values(
+                rows.iter().map(|r| (at_ms - r.3) as f64 / 1_000.0),
+            )),
         ];
         RecordBatch::try_new(devices_schema(), columns)
     }

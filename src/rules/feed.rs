@@ -21,13 +21,18 @@ pub struct Feed {
 
 impl fmt::Debug for Feed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Feed").field("schema", &self.schema).finish_non_exhaustive()
+        f.debug_struct("Feed")
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
     }
 }
 
 impl Feed {
     pub fn new(schema: SchemaRef) -> Self {
-        Feed { schema, slot: Mutex::new(None) }
+        Feed {
+            schema,
+            slot: Mutex::new(None),
+        }
     }
 
     /// Binds the stream the next `execute` of the plan will read.

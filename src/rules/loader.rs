@@ -64,7 +64,11 @@ pub fn load_dir(dir: &Path) -> (Vec<RuleFile>, Vec<Problem>) {
                         &rule.path,
                         1,
                         1,
-                        format!("rule id `{}` is already used by {}; file stems must be unique", rule.id, other.path.display()),
+                        format!(
+                            "rule id `{}` is already used by {}; file stems must be unique",
+                            rule.id,
+                            other.path.display()
+                        ),
                     ));
                 } else {
                     rules.push(rule);
@@ -96,10 +100,18 @@ fn collect_sql_files(dir: &Path, out: &mut Vec<PathBuf>, problems: &mut Vec<Prob
 
 /// Parses one rule file's text (the header; the SQL is checked by `compile`).
 pub fn parse_rule(path: &Path, text: String) -> Result<RuleFile, Vec<Problem>> {
-    let id = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let id = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mut problems = Vec::new();
     if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-        problems.push(Problem::error(path, 1, 1, format!("rule id `{id}` (the file stem) may hold only letters, digits, _ and -")));
+        problems.push(Problem::error(
+            path,
+            1,
+            1,
+            format!("rule id `{id}` (the file stem) may hold only letters, digits, _ and -"),
+        ));
     }
     let mut header = RuleHeader {
         description: String::new(),
@@ -130,7 +142,12 @@ pub fn parse_rule(path: &Path, text: String) -> Result<RuleFile, Vec<Problem>> {
             continue; // prose that happens to contain a colon
         }
         if seen.iter().any(|k| k == key) {
-            problems.push(Problem::error(path, line_no, key_col, format!("header key `{key}` is given twice")));
+            problems.push(Problem::error(
+                path,
+                line_no,
+                key_col,
+                format!("header key `{key}` is given twice"),
+            ));
             continue;
         }
         seen.push(key.to_string());
@@ -141,9 +158,19 @@ pub fn parse_rule(path: &Path, text: String) -> Result<RuleFile, Vec<Problem>> {
                 Ok(level) => header.level = level,
                 Err(e) => bad(e),
             },
-            "for" => header.fire_for = Some(Located { text: value.to_string(), line: line_no, col: value_col }),
+            "for" => {
+                header.fire_for = Some(Located {
+                    text: value.to_string(),
+                    line: line_no,
+                    col: value_col,
+                })
+            }
             "key" => {
-                let columns: Vec<String> = value.split(',').map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect();
+                let columns: Vec<String> = value
+                    .split(',')
+                    .map(|c| c.trim().to_string())
+                    .filter(|c| !c.is_empty())
+                    .collect();
                 if columns.is_empty() {
                     bad("`key` needs at least one column".to_string());
                 } else {
@@ -152,7 +179,9 @@ pub fn parse_rule(path: &Path, text: String) -> Result<RuleFile, Vec<Problem>> {
             }
             "resolve" => match value.parse::<u32>() {
                 Ok(n) if n >= 1 => header.resolve = n,
-                _ => bad(format!("`resolve` must be a whole number of windows (or rows) of at least 1, got `{value}`")),
+                _ => bad(format!(
+                    "`resolve` must be a whole number of windows (or rows) of at least 1, got `{value}`"
+                )),
             },
             "lateness" => match parse_duration_ms(value) {
                 Ok(ms) => header.lateness_ms = Some(ms),
@@ -167,7 +196,12 @@ pub fn parse_rule(path: &Path, text: String) -> Result<RuleFile, Vec<Problem>> {
         }
     }
     if problems.is_empty() {
-        Ok(RuleFile { id, path: path.to_path_buf(), text, header })
+        Ok(RuleFile {
+            id,
+            path: path.to_path_buf(),
+            text,
+            header,
+        })
     } else {
         Err(problems)
     }
@@ -184,8 +218,14 @@ mod tests {
         assert_eq!(rule.id, "room_low");
         assert_eq!(rule.header.description, "Low: below 18");
         assert_eq!(rule.header.level, Level::Yellow);
-        assert_eq!(rule.header.fire_for.as_ref().map(|f| (f.text.as_str(), f.line)), Some(("2", 3)));
-        assert_eq!(rule.header.key, Some(vec!["district".to_string(), "device_id".to_string()]));
+        assert_eq!(
+            rule.header.fire_for.as_ref().map(|f| (f.text.as_str(), f.line)),
+            Some(("2", 3))
+        );
+        assert_eq!(
+            rule.header.key,
+            Some(vec!["district".to_string(), "device_id".to_string()])
+        );
         assert_eq!((rule.header.resolve, rule.header.lateness_ms), (1, None));
     }
 
@@ -195,8 +235,16 @@ mod tests {
         let problems = parse_rule(Path::new("r.sql"), text.to_string()).unwrap_err();
         let shown: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         assert_eq!(shown.len(), 3, "{shown:?}");
-        assert!(shown[0].starts_with("r.sql:1:11: `purple` is not a level"), "{}", shown[0]);
-        assert!(shown[1].starts_with("r.sql:2:4: unknown header key `severity`"), "{}", shown[1]);
+        assert!(
+            shown[0].starts_with("r.sql:1:11: `purple` is not a level"),
+            "{}",
+            shown[0]
+        );
+        assert!(
+            shown[1].starts_with("r.sql:2:4: unknown header key `severity`"),
+            "{}",
+            shown[1]
+        );
         assert!(shown[2].starts_with("r.sql:3:13: `resolve` must be"), "{}", shown[2]);
     }
 }

@@ -39,7 +39,10 @@ pub fn json_value(array: &ArrayRef, row: usize) -> Value {
         DataType::Utf8View => Value::String(array.as_string_view().value(row).to_string()),
         DataType::Timestamp(unit, _) => {
             let ms = match unit {
-                TimeUnit::Second => array.as_primitive::<TimestampSecondType>().value(row).saturating_mul(1_000),
+                TimeUnit::Second => array
+                    .as_primitive::<TimestampSecondType>()
+                    .value(row)
+                    .saturating_mul(1_000),
                 TimeUnit::Millisecond => array.as_primitive::<TimestampMillisecondType>().value(row),
                 TimeUnit::Microsecond => array.as_primitive::<TimestampMicrosecondType>().value(row) / 1_000,
                 TimeUnit::Nanosecond => array.as_primitive::<TimestampNanosecondType>().value(row) / 1_000_000,
@@ -55,12 +58,20 @@ pub fn json_value(array: &ArrayRef, row: usize) -> Value {
 
 /// The alert key of a row from the given columns.
 pub fn key_of(batch: &RecordBatch, row: usize, columns: &[(String, usize)]) -> AlertKey {
-    AlertKey::new(columns.iter().map(|(name, i)| (name.clone(), json_value(batch.column(*i), row))).collect())
+    AlertKey::new(
+        columns
+            .iter()
+            .map(|(name, i)| (name.clone(), json_value(batch.column(*i), row)))
+            .collect(),
+    )
 }
 
 /// The named columns of a row as a JSON object.
 pub fn values_of(batch: &RecordBatch, row: usize, columns: &[(String, usize)]) -> Map<String, Value> {
-    columns.iter().map(|(name, i)| (name.clone(), json_value(batch.column(*i), row))).collect()
+    columns
+        .iter()
+        .map(|(name, i)| (name.clone(), json_value(batch.column(*i), row)))
+        .collect()
 }
 
 /// The row's level: its `level` column when the rule has one and it is set, else `default`.
@@ -127,6 +138,9 @@ mod tests {
         assert_eq!(key.id, "wp-03");
         assert_eq!(level_of(&batch, 0, Some(3), Level::Blue), Ok(Level::Orange));
         assert_eq!(level_of(&batch, 0, None, Level::Blue), Ok(Level::Blue));
-        assert_eq!(row_json(&batch, 0), serde_json::json!({"ts": "2026-01-14T19:15:00.000Z", "device_id": "wp-03", "level": "orange"}));
+        assert_eq!(
+            row_json(&batch, 0),
+            serde_json::json!({"ts": "2026-01-14T19:15:00.000Z", "device_id": "wp-03", "level": "orange"})
+        );
     }
 }

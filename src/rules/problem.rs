@@ -23,11 +23,20 @@ pub struct Problem {
 
 impl Problem {
     pub fn error(path: impl Into<PathBuf>, line: u64, col: u64, message: impl Into<String>) -> Self {
-        Problem { path: path.into(), line: line.max(1), col: col.max(1), severity: Severity::Error, message: message.into() }
+        Problem {
+            path: path.into(),
+            line: line.max(1),
+            col: col.max(1),
+            severity: Severity::Error,
+            message: message.into(),
+        }
     }
 
     pub fn warning(path: impl Into<PathBuf>, line: u64, col: u64, message: impl Into<String>) -> Self {
-        Problem { severity: Severity::Warning, ..Self::error(path, line, col, message) }
+        Problem {
+            severity: Severity::Warning,
+            ..Self::error(path, line, col, message)
+        }
     }
 }
 
@@ -37,6 +46,13 @@ impl fmt::Display for Problem {
             Severity::Error => "",
             Severity::Warning => "warning: ",
         };
-        write!(f, "{}:{}:{}: {kind}{}", self.path.display(), self.line, self.col, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {kind}{}",
+            self.path.display(),
+            self.line,
+            self.col,
+            self.message
+        )
     }
 }

@@ -147,7 +147,12 @@ impl Sessions {
             return false;
         }
         let sessions = self.open.entry(key_id.clone()).or_default();
-        let mut merged = Session { start: t, last: t, parts: Vec::new(), pending: vec![row] };
+        let mut merged = Session {
+            start: t,
+            last: t,
+            parts: Vec::new(),
+            pending: vec![row],
+        };
         let mut kept = Vec::with_capacity(sessions.len());
         for s in sessions.drain(..) {
             let overlaps = touches(&s);
@@ -196,7 +201,14 @@ impl Sessions {
     }
 
     fn closed(&self, key_id: String, session: Session, event_ms: EpochMs, row: Option<usize>) -> ClosedSession {
-        ClosedSession { key_id, start: session.start, end: session.last + self.gap_ms, parts: session.parts, event_ms, row }
+        ClosedSession {
+            key_id,
+            start: session.start,
+            end: session.last + self.gap_ms,
+            parts: session.parts,
+            event_ms,
+            row,
+        }
     }
 }
 
@@ -217,7 +229,9 @@ mod tests {
         RecordBatch::try_new(
             Arc::new(schema),
             vec![
-                Arc::new(TimestampMillisecondArray::from(rows.iter().map(|r| r.0).collect::<Vec<_>>()).with_timezone("UTC")),
+                Arc::new(
+                    TimestampMillisecondArray::from(rows.iter().map(|r| r.0).collect::<Vec<_>>()).with_timezone("UTC"),
+                ),
                 Arc::new(StringArray::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())),
             ],
         )
@@ -229,14 +243,35 @@ mod tests {
     }
 
     fn shown(closed: &[ClosedSession]) -> Vec<(String, i64, i64, usize)> {
-        closed.iter().map(|c| (c.key_id.clone(), c.start / MIN, c.end / MIN, c.parts.iter().map(|p| p.num_rows()).sum())).collect()
+        closed
+            .iter()
+            .map(|c| {
+                (
+                    c.key_id.clone(),
+                    c.start / MIN,
+                    c.end / MIN,
+                    c.parts.iter().map(|p| p.num_rows()).sum(),
+                )
+            })
+            .collect()
     }
 
     #[test]
     fn sessions_are_kept_per_key_and_close_gap_after_their_last_row() {
         let mut s = sessions();
-        let r = s.route(&batch(&[(5 * MIN, "a"), (7 * MIN, "a"), (9 * MIN, "b"), (11 * MIN, "b")])).expect("routes");
-        assert_eq!(shown(&r.closed), vec![("a".to_string(), 5, 9, 2)], "5 and 7 touch; [5, 9) closes when b's 9 arrives");
+        let r = s
+            .route(&batch(&[
+                (5 * MIN, "a"),
+                (7 * MIN, "a"),
+                (9 * MIN, "b"),
+                (11 * MIN, "b"),
+            ]))
+            .expect("routes");
+        assert_eq!(
+            shown(&r.closed),
+            vec![("a".to_string(), 5, 9, 2)],
+            "5 and 7 touch; [5, 9) closes when b's 9 arrives"
+        );
         let rest = s.close_all();
         assert_eq!(shown(&rest), vec![("b".to_string(), 9, 13, 2)]);
     }
@@ -252,7 +287,9 @@ mod tests {
     #[test]
     fn a_row_whose_session_would_already_have_closed_is_late() {
         let mut s = sessions();
-        let r = s.route(&batch(&[(0, "a"), (10 * MIN, "b"), (MIN, "a")])).expect("routes");
+        let r = s
+            .route(&batch(&[(0, "a"), (10 * MIN, "b"), (MIN, "a")]))
+            .expect("routes");
         assert_eq!(r.late, vec![2]);
         assert_eq!(shown(&r.closed), vec![("a".to_string(), 0, 2, 1)]);
     }

@@ -8,12 +8,12 @@ use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 use std::path::Path;
 
+use datafusion::sql::parser::{DFParser, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::{
     Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Ident, ObjectName, ObjectNamePart, Query,
     SelectItem, SetExpr, Spanned, Statement, TableFactor, Value, Visit, Visitor, visit_relations,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
-use datafusion::sql::parser::{DFParser, Statement as DFStatement};
 
 use super::problem::Problem;
 use crate::schema::{DEVICE_ID, DEVICES, DISTRICT, ROW_INDEX, TABLE_NAME, WINDOW_END, WINDOW_START};
@@ -109,28 +109,63 @@ pub fn analyze(path: &Path, text: &str, key: Option<&[String]>) -> Result<Analyz
         return Err(err(start.0, start.1, "the rule has no SELECT statement".to_string()));
     };
     if statements.next().is_some() {
-        return Err(err(start.0, start.1, "a rule holds exactly one SELECT statement".to_string()));
+        return Err(err(
+            start.0,
+            start.1,
+            "a rule holds exactly one SELECT statement".to_string(),
+        ));
     }
     let mut query = match statement {
         DFStatement::Statement(boxed) => match *boxed {
             Statement::Query(query) => query,
             other => {
                 let (line, col) = span_start(&other).unwrap_or(start);
-                return Err(err(line, col, format!("rules are read-only SELECT queries; {} is not allowed", statement_kind(&other))));
+                return Err(err(
+                    line,
+                    col,
+                    format!(
+                        "rules are read-only SELECT queries; {} is not allowed",
+                        statement_kind(&other)
+                    ),
+                ));
             }
         },
         DFStatement::CreateExternalTable(_) => {
-            return Err(err(start.0, start.1, "rules are read-only SELECT queries; DDL (CREATE EXTERNAL TABLE) is not allowed".to_string()));
+            return Err(err(
+                start.0,
+                start.1,
+                "rules are read-only SELECT queries; DDL (CREATE EXTERNAL TABLE) is not allowed".to_string(),
+            ));
         }
-        DFStatement::CopyTo(_) => return Err(err(start.0, start.1, "rules are read-only SELECT queries; COPY is not allowed".to_string())),
-        DFStatement::Explain(_) => return Err(err(start.0, start.1, "rules are read-only SELECT queries; EXPLAIN is not allowed".to_string())),
+        DFStatement::CopyTo(_) => {
+            return Err(err(
+                start.0,
+                start.1,
+                "rules are read-only SELECT queries; COPY is not allowed".to_string(),
+            ));
+        }
+        DFStatement::Explain(_) => {
+            return Err(err(
+                start.0,
+                start.1,
+                "rules are read-only SELECT queries; EXPLAIN is not allowed".to_string(),
+            ));
+        }
         DFStatement::Reset(_) => {
-            return Err(err(start.0, start.1, "rules are read-only SELECT queries; this kind of statement is not allowed".to_string()));
+            return Err(err(
+                start.0,
+                start.1,
+                "rules are read-only SELECT queries; this kind of statement is not allowed".to_string(),
+            ));
         }
     };
     let table = single_table(path, &query, start)?;
     let SetExpr::Select(select) = query.body.as_mut() else {
-        return Err(err(start.0, start.1, "a rule's query must be one SELECT (no UNION, VALUES or set operations)".to_string()));
+        return Err(err(
+            start.0,
+            start.1,
+            "a rule's query must be one SELECT (no UNION, VALUES or set operations)".to_string(),
+        ));
     };
 
     let mut window = None;
@@ -143,7 +178,12 @@ pub fn analyze(path: &Path, text: &str, key: Option<&[String]>) -> Result<Analyz
                 Some(name) => {
                     let (line, col) = expr_start(&expr).unwrap_or(start);
                     if window.is_some() {
-                        problems.push(Problem::error(path, line, col, "only one window function may appear in GROUP BY"));
+                        problems.push(Problem::error(
+                            path,
+                            line,
+                            col,
+                            "only one window function may appear in GROUP BY",
+                        ));
                         continue;
                     }
                     match parse_window(&name, &expr) {
@@ -196,11 +236,20 @@ pub fn analyze(path: &Path, text: &str, key: Option<&[String]>) -> Result<Analyz
     };
     for column in wanted {
         if !wildcard && !output_names.contains(&column) {
-            select.projection.push(SelectItem::UnnamedExpr(Expr::Identifier(Ident::new(&column))));
+            select
+                .projection
+                .push(SelectItem::UnnamedExpr(Expr::Identifier(Ident::new(&column))));
             hidden_columns.push(column);
         }
     }
-    Ok(AnalyzedSql { statement: Statement::Query(query), table, window, group_columns, hidden_columns, start })
+    Ok(AnalyzedSql {
+        statement: Statement::Query(query),
+        table,
+        window,
+        group_columns,
+        hidden_columns,
+        start,
+    })
 }
 
 /// Warnings about a rule that plans but may misbehave in a stream.
@@ -236,7 +285,9 @@ fn single_table(path: &Path, query: &Query, start: (u64, u64)) -> Result<String,
             path,
             line,
             col,
-            format!("table function `{name}` is not allowed in rules: rules read only the stream tables, never files, URLs or generated tables"),
+            format!(
+                "table function `{name}` is not allowed in rules: rules read only the stream tables, never files, URLs or generated tables"
+            ),
         )]);
     }
     let mut tables = BTreeSet::new();
@@ -250,12 +301,20 @@ fn single_table(path: &Path, query: &Query, start: (u64, u64)) -> Result<String,
     });
     match tables.len() {
         1 => Ok(tables.into_iter().next().unwrap_or_default()),
-        0 => Err(vec![Problem::error(path, start.0, start.1, "a rule reads one table: add FROM sensor, traffic, heating or water")]),
+        0 => Err(vec![Problem::error(
+            path,
+            start.0,
+            start.1,
+            "a rule reads one table: add FROM sensor, traffic, heating or water",
+        )]),
         _ => Err(vec![Problem::error(
             path,
             start.0,
             start.1,
-            format!("a rule reads exactly one table; this one reads {}", tables.into_iter().collect::<Vec<_>>().join(", ")),
+            format!(
+                "a rule reads exactly one table; this one reads {}",
+                tables.into_iter().collect::<Vec<_>>().join(", ")
+            ),
         )]),
     }
 }
@@ -270,7 +329,9 @@ impl Visitor for TableFunctionFinder {
 
     fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
         let name = match factor {
-            TableFactor::Table { name, args: Some(_), .. } => Some(name.to_string()),
+            TableFactor::Table {
+                name, args: Some(_), ..
+            } => Some(name.to_string()),
             TableFactor::TableFunction { expr, .. } => Some(expr.to_string()),
             TableFactor::Function { name, .. } => Some(name.to_string()),
             _ => None,
@@ -340,7 +401,10 @@ fn parse_window(name: &str, expr: &Expr) -> Result<Windowing, String> {
 /// `INTERVAL '15 minutes'`, `INTERVAL '5' MINUTE` or `'15 minutes'` in milliseconds.
 fn interval_ms(expr: &Expr) -> Result<i64, String> {
     let (text, unit) = match expr {
-        Expr::Interval(interval) => (literal_text(&interval.value), interval.leading_field.as_ref().map(|f| f.to_string())),
+        Expr::Interval(interval) => (
+            literal_text(&interval.value),
+            interval.leading_field.as_ref().map(|f| f.to_string()),
+        ),
         other => (literal_text(other), None),
     };
     let Some(text) = text else {
@@ -457,20 +521,33 @@ mod tests {
     fn tumble_is_recognised_and_rewritten_to_window_columns() {
         let sql = "-- level: red\nSELECT district, avg(value) AS v FROM sensor\nGROUP BY tumble(ts, INTERVAL '15 minutes'), district, device_id";
         let a = analyze_text(sql).expect("valid");
-        assert_eq!(a.window, Some(Windowing::Aligned(WindowSpec::Tumble { size_ms: 900_000 })));
+        assert_eq!(
+            a.window,
+            Some(Windowing::Aligned(WindowSpec::Tumble { size_ms: 900_000 }))
+        );
         assert_eq!(a.table, "sensor");
         assert_eq!(a.group_columns, ["district", "device_id"]);
         assert_eq!(a.hidden_columns, ["device_id"]);
         let rewritten = a.statement.to_string();
-        assert!(rewritten.contains("GROUP BY window_start, window_end, district, device_id"), "{rewritten}");
-        assert!(rewritten.starts_with("SELECT district, avg(value) AS v, device_id FROM sensor"), "{rewritten}");
+        assert!(
+            rewritten.contains("GROUP BY window_start, window_end, district, device_id"),
+            "{rewritten}"
+        );
+        assert!(
+            rewritten.starts_with("SELECT district, avg(value) AS v, device_id FROM sensor"),
+            "{rewritten}"
+        );
         assert_eq!(a.start, (2, 1));
     }
 
     #[test]
     fn interval_with_a_unit_keyword_is_understood() {
-        let a = analyze_text("SELECT count(*) FROM water GROUP BY tumble(ts, INTERVAL '5' MINUTE), device_id").expect("valid");
-        assert_eq!(a.window, Some(Windowing::Aligned(WindowSpec::Tumble { size_ms: 300_000 })));
+        let a = analyze_text("SELECT count(*) FROM water GROUP BY tumble(ts, INTERVAL '5' MINUTE), device_id")
+            .expect("valid");
+        assert_eq!(
+            a.window,
+            Some(Windowing::Aligned(WindowSpec::Tumble { size_ms: 300_000 }))
+        );
     }
 
     #[test]
@@ -489,15 +566,24 @@ mod tests {
             ("DROP TABLE sensor", "DDL"),
             ("COPY sensor TO 'out.csv'", "COPY"),
             ("EXPLAIN SELECT * FROM sensor", "EXPLAIN"),
-            ("CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/etc/passwd'", "CREATE EXTERNAL TABLE"),
+            (
+                "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/etc/passwd'",
+                "CREATE EXTERNAL TABLE",
+            ),
             ("COPY (SELECT 1) TO '/tmp/x.csv'", "COPY"),
         ];
         for (sql, kind) in cases {
             let problems = analyze_text(sql).unwrap_err();
-            assert!(problems[0].contains("read-only SELECT") && problems[0].contains(kind), "{sql}: {problems:?}");
+            assert!(
+                problems[0].contains("read-only SELECT") && problems[0].contains(kind),
+                "{sql}: {problems:?}"
+            );
         }
         let problems = analyze_text("SELECT * FROM read_csv('/etc/passwd')").unwrap_err();
-        assert!(problems[0].contains("table function `read_csv` is not allowed"), "{problems:?}");
+        assert!(
+            problems[0].contains("table function `read_csv` is not allowed"),
+            "{problems:?}"
+        );
         let problems = analyze_text("SELECT 1; SELECT 2").unwrap_err();
         assert!(problems[0].contains("exactly one SELECT"), "{problems:?}");
     }
@@ -505,7 +591,10 @@ mod tests {
     #[test]
     fn syntax_errors_carry_the_parser_position() {
         let problems = analyze_text("-- level: red\nSELECT device_id\nFROM sensor WHERE value >").unwrap_err();
-        assert!(problems[0].starts_with("r.sql:3:26: SQL syntax error: Expected: an expression, found: EOF"), "{problems:?}");
+        assert!(
+            problems[0].starts_with("r.sql:3:26: SQL syntax error: Expected: an expression, found: EOF"),
+            "{problems:?}"
+        );
         assert!(problems[0].contains("SQL syntax error"), "{problems:?}");
     }
 
@@ -524,25 +613,49 @@ mod tests {
             .expect("valid")
             .window
             .expect("a window");
-        let Windowing::Aligned(hop) = hop else { panic!("hop is aligned") };
-        assert_eq!(hop, WindowSpec::Hop { slide_ms: 300_000, size_ms: 600_000 });
-        let session = analyze_text("SELECT device_id, count(*) FROM sensor GROUP BY session(ts, INTERVAL '2' MINUTES), device_id").expect("valid");
+        let Windowing::Aligned(hop) = hop else {
+            panic!("hop is aligned")
+        };
+        assert_eq!(
+            hop,
+            WindowSpec::Hop {
+                slide_ms: 300_000,
+                size_ms: 600_000
+            }
+        );
+        let session = analyze_text(
+            "SELECT device_id, count(*) FROM sensor GROUP BY session(ts, INTERVAL '2' MINUTES), device_id",
+        )
+        .expect("valid");
         assert_eq!(session.window, Some(Windowing::Session { gap_ms: 120_000 }));
-        assert_eq!(hop.ends_of(420_000).collect::<Vec<_>>(), vec![600_000, 900_000], "7 min is in [0, 10) and [5, 15)");
+        assert_eq!(
+            hop.ends_of(420_000).collect::<Vec<_>>(),
+            vec![600_000, 900_000],
+            "7 min is in [0, 10) and [5, 15)"
+        );
         assert_eq!(hop.window_ending_at(900_000), (300_000, 900_000));
-        let cumulate = WindowSpec::Cumulate { step_ms: 2, max_size_ms: 8 };
+        let cumulate = WindowSpec::Cumulate {
+            step_ms: 2,
+            max_size_ms: 8,
+        };
         assert_eq!(cumulate.ends_of(3).collect::<Vec<_>>(), vec![4, 6, 8]);
         assert_eq!(cumulate.window_ending_at(6), (0, 6));
         assert_eq!(cumulate.window_ending_at(10), (8, 10));
         let tumble = WindowSpec::Tumble { size_ms: 5 };
         assert_eq!(tumble.ends_of(7).collect::<Vec<_>>(), vec![10]);
-        assert!(analyze_text("SELECT 1 FROM sensor GROUP BY hop(ts, INTERVAL '7 minutes', INTERVAL '10 minutes')").is_err());
+        assert!(
+            analyze_text("SELECT 1 FROM sensor GROUP BY hop(ts, INTERVAL '7 minutes', INTERVAL '10 minutes')").is_err()
+        );
     }
 
     #[test]
     fn unsupported_window_arguments_are_explained() {
-        let problems = analyze_text("SELECT 1 FROM sensor GROUP BY tumble(window_end, INTERVAL '1 minute')").unwrap_err();
-        assert!(problems[0].contains("first argument must be the event-time column ts"), "{problems:?}");
+        let problems =
+            analyze_text("SELECT 1 FROM sensor GROUP BY tumble(window_end, INTERVAL '1 minute')").unwrap_err();
+        assert!(
+            problems[0].contains("first argument must be the event-time column ts"),
+            "{problems:?}"
+        );
         let problems = analyze_text("SELECT 1 FROM sensor GROUP BY tumble(ts, INTERVAL '0 minutes')").unwrap_err();
         assert!(problems[0].contains("size above zero"), "{problems:?}");
     }
@@ -552,6 +665,10 @@ mod tests {
         let a = analyze_text("SELECT avg(value) FROM sensor GROUP BY tumble(ts, INTERVAL '1 minute')").expect("valid");
         let warnings = lint(Path::new("r.sql"), &a, None);
         assert_eq!(warnings.len(), 1);
-        assert!(warnings[0].to_string().contains("warning: this window rule is not grouped"));
+        assert!(
+            warnings[0]
+                .to_string()
+                .contains("warning: this window rule is not grouped")
+        );
     }
 }

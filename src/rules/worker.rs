@@ -23,8 +23,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::compile::{CompiledRule, RuleKind};
-use super::output::{key_of, level_of, result_json, row_json, values_of};
 use super::devices::{DeviceWatch, Snapshot};
+use super::output::{key_of, level_of, result_json, row_json, values_of};
 use super::session::{ClosedSession, Sessions};
 use crate::alert::lifecycle::{CleanStep, Evidence, FiringAlert, Lifecycle, Transition};
 use crate::alert::warning::Warning;
@@ -157,7 +157,12 @@ impl RuleWorker {
                     self.ctx.metrics.merge(Stage::RuleEval, &mut self.eval_latency);
                     self.ctx.metrics.merge(Stage::Detection, &mut self.detection_latency);
                 }
-                TableEvent::Idle { table, now_ms, last_arrival_ms, arrived_ns } => {
+                TableEvent::Idle {
+                    table,
+                    now_ms,
+                    last_arrival_ms,
+                    arrived_ns,
+                } => {
                     self.on_idle(table, now_ms, last_arrival_ms, arrived_ns).await;
                 }
                 TableEvent::End { arrived_ns } => {
@@ -171,7 +176,11 @@ impl RuleWorker {
             }
         }
         self.ctx.metrics.merge(Stage::Detection, &mut self.detection_latency);
-        RuleReport { rule: self.rule.id.clone(), firing: self.lifecycle.firing(), errors: self.errors }
+        RuleReport {
+            rule: self.rule.id.clone(),
+            firing: self.lifecycle.firing(),
+            errors: self.errors,
+        }
     }
 
     fn fail(&mut self, error: &DataFusionError) {
@@ -227,7 +236,14 @@ impl RuleWorker {
                 }
                 None if !self.lifecycle.is_empty() => {
                     let key = key_of(batch, i, &self.rule.layout.key);
-                    self.lifecycle.clean(&key.id, CleanStep { window: None, detected_ms, arrived_ns })
+                    self.lifecycle.clean(
+                        &key.id,
+                        CleanStep {
+                            window: None,
+                            detected_ms,
+                            arrived_ns,
+                        },
+                    )
                 }
                 None => None,
             };
@@ -241,7 +257,9 @@ impl RuleWorker {
     // ---- window rules ----------------------------------------------------------------
 
     async fn on_window_batch(&mut self, input: &TableBatch) -> Result<(), DataFusionError> {
-        let Some(windows) = self.windows.as_mut() else { return Ok(()) };
+        let Some(windows) = self.windows.as_mut() else {
+            return Ok(());
+        };
         let batch = &input.batch;
         let ts = batch.column(0).as_primitive::<TimestampMillisecondType>();
         let routing = windows.clock.route(ts.values());
@@ -266,7 +284,10 @@ impl RuleWorker {
         }
         self.dead_letter_late(input, &routing.late);
         for advance in routing.advances {
-            let arrived_ns = advance.row.map(|r| input.arrivals_ns[r]).unwrap_or_else(|| self.ctx.metrics.now_ns());
+            let arrived_ns = advance
+                .row
+                .map(|r| input.arrivals_ns[r])
+                .unwrap_or_else(|| self.ctx.metrics.now_ns());
             self.judge_through(advance.boundary, advance.event_ms, arrived_ns).await;
         }
         Ok(())
@@ -277,7 +298,9 @@ impl RuleWorker {
         if late.is_empty() {
             return;
         }
-        self.ctx.metrics.add_late(&self.ctx.table_name, &self.rule.id, late.len() as u64);
+        self.ctx
+            .metrics
+            .add_late(&self.ctx.table_name, &self.rule.id, late.len() as u64);
         for &row in late {
             let row = row as usize;
             let _ = self.ctx.dead_letters.send(DeadLetter {
@@ -294,11 +317,17 @@ impl RuleWorker {
     // ---- session rules ---------------------------------------------------------------
 
     async fn on_session_batch(&mut self, input: &TableBatch) -> Result<(), DataFusionError> {
-        let Some(sessions) = self.sessions.as_mut() else { return Ok(()) };
+        let Some(sessions) = self.sessions.as_mut() else {
+            return Ok(());
+        };
         let routing = sessions.route(&input.batch)?;
         self.dead_letter_late(input, &routing.late);
         let now_ns = self.ctx.metrics.now_ns();
-        let arrivals: Vec<u64> = routing.closed.iter().map(|c| c.row.map(|r| input.arrivals_ns[r]).unwrap_or(now_ns)).collect();
+        let arrivals: Vec<u64> = routing
+            .closed
+            .iter()
+            .map(|c| c.row.map(|r| input.arrivals_ns[r]).unwrap_or(now_ns))
+            .collect();
         self.judge_sessions(routing.closed, &arrivals).await
     }
 
@@ -308,7 +337,10 @@ impl RuleWorker {
         let mut remaining: Vec<(ClosedSession, u64)> = closed.into_iter().zip(arrivals.iter().copied()).collect();
         while !remaining.is_empty() {
             let mut keys = HashSet::new();
-            let split = remaining.iter().position(|(c, _)| !keys.insert(c.key_id.clone())).unwrap_or(remaining.len());
+            let split = remaining
+                .iter()
+                .position(|(c, _)| !keys.insert(c.key_id.clone()))
+                .unwrap_or(remaining.len());
             let rest = remaining.split_off(split);
             let group = std::mem::replace(&mut remaining, rest);
             let started = Instant::now();
@@ -319,12 +351,21 @@ impl RuleWorker {
                 }
             }
             let output = collect(self.rule.execute(self.rule.stream_of(fed))?).await?;
-            self.ctx.metrics.windows_closed.fetch_add(group.len() as u64, Ordering::Relaxed);
-            self.ctx.metrics.record(Stage::WindowClose, started.elapsed().as_nanos() as u64);
-            let mut rows_by_key: std::collections::HashMap<String, Vec<(usize, usize)>> = std::collections::HashMap::new();
+            self.ctx
+                .metrics
+                .windows_closed
+                .fetch_add(group.len() as u64, Ordering::Relaxed);
+            self.ctx
+                .metrics
+                .record(Stage::WindowClose, started.elapsed().as_nanos() as u64);
+            let mut rows_by_key: std::collections::HashMap<String, Vec<(usize, usize)>> =
+                std::collections::HashMap::new();
             for (b, out) in output.iter().enumerate() {
                 for r in 0..out.num_rows() {
-                    rows_by_key.entry(key_of(out, r, &self.rule.layout.key).id).or_default().push((b, r));
+                    rows_by_key
+                        .entry(key_of(out, r, &self.rule.layout.key).id)
+                        .or_default()
+                        .push((b, r));
                 }
             }
             for (session, arrived_ns) in group {
@@ -351,7 +392,14 @@ impl RuleWorker {
                         }
                     }
                     None => {
-                        if let Some(t) = self.lifecycle.clean(&session.key_id, CleanStep { window, detected_ms, arrived_ns }) {
+                        if let Some(t) = self.lifecycle.clean(
+                            &session.key_id,
+                            CleanStep {
+                                window,
+                                detected_ms,
+                                arrived_ns,
+                            },
+                        ) {
                             self.emit(t).await;
                         }
                     }
@@ -364,7 +412,9 @@ impl RuleWorker {
     // ---- devices rules ----------------------------------------------------------------
 
     async fn on_devices_batch(&mut self, input: &TableBatch) -> Result<(), DataFusionError> {
-        let Some(watch) = self.devices.as_mut() else { return Ok(()) };
+        let Some(watch) = self.devices.as_mut() else {
+            return Ok(());
+        };
         let due = watch.observe(input)?;
         let now_ns = self.ctx.metrics.now_ns();
         for snapshot in due {
@@ -401,9 +451,19 @@ impl RuleWorker {
         // The snapshot covered one table: only that table's alerts can be clean.
         let table = serde_json::Value::String(snapshot.table_name.clone());
         let judged = |key: &crate::alert::lifecycle::AlertKey| {
-            key.fields.iter().all(|(name, value)| name != crate::schema::TABLE_NAME || *value == table)
+            key.fields
+                .iter()
+                .all(|(name, value)| name != crate::schema::TABLE_NAME || *value == table)
         };
-        for t in self.lifecycle.clean_where(&breached, CleanStep { window: None, detected_ms, arrived_ns }, judged) {
+        for t in self.lifecycle.clean_where(
+            &breached,
+            CleanStep {
+                window: None,
+                detected_ms,
+                arrived_ns,
+            },
+            judged,
+        ) {
             self.emit(t).await;
         }
         Ok(())
@@ -422,7 +482,9 @@ impl RuleWorker {
             return;
         }
         if let Some(sessions) = self.sessions.as_mut() {
-            let Some(row_max_ts) = sessions.row_max_ts() else { return };
+            let Some(row_max_ts) = sessions.row_max_ts() else {
+                return;
+            };
             let closed = sessions.advance_to(row_max_ts + (now_ms - last_arrival_ms).max(0));
             let arrivals = vec![arrived_ns; closed.len()];
             if let Err(e) = self.judge_sessions(closed, &arrivals).await {
@@ -487,7 +549,11 @@ impl RuleWorker {
                 }
                 None if !self.lifecycle.is_empty() && empty_budget > 0 => {
                     empty_budget -= 1;
-                    let step = CleanStep { window: Some((start, end)), detected_ms: self.detected(event_ms), arrived_ns };
+                    let step = CleanStep {
+                        window: Some((start, end)),
+                        detected_ms: self.detected(event_ms),
+                        arrived_ns,
+                    };
                     for t in self.lifecycle.clean_all_except(&HashSet::new(), step) {
                         self.emit(t).await;
                     }
@@ -508,13 +574,20 @@ impl RuleWorker {
                 return;
             }
             Err(join) => {
-                self.fail(&DataFusionError::Execution(format!("window evaluation task failed: {join}")));
+                self.fail(&DataFusionError::Execution(format!(
+                    "window evaluation task failed: {join}"
+                )));
                 return;
             }
         };
         self.ctx.metrics.windows_closed.fetch_add(1, Ordering::Relaxed);
-        self.ctx.metrics.record(Stage::WindowClose, started.elapsed().as_nanos() as u64);
-        let all_rows = output.iter().enumerate().flat_map(|(b, out)| (0..out.num_rows()).map(move |r| (b, r)));
+        self.ctx
+            .metrics
+            .record(Stage::WindowClose, started.elapsed().as_nanos() as u64);
+        let all_rows = output
+            .iter()
+            .enumerate()
+            .flat_map(|(b, out)| (0..out.num_rows()).map(move |r| (b, r)));
         self.capture(start, end, all_rows, &output);
         let detected_ms = self.detected(event_ms);
         let mut breached = HashSet::new();
@@ -536,7 +609,11 @@ impl RuleWorker {
                 }
             }
         }
-        let step = CleanStep { window: Some((start, end)), detected_ms, arrived_ns };
+        let step = CleanStep {
+            window: Some((start, end)),
+            detected_ms,
+            arrived_ns,
+        };
         for t in self.lifecycle.clean_all_except(&breached, step) {
             self.emit(t).await;
         }
@@ -545,10 +622,21 @@ impl RuleWorker {
     // ---- shared ----------------------------------------------------------------------
 
     /// Sends a window's result rows to the capture, when one is attached.
-    fn capture(&self, start: EpochMs, end: EpochMs, rows: impl Iterator<Item = (usize, usize)>, output: &[RecordBatch]) {
+    fn capture(
+        &self,
+        start: EpochMs,
+        end: EpochMs,
+        rows: impl Iterator<Item = (usize, usize)>,
+        output: &[RecordBatch],
+    ) {
         let Some(results) = &self.ctx.results else { return };
         let rows = rows.map(|(b, r)| result_json(&output[b], r)).collect();
-        let _ = results.send(WindowResult { rule: self.rule.id.clone(), window_start: start, window_end: end, rows });
+        let _ = results.send(WindowResult {
+            rule: self.rule.id.clone(),
+            window_start: start,
+            window_end: end,
+            rows,
+        });
     }
 
     fn level(&mut self, out: &RecordBatch, row: usize) -> crate::alert::level::Level {
@@ -570,7 +658,9 @@ impl RuleWorker {
 
     async fn emit(&mut self, transition: Transition) {
         let emit_ns = self.ctx.metrics.now_ns();
-        let _ = self.detection_latency.record(emit_ns.saturating_sub(transition.arrived_ns).max(1));
+        let _ = self
+            .detection_latency
+            .record(emit_ns.saturating_sub(transition.arrived_ns).max(1));
         let warning = Warning::from_transition(&self.rule.info, transition, emit_ns);
         // The sink ends only after every rule; a closed queue means shutdown is under way.
         let _ = self.ctx.warnings.send(warning).await;
@@ -588,10 +678,19 @@ fn open_window(rule: &Arc<CompiledRule>) -> Result<OpenWindow, DataFusionError> 
 }
 
 /// Appends the constant `window_start`/`window_end` columns a window rule's plan expects.
-fn with_window(rule: &CompiledRule, part: RecordBatch, start: EpochMs, end: EpochMs) -> Result<RecordBatch, DataFusionError> {
+fn with_window(
+    rule: &CompiledRule,
+    part: RecordBatch,
+    start: EpochMs,
+    end: EpochMs,
+) -> Result<RecordBatch, DataFusionError> {
     let rows = part.num_rows();
     let mut columns: Vec<ArrayRef> = part.columns().to_vec();
-    columns.push(Arc::new(TimestampMillisecondArray::from_value(start, rows).with_timezone(crate::schema::UTC)));
-    columns.push(Arc::new(TimestampMillisecondArray::from_value(end, rows).with_timezone(crate::schema::UTC)));
+    columns.push(Arc::new(
+        TimestampMillisecondArray::from_value(start, rows).with_timezone(crate::schema::UTC),
+    ));
+    columns.push(Arc::new(
+        TimestampMillisecondArray::from_value(end, rows).with_timezone(crate::schema::UTC),
+    ));
     Ok(RecordBatch::try_new(Arc::clone(&rule.feed_schema), columns)?)
 }

@@ -2,7 +2,6 @@
 //! pipeline run on the virtual (event-time) clock that returns warnings without latency.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
-
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -26,7 +25,9 @@ pub struct Scenario {
 
 impl Scenario {
     pub fn new() -> Self {
-        Scenario { dir: tempfile::tempdir().expect("temp dir") }
+        Scenario {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -64,7 +65,11 @@ impl Scenario {
         let mut config = Config::default();
         config.rules.dir = self.path("queries");
         tweak(&mut config);
-        run_with(config, FixtureSource::File(fixture.to_path_buf()), &self.path("dead-letters.jsonl"))
+        run_with(
+            config,
+            FixtureSource::File(fixture.to_path_buf()),
+            &self.path("dead-letters.jsonl"),
+        )
     }
 
     /// The dead letters the last run wrote.
@@ -79,7 +84,11 @@ pub fn run_with(config: Config, fixture: FixtureSource, dead_letters: &Path) -> 
         config,
         fixture,
         speed: Speed::Max,
-        sinks: SinkConfig { stdout: false, jsonl: None, collect: true },
+        sinks: SinkConfig {
+            stdout: false,
+            jsonl: None,
+            collect: true,
+        },
         dead_letter_path: dead_letters.to_path_buf(),
         clock: DetectionClock::EventTime,
         capture_results: true,
@@ -140,7 +149,10 @@ pub fn steps(warnings: &[Warning], rule: &str) -> Vec<(String, String, Option<St
         .iter()
         .filter(|w| w.rule == rule)
         .map(|w| {
-            let status = serde_json::to_value(w.status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            let status = serde_json::to_value(w.status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
             (status, w.level.as_str().to_string(), w.window_start.clone())
         })
         .collect()
