@@ -18,7 +18,7 @@ use cityops::ingest::message::Message;
 use cityops::ingest::topic::TopicPattern;
 use cityops::rules::compile::compile;
 use cityops::rules::loader::parse_rule;
-use cityops::rules::sql::WindowSpec;
+use cityops::rules::windowing::WindowSpec;
 use cityops::schema::Catalog;
 use cityops::window::WindowClock;
 

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::rules::sql::WindowSpec;
+use crate::rules::windowing::WindowSpec;
 use crate::time::EpochMs;
 
 /// The watermark moved: every window with `end <= boundary` is now closed.

@@ -12,4 +12,5 @@ pub mod output;
 pub mod problem;
 pub mod session;
 pub mod sql;
+pub mod windowing;
 pub mod worker;

@@ -1,0 +1,68 @@
+//! Row rules: each batch is evaluated once, then the lifecycle steps row by row in arrival
+//! order: a breach for each result row, a clean step for other rows of keys with alerts.
+
+use super::*;
+
+impl RuleWorker {
+    // ---- row rules -------------------------------------------------------------------
+
+    pub(super) async fn on_row_batch(&mut self, input: &TableBatch) -> Result<(), DataFusionError> {
+        let batch = &input.batch;
+        let rows = batch.num_rows();
+        if rows == 0 {
+            return Ok(());
+        }
+        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+        columns.push(Arc::new(UInt32Array::from_iter_values(0..rows as u32)));
+        let fed = RecordBatch::try_new(Arc::clone(&self.rule.feed_schema), columns)?;
+        let output = collect(self.rule.execute(self.rule.stream_of(vec![fed]))?).await?;
+
+        let mut breach_at: Vec<Option<(usize, usize)>> = vec![None; rows];
+        let row_index = self.rule.layout.row_index.unwrap_or_default();
+        for (b, out) in output.iter().enumerate() {
+            let indices = out.column(row_index).as_primitive::<UInt32Type>();
+            for r in 0..out.num_rows() {
+                if let Some(slot) = breach_at.get_mut(indices.value(r) as usize) {
+                    *slot = Some((b, r));
+                }
+            }
+        }
+        let ts = batch.column(0).as_primitive::<TimestampMillisecondType>();
+        for (i, breach) in breach_at.into_iter().enumerate() {
+            let event_ms = ts.value(i);
+            let detected_ms = self.detected(event_ms);
+            let arrived_ns = input.arrivals_ns[i];
+            let transition = match breach {
+                Some((b, r)) => {
+                    let out = &output[b];
+                    let level = self.level(out, r);
+                    self.lifecycle.breach(Evidence {
+                        key: key_of(batch, i, &self.rule.layout.key),
+                        level,
+                        values: values_of(out, r, &self.rule.layout.values),
+                        window: None,
+                        event_ms,
+                        detected_ms,
+                        arrived_ns,
+                    })
+                }
+                None if !self.lifecycle.is_empty() => {
+                    let key = key_of(batch, i, &self.rule.layout.key);
+                    self.lifecycle.clean(
+                        &key.id,
+                        CleanStep {
+                            window: None,
+                            detected_ms,
+                            arrived_ns,
+                        },
+                    )
+                }
+                None => None,
+            };
+            if let Some(t) = transition {
+                self.emit(t).await;
+            }
+        }
+        Ok(())
+    }
+}
