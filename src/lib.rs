@@ -14,6 +14,7 @@
 //! - [`deadletter`], [`metrics`], [`summary`]: what was rejected, counted and timed.
 //! - [`pipeline`]: the one place that wires the stages together.
 //! - [`check`]: `cityops check`, every rule problem at once.
+//! - [`ruletest`]: `cityops test`, declarative rule tests on the virtual clock.
 
 pub mod alert;
 pub mod batch;
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod queue;
 pub mod rules;
+pub mod ruletest;
 pub mod schema;
 pub mod summary;
 pub mod time;

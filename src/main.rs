@@ -32,6 +32,20 @@ enum Command {
     Run(RunArgs),
     /// Plan every rule against the table schemas and report every problem.
     Check(CheckArgs),
+    /// Run the declarative rule tests (one TOML file per case) on the virtual clock.
+    Test(TestArgs),
+}
+
+#[derive(Args)]
+struct TestArgs {
+    /// Directory of test cases (default: `tests` under the rules directory).
+    dir: Option<PathBuf>,
+    /// Rules directory (default: rules.dir of the config, `queries`).
+    #[arg(long, value_name = "DIR")]
+    queries: Option<PathBuf>,
+    /// Config file (default: the embedded defaults).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -83,6 +97,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run(args),
         Command::Check(args) => check(args),
+        Command::Test(args) => test(args),
     }
 }
 
@@ -197,5 +212,31 @@ fn check(args: CheckArgs) -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn test(args: TestArgs) -> ExitCode {
+    let mut config = match load_config(args.config.as_ref()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Some(dir) = args.queries {
+        config.rules.dir = dir;
+    }
+    let dir = args.dir.unwrap_or_else(|| config.rules.dir.join("tests"));
+    let results = cityops::ruletest::run_dir(&config, &dir);
+    let failed = results.iter().filter(|r| !r.passed).count();
+    for result in &results {
+        let verdict = if result.passed { "ok" } else { "FAILED" };
+        println!("{} ... {verdict}", result.path.display());
+        if !result.passed {
+            println!("{}", result.report);
+        }
+    }
+    println!("rule tests: {} passed, {failed} failed", results.len() - failed);
+    if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }

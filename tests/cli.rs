@@ -139,3 +139,58 @@ HAVING avg(room_temp_c) < 18
     assert_eq!(warnings[0]["first_breach"], "2026-01-15T00:00:00.000Z");
     assert!(warnings[0]["latency_ms"].as_f64().is_some());
 }
+
+#[test]
+fn rule_tests_pass_on_the_shipped_rules() {
+    let out = cityops()
+        .args(["test"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("rule tests: 3 passed, 0 failed"), "{stdout}");
+}
+
+#[test]
+fn a_wrong_expectation_fails_with_a_diff() {
+    let s = Scenario::new();
+    s.rule(
+        "gas_high",
+        "-- level: yellow\nSELECT district, device_id, value FROM sensor WHERE kind = 'gas_lel' AND value >= 10\n",
+    );
+    let tests = s.path("cases");
+    std::fs::create_dir_all(&tests).expect("cases dir");
+    std::fs::write(
+        tests.join("wrong.toml"),
+        r#"rules = ["gas_high"]
+[[message]]
+topic = "city/xicheng/sensor/gas-031"
+ts = "2026-01-15T06:00:00Z"
+payload = { kind = "gas_lel", value = 12.0 }
+[[expect]]
+rule = "gas_high"
+status = "firing"
+level = "red"
+"#,
+    )
+    .expect("case written");
+    let out = cityops()
+        .arg("test")
+        .arg(&tests)
+        .arg("--queries")
+        .arg(s.path("queries"))
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("wrong.toml ... FAILED"), "{stdout}");
+    assert!(stdout.contains("  - gas_high firing red"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "  + gas_high firing yellow device_id=gas-031 district=xicheng kind=gas_lel detected_at=2026-01-15T06:00:00.000Z"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("rule tests: 0 passed, 1 failed"), "{stdout}");
+}
