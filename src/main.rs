@@ -101,21 +101,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_config(path: Option<&PathBuf>) -> Result<Config, ExitCode> {
-    Config::load(path.map(PathBuf::as_path)).map_err(|e| {
+/// The config file (or the defaults), with `--queries` overriding its rules directory.
+fn load_config(path: Option<&PathBuf>, queries: Option<PathBuf>) -> Result<Config, ExitCode> {
+    let mut config = Config::load(path.map(PathBuf::as_path)).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(2)
-    })
+    })?;
+    if let Some(dir) = queries {
+        config.rules.dir = dir;
+    }
+    Ok(config)
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    let mut config = match load_config(args.config.as_ref()) {
+    let config = match load_config(args.config.as_ref(), args.queries) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if let Some(dir) = args.queries {
-        config.rules.dir = dir;
-    }
     let fixture = match args.replay {
         Some(path) => FixtureSource::File(path),
         None => FixtureSource::Demo,
@@ -181,7 +183,7 @@ fn speed_text(speed: Speed) -> String {
 }
 
 fn check(args: CheckArgs) -> ExitCode {
-    let config = match load_config(args.config.as_ref()) {
+    let config = match load_config(args.config.as_ref(), None) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -216,13 +218,10 @@ fn check(args: CheckArgs) -> ExitCode {
 }
 
 fn test(args: TestArgs) -> ExitCode {
-    let mut config = match load_config(args.config.as_ref()) {
+    let config = match load_config(args.config.as_ref(), args.queries) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if let Some(dir) = args.queries {
-        config.rules.dir = dir;
-    }
     let dir = args.dir.unwrap_or_else(|| config.rules.dir.join("tests"));
     let results = cityops::ruletest::run_dir(&config, &dir);
     let failed = results.iter().filter(|r| !r.passed).count();

@@ -302,13 +302,13 @@ fn output_layout(
 ) -> Result<OutputLayout, Vec<Problem>> {
     let path = rule.path.as_path();
     let header = &rule.header;
-    let key_position = header.key.as_ref().map(|_| (2_u64, 1_u64)).unwrap_or(analyzed.start);
-    let key_line = rule
+    // Key problems point at the `-- key:` header when there is one, else at the query.
+    let key_at = rule
         .text
         .lines()
         .position(|l| l.trim_start().starts_with("-- key:"))
-        .map(|i| (i as u64 + 1, 8));
-    let key_at = key_line.unwrap_or(key_position);
+        .map(|i| (i as u64 + 1, 8))
+        .unwrap_or(analyzed.start);
     let index = |name: &str| output.index_of(name).ok();
 
     let key: Vec<(String, usize)> = match kind {
@@ -384,14 +384,13 @@ fn output_layout(
             || name == WINDOW_START
             || name == WINDOW_END
             || analyzed.hidden_columns.iter().any(|h| h == name)
-            || (kind != RuleKind::Row && key.iter().any(|(k, _)| k == name))
+            || key.iter().any(|(k, _)| k == name)
     };
     let values = output
         .fields()
         .iter()
         .enumerate()
         .filter(|(_, f)| !skip(f.name()))
-        .filter(|(_, f)| kind != RuleKind::Row || !key.iter().any(|(k, _)| k == f.name()))
         .map(|(i, f)| (f.name().clone(), i))
         .collect();
     if kind == RuleKind::Row && row_index.is_none() {
