@@ -28,6 +28,7 @@ pattern = "city/{district}/{table}/{device_id}"
 
 [rules]
 dir = "queries"
+reload_interval = "1s"     # how often `run` checks the rules for changes ("0s" = never)
 "#;
 
 /// A duration written as text (`"250ms"`), held in milliseconds.
@@ -44,7 +45,7 @@ impl<'de> Deserialize<'de> for DurationMs {
 }
 
 /// The root of `cityops.toml`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -110,12 +111,15 @@ impl Default for TopicsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RulesConfig {
     pub dir: PathBuf,
+    /// How often a running pipeline checks `dir` for changed rules (0 = never).
+    pub reload_interval: DurationMs,
 }
 
 impl Default for RulesConfig {
     fn default() -> Self {
         RulesConfig {
             dir: PathBuf::from("queries"),
+            reload_interval: DurationMs(1_000),
         }
     }
 }
@@ -193,17 +197,6 @@ impl Config {
     pub fn catalog(&self) -> Catalog {
         // `problems()` already validated the tables, so this cannot fail after `parse`.
         Catalog::new(&self.tables).unwrap_or_else(|_| Catalog::builtin())
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            engine: EngineConfig::default(),
-            topics: TopicsConfig::default(),
-            rules: RulesConfig::default(),
-            tables: BTreeMap::new(),
-        }
     }
 }
 

@@ -125,6 +125,7 @@ fn run(args: RunArgs) -> ExitCode {
     let shown = match &fixture {
         FixtureSource::Demo => "the demo city (fixtures/demo, embedded)".to_string(),
         FixtureSource::File(p) => p.display().to_string(),
+        FixtureSource::Channel(_) => "a channel".to_string(),
     };
     eprintln!(
         "cityops: replaying {shown} at {} speed with rules from {}",
@@ -143,6 +144,7 @@ fn run(args: RunArgs) -> ExitCode {
         dead_letter_path: args.dead_letter.clone(),
         clock: DetectionClock::EventTime,
         capture_results: false,
+        reload_reports: None,
     };
     match pipeline::run(options) {
         Ok(outcome) => {

@@ -90,6 +90,10 @@ pub struct Metrics {
     pub resolved: AtomicU64,
     pub rule_errors: AtomicU64,
     pub queue_full_waits: AtomicU64,
+    /// Rule versions swapped in (or rules added or removed) by hot reload.
+    pub rules_reloaded: AtomicU64,
+    /// Rule changes rejected by hot reload (the old version kept running).
+    pub reloads_rejected: AtomicU64,
     stages: [Mutex<Histogram<u64>>; Stage::ALL.len()],
 }
 
@@ -112,6 +116,8 @@ impl Metrics {
             resolved: AtomicU64::new(0),
             rule_errors: AtomicU64::new(0),
             queue_full_waits: AtomicU64::new(0),
+            rules_reloaded: AtomicU64::new(0),
+            reloads_rejected: AtomicU64::new(0),
             stages: std::array::from_fn(|_| Mutex::new(new_histogram())),
         }
     }

@@ -1,7 +1,7 @@
 //! The only place that knows the whole graph: it loads and plans the rules, builds the
 //! queues, starts the stages (source → decode workers → rule tasks → sink thread, with the
-//! dead-letter writer beside them), waits for the source to end, shuts the stages down in
-//! order and collects the summary.
+//! dead-letter writer and the rule watcher beside them), waits for the source to end,
+//! shuts the stages down in order and collects the summary.
 //!
 //! ```text
 //! fixture ─► Handoff (crossbeam, per decode worker) ─► decode threads ─► TableEvent (tokio mpsc, per rule)
@@ -10,7 +10,7 @@
 //! ```
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -21,19 +21,20 @@ use crate::config::Config;
 use crate::deadletter::{self, DeadLetter, Reason};
 use crate::ingest::decode::Decoder;
 use crate::ingest::fixture::{FixtureError, FixtureReader};
+use crate::ingest::message::{Ingest, Message};
 use crate::ingest::replay::{ReplayError, Speed, replay};
 use crate::ingest::topic::TopicPattern;
 use crate::ingest::worker::{DecodeSettings, DecodeWorker};
 use crate::metrics::Metrics;
 use crate::queue::Handoff;
-use crate::rules::compile::{CompiledRule, RuleKind, compile_all};
+use crate::rules::compile::{CompiledRule, compile_all};
 use crate::rules::loader::load_dir;
 use crate::rules::problem::{Problem, Severity};
-use crate::rules::worker::{DetectionClock, RuleReport, RuleWorker, WindowResult, WorkerContext};
+use crate::rules::reload::{ReloadReport, Reloader, Watcher};
+use crate::rules::running::RuleSet;
+use crate::rules::worker::{DetectionClock, RuleReport, WindowResult, WorkerContext};
 use crate::summary::Summary;
 
-/// Events a rule's queue holds before the decode worker waits.
-const RULE_QUEUE: usize = 64;
 /// Warnings the sink queue holds before rules wait.
 const WARNING_QUEUE: usize = 4096;
 /// Dead letters the writer's queue holds before stages wait.
@@ -45,6 +46,9 @@ pub enum FixtureSource {
     /// The demo city embedded in the binary.
     Demo,
     File(PathBuf),
+    /// Messages handed over one by one (tests, and sources that record as they go); the
+    /// stream ends when every sender is dropped.
+    Channel(crossbeam_channel::Receiver<Message>),
 }
 
 /// Everything a run needs.
@@ -58,6 +62,8 @@ pub struct RunOptions {
     pub clock: DetectionClock,
     /// Keep every closed window's result rows (rule tests).
     pub capture_results: bool,
+    /// Where each hot reload's report goes, besides the log.
+    pub reload_reports: Option<crossbeam_channel::Sender<ReloadReport>>,
 }
 
 /// What a finished run hands back.
@@ -143,32 +149,23 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
     let results_tx = options.capture_results.then_some(results_tx);
 
     // Rules: one task each, fed by one queue each.
-    let mut outputs: Vec<Vec<mpsc::Sender<crate::batch::TableEvent>>> = vec![Vec::new(); catalog.tables().len()];
-    let mut rule_tasks = Vec::new();
     let table_names: Vec<String> = catalog.tables().iter().map(|t| t.name.clone()).collect();
+    let context = WorkerContext {
+        results: results_tx.clone(),
+        metrics: Arc::clone(&metrics),
+        warnings: warnings_tx.clone(),
+        dead_letters: dead_letters.clone(),
+        clock: options.clock,
+        table_name: String::new(),
+        table_names,
+        inputs: 1,
+    };
+    let mut rule_set = RuleSet::new(context, runtime.handle().clone());
     for rule in compiled {
-        let rule = Arc::new(rule);
-        let (tx, rx) = mpsc::channel(RULE_QUEUE);
-        // A `devices` rule watches every table; any other rule reads one.
-        let inputs = if rule.kind == RuleKind::Devices {
-            outputs.iter_mut().for_each(|o| o.push(tx.clone()));
-            outputs.len()
-        } else {
-            outputs[rule.table].push(tx);
-            1
-        };
-        let ctx = WorkerContext {
-            results: results_tx.clone(),
-            metrics: Arc::clone(&metrics),
-            warnings: warnings_tx.clone(),
-            dead_letters: dead_letters.clone(),
-            clock: options.clock,
-            table_name: rule.info.table.clone(),
-            table_names: table_names.clone(),
-            inputs,
-        };
-        rule_tasks.push(runtime.spawn(RuleWorker::new(rule, ctx).run(rx)));
+        rule_set.start(rule);
     }
+    let routes = rule_set.routes();
+    let rule_set = Arc::new(Mutex::new(rule_set));
     drop(warnings_tx);
     drop(results_tx);
 
@@ -193,17 +190,7 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
     let mut decode_threads = Vec::new();
     for (w, rx) in receivers.into_iter().enumerate() {
         let tables = handoff.tables_of(w);
-        let worker_outputs = outputs
-            .iter()
-            .enumerate()
-            .map(|(t, senders)| {
-                if tables.contains(&t) {
-                    senders.clone()
-                } else {
-                    Vec::new()
-                }
-            })
-            .collect();
+        let worker_outputs = routes.for_tables(&tables);
         let worker = DecodeWorker::new(
             decoder.clone(),
             &catalog,
@@ -219,16 +206,69 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
             .map_err(io("starting a decode worker"))?;
         decode_threads.push(thread);
     }
-    drop(outputs);
+    drop(routes);
+    let handoff = Arc::new(handoff);
+
+    // Hot reload watches the rule files while the source runs.
+    let interval = config.rules.reload_interval.0;
+    let watcher = if interval > 0 {
+        let reloader = Reloader::new(
+            &config.rules.dir,
+            catalog.clone(),
+            engine.clone(),
+            Arc::clone(&rule_set),
+            Arc::clone(&handoff),
+            Arc::clone(&metrics),
+            runtime.handle().clone(),
+        );
+        let interval = Duration::from_millis(interval as u64);
+        Some(
+            Watcher::start(reloader, interval, options.reload_reports.clone())
+                .map_err(io("starting the rule watcher"))?,
+        )
+    } else {
+        None
+    };
 
     // The source runs on this thread until the fixture ends.
     let started = Instant::now();
     let replayed = match &options.fixture {
-        FixtureSource::Demo => FixtureReader::demo(),
-        FixtureSource::File(path) => FixtureReader::open(path),
+        FixtureSource::Demo => FixtureReader::demo().map_err(ReplayError::from).and_then(|mut reader| {
+            replay_all(
+                &mut reader.messages(),
+                &handoff,
+                &decoder,
+                options.speed,
+                &metrics,
+                &dead_letters,
+            )
+        }),
+        FixtureSource::File(path) => FixtureReader::open(path)
+            .map_err(ReplayError::from)
+            .and_then(|mut reader| {
+                replay_all(
+                    &mut reader.messages(),
+                    &handoff,
+                    &decoder,
+                    options.speed,
+                    &metrics,
+                    &dead_letters,
+                )
+            }),
+        FixtureSource::Channel(rx) => replay_all(
+            &mut rx.iter().map(Ok),
+            &handoff,
+            &decoder,
+            options.speed,
+            &metrics,
+            &dead_letters,
+        ),
+    };
+    // No reload after the end: stop watching, then end the stream.
+    if let Some(watcher) = watcher {
+        watcher.stop();
     }
-    .map_err(ReplayError::from)
-    .and_then(|mut reader| replay_all(&mut reader, &handoff, &decoder, options.speed, &metrics, &dead_letters));
+    let ended = handoff.broadcast(|| Ingest::End);
     drop(handoff);
 
     // Shutdown in pipeline order: decode workers, rules, sink, dead letters.
@@ -237,15 +277,18 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
             .join()
             .map_err(|_| RunError::Internal("a decode worker panicked".to_string()))?;
     }
-    let mut reports = Vec::new();
-    for task in runtime.block_on(futures::future::join_all(rule_tasks)) {
-        reports.push(task.map_err(|e| RunError::Internal(format!("a rule task failed: {e}")))?);
-    }
+    let rule_set = Arc::try_unwrap(rule_set)
+        .map_err(|_| RunError::Internal("the rule set is still shared after the watcher stopped".to_string()))?
+        .into_inner()
+        .map_err(|_| RunError::Internal("the rule set's lock was poisoned".to_string()))?;
+    let reports = runtime
+        .block_on(rule_set.finish())
+        .map_err(|e| RunError::Internal(format!("a rule task failed: {e}")))?;
     let wall = started.elapsed();
     drop(dead_letters);
     let warnings = sink.finish()?;
     dead_letter_writer.finish().map_err(io("writing dead letters"))?;
-    match replayed {
+    match replayed.and_then(|()| ended.map_err(ReplayError::from)) {
         Ok(()) => {}
         Err(ReplayError::Fixture(e)) => return Err(RunError::Fixture(e)),
         Err(ReplayError::Closed(e)) => return Err(RunError::Internal(e.to_string())),
@@ -266,7 +309,7 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
 
 /// Replays a fixture; a line whose envelope is broken is dead-lettered and skipped.
 fn replay_all(
-    reader: &mut FixtureReader,
+    messages: &mut dyn Iterator<Item = Result<Message, FixtureError>>,
     handoff: &Handoff,
     decoder: &Decoder,
     speed: Speed,
@@ -285,5 +328,5 @@ fn replay_all(
             payload: serde_json::Value::Null,
         });
     };
-    replay(reader, handoff, decoder, speed, metrics, &mut on_bad_line).map(|_| ())
+    replay(messages, handoff, decoder, speed, metrics, &mut on_bad_line).map(|_| ())
 }

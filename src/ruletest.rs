@@ -121,8 +121,11 @@ pub fn run_case(config: &Config, path: &Path) -> CaseResult {
     if let Err(e) = write_fixture(&case, &fixture) {
         return fail(e);
     }
+    // A case is a fixed run on the virtual clock: no hot reload.
+    let mut config = config.clone();
+    config.rules.reload_interval = crate::config::DurationMs(0);
     let options = RunOptions {
-        config: config.clone(),
+        config,
         fixture: FixtureSource::File(fixture),
         speed: Speed::Max,
         sinks: SinkConfig {
@@ -133,6 +136,7 @@ pub fn run_case(config: &Config, path: &Path) -> CaseResult {
         dead_letter_path: scratch.path().join("dead-letters.jsonl"),
         clock: DetectionClock::EventTime,
         capture_results: false,
+        reload_reports: None,
     };
     let outcome = match pipeline::run(options) {
         Ok(o) => o,

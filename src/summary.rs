@@ -40,6 +40,8 @@ pub struct Summary {
     pub firing_at_end: usize,
     pub rule_errors: u64,
     pub queue_full_waits: u64,
+    pub rules_reloaded: u64,
+    pub reloads_rejected: u64,
     pub readings_per_second: f64,
     pub stages: Vec<StageLatency>,
 }
@@ -89,6 +91,8 @@ impl Summary {
             firing_at_end,
             rule_errors: metrics.rule_errors.load(Relaxed),
             queue_full_waits: metrics.queue_full_waits.load(Relaxed),
+            rules_reloaded: metrics.rules_reloaded.load(Relaxed),
+            reloads_rejected: metrics.reloads_rejected.load(Relaxed),
             readings_per_second: if wall_seconds > 0.0 {
                 (accepted + rejected) as f64 / wall_seconds
             } else {
@@ -130,6 +134,13 @@ impl fmt::Display for Summary {
         writeln!(f, "firing at end        {:>12}", self.firing_at_end)?;
         writeln!(f, "rule errors          {:>12}", self.rule_errors)?;
         writeln!(f, "queue-full waits     {:>12}", self.queue_full_waits)?;
+        if self.rules_reloaded + self.reloads_rejected > 0 {
+            writeln!(
+                f,
+                "rules reloaded       {:>12}   ({} change(s) rejected)",
+                self.rules_reloaded, self.reloads_rejected
+            )?;
+        }
         writeln!(f, "wall time            {:>12.3} s", self.wall_seconds)?;
         writeln!(f, "throughput           {:>12.0} readings/s", self.readings_per_second)?;
         writeln!(

@@ -32,7 +32,7 @@ pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
         }
     };
     let ms = number * unit_ms;
-    if !ms.is_finite() || ms < 0.0 || ms > 365.0 * 86_400_000.0 {
+    if !ms.is_finite() || !(0.0..=365.0 * 86_400_000.0).contains(&ms) {
         return Err(format!("duration `{text}` is out of range (0 to 365 days)"));
     }
     Ok(ms.round() as i64)

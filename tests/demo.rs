@@ -115,7 +115,7 @@ fn demo_replay_matches_the_golden_warnings_and_catches_every_incident() {
     ]
     .into_iter()
     .collect();
-    for ((rule, device), _) in &levels {
+    for (rule, device) in levels.keys() {
         assert!(
             incident_devices.contains(device.as_str()) || device.starts_with("room-hd-07"),
             "unexpected warning: {rule} on {device}"

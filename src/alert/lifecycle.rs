@@ -270,6 +270,36 @@ impl Lifecycle {
     }
 }
 
+impl Lifecycle {
+    /// Takes over another version's alerts under this policy (a rule reloaded with the
+    /// same alert key keeps its pending and firing alerts, and their ids).
+    pub fn adopt(&mut self, previous: Lifecycle) {
+        self.alerts = previous.alerts;
+    }
+
+    /// Resolves every firing alert and forgets pending ones (the rule was removed, or its
+    /// new version keys alerts differently).
+    pub fn retire(&mut self, step: CleanStep) -> Vec<Transition> {
+        let mut alerts: Vec<Alert> = self.alerts.drain().map(|(_, alert)| alert).collect();
+        alerts.sort_by(|a, b| a.key.id.cmp(&b.key.id));
+        alerts
+            .into_iter()
+            .filter(|alert| alert.status == Status::Firing)
+            .map(|alert| Transition {
+                change: Change::Resolved,
+                alert_id: alert.alert_id,
+                key: alert.key,
+                level: alert.level,
+                values: alert.values,
+                window: step.window,
+                first_breach_ms: alert.first_breach_ms,
+                detected_ms: step.detected_ms,
+                arrived_ns: step.arrived_ns,
+            })
+            .collect()
+    }
+}
+
 /// A stable id for one firing: FNV-1a of rule, key and first breach, as 16 hex digits.
 fn alert_id(rule: &str, key_id: &str, first_breach_ms: EpochMs) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -381,6 +411,23 @@ mod tests {
         assert!(lc.is_empty());
         let again = lc.breach(breach("a", Level::Orange, 240_000)).expect("a new firing");
         assert_ne!(again.alert_id, fired.alert_id, "a new firing has a new id");
+    }
+
+    #[test]
+    fn an_adopted_alert_keeps_its_id_under_the_new_policy_and_retire_resolves_firing_ones() {
+        let mut old = windows(1, 1);
+        let fired = old.breach(breach("a", Level::Yellow, 0)).expect("fires");
+        assert!(old.breach(breach("b", Level::Blue, 0)).is_some());
+        let mut new = windows(1, 2);
+        new.adopt(old);
+        assert!(new.breach(breach("a", Level::Yellow, 60_000)).is_none(), "still the same firing");
+        assert!(new.clean("a", clean_at(120_000)).is_none(), "the new policy needs two clean steps");
+        let resolved = new.clean("a", clean_at(180_000)).expect("resolves");
+        assert_eq!(resolved.alert_id, fired.alert_id);
+        let retired = new.retire(clean_at(240_000));
+        assert_eq!(retired.len(), 1);
+        assert_eq!((retired[0].change, retired[0].key.id.as_str()), (Change::Resolved, "b"));
+        assert!(new.is_empty());
     }
 
     #[test]

@@ -90,6 +90,11 @@ impl FixtureReader {
         }
     }
 
+    /// The messages in order (a broken line is an `Err` item; reading goes on after it).
+    pub fn messages(&mut self) -> impl Iterator<Item = Result<Message, FixtureError>> + '_ {
+        std::iter::from_fn(|| self.next_message().transpose())
+    }
+
     /// The next message, `None` at the end. `arrived_ns` is left 0 for the caller to stamp.
     pub fn next_message(&mut self) -> Result<Option<Message>, FixtureError> {
         loop {

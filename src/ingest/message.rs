@@ -23,6 +23,8 @@ pub enum Ingest {
     Tick {
         now_ms: i64,
     },
+    /// New rule routes after a reload: rows before this point go to the old routes.
+    Reroute(std::sync::Arc<crate::rules::routes::Routes>),
     /// The source is exhausted; flush everything.
     End,
 }

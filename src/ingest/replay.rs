@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use super::decode::Decoder;
-use super::fixture::{FixtureError, FixtureReader};
-use super::message::Ingest;
+use super::fixture::FixtureError;
+use super::message::{Ingest, Message};
 use crate::metrics::Metrics;
 use crate::queue::{Closed, Handoff};
 
@@ -45,10 +45,10 @@ pub enum ReplayError {
     Closed(#[from] Closed),
 }
 
-/// Feeds every message of `reader` into the handoff, then ends the stream. A line whose
+/// Feeds every message into the handoff (the caller ends the stream). A line whose
 /// envelope is broken goes to `on_bad_line` and the replay goes on.
 pub fn replay(
-    reader: &mut FixtureReader,
+    messages: &mut dyn Iterator<Item = Result<Message, FixtureError>>,
     handoff: &Handoff,
     decoder: &Decoder,
     speed: Speed,
@@ -58,11 +58,10 @@ pub fn replay(
     let started = Instant::now();
     let mut first_at: Option<i64> = None;
     let mut next_tick: Option<i64> = None;
-    let mut messages = 0;
-    loop {
-        let mut msg = match reader.next_message() {
-            Ok(Some(msg)) => msg,
-            Ok(None) => break,
+    let mut count = 0;
+    for next in messages {
+        let mut msg = match next {
+            Ok(msg) => msg,
             Err(bad @ FixtureError::Line { .. }) => {
                 on_bad_line(bad);
                 continue;
@@ -86,10 +85,9 @@ pub fn replay(
         metrics.messages_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let worker = decoder.route(&msg.topic).map(|t| handoff.owner(t)).unwrap_or(0);
         handoff.send(worker, Ingest::Message(msg))?;
-        messages += 1;
+        count += 1;
     }
-    handoff.broadcast(|| Ingest::End)?;
-    Ok(messages)
+    Ok(count)
 }
 
 #[cfg(test)]

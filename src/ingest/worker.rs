@@ -95,6 +95,11 @@ impl DecodeWorker {
             match item {
                 Ok(Ingest::Message(msg)) => self.on_message(&msg),
                 Ok(Ingest::Tick { now_ms }) => self.on_tick(now_ms),
+                Ok(Ingest::Reroute(routes)) => {
+                    // Everything before the reroute goes to the versions that were running.
+                    self.flush_all();
+                    self.outputs = routes.for_tables(&self.tables);
+                }
                 Ok(Ingest::End) | Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {}
             }

@@ -236,7 +236,7 @@ pub async fn compile(
         feed_schema,
         layout,
         session_key,
-        version: text_version(&rule.text),
+        version: rule.version(),
         plan,
         feed,
         task_ctx: ctx.task_ctx(),
@@ -553,15 +553,6 @@ fn edit_distance(a: &str, b: &str) -> usize {
         previous = current;
     }
     previous[b.len()]
-}
-
-fn text_version(text: &str) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in text.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{:08x}", hash >> 32)
 }
 
 #[cfg(test)]

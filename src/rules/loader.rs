@@ -41,6 +41,18 @@ pub struct RuleFile {
     pub header: RuleHeader,
 }
 
+impl RuleFile {
+    /// A short hash (FNV-1a) of the whole file: tells versions of a rule apart in logs.
+    pub fn version(&self) -> String {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in self.text.bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{:08x}", hash >> 32)
+    }
+}
+
 /// Reads every rule under `dir`, sorted by path. Returns the rules that could be read and
 /// every problem found (unreadable files, bad headers, duplicate ids).
 pub fn load_dir(dir: &Path) -> (Vec<RuleFile>, Vec<Problem>) {

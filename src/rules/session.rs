@@ -73,6 +73,11 @@ impl Sessions {
         }
     }
 
+    /// The inactivity gap that ends a session.
+    pub fn gap_ms(&self) -> EpochMs {
+        self.gap_ms
+    }
+
     pub fn row_max_ts(&self) -> Option<EpochMs> {
         self.row_max_ts
     }

@@ -64,8 +64,7 @@ pub enum Windowing {
     Session { gap_ms: i64 },
 }
 
-/// A rule's SQL, checked and rewritten for the engine.
-
+/// The window functions a GROUP BY may hold.
 const WINDOW_FUNCTIONS: [&str; 4] = ["tumble", "hop", "session", "cumulate"];
 
 /// `tumble(...)` and friends, by lower-case name.

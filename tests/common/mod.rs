@@ -92,6 +92,7 @@ pub fn run_with(config: Config, fixture: FixtureSource, dead_letters: &Path) -> 
         dead_letter_path: dead_letters.to_path_buf(),
         clock: DetectionClock::EventTime,
         capture_results: true,
+        reload_reports: None,
     };
     pipeline::run(options).expect("the pipeline runs")
 }

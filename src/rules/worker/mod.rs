@@ -82,6 +82,8 @@ pub struct RuleReport {
     pub rule: String,
     pub firing: Vec<FiringAlert>,
     pub errors: u64,
+    /// The latest evaluation error, when there was one.
+    pub last_error: Option<String>,
 }
 
 /// Where and when a result row was found: the part of a breach the caller knows.
@@ -103,8 +105,37 @@ pub struct RuleWorker {
     devices: Option<DeviceWatch>,
     ctx: WorkerContext,
     errors: u64,
+    last_error: Option<String>,
     eval_latency: Histogram<u64>,
     detection_latency: Histogram<u64>,
+    /// Max `ts` of the rows seen (stamps the resolutions of a retired rule).
+    last_event_ms: Option<EpochMs>,
+    /// A version swapped in mid-stream judges only windows (and sessions) that start at or
+    /// after its first row, so every window it judges saw all of its rows.
+    judge_from: JudgeFrom,
+}
+
+/// Which windows a rule version judges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JudgeFrom {
+    /// Every window (the version started with the stream).
+    Start,
+    /// Swapped in mid-stream; waits for its first row.
+    FirstRow,
+    /// Windows starting at or after this event time.
+    Ts(EpochMs),
+}
+
+impl JudgeFrom {
+    /// Whether a window starting at `start` is this version's to judge. A session is whole
+    /// only if the version also saw the `lead` (its gap) before it, hence the lead.
+    fn covers(self, start: EpochMs, lead: i64) -> bool {
+        match self {
+            JudgeFrom::Start => true,
+            JudgeFrom::FirstRow => false,
+            JudgeFrom::Ts(from) => start >= from.saturating_add(lead),
+        }
+    }
 }
 
 impl RuleWorker {
@@ -131,18 +162,84 @@ impl RuleWorker {
             windows,
             ctx,
             errors: 0,
+            last_error: None,
             eval_latency: new_histogram(),
             detection_latency: new_histogram(),
+            last_event_ms: None,
+            judge_from: JudgeFrom::Start,
         }
     }
 
-    /// Consumes the table's events until the end of input.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<TableEvent>) -> RuleReport {
+    /// Takes over from this rule's previous version, which has drained its input: its
+    /// alerts (when both key alerts by the same columns; otherwise the old alerts are
+    /// resolved), its error count and, for `devices` rules, the devices' last-seen times.
+    /// Window and session state is not carried: the plan changed, so this version judges
+    /// only windows that start after it took over.
+    pub async fn take_over(&mut self, mut previous: RuleWorker) {
+        let key_names = |w: &RuleWorker| w.rule.layout.key.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        if key_names(self) == key_names(&previous) {
+            self.lifecycle.adopt(std::mem::replace(
+                &mut previous.lifecycle,
+                Lifecycle::new(&previous.rule.id, previous.rule.policy),
+            ));
+        } else {
+            previous.retire().await;
+        }
+        self.errors += previous.errors;
+        self.last_error = previous.last_error.take();
+        self.last_event_ms = previous.last_event_ms;
+        if self.devices.is_some() && previous.devices.is_some() {
+            self.devices = previous.devices.take();
+        }
+        self.judge_from = JudgeFrom::FirstRow;
+    }
+
+    /// Resolves every firing alert: the rule was removed (or replaced by a version that
+    /// keys its alerts differently).
+    pub async fn retire(&mut self) {
+        let event_ms = self.last_event_ms.unwrap_or_else(wall_now_ms);
+        let step = CleanStep {
+            window: None,
+            detected_ms: self.detected(event_ms),
+            arrived_ns: self.ctx.metrics.now_ns(),
+        };
+        for t in self.lifecycle.retire(step) {
+            self.emit(t).await;
+        }
+        self.ctx.metrics.merge(Stage::Detection, &mut self.detection_latency);
+    }
+
+    /// What the rule reports at the end of a run.
+    pub fn report(&self) -> RuleReport {
+        RuleReport {
+            rule: self.rule.id.clone(),
+            firing: self.lifecycle.firing(),
+            errors: self.errors,
+            last_error: self.last_error.clone(),
+        }
+    }
+
+    /// Notes the event time of a batch's rows.
+    fn observe_times(&mut self, batch: &RecordBatch) {
+        let ts = batch.column(0).as_primitive::<TimestampMillisecondType>();
+        let (Some(min), Some(max)) = (datafusion::arrow::compute::min(ts), datafusion::arrow::compute::max(ts)) else {
+            return;
+        };
+        self.last_event_ms = self.last_event_ms.max(Some(max));
+        if self.judge_from == JudgeFrom::FirstRow {
+            self.judge_from = JudgeFrom::Ts(min);
+        }
+    }
+
+    /// Consumes the table's events until the end of input (or until its queue is dropped,
+    /// when a new version takes over); hands the worker back for `take_over` or `report`.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<TableEvent>) -> RuleWorker {
         let mut ends = 0;
         while let Some(event) = rx.recv().await {
             match event {
                 TableEvent::Batch(batch) => {
                     let started = Instant::now();
+                    self.observe_times(&batch.batch);
                     let result = match self.rule.kind {
                         RuleKind::Row => self.on_row_batch(&batch).await,
                         RuleKind::Window(_) => self.on_window_batch(&batch).await,
@@ -175,15 +272,12 @@ impl RuleWorker {
             }
         }
         self.ctx.metrics.merge(Stage::Detection, &mut self.detection_latency);
-        RuleReport {
-            rule: self.rule.id.clone(),
-            firing: self.lifecycle.firing(),
-            errors: self.errors,
-        }
+        self
     }
 
     pub(super) fn fail(&mut self, error: &DataFusionError) {
         self.errors += 1;
+        self.last_error = Some(error.strip_backtrace());
         self.ctx.metrics.rule_errors.fetch_add(1, Ordering::Relaxed);
         // The first failures are logged in full; later ones are counted (see the summary).
         if self.errors <= 3 {

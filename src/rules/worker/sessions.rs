@@ -28,7 +28,13 @@ impl RuleWorker {
         closed: Vec<ClosedSession>,
         arrivals: &[u64],
     ) -> Result<(), DataFusionError> {
-        let mut remaining: Vec<(ClosedSession, u64)> = closed.into_iter().zip(arrivals.iter().copied()).collect();
+        let (judge_from, gap_ms) = (self.judge_from, self.sessions.as_ref().map_or(0, |s| s.gap_ms()));
+        let mut remaining: Vec<(ClosedSession, u64)> = closed
+            .into_iter()
+            .zip(arrivals.iter().copied())
+            // A session that may have begun before this version took over is its predecessor's.
+            .filter(|(session, _)| judge_from.covers(session.start, gap_ms))
+            .collect();
         while !remaining.is_empty() {
             let mut keys = HashSet::new();
             let split = remaining

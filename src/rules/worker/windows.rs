@@ -26,6 +26,7 @@ impl RuleWorker {
     // ---- window rules ----------------------------------------------------------------
 
     pub(super) async fn on_window_batch(&mut self, input: &TableBatch) -> Result<(), DataFusionError> {
+        let judge_from = self.judge_from;
         let Some(windows) = self.windows.as_mut() else {
             return Ok(());
         };
@@ -37,6 +38,11 @@ impl RuleWorker {
         windows.row_max_ts = windows.row_max_ts.max(batch_max);
 
         for (end, rows) in routing.windows {
+            let (start, _) = spec.window_ending_at(end);
+            if !judge_from.covers(start, 0) {
+                // Began before this version took over: its predecessor saw the first rows.
+                continue;
+            }
             let part = if rows.len() == batch.num_rows() {
                 batch.clone()
             } else {
@@ -61,8 +67,6 @@ impl RuleWorker {
         }
         Ok(())
     }
-
-    /// Counts and dead-letters rows that came after every window holding them had closed.
 
     pub(super) async fn idle_windows(&mut self, now_ms: EpochMs, last_arrival_ms: EpochMs, arrived_ns: u64) {
         let Some(windows) = self.windows.as_mut() else { return };
@@ -106,6 +110,9 @@ impl RuleWorker {
         };
         for end in ends {
             let (start, end) = spec.window_ending_at(end);
+            if !self.judge_from.covers(start, 0) {
+                continue;
+            }
             let open = self.windows.as_mut().and_then(|w| w.open.remove(&end));
             match open {
                 Some(window) => {
