@@ -26,6 +26,17 @@ rule_memory_limit_mb = 256 # memory one rule's evaluations may hold
 [topics]
 pattern = "city/{district}/{table}/{device_id}"
 
+[mqtt]
+client_id = "cityops"      # the live source's id (the sink adds "-warnings")
+qos = 1                    # subscription QoS: 1 = at least once, acked once in the pipeline
+clean_session = false      # keep the session (and queued QoS 1 messages) across reconnects
+keep_alive = "30s"
+inflight = 100             # QoS 1 messages in flight per connection
+filters = []               # empty = one per table from topics.pattern: city/+/<table>/+
+warnings_prefix = "warnings" # the sink publishes <prefix>/<level>/<rule> and <prefix>/state/<rule>/<key>
+# username, password: here or in CITYOPS_MQTT_USERNAME / CITYOPS_MQTT_PASSWORD
+# ca_file = "ca.pem"       # the broker's CA, for mqtts://
+
 [rules]
 dir = "queries"
 reload_interval = "1s"     # how often `run` checks the rules for changes ("0s" = never)
@@ -54,6 +65,8 @@ pub struct Config {
     pub topics: TopicsConfig,
     #[serde(default)]
     pub rules: RulesConfig,
+    #[serde(default)]
+    pub mqtt: MqttConfig,
     /// Extra columns per table, or whole new tables: `[tables.water] nitrate_mg_l = "float"`.
     #[serde(default)]
     pub tables: BTreeMap<String, BTreeMap<String, ColumnType>>,
@@ -102,6 +115,41 @@ impl Default for TopicsConfig {
     fn default() -> Self {
         TopicsConfig {
             pattern: "city/{district}/{table}/{device_id}".to_string(),
+        }
+    }
+}
+
+/// How cityops talks to an MQTT broker (live source and warning sink).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    pub client_id: String,
+    pub qos: u8,
+    pub clean_session: bool,
+    pub keep_alive: DurationMs,
+    pub inflight: u16,
+    /// Subscriptions; empty means one per table derived from `topics.pattern`.
+    pub filters: Vec<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    /// Topic prefix of published warnings: `<prefix>/<level>/<rule>`, `<prefix>/state/…`.
+    pub warnings_prefix: String,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            client_id: "cityops".to_string(),
+            qos: 1,
+            clean_session: false,
+            keep_alive: DurationMs(30_000),
+            inflight: 100,
+            filters: Vec::new(),
+            username: None,
+            password: None,
+            ca_file: None,
+            warnings_prefix: "warnings".to_string(),
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod config;
 pub mod deadletter;
 pub mod ingest;
 pub mod metrics;
+pub mod mqtt;
 pub mod pipeline;
 pub mod queue;
 pub mod rules;

@@ -3,13 +3,18 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Args, Parser, Subcommand};
 
 use cityops::alert::sink::SinkConfig;
 use cityops::config::Config;
 use cityops::ingest::replay::Speed;
-use cityops::pipeline::{self, FixtureSource, RunError, RunOptions};
+use cityops::ingest::mqtt::MqttSource;
+use cityops::mqtt::BrokerUrl;
+use cityops::pipeline::{self, RunError, RunOptions, Source};
+use cityops::time::parse_duration_ms;
 use cityops::rules::worker::DetectionClock;
 
 #[global_allocator]
@@ -74,6 +79,20 @@ struct RunArgs {
     /// Also write the summary as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     summary_json: Option<PathBuf>,
+    /// Read live from this broker (mqtt://host:1883, mqtts://host:8883) instead of a fixture;
+    /// ends on Ctrl-C. Credentials: [mqtt] in the config or CITYOPS_MQTT_USERNAME/PASSWORD.
+    #[arg(long, value_name = "URL", conflicts_with = "replay")]
+    mqtt: Option<String>,
+    /// Live: end after this many messages.
+    #[arg(long, value_name = "N", requires = "mqtt")]
+    max_messages: Option<u64>,
+    /// Live: end once no message has come for this long (e.g. `10s`), after the first one.
+    #[arg(long, value_name = "DURATION", requires = "mqtt")]
+    idle_exit: Option<String>,
+    /// Publish warnings to this broker: `warnings/<level>/<rule>` (QoS 1) and retained
+    /// state on `warnings/state/<rule>/<key>`.
+    #[arg(long, value_name = "URL")]
+    warnings_mqtt: Option<String>,
 }
 
 #[derive(Args)]
@@ -114,24 +133,55 @@ fn load_config(path: Option<&PathBuf>, queries: Option<PathBuf>) -> Result<Confi
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    let config = match load_config(args.config.as_ref(), args.queries) {
+    let config = match load_config(args.config.as_ref(), args.queries.clone()) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let fixture = match args.replay {
-        Some(path) => FixtureSource::File(path),
-        None => FixtureSource::Demo,
+    let source = match live_source(&args, &config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
     };
-    let shown = match &fixture {
-        FixtureSource::Demo => "the demo city (fixtures/demo, embedded)".to_string(),
-        FixtureSource::File(p) => p.display().to_string(),
-        FixtureSource::Channel(_) => "a channel".to_string(),
+    let warnings_mqtt = match &args.warnings_mqtt {
+        Some(url) => match url.parse::<BrokerUrl>() {
+            Ok(url) => Some((url, config.mqtt.clone())),
+            Err(e) => {
+                eprintln!("error: --warnings-mqtt {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
     };
-    eprintln!(
-        "cityops: replaying {shown} at {} speed with rules from {}",
-        speed_text(args.speed),
-        config.rules.dir.display()
-    );
+    let (fixture, clock) = match (source, args.replay) {
+        (Some(live), _) => {
+            eprintln!(
+                "cityops: reading mqtt://{}:{} ({}) with rules from {}; Ctrl-C ends the run",
+                live.url.host,
+                live.url.port,
+                live.filters.join(", "),
+                config.rules.dir.display()
+            );
+            (Source::Mqtt(live), DetectionClock::Wall)
+        }
+        (None, replay) => {
+            let fixture = match replay {
+                Some(path) => Source::File(path),
+                None => Source::Demo,
+            };
+            let shown = match &fixture {
+                Source::File(p) => p.display().to_string(),
+                _ => "the demo city (fixtures/demo, embedded)".to_string(),
+            };
+            eprintln!(
+                "cityops: replaying {shown} at {} speed with rules from {}",
+                speed_text(args.speed),
+                config.rules.dir.display()
+            );
+            (fixture, DetectionClock::EventTime)
+        }
+    };
     let options = RunOptions {
         config,
         fixture,
@@ -140,11 +190,14 @@ fn run(args: RunArgs) -> ExitCode {
             stdout: !args.quiet,
             jsonl: args.jsonl,
             collect: false,
+            mqtt: warnings_mqtt,
         },
         dead_letter_path: args.dead_letter.clone(),
-        clock: DetectionClock::EventTime,
+        clock,
         capture_results: false,
         reload_reports: None,
+        stop: Some(stop_on_ctrl_c()),
+        metrics: None,
     };
     match pipeline::run(options) {
         Ok(outcome) => {
@@ -175,6 +228,42 @@ fn run(args: RunArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The live source the arguments ask for, if any.
+fn live_source(args: &RunArgs, config: &Config) -> Result<Option<MqttSource>, String> {
+    let Some(url) = &args.mqtt else { return Ok(None) };
+    let url: BrokerUrl = url.parse().map_err(|e| format!("--mqtt {e}"))?;
+    let mut source = MqttSource::new(url, config)?;
+    source.max_messages = args.max_messages;
+    source.idle_exit = match &args.idle_exit {
+        Some(text) => Some(std::time::Duration::from_millis(
+            parse_duration_ms(text).map_err(|e| format!("--idle-exit: {e}"))?.max(0) as u64,
+        )),
+        None => None,
+    };
+    Ok(Some(source))
+}
+
+/// A flag set by the first Ctrl-C (a second one ends the process the usual way).
+fn stop_on_ctrl_c() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let watcher = std::thread::Builder::new().name("ctrl-c".to_string()).spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            return;
+        };
+        if runtime.block_on(tokio::signal::ctrl_c()).is_ok() {
+            eprintln!("cityops: stopping (Ctrl-C again to abort)");
+            flag.store(true, Ordering::Relaxed);
+            let _ = runtime.block_on(tokio::signal::ctrl_c());
+            std::process::exit(130);
+        }
+    });
+    if let Err(e) = watcher {
+        eprintln!("warning: Ctrl-C will abort instead of stopping cleanly: {e}");
+    }
+    stop
 }
 
 fn speed_text(speed: Speed) -> String {

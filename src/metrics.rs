@@ -4,7 +4,7 @@
 //! locked per row. Metric names live in `names`.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use hdrhistogram::Histogram;
@@ -90,11 +90,30 @@ pub struct Metrics {
     pub resolved: AtomicU64,
     pub rule_errors: AtomicU64,
     pub queue_full_waits: AtomicU64,
+    /// Warnings a sink failed to deliver.
+    pub sink_errors: AtomicU64,
+    /// Whether the live MQTT source is connected now.
+    pub mqtt_connected: AtomicBool,
+    /// Whether the broker has granted the live source's subscriptions (since the last connect).
+    pub mqtt_subscribed: AtomicBool,
+    /// Failed connection attempts and dropped connections of the live source.
+    pub mqtt_connection_errors: AtomicU64,
+    /// Total time the live source spent disconnected, in ms.
+    pub mqtt_outage_ms: AtomicU64,
     /// Rule versions swapped in (or rules added or removed) by hot reload.
     pub rules_reloaded: AtomicU64,
     /// Rule changes rejected by hot reload (the old version kept running).
     pub reloads_rejected: AtomicU64,
     stages: [Mutex<Histogram<u64>>; Stage::ALL.len()],
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("messages_in", &self.messages_in)
+            .field("readings_accepted", &self.readings_accepted)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Metrics {
@@ -116,6 +135,11 @@ impl Metrics {
             resolved: AtomicU64::new(0),
             rule_errors: AtomicU64::new(0),
             queue_full_waits: AtomicU64::new(0),
+            sink_errors: AtomicU64::new(0),
+            mqtt_connected: AtomicBool::new(false),
+            mqtt_subscribed: AtomicBool::new(false),
+            mqtt_connection_errors: AtomicU64::new(0),
+            mqtt_outage_ms: AtomicU64::new(0),
             rules_reloaded: AtomicU64::new(0),
             reloads_rejected: AtomicU64::new(0),
             stages: std::array::from_fn(|_| Mutex::new(new_histogram())),

@@ -10,6 +10,7 @@
 //! ```
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,7 @@ use crate::deadletter::{self, DeadLetter, Reason};
 use crate::ingest::decode::Decoder;
 use crate::ingest::fixture::{FixtureError, FixtureReader};
 use crate::ingest::message::{Ingest, Message};
+use crate::ingest::mqtt::{MqttError, MqttSource, subscribe};
 use crate::ingest::replay::{ReplayError, Speed, replay};
 use crate::ingest::topic::TopicPattern;
 use crate::ingest::worker::{DecodeSettings, DecodeWorker};
@@ -40,22 +42,24 @@ const WARNING_QUEUE: usize = 4096;
 /// Dead letters the writer's queue holds before stages wait.
 const DEAD_LETTER_QUEUE: usize = 65_536;
 
-/// Which fixture to replay.
+/// Where messages come from.
 #[derive(Debug, Clone)]
-pub enum FixtureSource {
+pub enum Source {
     /// The demo city embedded in the binary.
     Demo,
     File(PathBuf),
     /// Messages handed over one by one (tests, and sources that record as they go); the
     /// stream ends when every sender is dropped.
     Channel(crossbeam_channel::Receiver<Message>),
+    /// A live MQTT subscription.
+    Mqtt(MqttSource),
 }
 
 /// Everything a run needs.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub config: Config,
-    pub fixture: FixtureSource,
+    pub fixture: Source,
     pub speed: Speed,
     pub sinks: SinkConfig,
     pub dead_letter_path: PathBuf,
@@ -64,6 +68,10 @@ pub struct RunOptions {
     pub capture_results: bool,
     /// Where each hot reload's report goes, besides the log.
     pub reload_reports: Option<crossbeam_channel::Sender<ReloadReport>>,
+    /// Set to end a live source (Ctrl-C); replays end with their fixture.
+    pub stop: Option<Arc<AtomicBool>>,
+    /// Counters and histograms to fill, when the caller watches them live (dashboard).
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// What a finished run hands back.
@@ -89,6 +97,8 @@ pub enum RunError {
     Fixture(#[from] FixtureError),
     #[error(transparent)]
     Sink(#[from] SinkError),
+    #[error("mqtt: {0}")]
+    Mqtt(String),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
     #[error("internal: {0}")]
@@ -138,7 +148,7 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
     let config = &options.config;
     let catalog = config.catalog();
     let engine = &config.engine;
-    let metrics = Arc::new(Metrics::new());
+    let metrics = options.metrics.clone().unwrap_or_else(|| Arc::new(Metrics::new()));
 
     let (dead_letters, dead_letter_writer) =
         deadletter::start(&options.dead_letter_path, DEAD_LETTER_QUEUE).map_err(io("opening the dead-letter file"))?;
@@ -230,39 +240,17 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
         None
     };
 
-    // The source runs on this thread until the fixture ends.
+    // The source runs on this thread until the fixture ends (or the live source stops).
     let started = Instant::now();
-    let replayed = match &options.fixture {
-        FixtureSource::Demo => FixtureReader::demo().map_err(ReplayError::from).and_then(|mut reader| {
-            replay_all(
-                &mut reader.messages(),
-                &handoff,
-                &decoder,
-                options.speed,
-                &metrics,
-                &dead_letters,
-            )
-        }),
-        FixtureSource::File(path) => FixtureReader::open(path)
-            .map_err(ReplayError::from)
-            .and_then(|mut reader| {
-                replay_all(
-                    &mut reader.messages(),
-                    &handoff,
-                    &decoder,
-                    options.speed,
-                    &metrics,
-                    &dead_letters,
-                )
-            }),
-        FixtureSource::Channel(rx) => replay_all(
-            &mut rx.iter().map(Ok),
-            &handoff,
-            &decoder,
-            options.speed,
-            &metrics,
-            &dead_letters,
-        ),
+    let never = AtomicBool::new(false);
+    let stop = options.stop.as_deref().unwrap_or(&never);
+    let sourced: Result<(), RunError> = match &options.fixture {
+        Source::Mqtt(source) => match subscribe(source, &handoff, &decoder, &metrics, stop) {
+            Ok(_) => Ok(()),
+            Err(MqttError::Setup(e)) => Err(RunError::Mqtt(e)),
+            Err(MqttError::Closed(e)) => Err(RunError::Internal(e.to_string())),
+        },
+        replayed => replay_source(replayed, &handoff, &decoder, options.speed, &metrics, &dead_letters),
     };
     // No reload after the end: stop watching, then end the stream.
     if let Some(watcher) = watcher {
@@ -288,11 +276,8 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
     drop(dead_letters);
     let warnings = sink.finish()?;
     dead_letter_writer.finish().map_err(io("writing dead letters"))?;
-    match replayed.and_then(|()| ended.map_err(ReplayError::from)) {
-        Ok(()) => {}
-        Err(ReplayError::Fixture(e)) => return Err(RunError::Fixture(e)),
-        Err(ReplayError::Closed(e)) => return Err(RunError::Internal(e.to_string())),
-    }
+    sourced?;
+    ended.map_err(|e| RunError::Internal(e.to_string()))?;
     let firing = reports.iter().map(|r| r.firing.len()).sum();
     let mut results = Vec::new();
     while let Ok(result) = results_rx.try_recv() {
@@ -305,6 +290,36 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
         rule_warnings,
         results,
     })
+}
+
+/// Replays a recorded source until it ends.
+fn replay_source(
+    source: &Source,
+    handoff: &Handoff,
+    decoder: &Decoder,
+    speed: Speed,
+    metrics: &Metrics,
+    dead_letters: &crossbeam_channel::Sender<DeadLetter>,
+) -> Result<(), RunError> {
+    let mut reader = match source {
+        Source::Demo => FixtureReader::demo()?,
+        Source::File(path) => FixtureReader::open(path)?,
+        Source::Channel(rx) => {
+            return replay_all(&mut rx.iter().map(Ok), handoff, decoder, speed, metrics, dead_letters)
+                .map_err(RunError::from);
+        }
+        Source::Mqtt(_) => return Err(RunError::Internal("a live source is not a replay".to_string())),
+    };
+    replay_all(&mut reader.messages(), handoff, decoder, speed, metrics, dead_letters).map_err(RunError::from)
+}
+
+impl From<ReplayError> for RunError {
+    fn from(e: ReplayError) -> Self {
+        match e {
+            ReplayError::Fixture(e) => RunError::Fixture(e),
+            ReplayError::Closed(e) => RunError::Internal(e.to_string()),
+        }
+    }
 }
 
 /// Replays a fixture; a line whose envelope is broken is dead-lettered and skipped.

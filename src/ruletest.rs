@@ -14,7 +14,7 @@ use crate::alert::sink::SinkConfig;
 use crate::alert::warning::Warning;
 use crate::config::Config;
 use crate::ingest::replay::Speed;
-use crate::pipeline::{self, FixtureSource, RunOptions};
+use crate::pipeline::{self, Source, RunOptions};
 use crate::rules::worker::DetectionClock;
 use crate::time::{EpochMs, format_ms, parse_duration_ms, parse_ts_text};
 
@@ -126,17 +126,20 @@ pub fn run_case(config: &Config, path: &Path) -> CaseResult {
     config.rules.reload_interval = crate::config::DurationMs(0);
     let options = RunOptions {
         config,
-        fixture: FixtureSource::File(fixture),
+        fixture: Source::File(fixture),
         speed: Speed::Max,
         sinks: SinkConfig {
             stdout: false,
             jsonl: None,
             collect: true,
+            mqtt: None,
         },
         dead_letter_path: scratch.path().join("dead-letters.jsonl"),
         clock: DetectionClock::EventTime,
         capture_results: false,
         reload_reports: None,
+        stop: None,
+        metrics: None,
     };
     let outcome = match pipeline::run(options) {
         Ok(o) => o,

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use cityops::alert::level::Level;
 use cityops::alert::warning::{Warning, WarningStatus};
 use cityops::config::Config;
-use cityops::pipeline::{FixtureSource, RunOutcome};
+use cityops::pipeline::{Source, RunOutcome};
 use common::{run_with, sorted};
 use serde_json::Value;
 
@@ -24,7 +24,7 @@ fn golden_path() -> PathBuf {
 fn run_demo(dir: &tempfile::TempDir) -> RunOutcome {
     let mut config = Config::default();
     config.rules.dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("queries");
-    run_with(config, FixtureSource::Demo, &dir.path().join("dead-letters.jsonl"))
+    run_with(config, Source::Demo, &dir.path().join("dead-letters.jsonl"))
 }
 
 /// The highest level each (rule, device) reached while firing.

@@ -14,7 +14,7 @@ use cityops::alert::sink::SinkConfig;
 use cityops::config::{Config, DurationMs};
 use cityops::ingest::message::Message;
 use cityops::ingest::replay::Speed;
-use cityops::pipeline::{self, FixtureSource, RunOptions};
+use cityops::pipeline::{self, Source, RunOptions};
 use cityops::rules::reload::{ReloadReport, Swap};
 use cityops::rules::worker::DetectionClock;
 use common::{MIN, Scenario, T0, at};
@@ -115,17 +115,20 @@ fn a_rule_edited_broken_and_restored_during_a_replay() {
     let (reports_tx, reports) = crossbeam_channel::unbounded();
     let options = RunOptions {
         config,
-        fixture: FixtureSource::Channel(messages),
+        fixture: Source::Channel(messages),
         speed: Speed::Max,
         sinks: SinkConfig {
             stdout: false,
             jsonl: None,
             collect: true,
+            mqtt: None,
         },
         dead_letter_path: s.path("dead-letters.jsonl"),
         clock: DetectionClock::EventTime,
         capture_results: false,
         reload_reports: Some(reports_tx),
+        stop: None,
+        metrics: None,
     };
     let run = std::thread::spawn(move || pipeline::run(options).expect("the pipeline runs"));
 
@@ -233,17 +236,20 @@ fn a_removed_rule_resolves_its_firing_alerts_and_an_added_rule_starts() {
     let (reports_tx, reports) = crossbeam_channel::unbounded();
     let options = RunOptions {
         config,
-        fixture: FixtureSource::Channel(messages),
+        fixture: Source::Channel(messages),
         speed: Speed::Max,
         sinks: SinkConfig {
             stdout: false,
             jsonl: None,
             collect: true,
+            mqtt: None,
         },
         dead_letter_path: s.path("dead-letters.jsonl"),
         clock: DetectionClock::EventTime,
         capture_results: false,
         reload_reports: Some(reports_tx),
+        stop: None,
+        metrics: None,
     };
     let run = std::thread::spawn(move || pipeline::run(options).expect("the pipeline runs"));
 

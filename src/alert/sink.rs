@@ -1,6 +1,6 @@
 //! Delivery of warnings: one sink thread takes them from the rule stage's bounded queue and
-//! writes each to stdout (a readable line) and/or a JSON Lines file, counting by level and
-//! timing each send. Slow sinks back-pressure the rules through the queue, never drop.
+//! writes each to stdout (a readable line), a JSON Lines file and/or an MQTT broker
+//! (`mqtt_sink`), counting by level and timing each send. Slow sinks back-pressure the rules through the queue, never drop.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -11,7 +11,10 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+use super::mqtt_sink::MqttSink;
 use super::warning::{Warning, WarningStatus};
+use crate::config::MqttConfig;
+use crate::mqtt::BrokerUrl;
 use crate::metrics::{Metrics, Stage};
 
 /// Where warnings go.
@@ -23,6 +26,8 @@ pub struct SinkConfig {
     pub jsonl: Option<PathBuf>,
     /// Keep every delivered warning in memory and return it from `finish` (tests, replays).
     pub collect: bool,
+    /// Publish to an MQTT broker (`warnings/<level>/<rule>` plus retained state).
+    pub mqtt: Option<(BrokerUrl, MqttConfig)>,
 }
 
 /// A sink that could not be opened or written.
@@ -34,6 +39,8 @@ pub enum SinkError {
     Write(#[from] std::io::Error),
     #[error("the sink thread panicked")]
     Panicked,
+    #[error("warning sink: {0}")]
+    Mqtt(String),
 }
 
 /// The running sink thread.
@@ -54,9 +61,13 @@ pub fn start(config: SinkConfig, rx: mpsc::Receiver<Warning>, metrics: Arc<Metri
         Some(path) => Some(open(path)?),
         None => None,
     };
+    let mqtt = match &config.mqtt {
+        Some((url, mqtt)) => Some(MqttSink::connect(url, mqtt).map_err(SinkError::Mqtt)?),
+        None => None,
+    };
     let handle = std::thread::Builder::new()
         .name("sinks".to_string())
-        .spawn(move || deliver(rx, &config, jsonl, &metrics))
+        .spawn(move || deliver(rx, &config, jsonl, mqtt, &metrics))
         .map_err(SinkError::Write)?;
     Ok(SinkHandle { handle })
 }
@@ -80,6 +91,7 @@ fn deliver(
     mut rx: mpsc::Receiver<Warning>,
     config: &SinkConfig,
     mut jsonl: Option<BufWriter<File>>,
+    mut mqtt: Option<MqttSink>,
     metrics: &Metrics,
 ) -> Result<Vec<Warning>, SinkError> {
     let mut delivered = Vec::new();
@@ -94,6 +106,13 @@ fn deliver(
             file.write_all(b"\n")?;
             file.flush()?;
         }
+        if let Some(sink) = mqtt.as_mut()
+            && let Err(e) = sink.publish(&warning)
+        {
+            // Only a closed client fails here (the connection retries by itself).
+            metrics.sink_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(error = %e, alert = %warning.alert_id, "warning sink: mqtt publish failed");
+        }
         match warning.status {
             WarningStatus::Firing => metrics.add_warning(warning.level),
             WarningStatus::Resolved => {
@@ -107,6 +126,9 @@ fn deliver(
     }
     if let Some(mut file) = jsonl {
         file.flush()?;
+    }
+    if let Some(sink) = mqtt {
+        sink.close();
     }
     Ok(delivered)
 }

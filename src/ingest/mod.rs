@@ -1,10 +1,11 @@
 //! Getting telemetry in: the message type every source produces, topic parsing, the fixture
-//! reader (replay) and the decoder that turns payloads into typed rows. Sources never decode;
+//! reader (replay), the live MQTT source, and the decoder that turns payloads into typed rows. Sources never decode;
 //! the decoder never does I/O.
 
 pub mod decode;
 pub mod fixture;
 pub mod message;
+pub mod mqtt;
 pub mod replay;
 pub mod topic;
 pub mod worker;

@@ -10,7 +10,7 @@ use cityops::alert::sink::SinkConfig;
 use cityops::alert::warning::Warning;
 use cityops::config::Config;
 use cityops::ingest::replay::Speed;
-use cityops::pipeline::{self, FixtureSource, RunOptions, RunOutcome};
+use cityops::pipeline::{self, Source, RunOptions, RunOutcome};
 use cityops::rules::worker::DetectionClock;
 use serde_json::{Value, json};
 
@@ -67,7 +67,7 @@ impl Scenario {
         tweak(&mut config);
         run_with(
             config,
-            FixtureSource::File(fixture.to_path_buf()),
+            Source::File(fixture.to_path_buf()),
             &self.path("dead-letters.jsonl"),
         )
     }
@@ -79,7 +79,7 @@ impl Scenario {
 }
 
 /// Runs the pipeline on the virtual clock, collecting warnings.
-pub fn run_with(config: Config, fixture: FixtureSource, dead_letters: &Path) -> RunOutcome {
+pub fn run_with(config: Config, fixture: Source, dead_letters: &Path) -> RunOutcome {
     let options = RunOptions {
         config,
         fixture,
@@ -88,11 +88,14 @@ pub fn run_with(config: Config, fixture: FixtureSource, dead_letters: &Path) -> 
             stdout: false,
             jsonl: None,
             collect: true,
+            mqtt: None,
         },
         dead_letter_path: dead_letters.to_path_buf(),
         clock: DetectionClock::EventTime,
         capture_results: true,
         reload_reports: None,
+        stop: None,
+        metrics: None,
     };
     pipeline::run(options).expect("the pipeline runs")
 }

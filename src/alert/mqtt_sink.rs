@@ -1,0 +1,134 @@
+//! The MQTT warning sink: every warning is published as its JSON object with QoS 1 to
+//! `warnings/<level>/<rule>`, and the current state of each alert is kept retained on
+//! `warnings/state/<rule>/<key values>` (the prefix is `[mqtt] warnings_prefix`): the warning while firing, an empty retained
+//! message (which clears it) once resolved. A console that connects late subscribes to
+//! `warnings/state/#` and sees exactly what is firing now. The connection is driven by its
+//! own thread and reconnects by itself; `close` waits until the broker has acknowledged
+//! every publish.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rumqttc::{Client, Event, Packet, QoS};
+use serde_json::Value;
+
+use super::warning::{Warning, WarningStatus};
+use crate::config::MqttConfig;
+use crate::mqtt::{self, BrokerUrl};
+
+/// How long `close` waits for the broker to acknowledge what was published.
+const CLOSE_WAIT: Duration = Duration::from_secs(30);
+
+/// A connected publisher.
+pub struct MqttSink {
+    client: Client,
+    prefix: String,
+    published: u64,
+    acked: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    connection: JoinHandle<()>,
+}
+
+impl MqttSink {
+    pub fn connect(url: &BrokerUrl, config: &MqttConfig) -> Result<Self, String> {
+        let client_id = format!("{}-warnings", config.client_id);
+        let options = mqtt::options(url, config, &client_id)?;
+        let (client, mut connection) = Client::new(options, 1024);
+        let acked = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (acks, stopping) = (Arc::clone(&acked), Arc::clone(&stop));
+        let host = url.host.clone();
+        let connection = std::thread::Builder::new()
+            .name("mqtt-warnings".to_string())
+            .spawn(move || {
+                let mut backoff = Duration::from_millis(100);
+                for event in connection.iter() {
+                    match event {
+                        Ok(Event::Incoming(Packet::PubAck(_))) => {
+                            acks.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(Event::Incoming(Packet::ConnAck(_))) => backoff = Duration::from_millis(100),
+                        Ok(_) => {}
+                        Err(e) => {
+                            if stopping.load(Ordering::Relaxed) {
+                                break;
+                            }
+                            tracing::warn!(broker = %host, error = %e, "warning sink: mqtt connection lost; retrying");
+                            std::thread::sleep(backoff);
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                }
+            })
+            .map_err(|e| format!("starting the mqtt sink: {e}"))?;
+        Ok(MqttSink {
+            client,
+            prefix: config.warnings_prefix.clone(),
+            published: 0,
+            acked,
+            stop,
+            connection,
+        })
+    }
+
+    /// Publishes one warning and updates its alert's retained state. Waits while the
+    /// client's queue is full (the sink back-pressures the rules, never drops).
+    pub fn publish(&mut self, warning: &Warning) -> Result<(), String> {
+        let json = serde_json::to_vec(warning).map_err(|e| e.to_string())?;
+        let topic = format!(
+            "{}/{}/{}",
+            self.prefix,
+            warning.level.as_str(),
+            topic_safe(&warning.rule)
+        );
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, json.clone())
+            .map_err(|e| e.to_string())?;
+        let state = match warning.status {
+            WarningStatus::Firing => json,
+            WarningStatus::Resolved => Vec::new(),
+        };
+        self.client
+            .publish(state_topic(&self.prefix, warning), QoS::AtLeastOnce, true, state)
+            .map_err(|e| e.to_string())?;
+        self.published += 2;
+        Ok(())
+    }
+
+    /// Waits (up to 30 s) for the broker to acknowledge every publish, then disconnects.
+    pub fn close(self) {
+        let started = Instant::now();
+        while self.acked.load(Ordering::Relaxed) < self.published && started.elapsed() < CLOSE_WAIT {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let unacked = self.published.saturating_sub(self.acked.load(Ordering::Relaxed));
+        if unacked > 0 {
+            tracing::warn!(unacked, "warning sink: closing with publishes the broker has not acknowledged");
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.client.disconnect();
+        let _ = self.connection.join();
+    }
+}
+
+/// `<prefix>/state/<rule>/<key value>/…`, one level per key column (columns by name).
+pub fn state_topic(prefix: &str, warning: &Warning) -> String {
+    let mut topic = format!("{prefix}/state/{}", topic_safe(&warning.rule));
+    for value in warning.key.values() {
+        topic.push('/');
+        match value {
+            Value::String(s) => topic.push_str(&topic_safe(s)),
+            other => topic.push_str(&topic_safe(&other.to_string())),
+        }
+    }
+    topic
+}
+
+/// Replaces the characters MQTT gives meaning to in topics.
+fn topic_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| if matches!(c, '/' | '+' | '#' | '\0') { '_' } else { c })
+        .collect()
+}

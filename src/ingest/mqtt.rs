@@ -1,0 +1,186 @@
+//! The live MQTT source: subscribes with rumqttc and hands each message to the decode
+//! queues. It runs on its own thread with a single-threaded tokio runtime, so when a
+//! decode queue is full the handoff waits and the socket is not read: the broker holds the
+//! backlog (QoS 1) instead of cityops dropping anything. A QoS 1 message is acknowledged
+//! only after it is in a decode queue. A lost connection is retried with exponential
+//! backoff; every connect resubscribes; outages are logged and counted. Clock ticks go to
+//! the decode workers every second of wall time so silent tables advance.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, Packet, QoS, SubscribeFilter, SubscribeReasonCode};
+
+use super::decode::Decoder;
+use super::message::{Ingest, Message};
+use super::replay::TICK_MS;
+use super::topic::TopicPattern;
+use crate::config::{Config, MqttConfig};
+use crate::metrics::Metrics;
+use crate::mqtt::{self, BrokerUrl};
+use crate::queue::{Closed, Handoff};
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often the source looks at the clock (ticks, stop conditions) while the broker is quiet.
+const POLL_CLOCK: Duration = Duration::from_millis(100);
+
+/// A live subscription and when it ends.
+#[derive(Debug, Clone)]
+pub struct MqttSource {
+    pub url: BrokerUrl,
+    pub config: MqttConfig,
+    /// Subscriptions (already derived from the topic pattern when the config has none).
+    pub filters: Vec<String>,
+    /// End after this many messages (load tests, integration tests).
+    pub max_messages: Option<u64>,
+    /// End once no message has come for this long, after the first one.
+    pub idle_exit: Option<Duration>,
+}
+
+impl MqttSource {
+    /// A subscription to `url` with the config's settings; without configured filters, one
+    /// filter per table from the topic pattern (`city/+/water/+`).
+    pub fn new(url: BrokerUrl, config: &Config) -> Result<Self, String> {
+        mqtt::qos(config.mqtt.qos)?;
+        let filters = if config.mqtt.filters.is_empty() {
+            let pattern = TopicPattern::parse(&config.topics.pattern)?;
+            config
+                .catalog()
+                .tables()
+                .iter()
+                .map(|t| pattern.filter_for(&t.name))
+                .collect()
+        } else {
+            config.mqtt.filters.clone()
+        };
+        Ok(MqttSource {
+            url,
+            config: config.mqtt.clone(),
+            filters,
+            max_messages: None,
+            idle_exit: None,
+        })
+    }
+}
+
+/// Why the source could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    #[error("mqtt: {0}")]
+    Setup(String),
+    #[error(transparent)]
+    Closed(#[from] Closed),
+}
+
+/// Reads messages until `stop` is set or a configured end is reached; returns the count.
+pub fn subscribe(
+    source: &MqttSource,
+    handoff: &Handoff,
+    decoder: &Decoder,
+    metrics: &Metrics,
+    stop: &AtomicBool,
+) -> Result<u64, MqttError> {
+    let qos = mqtt::qos(source.config.qos).map_err(MqttError::Setup)?;
+    let mut options =
+        mqtt::options(&source.url, &source.config, &source.config.client_id).map_err(MqttError::Setup)?;
+    options.set_manual_acks(true);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| MqttError::Setup(format!("starting the source runtime: {e}")))?;
+    let capacity = usize::from(source.config.inflight).max(10) * 4;
+    runtime.block_on(async {
+        let (client, mut eventloop) = AsyncClient::new(options, capacity);
+        let filters: Vec<SubscribeFilter> = source
+            .filters
+            .iter()
+            .map(|f| SubscribeFilter::new(f.clone(), qos))
+            .collect();
+        let mut clock = tokio::time::interval(POLL_CLOCK);
+        let mut next_tick_ms = TICK_MS;
+        let mut backoff = MIN_BACKOFF;
+        let mut lost_at: Option<Instant> = None;
+        let mut last_message: Option<Instant> = None;
+        let mut count = 0u64;
+        loop {
+            let idle_over = match (source.idle_exit, last_message) {
+                (Some(limit), Some(last)) => last.elapsed() >= limit,
+                _ => false,
+            };
+            if stop.load(Ordering::Relaxed) || source.max_messages.is_some_and(|m| count >= m) || idle_over {
+                break;
+            }
+            tokio::select! {
+                event = eventloop.poll() => match event {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        metrics.mqtt_connected.store(true, Ordering::Relaxed);
+                        match lost_at.take() {
+                            Some(at) => {
+                                let outage = at.elapsed();
+                                metrics.mqtt_outage_ms.fetch_add(outage.as_millis() as u64, Ordering::Relaxed);
+                                tracing::info!(broker = %source.url.host, outage_ms = outage.as_millis() as u64, "mqtt reconnected; resubscribing");
+                            }
+                            None => tracing::info!(broker = %source.url.host, port = source.url.port, filters = ?source.filters, "mqtt connected"),
+                        }
+                        backoff = MIN_BACKOFF;
+                        // Subscribing on every connect covers brokers that lost the session.
+                        if let Err(e) = client.try_subscribe_many(filters.clone()) {
+                            tracing::error!(error = %e, "mqtt subscribe could not be queued");
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                        if ack.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
+                            tracing::error!(codes = ?ack.return_codes, "the broker refused a subscription");
+                        } else {
+                            metrics.mqtt_subscribed.store(true, Ordering::Relaxed);
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        let arrived_ns = metrics.now_ns();
+                        let msg = Message {
+                            at_ms: (arrived_ns / 1_000_000) as i64,
+                            payload: publish.payload.to_vec().into_boxed_slice(),
+                            topic: publish.topic.clone(),
+                            recorded_invalid: false,
+                            arrived_ns,
+                        };
+                        metrics.messages_in.fetch_add(1, Ordering::Relaxed);
+                        let worker = decoder.route(&msg.topic).map(|t| handoff.owner(t)).unwrap_or(0);
+                        // Waits while the queue is full: the socket is not read meanwhile.
+                        handoff.send(worker, Ingest::Message(msg))?;
+                        if publish.qos != QoS::AtMostOnce && let Err(e) = client.try_ack(&publish) {
+                            tracing::warn!(error = %e, "mqtt ack could not be queued; the broker will redeliver");
+                        }
+                        count += 1;
+                        last_message = Some(Instant::now());
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        metrics.mqtt_connected.store(false, Ordering::Relaxed);
+                        metrics.mqtt_subscribed.store(false, Ordering::Relaxed);
+                        metrics.mqtt_connection_errors.fetch_add(1, Ordering::Relaxed);
+                        if lost_at.is_none() {
+                            lost_at = Some(Instant::now());
+                            tracing::warn!(broker = %source.url.host, error = %e, "mqtt connection lost; reconnecting with backoff");
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                },
+                _ = clock.tick() => {
+                    let now_ms = (metrics.now_ns() / 1_000_000) as i64;
+                    if now_ms >= next_tick_ms {
+                        handoff.broadcast(|| Ingest::Tick { now_ms })?;
+                        next_tick_ms = now_ms - now_ms.rem_euclid(TICK_MS) + TICK_MS;
+                    }
+                }
+            }
+        }
+        if let Err(e) = client.try_disconnect() {
+            tracing::debug!(error = %e, "mqtt disconnect could not be queued");
+        }
+        metrics.mqtt_connected.store(false, Ordering::Relaxed);
+        Ok(count)
+    })
+}
