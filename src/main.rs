@@ -10,12 +10,12 @@ use clap::{Args, Parser, Subcommand};
 
 use cityops::alert::sink::SinkConfig;
 use cityops::config::Config;
-use cityops::ingest::replay::Speed;
 use cityops::ingest::mqtt::MqttSource;
+use cityops::ingest::replay::Speed;
 use cityops::mqtt::BrokerUrl;
 use cityops::pipeline::{self, RunError, RunOptions, Source};
-use cityops::time::parse_duration_ms;
 use cityops::rules::worker::DetectionClock;
+use cityops::time::parse_duration_ms;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -45,8 +45,7 @@ impl std::str::FromStr for BrokerUrl {
         let (host, port) = match rest.rsplit_once(':') {
             Some((host, port)) => (
                 host,
-                port.parse::<u16>()
-                    .map_err(|_| format!("`{url}`: bad port `{port}`"))?,
+                port.parse::<u16>().map_err(|_| format!("`{url}`: bad port `{port}`"))?,
             ),
             None => (rest, if tls { 8883 } else { 1883 }),
         };

@@ -14,7 +14,7 @@ use crate::alert::sink::SinkConfig;
 use crate::alert::warning::Warning;
 use crate::config::Config;
 use crate::ingest::replay::Speed;
-use crate::pipeline::{self, Source, RunOptions};
+use crate::pipeline::{self, RunOptions, Source};
 use crate::rules::worker::DetectionClock;
 use crate::time::{EpochMs, format_ms, parse_duration_ms, parse_ts_text};
 

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use cityops::alert::level::Level;
 use cityops::alert::warning::{Warning, WarningStatus};
 use cityops::config::Config;
-use cityops::pipeline::{Source, RunOutcome};
+use cityops::pipeline::{RunOutcome, Source};
 use common::{run_with, sorted};
 use serde_json::Value;
 

@@ -14,7 +14,7 @@ use cityops::alert::sink::SinkConfig;
 use cityops::config::{Config, DurationMs};
 use cityops::ingest::message::Message;
 use cityops::ingest::replay::Speed;
-use cityops::pipeline::{self, Source, RunOptions};
+use cityops::pipeline::{self, RunOptions, Source};
 use cityops::rules::reload::{ReloadReport, Swap};
 use cityops::rules::worker::DetectionClock;
 use common::{MIN, Scenario, T0, at};

@@ -420,8 +420,14 @@ mod tests {
         assert!(old.breach(breach("b", Level::Blue, 0)).is_some());
         let mut new = windows(1, 2);
         new.adopt(old);
-        assert!(new.breach(breach("a", Level::Yellow, 60_000)).is_none(), "still the same firing");
-        assert!(new.clean("a", clean_at(120_000)).is_none(), "the new policy needs two clean steps");
+        assert!(
+            new.breach(breach("a", Level::Yellow, 60_000)).is_none(),
+            "still the same firing"
+        );
+        assert!(
+            new.clean("a", clean_at(120_000)).is_none(),
+            "the new policy needs two clean steps"
+        );
         let resolved = new.clean("a", clean_at(180_000)).expect("resolves");
         assert_eq!(resolved.alert_id, fired.alert_id);
         let retired = new.retire(clean_at(240_000));

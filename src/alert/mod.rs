@@ -2,7 +2,7 @@
 //! warning JSON of DESIGN.md, and the sinks that deliver it.
 
 pub mod level;
-pub mod mqtt_sink;
 pub mod lifecycle;
+pub mod mqtt_sink;
 pub mod sink;
 pub mod warning;

@@ -105,7 +105,10 @@ impl MqttSink {
         }
         let unacked = self.published.saturating_sub(self.acked.load(Ordering::Relaxed));
         if unacked > 0 {
-            tracing::warn!(unacked, "warning sink: closing with publishes the broker has not acknowledged");
+            tracing::warn!(
+                unacked,
+                "warning sink: closing with publishes the broker has not acknowledged"
+            );
         }
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.client.disconnect();

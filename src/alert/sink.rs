@@ -14,8 +14,8 @@ use tokio::sync::mpsc;
 use super::mqtt_sink::MqttSink;
 use super::warning::{Warning, WarningStatus};
 use crate::config::MqttConfig;
-use crate::mqtt::BrokerUrl;
 use crate::metrics::{Metrics, Stage};
+use crate::mqtt::BrokerUrl;
 
 /// Where warnings go.
 #[derive(Debug, Clone, Default)]

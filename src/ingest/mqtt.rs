@@ -6,7 +6,7 @@
 //! backoff; every connect resubscribes; outages are logged and counted. Clock ticks go to
 //! the decode workers every second of wall time so silent tables advance.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, Packet, QoS, SubscribeFilter, SubscribeReasonCode};
@@ -82,105 +82,158 @@ pub fn subscribe(
     stop: &AtomicBool,
 ) -> Result<u64, MqttError> {
     let qos = mqtt::qos(source.config.qos).map_err(MqttError::Setup)?;
-    let mut options =
-        mqtt::options(&source.url, &source.config, &source.config.client_id).map_err(MqttError::Setup)?;
+    let mut options = mqtt::options(&source.url, &source.config, &source.config.client_id).map_err(MqttError::Setup)?;
     options.set_manual_acks(true);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| MqttError::Setup(format!("starting the source runtime: {e}")))?;
     let capacity = usize::from(source.config.inflight).max(10) * 4;
-    runtime.block_on(async {
-        let (client, mut eventloop) = AsyncClient::new(options, capacity);
-        let filters: Vec<SubscribeFilter> = source
-            .filters
-            .iter()
-            .map(|f| SubscribeFilter::new(f.clone(), qos))
-            .collect();
-        let mut clock = tokio::time::interval(POLL_CLOCK);
-        let mut next_tick_ms = TICK_MS;
-        let mut backoff = MIN_BACKOFF;
-        let mut lost_at: Option<Instant> = None;
-        let mut last_message: Option<Instant> = None;
-        let mut count = 0u64;
-        loop {
-            let idle_over = match (source.idle_exit, last_message) {
-                (Some(limit), Some(last)) => last.elapsed() >= limit,
-                _ => false,
-            };
-            if stop.load(Ordering::Relaxed) || source.max_messages.is_some_and(|m| count >= m) || idle_over {
-                break;
-            }
-            tokio::select! {
-                event = eventloop.poll() => match event {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        metrics.mqtt_connected.store(true, Ordering::Relaxed);
-                        match lost_at.take() {
-                            Some(at) => {
-                                let outage = at.elapsed();
-                                metrics.mqtt_outage_ms.fetch_add(outage.as_millis() as u64, Ordering::Relaxed);
-                                tracing::info!(broker = %source.url.host, outage_ms = outage.as_millis() as u64, "mqtt reconnected; resubscribing");
-                            }
-                            None => tracing::info!(broker = %source.url.host, port = source.url.port, filters = ?source.filters, "mqtt connected"),
-                        }
-                        backoff = MIN_BACKOFF;
-                        // Subscribing on every connect covers brokers that lost the session.
-                        if let Err(e) = client.try_subscribe_many(filters.clone()) {
-                            tracing::error!(error = %e, "mqtt subscribe could not be queued");
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                        if ack.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
-                            tracing::error!(codes = ?ack.return_codes, "the broker refused a subscription");
-                        } else {
-                            metrics.mqtt_subscribed.store(true, Ordering::Relaxed);
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::Publish(publish))) => {
-                        let arrived_ns = metrics.now_ns();
-                        let msg = Message {
-                            at_ms: (arrived_ns / 1_000_000) as i64,
-                            payload: publish.payload.to_vec().into_boxed_slice(),
-                            topic: publish.topic.clone(),
-                            recorded_invalid: false,
-                            arrived_ns,
-                        };
-                        metrics.messages_in.fetch_add(1, Ordering::Relaxed);
-                        let worker = decoder.route(&msg.topic).map(|t| handoff.owner(t)).unwrap_or(0);
-                        // Waits while the queue is full: the socket is not read meanwhile.
-                        handoff.send(worker, Ingest::Message(msg))?;
-                        if publish.qos != QoS::AtMostOnce && let Err(e) = client.try_ack(&publish) {
-                            tracing::warn!(error = %e, "mqtt ack could not be queued; the broker will redeliver");
-                        }
-                        count += 1;
-                        last_message = Some(Instant::now());
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        metrics.mqtt_connected.store(false, Ordering::Relaxed);
-                        metrics.mqtt_subscribed.store(false, Ordering::Relaxed);
-                        metrics.mqtt_connection_errors.fetch_add(1, Ordering::Relaxed);
-                        if lost_at.is_none() {
-                            lost_at = Some(Instant::now());
-                            tracing::warn!(broker = %source.url.host, error = %e, "mqtt connection lost; reconnecting with backoff");
-                        }
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
-                    }
-                },
-                _ = clock.tick() => {
+    let (client, mut eventloop) = AsyncClient::new(options, capacity);
+    let filters: Vec<SubscribeFilter> = source
+        .filters
+        .iter()
+        .map(|f| SubscribeFilter::new(f.clone(), qos))
+        .collect();
+    let ending = AtomicBool::new(false);
+    let finished = AtomicBool::new(false);
+    // Wall ms (pipeline clock) of the latest message; 0 before the first.
+    let last_message_ms = AtomicU64::new(0);
+    let count = AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        // The clock runs beside the event loop, never cancelling its poll (rumqttc's poll is
+        // not cancel-safe: a cancelled poll can lose an outgoing ack).
+        let clock = std::thread::Builder::new()
+            .name("mqtt-clock".to_string())
+            .spawn_scoped(scope, || {
+                let mut next_tick_ms = TICK_MS;
+                while !finished.load(Ordering::Relaxed) {
+                    std::thread::sleep(POLL_CLOCK);
                     let now_ms = (metrics.now_ns() / 1_000_000) as i64;
                     if now_ms >= next_tick_ms {
-                        handoff.broadcast(|| Ingest::Tick { now_ms })?;
+                        if handoff.broadcast(|| Ingest::Tick { now_ms }).is_err() {
+                            break;
+                        }
                         next_tick_ms = now_ms - now_ms.rem_euclid(TICK_MS) + TICK_MS;
                     }
+                    let last = last_message_ms.load(Ordering::Relaxed) as i64;
+                    let idle_over = source
+                        .idle_exit
+                        .is_some_and(|limit| last > 0 && now_ms - last >= limit.as_millis() as i64);
+                    let enough = source.max_messages.is_some_and(|m| count.load(Ordering::Relaxed) >= m);
+                    if (stop.load(Ordering::Relaxed) || idle_over || enough) && !ending.swap(true, Ordering::Relaxed) {
+                        // Wakes the event loop; it ends at its next event.
+                        let _ = client.try_disconnect();
+                    }
                 }
-            }
-        }
-        if let Err(e) = client.try_disconnect() {
-            tracing::debug!(error = %e, "mqtt disconnect could not be queued");
+            });
+        let polled = runtime.block_on(poll_loop(
+            source,
+            &client,
+            &mut eventloop,
+            &filters,
+            handoff,
+            decoder,
+            metrics,
+            &ending,
+            &last_message_ms,
+            &count,
+        ));
+        finished.store(true, Ordering::Relaxed);
+        if let Err(e) = clock {
+            tracing::error!(error = %e, "could not start the mqtt clock thread");
         }
         metrics.mqtt_connected.store(false, Ordering::Relaxed);
-        Ok(count)
+        polled.map(|()| count.load(Ordering::Relaxed))
     })
+}
+
+/// Drives the connection until `ending` is set (or the pipeline closes).
+#[allow(clippy::too_many_arguments)]
+async fn poll_loop(
+    source: &MqttSource,
+    client: &AsyncClient,
+    eventloop: &mut rumqttc::EventLoop,
+    filters: &[SubscribeFilter],
+    handoff: &Handoff,
+    decoder: &Decoder,
+    metrics: &Metrics,
+    ending: &AtomicBool,
+    last_message_ms: &AtomicU64,
+    count: &AtomicU64,
+) -> Result<(), MqttError> {
+    let mut backoff = MIN_BACKOFF;
+    let mut lost_at: Option<Instant> = None;
+    while !ending.load(Ordering::Relaxed) {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                metrics.mqtt_connected.store(true, Ordering::Relaxed);
+                match lost_at.take() {
+                    Some(at) => {
+                        let outage = at.elapsed();
+                        metrics
+                            .mqtt_outage_ms
+                            .fetch_add(outage.as_millis() as u64, Ordering::Relaxed);
+                        tracing::info!(broker = %source.url.host, outage_ms = outage.as_millis() as u64, "mqtt reconnected; resubscribing");
+                    }
+                    None => {
+                        tracing::info!(broker = %source.url.host, port = source.url.port, filters = ?source.filters, "mqtt connected")
+                    }
+                }
+                backoff = MIN_BACKOFF;
+                // Subscribing on every connect covers brokers that lost the session.
+                if let Err(e) = client.try_subscribe_many(filters.to_vec()) {
+                    tracing::error!(error = %e, "mqtt subscribe could not be queued");
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, SubscribeReasonCode::Failure))
+                {
+                    tracing::error!(codes = ?ack.return_codes, "the broker refused a subscription");
+                } else {
+                    metrics.mqtt_subscribed.store(true, Ordering::Relaxed);
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let arrived_ns = metrics.now_ns();
+                let msg = Message {
+                    at_ms: (arrived_ns / 1_000_000) as i64,
+                    payload: publish.payload.to_vec().into_boxed_slice(),
+                    topic: publish.topic.clone(),
+                    recorded_invalid: false,
+                    arrived_ns,
+                };
+                metrics.messages_in.fetch_add(1, Ordering::Relaxed);
+                let worker = decoder.route(&msg.topic).map(|t| handoff.owner(t)).unwrap_or(0);
+                // Waits while the queue is full: the socket is not read meanwhile.
+                handoff.send(worker, Ingest::Message(msg))?;
+                if publish.qos != QoS::AtMostOnce
+                    && let Err(e) = client.try_ack(&publish)
+                {
+                    tracing::warn!(error = %e, "mqtt ack could not be queued; the broker will redeliver");
+                }
+                count.fetch_add(1, Ordering::Relaxed);
+                last_message_ms.store((arrived_ns / 1_000_000).max(1), Ordering::Relaxed);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if ending.load(Ordering::Relaxed) {
+                    break;
+                }
+                metrics.mqtt_connected.store(false, Ordering::Relaxed);
+                metrics.mqtt_subscribed.store(false, Ordering::Relaxed);
+                metrics.mqtt_connection_errors.fetch_add(1, Ordering::Relaxed);
+                if lost_at.is_none() {
+                    lost_at = Some(Instant::now());
+                    tracing::warn!(broker = %source.url.host, error = %e, "mqtt connection lost; reconnecting with backoff");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+    Ok(())
 }

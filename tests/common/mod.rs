@@ -10,7 +10,7 @@ use cityops::alert::sink::SinkConfig;
 use cityops::alert::warning::Warning;
 use cityops::config::Config;
 use cityops::ingest::replay::Speed;
-use cityops::pipeline::{self, Source, RunOptions, RunOutcome};
+use cityops::pipeline::{self, RunOptions, RunOutcome, Source};
 use cityops::rules::worker::DetectionClock;
 use serde_json::{Value, json};
 

@@ -1,0 +1,438 @@
+//! The live path on real brokers: the in-process rumqttd (always) and the machine's
+//! Mosquitto (when `CITYOPS_TEST_MOSQUITTO=host:port` is set, as `.ci/run` does). The demo
+//! city is published with QoS 1 and must give exactly the warnings of the file replay (the
+//! golden file), delivered to a plain subscriber of the warning topics, with the retained
+//! state topics holding exactly the alerts firing at the end. Each run uses its own topic
+//! prefix, so runs on a shared broker never see each other's messages.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use cityops::alert::sink::SinkConfig;
+use cityops::config::Config;
+use cityops::ingest::fixture::FixtureReader;
+use cityops::ingest::mqtt::MqttSource;
+use cityops::ingest::replay::Speed;
+use cityops::metrics::Metrics;
+use cityops::mqtt::BrokerUrl;
+use cityops::pipeline::{self, RunOptions, RunOutcome, Source};
+use cityops::rules::worker::DetectionClock;
+use common::sorted;
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use serde_json::Value;
+
+/// How far the test publisher may run ahead of the pipeline.
+const AHEAD: u64 = 100;
+
+/// The in-process rumqttd, started once per test binary.
+fn rumqttd() -> SocketAddr {
+    static BROKER: OnceLock<SocketAddr> = OnceLock::new();
+    *BROKER.get_or_init(|| {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let toml = format!(
+            r#"
+id = 0
+[router]
+id = 0
+max_connections = 100
+max_outgoing_packet_count = 200
+max_segment_size = 104857600
+max_segment_count = 10
+[v4.1]
+name = "v4-1"
+listen = "127.0.0.1:{port}"
+next_connection_delay_ms = 1
+[v4.1.connections]
+connection_timeout_ms = 60000
+max_payload_size = 1048576
+max_inflight_count = 100
+dynamic_filters = true
+"#
+        );
+        let config: rumqttd::Config = toml::from_str(&toml).expect("rumqttd config");
+        let mut broker = rumqttd::Broker::new(config);
+        std::thread::spawn(move || broker.start().expect("rumqttd runs"));
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let started = Instant::now();
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(10), "rumqttd did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        addr
+    })
+}
+
+/// Every broker to test against: rumqttd, plus Mosquitto when CI provides it.
+pub fn brokers() -> Vec<(&'static str, SocketAddr)> {
+    let mut brokers = vec![("rumqttd", rumqttd())];
+    if let Ok(addr) = std::env::var("CITYOPS_TEST_MOSQUITTO") {
+        brokers.push(("mosquitto", addr.parse().expect("CITYOPS_TEST_MOSQUITTO is host:port")));
+    }
+    brokers
+}
+
+/// A topic prefix no other run uses.
+fn unique_prefix(name: &str) -> String {
+    static RUN: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "t{}-{}-{name}-{}",
+        std::process::id(),
+        nanos % 1_000_000_000,
+        RUN.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A plain subscriber collecting (topic, payload, retained) until dropped.
+struct Subscriber {
+    received: Arc<Mutex<Vec<(String, Vec<u8>, bool)>>>,
+    client: Client,
+}
+
+impl Subscriber {
+    fn start(broker: SocketAddr, id: &str, filter: &str) -> Self {
+        let mut options = MqttOptions::new(id, broker.ip().to_string(), broker.port());
+        options
+            .set_max_packet_size(1 << 24, 1 << 24)
+            .set_keep_alive(Duration::from_secs(30));
+        let (client, mut connection) = Client::new(options, 100);
+        client.subscribe(filter, QoS::AtLeastOnce).unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&received);
+        let (subscribed_tx, subscribed) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            for event in connection.iter() {
+                match event {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = subscribed_tx.try_send(());
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        sink.lock()
+                            .unwrap()
+                            .push((p.topic.clone(), p.payload.to_vec(), p.retain));
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        });
+        subscribed.recv_timeout(Duration::from_secs(10)).expect("subscribed");
+        Subscriber { received, client }
+    }
+
+    fn messages(&self) -> Vec<(String, Vec<u8>, bool)> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Waits until `count` messages have come (or 30 s).
+    fn wait_for(&self, count: usize) -> Vec<(String, Vec<u8>, bool)> {
+        let started = Instant::now();
+        while self.received.lock().unwrap().len() < count && started.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.messages()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.client.disconnect();
+    }
+}
+
+/// Publishes messages with QoS 1 in order and waits for every acknowledgement. The
+/// publisher stays at most `AHEAD` messages ahead of what cityops has taken in: a default
+/// Mosquitto queues only 1,000 messages per subscriber (`max_queued_messages`) and drops
+/// the rest, so a test publishing faster than the pipeline drains would lose messages in
+/// the broker, not in cityops.
+pub fn publish_all(broker: SocketAddr, id: &str, messages: Vec<(String, Vec<u8>)>, taken: &Arc<Metrics>) {
+    let mut options = MqttOptions::new(id, broker.ip().to_string(), broker.port());
+    options
+        .set_max_packet_size(1 << 24, 1 << 24)
+        .set_keep_alive(Duration::from_secs(30));
+    let (client, mut connection) = Client::new(options, 1000);
+    let total = messages.len() as u64;
+    let taken = Arc::clone(taken);
+    let publisher = std::thread::spawn(move || {
+        for (sent, (topic, payload)) in messages.into_iter().enumerate() {
+            while sent as u64 > taken.messages_in.load(Ordering::Relaxed) + AHEAD {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            client.publish(topic, QoS::AtLeastOnce, false, payload).unwrap();
+        }
+        client
+    });
+    let mut acked = 0;
+    for event in connection.iter() {
+        match event {
+            Ok(Event::Incoming(Packet::PubAck(_))) => {
+                acked += 1;
+                if acked == total {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => panic!("publisher lost its broker: {e}"),
+        }
+    }
+    let client = publisher.join().unwrap();
+    let _ = client.disconnect();
+}
+
+/// The demo fixture's messages with `city/` replaced by `prefix/`.
+fn demo_messages(prefix: &str) -> Vec<(String, Vec<u8>)> {
+    let mut reader = FixtureReader::demo().unwrap();
+    reader
+        .messages()
+        .map(|m| {
+            let m = m.unwrap();
+            let topic = match m.topic.strip_prefix("city/") {
+                Some(rest) => format!("{prefix}/{rest}"),
+                None => m.topic.clone(),
+            };
+            (topic, m.payload.to_vec())
+        })
+        .collect()
+}
+
+fn golden() -> Vec<Value> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/demo-warnings.jsonl");
+    common::read_jsonl(&path)
+}
+
+/// Runs the shipped rules live on `broker` with `prefix` topics, ending after `messages`.
+fn live_run(
+    broker: SocketAddr,
+    prefix: &str,
+    messages: u64,
+    metrics: Arc<Metrics>,
+    dir: &tempfile::TempDir,
+) -> std::thread::JoinHandle<RunOutcome> {
+    let mut config = Config::default();
+    config.rules.dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("queries");
+    config.rules.reload_interval = cityops::config::DurationMs(0);
+    config.topics.pattern = format!("{prefix}/{{district}}/{{table}}/{{device_id}}");
+    config.mqtt.client_id = format!("{prefix}-cityops");
+    config.mqtt.filters = vec![format!("{prefix}/#")];
+    config.mqtt.warnings_prefix = format!("{prefix}-warnings");
+    let url = BrokerUrl {
+        host: broker.ip().to_string(),
+        port: broker.port(),
+        tls: false,
+    };
+    let mut source = MqttSource::new(url.clone(), &config).unwrap();
+    source.max_messages = Some(messages);
+    // A broker that lost messages must fail the test, not hang it.
+    source.idle_exit = Some(Duration::from_secs(10));
+    let options = RunOptions {
+        sinks: SinkConfig {
+            stdout: false,
+            jsonl: None,
+            collect: true,
+            mqtt: Some((url, config.mqtt.clone())),
+        },
+        config,
+        fixture: Source::Mqtt(source),
+        speed: Speed::Max,
+        dead_letter_path: dir.path().join("dead-letters.jsonl"),
+        clock: DetectionClock::EventTime,
+        capture_results: false,
+        reload_reports: None,
+        stop: None,
+        metrics: Some(metrics),
+    };
+    std::thread::spawn(move || pipeline::run(options).expect("the live pipeline runs"))
+}
+
+/// Equal lists, or a panic naming only what differs.
+fn assert_same(actual: &[Value], expected: &[Value], what: &str) {
+    if actual == expected {
+        return;
+    }
+    let line = |v: &Value| v.to_string();
+    let missing: Vec<String> = expected.iter().filter(|v| !actual.contains(v)).map(line).collect();
+    let extra: Vec<String> = actual.iter().filter(|v| !expected.contains(v)).map(line).collect();
+    panic!(
+        "{what}: {} vs {} warnings\nmissing:\n{}\nunexpected:\n{}",
+        actual.len(),
+        expected.len(),
+        missing.join("\n"),
+        extra.join("\n")
+    );
+}
+
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn the_demo_over_mqtt_gives_the_golden_warnings_and_retained_state() {
+    for (name, broker) in brokers() {
+        let prefix = unique_prefix(name);
+        let dir = tempfile::tempdir().unwrap();
+        let warnings = Subscriber::start(broker, &format!("{prefix}-sub"), &format!("{prefix}-warnings/#"));
+        let messages = demo_messages(&prefix);
+        let count = messages.len() as u64;
+        let metrics = Arc::new(Metrics::new());
+        let run = live_run(broker, &prefix, count, Arc::clone(&metrics), &dir);
+        wait_until("cityops to subscribe", || {
+            metrics.mqtt_subscribed.load(Ordering::Relaxed)
+        });
+        publish_all(broker, &format!("{prefix}-pub"), messages, &metrics);
+        let outcome = run.join().expect("pipeline thread");
+
+        // Exactly the file replay's warnings, delivered by the pipeline...
+        let golden = golden();
+        assert_eq!(outcome.summary.messages_in, count, "{name}");
+        assert_same(
+            &sorted(&outcome.warnings),
+            &golden,
+            &format!("{name}: live warnings against the golden file"),
+        );
+        // ...and received by a plain subscriber: one per warning plus one state update each.
+        let received = warnings.wait_for(2 * golden.len());
+        let mut published: Vec<cityops::alert::warning::Warning> = received
+            .iter()
+            .filter(|(topic, _, _)| !topic.starts_with(&format!("{prefix}-warnings/state/")))
+            .map(|(_, payload, _)| serde_json::from_slice(payload).expect("warning JSON"))
+            .collect();
+        published.sort_by(|a, b| a.alert_id.cmp(&b.alert_id));
+        assert_same(
+            &sorted(&published),
+            &golden,
+            &format!("{name}: warnings a subscriber received"),
+        );
+
+        // A console connecting now sees exactly what is firing.
+        let late = Subscriber::start(
+            broker,
+            &format!("{prefix}-console"),
+            &format!("{prefix}-warnings/state/#"),
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        let state: BTreeSet<String> = late
+            .messages()
+            .iter()
+            .filter(|(_, payload, retained)| *retained && !payload.is_empty())
+            .map(|(_, payload, _)| {
+                serde_json::from_slice::<Value>(payload).unwrap()["alert_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        let firing: BTreeSet<String> = outcome
+            .reports
+            .iter()
+            .flat_map(|r| r.firing.iter().map(|f| f.alert_id.clone()))
+            .collect();
+        assert_eq!(
+            state, firing,
+            "{name}: retained state differs from the alerts firing at the end"
+        );
+    }
+}
+
+/// The retained state after two gas detectors fired and one of them recovered.
+fn retained_after_one_of_two_recovers(broker: SocketAddr, name: &str) -> (BTreeSet<String>, RunOutcome) {
+    let prefix = unique_prefix(name);
+    let dir = tempfile::tempdir().unwrap();
+    let reading = |device: &str, second: i64, lel: f64| {
+        let ts = common::T0 + second * 1_000;
+        (
+            format!("{prefix}/xicheng/sensor/{device}"),
+            serde_json::json!({"ts": ts, "kind": "gas_lel", "value": lel, "unit": "%LEL"})
+                .to_string()
+                .into_bytes(),
+        )
+    };
+    // gas_lel_high resolves after 3 clean rows.
+    let messages = vec![
+        reading("g1", 0, 60.0),
+        reading("g2", 1, 30.0),
+        reading("g2", 2, 1.0),
+        reading("g2", 3, 1.0),
+        reading("g2", 4, 1.0),
+    ];
+    let metrics = Arc::new(Metrics::new());
+    let run = live_run(broker, &prefix, messages.len() as u64, Arc::clone(&metrics), &dir);
+    wait_until("cityops to subscribe", || {
+        metrics.mqtt_subscribed.load(Ordering::Relaxed)
+    });
+    publish_all(broker, &format!("{prefix}-pub"), messages, &metrics);
+    let outcome = run.join().expect("pipeline thread");
+    let console = Subscriber::start(
+        broker,
+        &format!("{prefix}-console"),
+        &format!("{prefix}-warnings/state/#"),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let state = console
+        .messages()
+        .iter()
+        .filter(|(_, payload, retained)| *retained && !payload.is_empty())
+        .map(|(topic, payload, _)| {
+            let warning: Value = serde_json::from_slice(payload).unwrap();
+            format!(
+                "{topic} {} {}",
+                warning["status"].as_str().unwrap(),
+                warning["level"].as_str().unwrap()
+            )
+        })
+        .collect();
+    (state, outcome)
+}
+
+#[test]
+fn retained_state_holds_exactly_the_alerts_firing_now() {
+    for (name, broker) in brokers() {
+        let (state, outcome) = retained_after_one_of_two_recovers(broker, name);
+        let statuses: Vec<(String, String)> = outcome
+            .warnings
+            .iter()
+            .map(|w| {
+                (
+                    w.key["device_id"].as_str().unwrap().to_string(),
+                    serde_json::to_value(w.status).unwrap().as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            statuses,
+            vec![
+                ("g1".to_string(), "firing".to_string()),
+                ("g2".to_string(), "firing".to_string()),
+                ("g2".to_string(), "resolved".to_string()),
+            ],
+            "{name}"
+        );
+        let prefix = state
+            .iter()
+            .next()
+            .map(|s| s.split("-warnings/").next().unwrap().to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            state,
+            BTreeSet::from([format!("{prefix}-warnings/state/gas_lel_high/g1/xicheng firing red")]),
+            "{name}: only g1 is firing"
+        );
+    }
+}
