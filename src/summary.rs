@@ -42,6 +42,11 @@ pub struct Summary {
     pub queue_full_waits: u64,
     pub rules_reloaded: u64,
     pub reloads_rejected: u64,
+    /// Live MQTT source: failed connects and dropped connections, and the time spent down.
+    pub mqtt_connection_errors: u64,
+    pub mqtt_outage_ms: u64,
+    /// Warnings a sink could not deliver.
+    pub sink_errors: u64,
     pub readings_per_second: f64,
     pub stages: Vec<StageLatency>,
 }
@@ -93,6 +98,9 @@ impl Summary {
             queue_full_waits: metrics.queue_full_waits.load(Relaxed),
             rules_reloaded: metrics.rules_reloaded.load(Relaxed),
             reloads_rejected: metrics.reloads_rejected.load(Relaxed),
+            mqtt_connection_errors: metrics.mqtt_connection_errors.load(Relaxed),
+            mqtt_outage_ms: metrics.mqtt_outage_ms.load(Relaxed),
+            sink_errors: metrics.sink_errors.load(Relaxed),
             readings_per_second: if wall_seconds > 0.0 {
                 (accepted + rejected) as f64 / wall_seconds
             } else {
@@ -140,6 +148,16 @@ impl fmt::Display for Summary {
                 "rules reloaded       {:>12}   ({} change(s) rejected)",
                 self.rules_reloaded, self.reloads_rejected
             )?;
+        }
+        if self.mqtt_connection_errors > 0 {
+            writeln!(
+                f,
+                "mqtt connection errs {:>12}   ({} ms disconnected)",
+                self.mqtt_connection_errors, self.mqtt_outage_ms
+            )?;
+        }
+        if self.sink_errors > 0 {
+            writeln!(f, "sink errors          {:>12}", self.sink_errors)?;
         }
         writeln!(f, "wall time            {:>12.3} s", self.wall_seconds)?;
         writeln!(f, "throughput           {:>12.0} readings/s", self.readings_per_second)?;

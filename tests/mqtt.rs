@@ -219,6 +219,17 @@ fn live_run(
     metrics: Arc<Metrics>,
     dir: &tempfile::TempDir,
 ) -> std::thread::JoinHandle<RunOutcome> {
+    live_run_until(broker, prefix, Some(messages), metrics, dir)
+}
+
+/// Like `live_run`; without a message count the run ends 10 s after the last message.
+fn live_run_until(
+    broker: SocketAddr,
+    prefix: &str,
+    messages: Option<u64>,
+    metrics: Arc<Metrics>,
+    dir: &tempfile::TempDir,
+) -> std::thread::JoinHandle<RunOutcome> {
     let mut config = Config::default();
     config.rules.dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("queries");
     config.rules.reload_interval = cityops::config::DurationMs(0);
@@ -232,7 +243,7 @@ fn live_run(
         tls: false,
     };
     let mut source = MqttSource::new(url.clone(), &config).unwrap();
-    source.max_messages = Some(messages);
+    source.max_messages = messages;
     // A broker that lost messages must fail the test, not hang it.
     source.idle_exit = Some(Duration::from_secs(10));
     let options = RunOptions {
@@ -435,4 +446,236 @@ fn retained_state_holds_exactly_the_alerts_firing_now() {
             "{name}: only g1 is firing"
         );
     }
+}
+
+#[test]
+fn bad_messages_on_the_live_path_are_dead_lettered_and_counted() {
+    for (name, broker) in brokers() {
+        let prefix = unique_prefix(name);
+        let dir = tempfile::tempdir().unwrap();
+        let good = |second: i64| {
+            serde_json::json!({"ts": common::T0 + second * 1_000, "kind": "gas_lel", "value": 1.0, "unit": "%LEL"})
+                .to_string()
+                .into_bytes()
+        };
+        let messages = vec![
+            (format!("{prefix}/xicheng/sensor/g1"), good(0)),
+            (format!("{prefix}/xicheng/sensor/g1"), b"{not json".to_vec()),
+            (format!("{prefix}/xicheng/sensor/g1"), vec![b' '; 70_000]),
+            (format!("{prefix}/xicheng/elevator/e1"), good(1)),
+            (format!("{prefix}/xicheng/sensor/g1"), b"[1, 2]".to_vec()),
+            (format!("{prefix}/xicheng/sensor/g1"), good(2)),
+        ];
+        let metrics = Arc::new(Metrics::new());
+        let run = live_run(broker, &prefix, messages.len() as u64, Arc::clone(&metrics), &dir);
+        wait_until("cityops to subscribe", || {
+            metrics.mqtt_subscribed.load(Ordering::Relaxed)
+        });
+        publish_all(broker, &format!("{prefix}-pub"), messages, &metrics);
+        let outcome = run.join().expect("pipeline thread");
+        let s = &outcome.summary;
+        assert_eq!((s.messages_in, s.readings_accepted), (6, 2), "{name}");
+        let mut reasons = s.rejected_by_reason.clone();
+        reasons.sort();
+        assert_eq!(
+            reasons,
+            vec![
+                ("malformed_json".to_string(), 1),
+                ("not_an_object".to_string(), 2),
+                ("oversized".to_string(), 1),
+                ("unknown_topic".to_string(), 1),
+            ],
+            "{name}"
+        );
+        let letters = common::read_jsonl(&dir.path().join("dead-letters.jsonl"));
+        assert_eq!(letters.len(), 5, "{name}: {letters:?}");
+        assert_eq!(s.readings_in, 7, "{name}: 2 accepted + 5 rejected");
+    }
+}
+
+/// A Mosquitto of the test's own on a free port, persisting sessions in a temporary
+/// directory, so the test can stop and restart it.
+struct OwnMosquitto {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnMosquitto {
+    /// `None` when the machine has no `mosquitto` binary (`.ci/run` installs it).
+    fn start() -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let conf = dir.path().join("mosquitto.conf");
+        // Started as root, Mosquitto drops to its own user, which must be able to save here.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 100000\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let mut broker = OwnMosquitto { dir, port, child: None };
+        broker.up().then_some(broker)
+    }
+
+    fn addr(&self) -> SocketAddr {
+        format!("127.0.0.1:{}", self.port).parse().unwrap()
+    }
+
+    fn up(&mut self) -> bool {
+        let Ok(child) = std::process::Command::new("mosquitto")
+            .arg("-c")
+            .arg(self.dir.path().join("mosquitto.conf"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+        else {
+            return false;
+        };
+        self.child = Some(child);
+        wait_until("mosquitto to listen", || {
+            std::net::TcpStream::connect(self.addr()).is_ok()
+        });
+        true
+    }
+
+    /// A clean stop (SIGTERM), so the broker saves its sessions as a restart would.
+    fn down(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnMosquitto {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Publishes with QoS 1 through broker outages: the client reconnects and resends until
+/// every message is acknowledged.
+fn publish_through_outages(
+    broker: SocketAddr,
+    id: &str,
+    messages: Vec<(String, Vec<u8>)>,
+) -> std::thread::JoinHandle<()> {
+    let id = id.to_string();
+    std::thread::spawn(move || {
+        let mut options = MqttOptions::new(id, broker.ip().to_string(), broker.port());
+        options.set_keep_alive(Duration::from_secs(5)).set_clean_session(false);
+        let (client, mut connection) = Client::new(options, 10_000);
+        let total = messages.len();
+        for (topic, payload) in messages {
+            client.publish(topic, QoS::AtLeastOnce, false, payload).unwrap();
+        }
+        let mut acked = 0;
+        let started = Instant::now();
+        for event in connection.iter() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "publisher: only {acked} of {total} acknowledged"
+            );
+            match event {
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    acked += 1;
+                    if acked == total {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+        let _ = client.disconnect();
+    })
+}
+
+#[test]
+fn cityops_reconnects_after_the_broker_restarts_and_every_reading_is_accounted_for() {
+    let Some(mut broker) = OwnMosquitto::start() else {
+        eprintln!("SKIPPED: no mosquitto binary on this machine (.ci/run installs one)");
+        return;
+    };
+    let prefix = unique_prefix("restart");
+    let dir = tempfile::tempdir().unwrap();
+    let reading = |i: usize| {
+        (
+            format!("{prefix}/xicheng/sensor/d{i:03}"),
+            serde_json::json!({"ts": common::T0 + i as i64 * 100, "kind": "gas_lel", "value": 60.0, "unit": "%LEL"})
+                .to_string()
+                .into_bytes(),
+        )
+    };
+    let metrics = Arc::new(Metrics::new());
+    let run = live_run_until(broker.addr(), &prefix, None, Arc::clone(&metrics), &dir);
+    wait_until("cityops to subscribe", || {
+        metrics.mqtt_subscribed.load(Ordering::Relaxed)
+    });
+
+    publish_all(
+        broker.addr(),
+        &format!("{prefix}-pub1"),
+        (0..300).map(reading).collect(),
+        &metrics,
+    );
+    wait_until("the first half to arrive", || {
+        metrics.messages_in.load(Ordering::Relaxed) >= 300
+    });
+    broker.down();
+    // Published while the broker is down: the publisher holds them and resends.
+    let second_half = publish_through_outages(
+        broker.addr(),
+        &format!("{prefix}-pub2"),
+        (300..600).map(reading).collect(),
+    );
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert!(
+        !metrics.mqtt_connected.load(Ordering::Relaxed),
+        "cityops noticed the outage"
+    );
+    assert!(broker.up(), "mosquitto restarts");
+    second_half.join().expect("the second half is acknowledged");
+    let outcome = run.join().expect("pipeline thread");
+
+    // Every reading fired its device's alert exactly once (a redelivered duplicate would
+    // not fire again), so every published reading reached the rules.
+    let fired: BTreeSet<String> = outcome
+        .warnings
+        .iter()
+        .map(|w| w.key["device_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        fired.len(),
+        600,
+        "devices that fired; connection errors {}, outage {} ms, messages in {}",
+        metrics.mqtt_connection_errors.load(Ordering::Relaxed),
+        metrics.mqtt_outage_ms.load(Ordering::Relaxed),
+        metrics.messages_in.load(Ordering::Relaxed)
+    );
+    assert_eq!(outcome.warnings.len(), 600);
+    let s = &outcome.summary;
+    assert!(
+        s.readings_in >= 600 && s.readings_accepted >= 600,
+        "{} in, {} accepted",
+        s.readings_in,
+        s.readings_accepted
+    );
+    assert_eq!(s.readings_rejected, 0);
+    assert!(
+        metrics.mqtt_connection_errors.load(Ordering::Relaxed) >= 1,
+        "the outage is counted"
+    );
+    assert!(metrics.mqtt_outage_ms.load(Ordering::Relaxed) >= 1_000, "and timed");
 }
