@@ -13,6 +13,8 @@
 //! - [`alert`]: levels, the alert lifecycle, the warning JSON, sinks.
 //! - [`deadletter`], [`metrics`], [`summary`]: what was rejected, counted and timed.
 //! - [`pipeline`]: the one place that wires the stages together.
+//! - [`mqtt`]: broker URLs and connection options; [`record`] and [`publish`]: capturing live
+//!   traffic into a fixture and publishing a fixture to a broker (load generation).
 //! - [`check`]: `cityops check`, every rule problem at once.
 //! - [`ruletest`]: `cityops test`, declarative rule tests on the virtual clock.
 
@@ -25,7 +27,9 @@ pub mod ingest;
 pub mod metrics;
 pub mod mqtt;
 pub mod pipeline;
+pub mod publish;
 pub mod queue;
+pub mod record;
 pub mod rules;
 pub mod ruletest;
 pub mod schema;

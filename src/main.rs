@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use cityops::alert::sink::SinkConfig;
 use cityops::config::Config;
+use cityops::ingest::fixture::FixtureReader;
 use cityops::ingest::mqtt::MqttSource;
 use cityops::ingest::replay::Speed;
 use cityops::mqtt::BrokerUrl;
@@ -39,6 +40,50 @@ enum Command {
     Check(CheckArgs),
     /// Run the declarative rule tests (one TOML file per case) on the virtual clock.
     Test(TestArgs),
+    /// Capture live MQTT traffic into a fixture (and report the rate received).
+    Record(RecordArgs),
+    /// Publish a fixture to an MQTT broker: a load generator.
+    Replay(ReplayArgs),
+}
+
+#[derive(Args)]
+struct RecordArgs {
+    /// Broker to subscribe to (mqtt://host:1883, mqtts://host:8883).
+    #[arg(long, value_name = "URL")]
+    mqtt: String,
+    /// Fixture to write (JSON Lines; zstd when it ends in .zst).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Subscription QoS (default: [mqtt] qos of the config).
+    #[arg(long)]
+    qos: Option<u8>,
+    /// End after this many messages.
+    #[arg(long, value_name = "N")]
+    max_messages: Option<u64>,
+    /// End once no message has come for this long (e.g. `5s`), after the first one.
+    #[arg(long, value_name = "DURATION")]
+    idle_exit: Option<String>,
+    /// Config file (topics, [mqtt]).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// Fixture to publish; default: the embedded demo city.
+    file: Option<PathBuf>,
+    /// Broker to publish to.
+    #[arg(long, value_name = "URL")]
+    to_mqtt: String,
+    /// A factor of recorded speed (1, 60, …) or `max`.
+    #[arg(long, default_value = "max")]
+    speed: Speed,
+    /// Publish QoS.
+    #[arg(long, default_value_t = 1)]
+    qos: u8,
+    /// Config file ([mqtt] credentials, TLS).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -83,6 +128,9 @@ struct RunArgs {
     /// ends on Ctrl-C. Credentials: [mqtt] in the config or CITYOPS_MQTT_USERNAME/PASSWORD.
     #[arg(long, value_name = "URL", conflicts_with = "replay")]
     mqtt: Option<String>,
+    /// Live: subscription QoS (default: [mqtt] qos of the config, 1).
+    #[arg(long, requires = "mqtt")]
+    qos: Option<u8>,
     /// Live: end after this many messages.
     #[arg(long, value_name = "N", requires = "mqtt")]
     max_messages: Option<u64>,
@@ -117,6 +165,8 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Check(args) => check(args),
         Command::Test(args) => test(args),
+        Command::Record(args) => record(args),
+        Command::Replay(args) => replay_to_mqtt(args),
     }
 }
 
@@ -163,7 +213,7 @@ fn run(args: RunArgs) -> ExitCode {
                 live.filters.join(", "),
                 config.rules.dir.display()
             );
-            (Source::Mqtt(live), DetectionClock::Wall)
+            (Source::Mqtt(Box::new(live)), DetectionClock::Wall)
         }
         (None, replay) => {
             let fixture = match replay {
@@ -233,16 +283,114 @@ fn run(args: RunArgs) -> ExitCode {
 /// The live source the arguments ask for, if any.
 fn live_source(args: &RunArgs, config: &Config) -> Result<Option<MqttSource>, String> {
     let Some(url) = &args.mqtt else { return Ok(None) };
+    mqtt_source(url, args.qos, args.max_messages, args.idle_exit.as_deref(), config).map(Some)
+}
+
+/// A subscription from command-line settings over the config's.
+fn mqtt_source(
+    url: &str,
+    qos: Option<u8>,
+    max_messages: Option<u64>,
+    idle_exit: Option<&str>,
+    config: &Config,
+) -> Result<MqttSource, String> {
     let url: BrokerUrl = url.parse().map_err(|e| format!("--mqtt {e}"))?;
-    let mut source = MqttSource::new(url, config)?;
-    source.max_messages = args.max_messages;
-    source.idle_exit = match &args.idle_exit {
+    let mut config = config.clone();
+    if let Some(qos) = qos {
+        config.mqtt.qos = qos;
+    }
+    let mut source = MqttSource::new(url, &config)?;
+    source.max_messages = max_messages;
+    source.idle_exit = match idle_exit {
         Some(text) => Some(std::time::Duration::from_millis(
             parse_duration_ms(text).map_err(|e| format!("--idle-exit: {e}"))?.max(0) as u64,
         )),
         None => None,
     };
-    Ok(Some(source))
+    Ok(source)
+}
+
+fn record(args: RecordArgs) -> ExitCode {
+    let config = match load_config(args.config.as_ref(), None) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let source = match mqtt_source(
+        &args.mqtt,
+        args.qos,
+        args.max_messages,
+        args.idle_exit.as_deref(),
+        &config,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    eprintln!(
+        "cityops: recording {} into {}; Ctrl-C ends",
+        source.filters.join(", "),
+        args.out.display()
+    );
+    match cityops::record::record(&source, &args.out, &stop_on_ctrl_c()) {
+        Ok(r) => {
+            println!(
+                "recorded {} messages in {:.3} s: {:.0} messages/s (QoS {})",
+                r.messages,
+                r.seconds,
+                r.per_second(),
+                source.config.qos
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn replay_to_mqtt(args: ReplayArgs) -> ExitCode {
+    let config = match load_config(args.config.as_ref(), None) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let prepared = args
+        .to_mqtt
+        .parse::<BrokerUrl>()
+        .and_then(|url| cityops::mqtt::qos(args.qos).map(|qos| (url, qos)));
+    let (url, qos) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let reader = match &args.file {
+        Some(path) => FixtureReader::open(path),
+        None => FixtureReader::demo(),
+    };
+    let published = reader
+        .map_err(|e| e.to_string())
+        .and_then(|mut reader| cityops::publish::publish(&mut reader, &url, &config.mqtt, qos, args.speed));
+    match published {
+        Ok(p) => {
+            println!(
+                "published {} messages in {:.3} s: {:.0} messages/s (QoS {}, speed {})",
+                p.messages,
+                p.seconds,
+                p.messages as f64 / p.seconds.max(1e-9),
+                args.qos,
+                speed_text(args.speed)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// A flag set by the first Ctrl-C (a second one ends the process the usual way).

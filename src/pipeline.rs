@@ -52,7 +52,7 @@ pub enum Source {
     /// stream ends when every sender is dropped.
     Channel(crossbeam_channel::Receiver<Message>),
     /// A live MQTT subscription.
-    Mqtt(MqttSource),
+    Mqtt(Box<MqttSource>),
 }
 
 /// Everything a run needs.

@@ -94,9 +94,12 @@ fn unique_prefix(name: &str) -> String {
     )
 }
 
+/// One message a subscriber received: topic, payload, retained flag.
+type Received = (String, Vec<u8>, bool);
+
 /// A plain subscriber collecting (topic, payload, retained) until dropped.
 struct Subscriber {
-    received: Arc<Mutex<Vec<(String, Vec<u8>, bool)>>>,
+    received: Arc<Mutex<Vec<Received>>>,
     client: Client,
 }
 
@@ -254,7 +257,7 @@ fn live_run_until(
             mqtt: Some((url, config.mqtt.clone())),
         },
         config,
-        fixture: Source::Mqtt(source),
+        fixture: Source::Mqtt(Box::new(source)),
         speed: Speed::Max,
         dead_letter_path: dir.path().join("dead-letters.jsonl"),
         clock: DetectionClock::EventTime,

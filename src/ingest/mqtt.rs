@@ -99,6 +99,7 @@ pub fn subscribe(
     let finished = AtomicBool::new(false);
     // Wall ms (pipeline clock) of the latest message; 0 before the first.
     let last_message_ms = AtomicU64::new(0);
+    let first_message_ms = AtomicU64::new(0);
     let count = AtomicU64::new(0);
     std::thread::scope(|scope| {
         // The clock runs beside the event loop, never cancelling its poll (rumqttc's poll is
@@ -136,6 +137,7 @@ pub fn subscribe(
             decoder,
             metrics,
             &ending,
+            &first_message_ms,
             &last_message_ms,
             &count,
         ));
@@ -144,7 +146,19 @@ pub fn subscribe(
             tracing::error!(error = %e, "could not start the mqtt clock thread");
         }
         metrics.mqtt_connected.store(false, Ordering::Relaxed);
-        polled.map(|()| count.load(Ordering::Relaxed))
+        let (n, first, last) = (
+            count.load(Ordering::Relaxed),
+            first_message_ms.load(Ordering::Relaxed),
+            last_message_ms.load(Ordering::Relaxed),
+        );
+        if n > 1 && last > first {
+            let seconds = (last - first) as f64 / 1_000.0;
+            tracing::info!(
+                "mqtt: received {n} messages in {seconds:.3} s (first to last): {:.0} messages/s",
+                (n - 1) as f64 / seconds
+            );
+        }
+        polled.map(|()| n)
     })
 }
 
@@ -159,6 +173,7 @@ async fn poll_loop(
     decoder: &Decoder,
     metrics: &Metrics,
     ending: &AtomicBool,
+    first_message_ms: &AtomicU64,
     last_message_ms: &AtomicU64,
     count: &AtomicU64,
 ) -> Result<(), MqttError> {
@@ -216,7 +231,9 @@ async fn poll_loop(
                     tracing::warn!(error = %e, "mqtt ack could not be queued; the broker will redeliver");
                 }
                 count.fetch_add(1, Ordering::Relaxed);
-                last_message_ms.store((arrived_ns / 1_000_000).max(1), Ordering::Relaxed);
+                let now_ms = (arrived_ns / 1_000_000).max(1);
+                let _ = first_message_ms.compare_exchange(0, now_ms, Ordering::Relaxed, Ordering::Relaxed);
+                last_message_ms.store(now_ms, Ordering::Relaxed);
             }
             Ok(_) => {}
             Err(e) => {
