@@ -37,6 +37,15 @@ warnings_prefix = "warnings" # the sink publishes <prefix>/<level>/<rule> and <p
 # username, password: here or in CITYOPS_MQTT_USERNAME / CITYOPS_MQTT_PASSWORD
 # ca_file = "ca.pem"       # the broker's CA, for mqtts://
 
+[webhook]
+# url = "http://127.0.0.1:9093/api/v2/alerts"   # POST each warning here (unset = off)
+format = "cityops"         # the warning JSON, or "alertmanager" (a POST /api/v2/alerts body)
+spool_dir = "cityops-spool" # warnings wait here until delivered (survives restarts)
+spool_max_mb = 64          # a full spool is counted and logged
+timeout = "5s"             # per request
+max_backoff = "30s"        # retries back off exponentially up to this
+drain_on_exit = "5s"       # at the end of a run, keep trying this long; the rest stays spooled
+
 [rules]
 dir = "queries"
 reload_interval = "1s"     # how often `run` checks the rules for changes ("0s" = never)
@@ -67,6 +76,8 @@ pub struct Config {
     pub rules: RulesConfig,
     #[serde(default)]
     pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub webhook: WebhookConfig,
     /// Extra columns per table, or whole new tables: `[tables.water] nitrate_mg_l = "float"`.
     #[serde(default)]
     pub tables: BTreeMap<String, BTreeMap<String, ColumnType>>,
@@ -150,6 +161,43 @@ impl Default for MqttConfig {
             password: None,
             ca_file: None,
             warnings_prefix: "warnings".to_string(),
+        }
+    }
+}
+
+/// The webhook sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    pub url: Option<String>,
+    pub format: WebhookFormat,
+    pub spool_dir: PathBuf,
+    pub spool_max_mb: u64,
+    pub timeout: DurationMs,
+    pub max_backoff: DurationMs,
+    pub drain_on_exit: DurationMs,
+}
+
+/// The body a webhook receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// The warning JSON object.
+    Cityops,
+    /// An Alertmanager `POST /api/v2/alerts` body (a one-alert array).
+    Alertmanager,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            url: None,
+            format: WebhookFormat::Cityops,
+            spool_dir: PathBuf::from("cityops-spool"),
+            spool_max_mb: 64,
+            timeout: DurationMs(5_000),
+            max_backoff: DurationMs(30_000),
+            drain_on_exit: DurationMs(5_000),
         }
     }
 }

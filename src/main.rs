@@ -141,6 +141,10 @@ struct RunArgs {
     /// state on `warnings/state/<rule>/<key>`.
     #[arg(long, value_name = "URL")]
     warnings_mqtt: Option<String>,
+    /// POST each warning to this URL (retried; spooled on disk in [webhook] spool_dir while
+    /// the receiver is down).
+    #[arg(long, value_name = "URL")]
+    webhook: Option<String>,
 }
 
 #[derive(Args)]
@@ -204,6 +208,11 @@ fn run(args: RunArgs) -> ExitCode {
         },
         None => None,
     };
+    let mut webhook_config = config.webhook.clone();
+    if args.webhook.is_some() {
+        webhook_config.url = args.webhook.clone();
+    }
+    let webhook = webhook_config.url.is_some().then_some(webhook_config);
     let (fixture, clock) = match (source, args.replay) {
         (Some(live), _) => {
             eprintln!(
@@ -241,6 +250,7 @@ fn run(args: RunArgs) -> ExitCode {
             jsonl: args.jsonl,
             collect: false,
             mqtt: warnings_mqtt,
+            webhook: webhook.clone(),
         },
         dead_letter_path: args.dead_letter.clone(),
         clock,

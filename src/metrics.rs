@@ -92,6 +92,13 @@ pub struct Metrics {
     pub queue_full_waits: AtomicU64,
     /// Warnings a sink failed to deliver.
     pub sink_errors: AtomicU64,
+    /// Webhook: warnings waiting in the spool, delivered, retried sends, refused by the
+    /// receiver, and not spooled because the spool was full.
+    pub webhook_spooled: AtomicU64,
+    pub webhook_delivered: AtomicU64,
+    pub webhook_retries: AtomicU64,
+    pub webhook_refused: AtomicU64,
+    pub webhook_spool_full: AtomicU64,
     /// Whether the live MQTT source is connected now.
     pub mqtt_connected: AtomicBool,
     /// Whether the broker has granted the live source's subscriptions (since the last connect).
@@ -136,6 +143,11 @@ impl Metrics {
             rule_errors: AtomicU64::new(0),
             queue_full_waits: AtomicU64::new(0),
             sink_errors: AtomicU64::new(0),
+            webhook_spooled: AtomicU64::new(0),
+            webhook_delivered: AtomicU64::new(0),
+            webhook_retries: AtomicU64::new(0),
+            webhook_refused: AtomicU64::new(0),
+            webhook_spool_full: AtomicU64::new(0),
             mqtt_connected: AtomicBool::new(false),
             mqtt_subscribed: AtomicBool::new(false),
             mqtt_connection_errors: AtomicU64::new(0),

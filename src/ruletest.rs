@@ -133,6 +133,7 @@ pub fn run_case(config: &Config, path: &Path) -> CaseResult {
             jsonl: None,
             collect: true,
             mqtt: None,
+            webhook: None,
         },
         dead_letter_path: scratch.path().join("dead-letters.jsonl"),
         clock: DetectionClock::EventTime,

@@ -47,6 +47,12 @@ pub struct Summary {
     pub mqtt_outage_ms: u64,
     /// Warnings a sink could not deliver.
     pub sink_errors: u64,
+    /// Webhook: delivered, retried sends, refused, not spooled (spool full), still spooled.
+    pub webhook_delivered: u64,
+    pub webhook_retries: u64,
+    pub webhook_refused: u64,
+    pub webhook_spool_full: u64,
+    pub webhook_spooled: u64,
     pub readings_per_second: f64,
     pub stages: Vec<StageLatency>,
 }
@@ -101,6 +107,11 @@ impl Summary {
             mqtt_connection_errors: metrics.mqtt_connection_errors.load(Relaxed),
             mqtt_outage_ms: metrics.mqtt_outage_ms.load(Relaxed),
             sink_errors: metrics.sink_errors.load(Relaxed),
+            webhook_delivered: metrics.webhook_delivered.load(Relaxed),
+            webhook_retries: metrics.webhook_retries.load(Relaxed),
+            webhook_refused: metrics.webhook_refused.load(Relaxed),
+            webhook_spool_full: metrics.webhook_spool_full.load(Relaxed),
+            webhook_spooled: metrics.webhook_spooled.load(Relaxed),
             readings_per_second: if wall_seconds > 0.0 {
                 (accepted + rejected) as f64 / wall_seconds
             } else {
@@ -154,6 +165,17 @@ impl fmt::Display for Summary {
                 f,
                 "mqtt connection errs {:>12}   ({} ms disconnected)",
                 self.mqtt_connection_errors, self.mqtt_outage_ms
+            )?;
+        }
+        if self.webhook_delivered + self.webhook_retries + self.webhook_spooled + self.webhook_spool_full > 0 {
+            writeln!(
+                f,
+                "webhook delivered    {:>12}   ({} retries, {} refused, {} spool full, {} left spooled)",
+                self.webhook_delivered,
+                self.webhook_retries,
+                self.webhook_refused,
+                self.webhook_spool_full,
+                self.webhook_spooled
             )?;
         }
         if self.sink_errors > 0 {

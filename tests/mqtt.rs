@@ -255,6 +255,7 @@ fn live_run_until(
             jsonl: None,
             collect: true,
             mqtt: Some((url, config.mqtt.clone())),
+            webhook: None,
         },
         config,
         fixture: Source::Mqtt(Box::new(source)),

@@ -5,4 +5,6 @@ pub mod level;
 pub mod lifecycle;
 pub mod mqtt_sink;
 pub mod sink;
+pub mod spool;
 pub mod warning;
+pub mod webhook;

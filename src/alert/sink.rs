@@ -13,7 +13,8 @@ use tokio::sync::mpsc;
 
 use super::mqtt_sink::MqttSink;
 use super::warning::{Warning, WarningStatus};
-use crate::config::MqttConfig;
+use super::webhook::WebhookSink;
+use crate::config::{MqttConfig, WebhookConfig};
 use crate::metrics::{Metrics, Stage};
 use crate::mqtt::BrokerUrl;
 
@@ -28,6 +29,8 @@ pub struct SinkConfig {
     pub collect: bool,
     /// Publish to an MQTT broker (`warnings/<level>/<rule>` plus retained state).
     pub mqtt: Option<(BrokerUrl, MqttConfig)>,
+    /// POST to a webhook through the on-disk spool.
+    pub webhook: Option<WebhookConfig>,
 }
 
 /// A sink that could not be opened or written.
@@ -65,9 +68,13 @@ pub fn start(config: SinkConfig, rx: mpsc::Receiver<Warning>, metrics: Arc<Metri
         Some((url, mqtt)) => Some(MqttSink::connect(url, mqtt).map_err(SinkError::Mqtt)?),
         None => None,
     };
+    let webhook = match &config.webhook {
+        Some(webhook) => Some(WebhookSink::start(webhook, Arc::clone(&metrics)).map_err(SinkError::Mqtt)?),
+        None => None,
+    };
     let handle = std::thread::Builder::new()
         .name("sinks".to_string())
-        .spawn(move || deliver(rx, &config, jsonl, mqtt, &metrics))
+        .spawn(move || deliver(rx, &config, jsonl, mqtt, webhook, &metrics))
         .map_err(SinkError::Write)?;
     Ok(SinkHandle { handle })
 }
@@ -92,6 +99,7 @@ fn deliver(
     config: &SinkConfig,
     mut jsonl: Option<BufWriter<File>>,
     mut mqtt: Option<MqttSink>,
+    webhook: Option<WebhookSink>,
     metrics: &Metrics,
 ) -> Result<Vec<Warning>, SinkError> {
     let mut delivered = Vec::new();
@@ -113,6 +121,9 @@ fn deliver(
             metrics.sink_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::error!(error = %e, alert = %warning.alert_id, "warning sink: mqtt publish failed");
         }
+        if let Some(webhook) = &webhook {
+            webhook.enqueue(&warning);
+        }
         match warning.status {
             WarningStatus::Firing => metrics.add_warning(warning.level),
             WarningStatus::Resolved => {
@@ -129,6 +140,9 @@ fn deliver(
     }
     if let Some(sink) = mqtt {
         sink.close();
+    }
+    if let Some(webhook) = webhook {
+        webhook.close();
     }
     Ok(delivered)
 }

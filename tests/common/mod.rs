@@ -89,6 +89,7 @@ pub fn run_with(config: Config, fixture: Source, dead_letters: &Path) -> RunOutc
             jsonl: None,
             collect: true,
             mqtt: None,
+            webhook: None,
         },
         dead_letter_path: dead_letters.to_path_buf(),
         clock: DetectionClock::EventTime,

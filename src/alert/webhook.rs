@@ -1,0 +1,272 @@
+//! The webhook sink: each warning is POSTed as JSON (the warning object, or an
+//! Alertmanager `POST /api/v2/alerts` body) by a delivery thread. Warnings go through the
+//! on-disk spool first, so a receiver that is down, slow or restarting never stops
+//! detection and never loses a warning: delivery retries the oldest one with exponential
+//! backoff, in order, and a later cityops run sends what an earlier one left. A full spool
+//! is counted and logged; a receiver that refuses a warning (4xx other than 408/429) has it
+//! moved to `rejected/` and counted.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use serde_json::{Value, json};
+
+use super::spool::Spool;
+use super::warning::{Warning, WarningStatus};
+use crate::config::{WebhookConfig, WebhookFormat};
+use crate::metrics::Metrics;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The sink side: spools warnings and wakes the delivery thread.
+pub struct WebhookSink {
+    spool: Arc<Mutex<Spool>>,
+    format: WebhookFormat,
+    wake: Sender<Wake>,
+    delivery: JoinHandle<()>,
+    drain: Duration,
+    metrics: Arc<Metrics>,
+}
+
+enum Wake {
+    New,
+    /// Deliver what is spooled until this instant, then stop.
+    DrainUntil(Instant),
+}
+
+impl WebhookSink {
+    pub fn start(config: &WebhookConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
+        let url = config.url.clone().ok_or_else(|| "webhook: no url".to_string())?;
+        let max_bytes = config.spool_max_mb.max(1) * 1024 * 1024;
+        let spool = Spool::open(&config.spool_dir, max_bytes)
+            .map_err(|e| format!("webhook spool {}: {e}", config.spool_dir.display()))?;
+        if !spool.is_empty() {
+            tracing::info!(
+                pending = spool.len(),
+                "webhook: sending warnings spooled by an earlier run"
+            );
+        }
+        metrics.webhook_spooled.store(spool.len() as u64, Ordering::Relaxed);
+        let spool = Arc::new(Mutex::new(spool));
+        let (wake, woken) = crossbeam_channel::unbounded();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_millis(config.timeout.0.max(1) as u64)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let delivery = Delivery {
+            agent,
+            url,
+            spool: Arc::clone(&spool),
+            rejected_dir: config.spool_dir.join("rejected"),
+            max_backoff: Duration::from_millis(config.max_backoff.0.max(100) as u64),
+            metrics: Arc::clone(&metrics),
+        };
+        let delivery = std::thread::Builder::new()
+            .name("webhook".to_string())
+            .spawn(move || delivery.run(&woken))
+            .map_err(|e| format!("starting the webhook thread: {e}"))?;
+        Ok(WebhookSink {
+            spool,
+            format: config.format,
+            wake,
+            delivery,
+            drain: Duration::from_millis(config.drain_on_exit.0.max(0) as u64),
+            metrics,
+        })
+    }
+
+    /// Spools one warning for delivery (never waits for the receiver).
+    pub fn enqueue(&self, warning: &Warning) {
+        let body = match self.format {
+            WebhookFormat::Cityops => serde_json::to_vec(warning),
+            WebhookFormat::Alertmanager => serde_json::to_vec(&alertmanager_body(warning)),
+        };
+        let stored = body
+            .map_err(std::io::Error::from)
+            .and_then(|body| match self.spool.lock() {
+                Ok(mut spool) => spool.push(&body),
+                Err(_) => Err(std::io::Error::other("spool lock poisoned")),
+            });
+        match stored {
+            Ok(true) => {
+                self.metrics.webhook_spooled.fetch_add(1, Ordering::Relaxed);
+                let _ = self.wake.send(Wake::New);
+            }
+            Ok(false) => {
+                self.metrics.webhook_spool_full.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(alert = %warning.alert_id, rule = %warning.rule, "webhook spool full: this warning is not sent by webhook");
+            }
+            Err(e) => {
+                self.metrics.sink_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(alert = %warning.alert_id, error = %e, "webhook spool write failed");
+            }
+        }
+    }
+
+    /// Gives delivery up to `drain_on_exit` to empty the spool; what is left stays spooled
+    /// for the next run.
+    pub fn close(self) {
+        let _ = self.wake.send(Wake::DrainUntil(Instant::now() + self.drain));
+        let _ = self.delivery.join();
+        let left = self.spool.lock().map(|s| s.len()).unwrap_or(0);
+        if left > 0 {
+            tracing::warn!(
+                left,
+                "webhook: receiver not reached; warnings stay spooled for the next run"
+            );
+        }
+    }
+}
+
+struct Delivery {
+    agent: ureq::Agent,
+    url: String,
+    spool: Arc<Mutex<Spool>>,
+    rejected_dir: std::path::PathBuf,
+    max_backoff: Duration,
+    metrics: Arc<Metrics>,
+}
+
+/// What one POST came to.
+enum Sent {
+    Delivered,
+    /// Try again later (connection failed, 5xx, 408, 429).
+    Retry(String),
+    /// The receiver will never take it.
+    Refused(u16),
+}
+
+impl Delivery {
+    fn run(self, woken: &Receiver<Wake>) {
+        let mut backoff = MIN_BACKOFF;
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let next = match self.spool.lock() {
+                Ok(spool) => spool.oldest(),
+                Err(_) => return,
+            };
+            let (path, body) = match next {
+                Ok(Some(entry)) => entry,
+                Ok(None) => {
+                    if deadline.is_some() {
+                        return;
+                    }
+                    match woken.recv() {
+                        Ok(Wake::New) => continue,
+                        Ok(Wake::DrainUntil(until)) => {
+                            deadline = Some(until);
+                            continue;
+                        }
+                        Err(_) => return,
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "webhook: cannot read the spool");
+                    return;
+                }
+            };
+            match self.post(&body) {
+                Sent::Delivered => {
+                    backoff = MIN_BACKOFF;
+                    self.metrics.webhook_delivered.fetch_add(1, Ordering::Relaxed);
+                    self.done(&path, None);
+                }
+                Sent::Refused(status) => {
+                    self.metrics.webhook_refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(status, file = %path.display(), "webhook: receiver refused a warning; kept in rejected/");
+                    self.done(&path, Some(&self.rejected_dir));
+                }
+                Sent::Retry(why) => {
+                    self.metrics.webhook_retries.fetch_add(1, Ordering::Relaxed);
+                    if backoff == MIN_BACKOFF {
+                        tracing::warn!(url = %self.url, error = %why, "webhook: delivery failed; retrying with backoff");
+                    }
+                    // Sleep, but wake for a drain request or its deadline.
+                    let wait = match deadline {
+                        Some(until) => backoff.min(until.saturating_duration_since(Instant::now())),
+                        None => backoff,
+                    };
+                    match woken.recv_timeout(wait) {
+                        Ok(Wake::DrainUntil(until)) => deadline = Some(until),
+                        Ok(Wake::New) | Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => deadline = deadline.or(Some(Instant::now())),
+                    }
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(self.max_backoff);
+                }
+            }
+        }
+    }
+
+    fn post(&self, body: &[u8]) -> Sent {
+        match self
+            .agent
+            .post(&self.url)
+            .header("Content-Type", "application/json")
+            .send(body)
+        {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                match status {
+                    200..=299 => Sent::Delivered,
+                    408 | 429 | 500..=599 => Sent::Retry(format!("HTTP {status}")),
+                    _ => Sent::Refused(status),
+                }
+            }
+            Err(e) => Sent::Retry(e.to_string()),
+        }
+    }
+
+    /// Takes a payload out of the spool (into `keep` when given).
+    fn done(&self, path: &Path, keep: Option<&Path>) {
+        if let Some(dir) = keep
+            && let Some(name) = path.file_name()
+        {
+            let _ = std::fs::create_dir_all(dir);
+            let _ = std::fs::copy(path, dir.join(name));
+        }
+        if let Ok(mut spool) = self.spool.lock() {
+            if let Err(e) = spool.remove(path) {
+                tracing::error!(error = %e, "webhook: cannot remove a delivered warning from the spool");
+            }
+            self.metrics
+                .webhook_spooled
+                .store(spool.len() as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One alert in Alertmanager's `POST /api/v2/alerts` shape.
+pub fn alertmanager_body(warning: &Warning) -> Value {
+    let mut labels = serde_json::Map::new();
+    labels.insert("alertname".to_string(), json!(warning.rule));
+    labels.insert("severity".to_string(), json!(warning.level.as_str()));
+    labels.insert("table".to_string(), json!(warning.table));
+    for (name, value) in &warning.key {
+        let text = match value {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        labels.insert(name.clone(), json!(text));
+    }
+    let mut alert = json!({
+        "labels": labels,
+        "annotations": {
+            "description": warning.description,
+            "alert_id": warning.alert_id,
+            "values": Value::Object(warning.values.clone()).to_string(),
+        },
+        "startsAt": warning.first_breach,
+    });
+    if warning.status == WarningStatus::Resolved {
+        alert["endsAt"] = json!(warning.detected_at);
+    }
+    json!([alert])
+}
