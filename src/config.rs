@@ -46,6 +46,10 @@ timeout = "5s"             # per request
 max_backoff = "30s"        # retries back off exponentially up to this
 drain_on_exit = "5s"       # at the end of a run, keep trying this long; the rest stays spooled
 
+[http]
+bind = ""                  # e.g. "127.0.0.1:9900": serve /metrics while running ("" = off)
+# token = "…"              # required when bind is not loopback (or CITYOPS_HTTP_TOKEN)
+
 [rules]
 dir = "queries"
 reload_interval = "1s"     # how often `run` checks the rules for changes ("0s" = never)
@@ -78,6 +82,8 @@ pub struct Config {
     pub mqtt: MqttConfig,
     #[serde(default)]
     pub webhook: WebhookConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
     /// Extra columns per table, or whole new tables: `[tables.water] nitrate_mg_l = "float"`.
     #[serde(default)]
     pub tables: BTreeMap<String, BTreeMap<String, ColumnType>>,
@@ -163,6 +169,15 @@ impl Default for MqttConfig {
             warnings_prefix: "warnings".to_string(),
         }
     }
+}
+
+/// The HTTP endpoint (`/metrics`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address to serve on; empty = no server.
+    pub bind: String,
+    pub token: Option<String>,
 }
 
 /// The webhook sink.

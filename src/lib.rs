@@ -15,6 +15,7 @@
 //! - [`pipeline`]: the one place that wires the stages together.
 //! - [`mqtt`]: broker URLs and connection options; [`record`] and [`publish`]: capturing live
 //!   traffic into a fixture and publishing a fixture to a broker (load generation).
+//! - [`http`], [`prometheus`]: the `/metrics` endpoint of a running pipeline.
 //! - [`check`]: `cityops check`, every rule problem at once.
 //! - [`ruletest`]: `cityops test`, declarative rule tests on the virtual clock.
 
@@ -23,10 +24,12 @@ pub mod batch;
 pub mod check;
 pub mod config;
 pub mod deadletter;
+pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod mqtt;
 pub mod pipeline;
+pub mod prometheus;
 pub mod publish;
 pub mod queue;
 pub mod record;

@@ -141,6 +141,9 @@ struct RunArgs {
     /// state on `warnings/state/<rule>/<key>`.
     #[arg(long, value_name = "URL")]
     warnings_mqtt: Option<String>,
+    /// Serve /metrics (Prometheus) on this address while running, e.g. 127.0.0.1:9900.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
     /// POST each warning to this URL (retried; spooled on disk in [webhook] spool_dir while
     /// the receiver is down).
     #[arg(long, value_name = "URL")]
@@ -187,10 +190,13 @@ fn load_config(path: Option<&PathBuf>, queries: Option<PathBuf>) -> Result<Confi
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    let config = match load_config(args.config.as_ref(), args.queries.clone()) {
+    let mut config = match load_config(args.config.as_ref(), args.queries.clone()) {
         Ok(c) => c,
         Err(code) => return code,
     };
+    if let Some(bind) = &args.http {
+        config.http.bind = bind.clone();
+    }
     let source = match live_source(&args, &config) {
         Ok(s) => s,
         Err(e) => {

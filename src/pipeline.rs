@@ -20,6 +20,7 @@ use crate::alert::sink::{self, SinkConfig, SinkError};
 use crate::alert::warning::Warning;
 use crate::config::Config;
 use crate::deadletter::{self, DeadLetter, Reason};
+use crate::http;
 use crate::ingest::decode::Decoder;
 use crate::ingest::fixture::{FixtureError, FixtureReader};
 use crate::ingest::message::{Ingest, Message};
@@ -149,6 +150,18 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
     let catalog = config.catalog();
     let engine = &config.engine;
     let metrics = options.metrics.clone().unwrap_or_else(|| Arc::new(Metrics::new()));
+    let http = match config.http.bind.as_str() {
+        "" => None,
+        bind => {
+            let addr = bind
+                .parse()
+                .map_err(|e| RunError::Internal(format!("http bind `{bind}`: {e}")))?;
+            Some(
+                http::start(&runtime, addr, config.http.token.clone(), Arc::clone(&metrics))
+                    .map_err(RunError::Internal)?,
+            )
+        }
+    };
 
     let (dead_letters, dead_letter_writer) =
         deadletter::start(&options.dead_letter_path, DEAD_LETTER_QUEUE).map_err(io("opening the dead-letter file"))?;
@@ -273,6 +286,9 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
         .block_on(rule_set.finish())
         .map_err(|e| RunError::Internal(format!("a rule task failed: {e}")))?;
     let wall = started.elapsed();
+    if let Some(server) = http {
+        server.stop();
+    }
     drop(dead_letters);
     let warnings = sink.finish()?;
     dead_letter_writer.finish().map_err(io("writing dead letters"))?;

@@ -1,0 +1,180 @@
+//! The `/metrics` page in Prometheus text format (version 0.0.4): every counter of the run
+//! (messages, readings accepted, rejected per reason, late per table and rule, windows,
+//! warnings per level, rule errors, reloads, MQTT and webhook delivery), gauges (MQTT
+//! connection, webhook spool) and a latency summary per stage from the HdrHistograms.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::alert::level::Level;
+use crate::deadletter::Reason;
+use crate::metrics::{Metrics, Stage};
+
+/// Renders every metric.
+pub fn render(metrics: &Metrics) -> String {
+    let mut out = String::new();
+    let counters: [(&str, &str, u64); 14] = [
+        (
+            "cityops_messages_in_total",
+            "Messages taken from the source",
+            metrics.messages_in.load(Relaxed),
+        ),
+        (
+            "cityops_readings_accepted_total",
+            "Readings decoded into the tables",
+            metrics.readings_accepted.load(Relaxed),
+        ),
+        (
+            "cityops_windows_closed_total",
+            "Windows (and sessions) closed and judged",
+            metrics.windows_closed.load(Relaxed),
+        ),
+        (
+            "cityops_warnings_resolved_total",
+            "Resolved notifications",
+            metrics.resolved.load(Relaxed),
+        ),
+        (
+            "cityops_rule_errors_total",
+            "Rule evaluations that failed",
+            metrics.rule_errors.load(Relaxed),
+        ),
+        (
+            "cityops_queue_full_waits_total",
+            "Times the source waited on a full decode queue",
+            metrics.queue_full_waits.load(Relaxed),
+        ),
+        (
+            "cityops_rules_reloaded_total",
+            "Rule versions swapped in, added or removed by hot reload",
+            metrics.rules_reloaded.load(Relaxed),
+        ),
+        (
+            "cityops_rule_reloads_rejected_total",
+            "Rule changes rejected by hot reload",
+            metrics.reloads_rejected.load(Relaxed),
+        ),
+        (
+            "cityops_mqtt_connection_errors_total",
+            "Failed connects and lost connections of the MQTT source",
+            metrics.mqtt_connection_errors.load(Relaxed),
+        ),
+        (
+            "cityops_mqtt_outage_milliseconds_total",
+            "Time the MQTT source spent disconnected",
+            metrics.mqtt_outage_ms.load(Relaxed),
+        ),
+        (
+            "cityops_sink_errors_total",
+            "Warnings a sink failed to deliver",
+            metrics.sink_errors.load(Relaxed),
+        ),
+        (
+            "cityops_webhook_delivered_total",
+            "Warnings the webhook receiver accepted",
+            metrics.webhook_delivered.load(Relaxed),
+        ),
+        (
+            "cityops_webhook_retries_total",
+            "Webhook sends that failed and will be retried",
+            metrics.webhook_retries.load(Relaxed),
+        ),
+        (
+            "cityops_webhook_spool_full_total",
+            "Warnings not spooled for the webhook because the spool was full",
+            metrics.webhook_spool_full.load(Relaxed),
+        ),
+    ];
+    for (name, help, value) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP cityops_readings_rejected_total Readings dead-lettered, by reason\n# TYPE cityops_readings_rejected_total counter"
+    );
+    for reason in Reason::ALL.iter().filter(|r| **r != Reason::Late) {
+        let _ = writeln!(
+            out,
+            "cityops_readings_rejected_total{{reason=\"{}\"}} {}",
+            reason.as_str(),
+            metrics.rejected(*reason)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP cityops_late_rows_total Rows behind the watermark, by table and rule\n# TYPE cityops_late_rows_total counter"
+    );
+    for ((table, rule), n) in metrics.late() {
+        let _ = writeln!(
+            out,
+            "cityops_late_rows_total{{table=\"{}\",rule=\"{}\"}} {n}",
+            escape(&table),
+            escape(&rule)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP cityops_warnings_fired_total Firing notifications, by level\n# TYPE cityops_warnings_fired_total counter"
+    );
+    for level in Level::ALL {
+        let _ = writeln!(
+            out,
+            "cityops_warnings_fired_total{{level=\"{}\"}} {}",
+            level.as_str(),
+            metrics.warnings(level)
+        );
+    }
+    let gauges: [(&str, &str, u64); 3] = [
+        (
+            "cityops_mqtt_connected",
+            "1 while the MQTT source is connected",
+            u64::from(metrics.mqtt_connected.load(Relaxed)),
+        ),
+        (
+            "cityops_mqtt_subscribed",
+            "1 while the broker has granted the MQTT subscriptions",
+            u64::from(metrics.mqtt_subscribed.load(Relaxed)),
+        ),
+        (
+            "cityops_webhook_spooled",
+            "Warnings waiting in the webhook spool",
+            metrics.webhook_spooled.load(Relaxed),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP cityops_stage_latency_seconds Latency per pipeline stage since the start\n# TYPE cityops_stage_latency_seconds summary"
+    );
+    for stage in Stage::ALL {
+        let h = metrics.histogram(stage);
+        for q in [0.5, 0.9, 0.99, 0.999] {
+            let seconds = h.value_at_quantile(q) as f64 / 1e9;
+            let _ = writeln!(
+                out,
+                "cityops_stage_latency_seconds{{stage=\"{}\",quantile=\"{q}\"}} {seconds}",
+                stage.as_str()
+            );
+        }
+        let sum = h.mean() * h.len() as f64 / 1e9;
+        let _ = writeln!(
+            out,
+            "cityops_stage_latency_seconds_sum{{stage=\"{}\"}} {sum}",
+            stage.as_str()
+        );
+        let _ = writeln!(
+            out,
+            "cityops_stage_latency_seconds_count{{stage=\"{}\"}} {}",
+            stage.as_str(),
+            h.len()
+        );
+    }
+    out
+}
+
+/// Escapes a label value.
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
