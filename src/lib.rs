@@ -16,11 +16,13 @@
 //! - [`mqtt`]: broker URLs and connection options; [`record`] and [`publish`]: capturing live
 //!   traffic into a fixture and publishing a fixture to a broker (load generation).
 //! - [`http`], [`prometheus`]: the `/metrics` endpoint of a running pipeline.
+//! - [`bench`]: peak memory and `.hgrm` files for `cityops bench`.
 //! - [`check`]: `cityops check`, every rule problem at once.
 //! - [`ruletest`]: `cityops test`, declarative rule tests on the virtual clock.
 
 pub mod alert;
 pub mod batch;
+pub mod bench;
 pub mod check;
 pub mod config;
 pub mod deadletter;

@@ -44,6 +44,27 @@ enum Command {
     Record(RecordArgs),
     /// Publish a fixture to an MQTT broker: a load generator.
     Replay(ReplayArgs),
+    /// Measure a replay through the full pipeline: throughput (`--speed max`) or latency at
+    /// a fixed rate (`--speed 20000/s`); writes summary.json and .hgrm files.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Fixture to replay; default: the embedded demo city.
+    file: Option<PathBuf>,
+    /// `max` (throughput), a factor of recorded speed, or a fixed rate such as `20000/s`.
+    #[arg(long, default_value = "max")]
+    speed: Speed,
+    /// Rules directory (default: rules.dir of the config, `queries`).
+    #[arg(long, value_name = "DIR")]
+    queries: Option<PathBuf>,
+    /// Config file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where summary.json and the .hgrm files go.
+    #[arg(long, value_name = "DIR", default_value = "bench-out")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -174,6 +195,7 @@ fn main() -> ExitCode {
         Command::Test(args) => test(args),
         Command::Record(args) => record(args),
         Command::Replay(args) => replay_to_mqtt(args),
+        Command::Bench(args) => bench(args),
     }
 }
 
@@ -430,10 +452,85 @@ fn stop_on_ctrl_c() -> Arc<AtomicBool> {
     stop
 }
 
+fn bench(args: BenchArgs) -> ExitCode {
+    let mut config = match load_config(args.config.as_ref(), args.queries.clone()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    config.rules.reload_interval = cityops::config::DurationMs(0);
+    let rules = cityops::rules::loader::load_dir(&config.rules.dir).0.len();
+    let fixture = match &args.file {
+        Some(path) => Source::File(path.clone()),
+        None => Source::Demo,
+    };
+    let metrics = Arc::new(cityops::metrics::Metrics::new());
+    let options = RunOptions {
+        config,
+        fixture,
+        speed: args.speed,
+        sinks: SinkConfig::default(),
+        dead_letter_path: args.out.join("dead-letters.jsonl"),
+        clock: DetectionClock::EventTime,
+        capture_results: false,
+        reload_reports: None,
+        stop: None,
+        metrics: Some(Arc::clone(&metrics)),
+    };
+    if let Err(e) = std::fs::create_dir_all(&args.out) {
+        eprintln!("error: cannot create {}: {e}", args.out.display());
+        return ExitCode::FAILURE;
+    }
+    let outcome = match pipeline::run(options) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let peak = cityops::bench::peak_rss_mib();
+    println!("{}", outcome.summary);
+    println!(
+        "bench: {rules} rules, speed {}, {:.0} readings/s, peak RSS {}",
+        speed_text(args.speed),
+        outcome.summary.readings_per_second,
+        peak.map(|m| format!("{m:.0} MiB"))
+            .unwrap_or_else(|| "unknown".to_string())
+    );
+    let mut json = match serde_json::to_value(&outcome.summary) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    json["rules"] = serde_json::json!(rules);
+    json["speed"] = serde_json::json!(speed_text(args.speed));
+    json["peak_rss_mib"] = serde_json::json!(peak);
+    let written = serde_json::to_vec_pretty(&json)
+        .map_err(std::io::Error::from)
+        .and_then(|bytes| std::fs::write(args.out.join("summary.json"), bytes))
+        .and_then(|()| cityops::bench::write_hgrms(&metrics, &args.out));
+    match written {
+        Ok(files) => {
+            println!(
+                "bench: wrote summary.json and {} in {}",
+                files.join(", "),
+                args.out.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: writing {}: {e}", args.out.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn speed_text(speed: Speed) -> String {
     match speed {
         Speed::Max => "maximum".to_string(),
         Speed::Factor(f) => format!("{f}×"),
+        Speed::Rate(r) => format!("{r} messages/s"),
     }
 }
 

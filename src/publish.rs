@@ -57,12 +57,16 @@ pub fn publish(
     let mut messages = 0u64;
     for msg in reader.messages() {
         let msg = msg.map_err(|e| e.to_string())?;
-        if let Speed::Factor(factor) = speed {
-            let origin = *origin.get_or_insert(msg.at_ms);
-            let due = Duration::from_secs_f64((msg.at_ms - origin).max(0) as f64 / 1_000.0 / factor);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                std::thread::sleep(wait);
-            }
+        let origin = *origin.get_or_insert(msg.at_ms);
+        let due = match speed {
+            Speed::Max => None,
+            Speed::Factor(factor) => Some(Duration::from_secs_f64(
+                (msg.at_ms - origin).max(0) as f64 / 1_000.0 / factor,
+            )),
+            Speed::Rate(rate) => Some(Duration::from_secs_f64(messages as f64 / rate)),
+        };
+        if let Some(wait) = due.and_then(|due| due.checked_sub(started.elapsed())) {
+            std::thread::sleep(wait);
         }
         client
             .publish(msg.topic, qos, false, msg.payload.into_vec())

@@ -194,3 +194,47 @@ level = "red"
     );
     assert!(stdout.contains("rule tests: 0 passed, 1 failed"), "{stdout}");
 }
+
+#[test]
+fn bench_at_a_fixed_rate_writes_a_summary_and_percentile_files() {
+    let s = Scenario::new();
+    s.rule(
+        "gas",
+        "-- level: red\nSELECT district, device_id, value FROM sensor WHERE kind = 'gas_lel' AND value >= 25\n",
+    );
+    let messages: Vec<(i64, &str, serde_json::Value)> = (0..200)
+        .map(|i| {
+            let value = if i == 150 { 40.0 } else { 1.0 };
+            (
+                i * 1_000,
+                "city/xicheng/sensor/g1",
+                serde_json::json!({"ts": common::T0 + i * 1_000, "kind": "gas_lel", "value": value}),
+            )
+        })
+        .collect();
+    let fixture = s.fixture(&messages);
+    let out = s.path("bench");
+    let output = cityops()
+        .args(["bench", fixture.to_str().unwrap(), "--speed", "2000/s", "--queries"])
+        .arg(s.path("queries"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("cityops runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).expect("summary.json")).expect("json");
+    assert_eq!(summary["readings_accepted"], 200);
+    assert_eq!(summary["rules"], 1);
+    assert_eq!(summary["speed"], "2000 messages/s");
+    assert_eq!(
+        summary["warnings_by_level"],
+        serde_json::json!([["blue", 0], ["yellow", 0], ["orange", 0], ["red", 1]])
+    );
+    // Paced at 2000/s, 200 messages take at least 0.1 s.
+    assert!(summary["wall_seconds"].as_f64().unwrap() >= 0.099);
+    let detection = std::fs::read_to_string(out.join("detection.hgrm")).expect("detection.hgrm");
+    // Two notifications: the firing and, on the next clean reading, its resolution.
+    assert!(detection.contains("Total count    =            2]"), "{detection}");
+    assert!(out.join("decode.hgrm").exists());
+}

@@ -17,6 +17,9 @@ pub enum Speed {
     Max,
     /// This many times the recorded speed (1 = real time).
     Factor(f64),
+    /// A fixed rate in messages per second, whatever the recording's timing (`20000/s`):
+    /// open-loop load for latency measurement.
+    Rate(f64),
 }
 
 impl std::str::FromStr for Speed {
@@ -26,9 +29,19 @@ impl std::str::FromStr for Speed {
         if s.eq_ignore_ascii_case("max") {
             return Ok(Speed::Max);
         }
+        if let Some(rate) = s.strip_suffix("/s") {
+            return match rate.parse::<f64>() {
+                Ok(r) if r.is_finite() && r > 0.0 => Ok(Speed::Rate(r)),
+                _ => Err(format!(
+                    "rate must be a positive number of messages per second, got `{s}`"
+                )),
+            };
+        }
         match s.trim_end_matches('x').parse::<f64>() {
             Ok(f) if f.is_finite() && f > 0.0 => Ok(Speed::Factor(f)),
-            _ => Err(format!("speed must be a positive number or `max`, got `{s}`")),
+            _ => Err(format!(
+                "speed must be a factor (60), a rate (20000/s) or `max`, got `{s}`"
+            )),
         }
     }
 }
@@ -56,6 +69,7 @@ pub fn replay(
     on_bad_line: &mut dyn FnMut(FixtureError),
 ) -> Result<u64, ReplayError> {
     let started = Instant::now();
+    let started_ns = metrics.now_ns();
     let mut first_at: Option<i64> = None;
     let mut next_tick: Option<i64> = None;
     let mut count = 0;
@@ -69,11 +83,20 @@ pub fn replay(
             Err(other) => return Err(other.into()),
         };
         let origin = *first_at.get_or_insert(msg.at_ms);
-        if let Speed::Factor(factor) = speed {
-            let due = Duration::from_secs_f64(((msg.at_ms - origin).max(0) as f64 / 1_000.0) / factor);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                std::thread::sleep(wait);
-            }
+        // When paced, a message's arrival is when it was due, not when the source got to it:
+        // a pipeline that falls behind shows it in its latency (no coordinated omission).
+        let due = match speed {
+            Speed::Max => None,
+            Speed::Factor(factor) => Some(Duration::from_secs_f64(
+                ((msg.at_ms - origin).max(0) as f64 / 1_000.0) / factor,
+            )),
+            Speed::Rate(rate) => Some(Duration::from_secs_f64(count as f64 / rate)),
+        };
+        if let Some(due) = due
+            && let Some(wait) = due.checked_sub(started.elapsed())
+            && wait > Duration::from_micros(100)
+        {
+            std::thread::sleep(wait);
         }
         let tick = next_tick.get_or_insert(msg.at_ms - msg.at_ms.rem_euclid(TICK_MS) + TICK_MS);
         while *tick <= msg.at_ms {
@@ -81,7 +104,10 @@ pub fn replay(
             handoff.broadcast(|| Ingest::Tick { now_ms })?;
             *tick += TICK_MS;
         }
-        msg.arrived_ns = metrics.now_ns();
+        msg.arrived_ns = match due {
+            Some(due) => started_ns + due.as_nanos() as u64,
+            None => metrics.now_ns(),
+        };
         metrics.messages_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let worker = decoder.route(&msg.topic).map(|t| handoff.owner(t)).unwrap_or(0);
         handoff.send(worker, Ingest::Message(msg))?;
@@ -99,7 +125,9 @@ mod tests {
         assert_eq!("max".parse::<Speed>(), Ok(Speed::Max));
         assert_eq!("60".parse::<Speed>(), Ok(Speed::Factor(60.0)));
         assert_eq!("2.5x".parse::<Speed>(), Ok(Speed::Factor(2.5)));
+        assert_eq!("20000/s".parse::<Speed>(), Ok(Speed::Rate(20_000.0)));
         assert!("0".parse::<Speed>().is_err());
+        assert!("-5/s".parse::<Speed>().is_err());
         assert!("fast".parse::<Speed>().is_err());
     }
 }

@@ -1,0 +1,85 @@
+//! `cityops bench`: the measurement side of a run. Peak memory from the kernel, and each
+//! stage's HdrHistogram written as a `.hgrm` percentile distribution (the text format of
+//! HdrHistogram's `outputPercentileDistribution`, which its plotter reads).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use hdrhistogram::Histogram;
+
+use crate::metrics::{Metrics, Stage};
+
+/// Peak resident memory of this process in MiB (`VmHWM`), when the kernel tells.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// A histogram of nanoseconds as a percentile distribution in milliseconds.
+pub fn hgrm(histogram: &Histogram<u64>) -> String {
+    let mut out = String::from("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
+    for v in histogram.iter_quantiles(5) {
+        let q = v.quantile_iterated_to();
+        let inverse = if q < 1.0 {
+            format!("{:.2}", 1.0 / (1.0 - q))
+        } else {
+            "inf".to_string()
+        };
+        let _ = writeln!(
+            out,
+            "{:12.3} {:14.12} {:10} {:>14}",
+            v.value_iterated_to() as f64 / 1e6,
+            q,
+            v.count_since_last_iteration(),
+            inverse
+        );
+    }
+    let _ = writeln!(
+        out,
+        "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]\n#[Max     = {:12.3}, Total count    = {:12}]",
+        histogram.mean() / 1e6,
+        histogram.stdev() / 1e6,
+        histogram.max() as f64 / 1e6,
+        histogram.len()
+    );
+    out
+}
+
+/// Writes `<stage>.hgrm` for every stage that recorded something.
+pub fn write_hgrms(metrics: &Metrics, dir: &Path) -> std::io::Result<Vec<String>> {
+    std::fs::create_dir_all(dir)?;
+    let mut written = Vec::new();
+    for stage in Stage::ALL {
+        let h = metrics.histogram(stage);
+        if h.is_empty() {
+            continue;
+        }
+        let name = format!("{}.hgrm", stage.as_str());
+        std::fs::write(dir.join(&name), hgrm(&h))?;
+        written.push(name);
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hgrm_lists_percentiles_up_to_the_max() {
+        let mut h = crate::metrics::new_histogram();
+        for ns in [1_000_000u64, 2_000_000, 3_000_000, 10_000_000] {
+            h.record(ns).expect("in range");
+        }
+        let text = hgrm(&h);
+        assert!(text.starts_with("       Value     Percentile"));
+        assert!(text.contains("Total count    =            4]"), "{text}");
+        let last = text
+            .lines()
+            .rfind(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .expect("rows");
+        assert!(last.trim_start().starts_with("10.0"), "{last}");
+    }
+}
