@@ -16,6 +16,7 @@
 //! - [`mqtt`]: broker URLs and connection options; [`record`] and [`publish`]: capturing live
 //!   traffic into a fixture and publishing a fixture to a broker (load generation).
 //! - [`http`], [`prometheus`]: the `/metrics` endpoint of a running pipeline.
+//! - [`generator`]: `cityops gen`, seeded synthetic city fixtures with labelled incidents.
 //! - [`bench`]: peak memory and `.hgrm` files for `cityops bench`.
 //! - [`check`]: `cityops check`, every rule problem at once.
 //! - [`ruletest`]: `cityops test`, declarative rule tests on the virtual clock.
@@ -26,6 +27,7 @@ pub mod bench;
 pub mod check;
 pub mod config;
 pub mod deadletter;
+pub mod generator;
 pub mod http;
 pub mod ingest;
 pub mod metrics;

@@ -44,9 +44,41 @@ enum Command {
     Record(RecordArgs),
     /// Publish a fixture to an MQTT broker: a load generator.
     Replay(ReplayArgs),
+    /// Write a seeded synthetic city fixture with labelled incidents.
+    Gen(GenArgs),
     /// Measure a replay through the full pipeline: throughput (`--speed max`) or latency at
     /// a fixed rate (`--speed 20000/s`); writes summary.json and .hgrm files.
     Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct GenArgs {
+    /// Devices of each kind (heat exchange stations, pressure meters, gas detectors).
+    #[arg(long, default_value_t = 1000)]
+    devices: usize,
+    /// Reporting interval of every device.
+    #[arg(long, default_value = "60s")]
+    interval: String,
+    /// Length of the recording.
+    #[arg(long, default_value = "1d")]
+    duration: String,
+    /// Start of the recording (UTC).
+    #[arg(long, default_value = "2026-01-15T00:00:00Z")]
+    start: String,
+    /// Incidents to inject (one per chosen device).
+    #[arg(long, default_value_t = 10)]
+    incidents: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Readings per message (gateway payloads); 1 = one reading per message.
+    #[arg(long, default_value_t = 1)]
+    gateway: usize,
+    /// Fixture to write (zstd when it ends in .zst).
+    #[arg(long, value_name = "FILE", default_value = "city.jsonl.zst")]
+    out: PathBuf,
+    /// Where the incident labels go (JSON Lines: rule, key, from, to).
+    #[arg(long, value_name = "FILE", default_value = "city-labels.jsonl")]
+    labels: PathBuf,
 }
 
 #[derive(Args)]
@@ -196,6 +228,7 @@ fn main() -> ExitCode {
         Command::Record(args) => record(args),
         Command::Replay(args) => replay_to_mqtt(args),
         Command::Bench(args) => bench(args),
+        Command::Gen(args) => generate(args),
     }
 }
 
@@ -450,6 +483,46 @@ fn stop_on_ctrl_c() -> Arc<AtomicBool> {
         eprintln!("warning: Ctrl-C will abort instead of stopping cleanly: {e}");
     }
     stop
+}
+
+fn generate(args: GenArgs) -> ExitCode {
+    let parsed = (|| -> Result<cityops::generator::GenSettings, String> {
+        Ok(cityops::generator::GenSettings {
+            devices_per_kind: args.devices,
+            interval_ms: parse_duration_ms(&args.interval)?.max(1),
+            duration_ms: parse_duration_ms(&args.duration)?.max(1),
+            start_ms: cityops::time::parse_ts_text(&args.start).map_err(|e| format!("--start: {e:?}"))?,
+            incidents: args.incidents,
+            seed: args.seed,
+            gateway: args.gateway.max(1),
+        })
+    })();
+    let settings = match parsed {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let started = std::time::Instant::now();
+    match cityops::generator::generate(&settings, &args.out, &args.labels) {
+        Ok(g) => {
+            println!(
+                "generated {} readings in {} messages ({} incidents) into {} and {} in {:.1} s",
+                g.readings,
+                g.messages,
+                g.incidents,
+                args.out.display(),
+                args.labels.display(),
+                started.elapsed().as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn bench(args: BenchArgs) -> ExitCode {
