@@ -47,6 +47,48 @@ pub fn hgrm(histogram: &Histogram<u64>) -> String {
     out
 }
 
+/// How a run's warnings compare with a generated fixture's incident labels.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Score {
+    pub labelled: usize,
+    pub caught: usize,
+    /// `rule device_id` of labels no firing warning matched.
+    pub missed: Vec<String>,
+    /// `rule device_id` of firing warnings outside every label.
+    pub unexpected: Vec<String>,
+}
+
+/// Scores firing warnings against labels (JSON Lines of `{rule, key: {device_id, …}, from, to}`):
+/// a label is caught when its rule fired for its device.
+pub fn score(labels: &str, warnings: &[crate::alert::warning::Warning]) -> Result<Score, String> {
+    use std::collections::BTreeSet;
+    let mut labelled = BTreeSet::new();
+    for (n, line) in labels.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let label: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("labels line {}: {e}", n + 1))?;
+        let rule = label["rule"]
+            .as_str()
+            .ok_or_else(|| format!("labels line {}: no rule", n + 1))?;
+        let device = label["key"]["device_id"]
+            .as_str()
+            .ok_or_else(|| format!("labels line {}: no key.device_id", n + 1))?;
+        labelled.insert(format!("{rule} {device}"));
+    }
+    let fired: BTreeSet<String> = warnings
+        .iter()
+        .filter(|w| w.status == crate::alert::warning::WarningStatus::Firing)
+        .map(|w| {
+            let device = w.key.get("device_id").and_then(|v| v.as_str()).unwrap_or_default();
+            format!("{} {device}", w.rule)
+        })
+        .collect();
+    Ok(Score {
+        labelled: labelled.len(),
+        caught: labelled.intersection(&fired).count(),
+        missed: labelled.difference(&fired).cloned().collect(),
+        unexpected: fired.difference(&labelled).cloned().collect(),
+    })
+}
+
 /// Writes `<stage>.hgrm` for every stage that recorded something.
 pub fn write_hgrms(metrics: &Metrics, dir: &Path) -> std::io::Result<Vec<String>> {
     std::fs::create_dir_all(dir)?;
@@ -66,6 +108,30 @@ pub fn write_hgrms(metrics: &Metrics, dir: &Path) -> std::io::Result<Vec<String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn score_counts_caught_missed_and_unexpected() {
+        let warning = |rule: &str, device: &str, status: &str| -> crate::alert::warning::Warning {
+            serde_json::from_value(serde_json::json!({
+                "alert_id": "x", "rule": rule, "status": status, "level": "red", "table": "sensor",
+                "key": {"device_id": device}, "values": {}, "window_start": null, "window_end": null,
+                "first_breach": "t", "detected_at": "t", "latency_ms": 0.0, "description": ""
+            }))
+            .expect("a warning")
+        };
+        let labels = "{\"rule\": \"gas_lel_high\", \"key\": {\"device_id\": \"g1\"}}\n\
+                      {\"rule\": \"pressure_low\", \"key\": {\"device_id\": \"w1\"}}\n";
+        let warnings = [
+            warning("gas_lel_high", "g1", "firing"),
+            warning("gas_lel_high", "g1", "resolved"),
+            warning("gas_lel_high", "g9", "firing"),
+            warning("pressure_low", "w1", "resolved"),
+        ];
+        let score = score(labels, &warnings).expect("scores");
+        assert_eq!((score.labelled, score.caught), (2, 1));
+        assert_eq!(score.missed, ["pressure_low w1"]);
+        assert_eq!(score.unexpected, ["gas_lel_high g9"]);
+    }
 
     #[test]
     fn hgrm_lists_percentiles_up_to_the_max() {

@@ -97,6 +97,10 @@ struct BenchArgs {
     /// Where summary.json and the .hgrm files go.
     #[arg(long, value_name = "DIR", default_value = "bench-out")]
     out: PathBuf,
+    /// Incident labels from `cityops gen`: report incidents caught and missed, and warnings
+    /// outside every label.
+    #[arg(long, value_name = "FILE")]
+    labels: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -541,7 +545,10 @@ fn bench(args: BenchArgs) -> ExitCode {
         config,
         fixture,
         speed: args.speed,
-        sinks: SinkConfig::default(),
+        sinks: SinkConfig {
+            collect: args.labels.is_some(),
+            ..SinkConfig::default()
+        },
         dead_letter_path: args.out.join("dead-letters.jsonl"),
         clock: DetectionClock::EventTime,
         capture_results: false,
@@ -579,6 +586,28 @@ fn bench(args: BenchArgs) -> ExitCode {
     json["rules"] = serde_json::json!(rules);
     json["speed"] = serde_json::json!(speed_text(args.speed));
     json["peak_rss_mib"] = serde_json::json!(peak);
+    if let Some(path) = &args.labels {
+        let scored = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+            .and_then(|text| cityops::bench::score(&text, &outcome.warnings));
+        match scored {
+            Ok(score) => {
+                println!(
+                    "bench: incidents caught {}/{}; missed: [{}]; warnings outside the labels: {} [{}]",
+                    score.caught,
+                    score.labelled,
+                    score.missed.join(", "),
+                    score.unexpected.len(),
+                    score.unexpected.join(", ")
+                );
+                json["labels"] = serde_json::json!(score);
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let written = serde_json::to_vec_pretty(&json)
         .map_err(std::io::Error::from)
         .and_then(|bytes| std::fs::write(args.out.join("summary.json"), bytes))

@@ -78,6 +78,9 @@ pub fn new_histogram() -> Histogram<u64> {
     }
 }
 
+/// Decode workers whose queue depth is reported (more still work, unreported).
+pub const MAX_DECODE_WORKERS: usize = 64;
+
 /// Everything the pipeline counts and times.
 pub struct Metrics {
     start: Instant,
@@ -92,6 +95,10 @@ pub struct Metrics {
     pub queue_full_waits: AtomicU64,
     /// Warnings a sink failed to deliver.
     pub sink_errors: AtomicU64,
+    /// Messages waiting in each decode queue (gauge, updated by its worker).
+    queue_depths: [AtomicU64; MAX_DECODE_WORKERS],
+    /// How many decode workers report a depth.
+    decode_workers: AtomicU64,
     /// Webhook: warnings waiting in the spool, delivered, retried sends, refused by the
     /// receiver, and not spooled because the spool was full.
     pub webhook_spooled: AtomicU64,
@@ -143,6 +150,8 @@ impl Metrics {
             rule_errors: AtomicU64::new(0),
             queue_full_waits: AtomicU64::new(0),
             sink_errors: AtomicU64::new(0),
+            queue_depths: std::array::from_fn(|_| AtomicU64::new(0)),
+            decode_workers: AtomicU64::new(0),
             webhook_spooled: AtomicU64::new(0),
             webhook_delivered: AtomicU64::new(0),
             webhook_retries: AtomicU64::new(0),
@@ -156,6 +165,23 @@ impl Metrics {
             reloads_rejected: AtomicU64::new(0),
             stages: std::array::from_fn(|_| Mutex::new(new_histogram())),
         }
+    }
+
+    /// Records decode queue `worker`'s depth.
+    pub fn set_queue_depth(&self, worker: usize, depth: usize) {
+        if let Some(slot) = self.queue_depths.get(worker) {
+            slot.store(depth as u64, Ordering::Relaxed);
+            self.decode_workers.fetch_max(worker as u64 + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// The latest depth of every decode queue.
+    pub fn queue_depths(&self) -> Vec<u64> {
+        let workers = (self.decode_workers.load(Ordering::Relaxed) as usize).min(MAX_DECODE_WORKERS);
+        self.queue_depths[..workers]
+            .iter()
+            .map(|d| d.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// Nanoseconds since the pipeline started: the one wall-clock scale of arrival stamps.

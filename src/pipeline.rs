@@ -215,6 +215,7 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
         let tables = handoff.tables_of(w);
         let worker_outputs = routes.for_tables(&tables);
         let worker = DecodeWorker::new(
+            w,
             decoder.clone(),
             &catalog,
             tables,

@@ -146,6 +146,13 @@ pub fn render(metrics: &Metrics) -> String {
     }
     let _ = writeln!(
         out,
+        "# HELP cityops_decode_queue_depth Messages waiting in each decode queue\n# TYPE cityops_decode_queue_depth gauge"
+    );
+    for (worker, depth) in metrics.queue_depths().iter().enumerate() {
+        let _ = writeln!(out, "cityops_decode_queue_depth{{worker=\"{worker}\"}} {depth}");
+    }
+    let _ = writeln!(
+        out,
         "# HELP cityops_stage_latency_seconds Latency per pipeline stage since the start\n# TYPE cityops_stage_latency_seconds summary"
     );
     for stage in Stage::ALL {

@@ -238,3 +238,55 @@ fn bench_at_a_fixed_rate_writes_a_summary_and_percentile_files() {
     assert!(detection.contains("Total count    =            2]"), "{detection}");
     assert!(out.join("decode.hgrm").exists());
 }
+
+#[test]
+fn bench_scores_a_generated_city_against_its_labels() {
+    let s = Scenario::new();
+    let (fixture, labels, out) = (s.path("city.jsonl"), s.path("labels.jsonl"), s.path("bench"));
+    let generated = cityops()
+        .args([
+            "gen",
+            "--devices",
+            "10",
+            "--interval",
+            "60s",
+            "--duration",
+            "3h",
+            "--incidents",
+            "3",
+            "--seed",
+            "5",
+        ])
+        .arg("--out")
+        .arg(&fixture)
+        .arg("--labels")
+        .arg(&labels)
+        .output()
+        .expect("gen runs");
+    assert!(
+        generated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    let output = cityops()
+        .arg("bench")
+        .arg(&fixture)
+        .arg("--queries")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/queries"))
+        .arg("--labels")
+        .arg(&labels)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("bench runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).expect("summary.json")).expect("json");
+    let score = &summary["labels"];
+    let labelled = read_jsonl(&labels).len() as u64;
+    assert!(labelled >= 3);
+    assert_eq!(score["labelled"], labelled);
+    assert_eq!(score["caught"], labelled, "{score}");
+    assert_eq!(score["missed"], serde_json::json!([]));
+    assert_eq!(score["unexpected"], serde_json::json!([]));
+}

@@ -105,11 +105,13 @@ fn metrics_count_what_flows_while_the_pipeline_runs() {
         "cityops_readings_rejected_total{reason=\"malformed_json\"} 1",
         "cityops_readings_rejected_total{reason=\"unknown_topic\"} 0",
         "# TYPE cityops_stage_latency_seconds summary",
+        "# TYPE cityops_decode_queue_depth gauge",
     ] {
         assert!(page.lines().any(|l| l == line), "missing `{line}` in:\n{page}");
     }
     let page = page_with(&addr, None, "cityops_warnings_fired_total{level=\"red\"} 1");
     assert!(page.contains("cityops_stage_latency_seconds{stage=\"decode\",quantile=\"0.99\"}"));
+    assert!(page.contains("cityops_decode_queue_depth{worker=\"0\"} 0"), "{page}");
     drop(source);
     let outcome = run.join().unwrap();
     assert_eq!(outcome.warnings.len(), 1);

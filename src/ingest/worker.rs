@@ -33,6 +33,8 @@ pub struct DecodeSettings {
 
 /// One decode worker's state.
 pub struct DecodeWorker {
+    /// This worker's number (its queue's depth is reported under it).
+    index: usize,
     decoder: Decoder,
     batchers: Batchers,
     /// Tables this worker owns.
@@ -49,7 +51,9 @@ pub struct DecodeWorker {
 }
 
 impl DecodeWorker {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
+        index: usize,
         decoder: Decoder,
         catalog: &Catalog,
         tables: Vec<usize>,
@@ -69,6 +73,7 @@ impl DecodeWorker {
             })
             .collect();
         DecodeWorker {
+            index,
             decoder,
             batchers: Batchers { by_table },
             last_arrival_ms: vec![None; catalog.tables().len()],
@@ -92,6 +97,7 @@ impl DecodeWorker {
                 Some(wait) => rx.recv_timeout(wait),
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
+            self.metrics.set_queue_depth(self.index, rx.len());
             match item {
                 Ok(Ingest::Message(msg)) => self.on_message(&msg),
                 Ok(Ingest::Tick { now_ms }) => self.on_tick(now_ms),
