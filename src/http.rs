@@ -1,28 +1,46 @@
-//! The HTTP endpoint of a running pipeline (axum, on the pipeline's tokio runtime):
-//! `/metrics` (Prometheus text) and `/health`. It binds to loopback unless told otherwise,
-//! and a non-loopback address needs a bearer token (`[http] token` or `CITYOPS_HTTP_TOKEN`);
-//! with a token every request must carry `Authorization: Bearer <token>`.
+//! The HTTP side of a running pipeline (axum, on the pipeline's tokio runtime): `/` the
+//! live dashboard (one embedded page, no external assets), `/api/warnings` (firing now and
+//! recent history), `/api/stats` (counters, queue depths, latency per stage), `/events`
+//! (server-sent events: each warning, and stats every second), `/metrics` (Prometheus)
+//! and `/health`. It binds to loopback unless told otherwise; a non-loopback address needs
+//! a bearer token (`[http] token` or `CITYOPS_HTTP_TOKEN`), and with a token every route
+//! but `/health` requires it (`Authorization: Bearer …`, or `?token=` for the page and
+//! its event stream, which browsers cannot give headers).
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use futures::Stream;
+use futures::StreamExt;
+use serde_json::json;
 
+use crate::live::LiveState;
 use crate::metrics::Metrics;
+use crate::summary::Summary;
 
 /// Environment variable that overrides `[http] token`.
 pub const TOKEN_ENV: &str = "CITYOPS_HTTP_TOKEN";
 
+/// The dashboard page, embedded.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// What the handlers read.
 #[derive(Clone)]
-struct AppState {
-    metrics: Arc<Metrics>,
-    token: Option<Arc<str>>,
+pub struct AppState {
+    pub metrics: Arc<Metrics>,
+    pub live: Arc<LiveState>,
+    pub token: Option<Arc<str>>,
 }
 
-/// The running server; dropped or `stop`ped at the end of the run.
+/// The running server; `stop` ends it.
 pub struct HttpServer {
     pub addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -36,27 +54,42 @@ impl HttpServer {
     }
 }
 
+/// The token in force: the environment's, else the config's; empty means none.
+pub fn effective_token(configured: Option<String>) -> Option<String> {
+    std::env::var(TOKEN_ENV).ok().or(configured).filter(|t| !t.is_empty())
+}
+
+/// Every route, with the token check (route tests call this without a socket).
+pub fn router(state: AppState) -> axum::Router {
+    let guarded = axum::Router::new()
+        .route("/", get(dashboard))
+        .route("/api/warnings", get(warnings))
+        .route("/api/stats", get(stats))
+        .route("/events", get(events))
+        .route("/metrics", get(metrics_page))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    guarded.route("/health", get(|| async { "ok\n" })).with_state(state)
+}
+
 /// Binds `bind` and serves until stopped. Refuses a non-loopback address without a token.
 pub fn start(
     runtime: &tokio::runtime::Runtime,
     bind: SocketAddr,
     token: Option<String>,
     metrics: Arc<Metrics>,
+    live: Arc<LiveState>,
 ) -> Result<HttpServer, String> {
-    let token = std::env::var(TOKEN_ENV).ok().or(token).filter(|t| !t.is_empty());
+    let token = effective_token(token);
     if !bind.ip().is_loopback() && token.is_none() {
         return Err(format!(
             "http: {bind} is not loopback; set [http] token or {TOKEN_ENV} so the endpoint needs a bearer token"
         ));
     }
-    let state = AppState {
+    let app = router(AppState {
         metrics,
+        live,
         token: token.map(Arc::from),
-    };
-    let app = axum::Router::new()
-        .route("/metrics", get(metrics_page))
-        .route("/health", get(|| async { "ok\n" }))
-        .with_state(state);
+    });
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(bind))
         .map_err(|e| format!("http: cannot bind {bind}: {e}"))?;
@@ -72,20 +105,85 @@ pub fn start(
             tracing::error!(error = %e, "http server failed");
         }
     });
-    tracing::info!(%addr, "serving /metrics and /health");
+    tracing::info!("dashboard on http://{addr}/ (also /api/warnings, /api/stats, /events, /metrics)");
     Ok(HttpServer { addr, stop: Some(stop) })
 }
 
-async fn metrics_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if let Some(token) = &state.token {
-        let presented = headers
+        let from_header = request
+            .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if presented != Some(token.as_ref()) {
+        let from_query = request
+            .uri()
+            .query()
+            .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("token=")));
+        if from_header != Some(token.as_ref()) && from_query != Some(token.as_ref()) {
             return (StatusCode::UNAUTHORIZED, "bearer token required\n").into_response();
         }
     }
+    next.run(request).await
+}
+
+async fn dashboard() -> Html<&'static str> {
+    Html(DASHBOARD)
+}
+
+async fn warnings(State(state): State<AppState>) -> Response {
+    axum::Json(json!({"firing": state.live.firing(), "recent": state.live.recent()})).into_response()
+}
+
+/// Counters, queue depths and latency per stage, as of now.
+fn stats_json(state: &AppState) -> serde_json::Value {
+    let metrics = &state.metrics;
+    let firing = state.live.firing().len();
+    let elapsed = Duration::from_nanos(metrics.now_ns());
+    let mut stats = serde_json::to_value(Summary::collect(metrics, elapsed, firing)).unwrap_or_default();
+    stats["queue_depths"] = json!(metrics.queue_depths());
+    stats["mqtt_connected"] = json!(metrics.mqtt_connected.load(std::sync::atomic::Ordering::Relaxed));
+    stats
+}
+
+async fn stats(State(state): State<AppState>) -> Response {
+    axum::Json(stats_json(&state)).into_response()
+}
+
+async fn events(State(state): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let warnings = futures::stream::unfold(state.live.subscribe(), |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(warning) => {
+                    let event = Event::default()
+                        .event("warning")
+                        .json_data(&warning)
+                        .unwrap_or_default();
+                    return Some((event, rx));
+                }
+                // A slow page skips what it missed; the board refreshes from /api/warnings.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    let stats_state = state.clone();
+    let stats = futures::stream::unfold((), move |()| {
+        let state = stats_state.clone();
+        async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let event = Event::default()
+                .event("stats")
+                .json_data(stats_json(&state))
+                .unwrap_or_default();
+            Some((event, ()))
+        }
+    });
+    let merged = futures::stream::select(warnings, stats).map(Ok);
+    Sse::new(merged).keep_alive(KeepAlive::default())
+}
+
+async fn metrics_page(State(state): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         crate::prometheus::render(&state.metrics),

@@ -15,7 +15,7 @@
 //! - [`pipeline`]: the one place that wires the stages together.
 //! - [`mqtt`]: broker URLs and connection options; [`record`] and [`publish`]: capturing live
 //!   traffic into a fixture and publishing a fixture to a broker (load generation).
-//! - [`http`], [`prometheus`]: the `/metrics` endpoint of a running pipeline.
+//! - [`http`], [`live`], [`prometheus`]: the dashboard, its API and `/metrics`.
 //! - [`generator`]: `cityops gen`, seeded synthetic city fixtures with labelled incidents.
 //! - [`bench`]: peak memory and `.hgrm` files for `cityops bench`.
 //! - [`check`]: `cityops check`, every rule problem at once.
@@ -30,6 +30,7 @@ pub mod deadletter;
 pub mod generator;
 pub mod http;
 pub mod ingest;
+pub mod live;
 pub mod metrics;
 pub mod mqtt;
 pub mod pipeline;

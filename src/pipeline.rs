@@ -28,6 +28,7 @@ use crate::ingest::mqtt::{MqttError, MqttSource, subscribe};
 use crate::ingest::replay::{ReplayError, Speed, replay};
 use crate::ingest::topic::TopicPattern;
 use crate::ingest::worker::{DecodeSettings, DecodeWorker};
+use crate::live::LiveState;
 use crate::metrics::Metrics;
 use crate::queue::Handoff;
 use crate::rules::compile::{CompiledRule, compile_all};
@@ -150,6 +151,8 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
     let catalog = config.catalog();
     let engine = &config.engine;
     let metrics = options.metrics.clone().unwrap_or_else(|| Arc::new(Metrics::new()));
+    // What the dashboard shows; fed by the sink when an HTTP address is configured.
+    let live = Arc::new(LiveState::new());
     let http = match config.http.bind.as_str() {
         "" => None,
         bind => {
@@ -157,8 +160,14 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
                 .parse()
                 .map_err(|e| RunError::Internal(format!("http bind `{bind}`: {e}")))?;
             Some(
-                http::start(&runtime, addr, config.http.token.clone(), Arc::clone(&metrics))
-                    .map_err(RunError::Internal)?,
+                http::start(
+                    &runtime,
+                    addr,
+                    config.http.token.clone(),
+                    Arc::clone(&metrics),
+                    Arc::clone(&live),
+                )
+                .map_err(RunError::Internal)?,
             )
         }
     };
@@ -166,7 +175,8 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
     let (dead_letters, dead_letter_writer) =
         deadletter::start(&options.dead_letter_path, DEAD_LETTER_QUEUE).map_err(io("opening the dead-letter file"))?;
     let (warnings_tx, warnings_rx) = mpsc::channel(WARNING_QUEUE);
-    let sink = sink::start(options.sinks.clone(), warnings_rx, Arc::clone(&metrics))?;
+    let live_feed = http.is_some().then(|| Arc::clone(&live));
+    let sink = sink::start(options.sinks.clone(), warnings_rx, Arc::clone(&metrics), live_feed)?;
 
     let (results_tx, mut results_rx) = mpsc::unbounded_channel();
     let results_tx = options.capture_results.then_some(results_tx);

@@ -15,6 +15,7 @@ use super::mqtt_sink::MqttSink;
 use super::warning::{Warning, WarningStatus};
 use super::webhook::WebhookSink;
 use crate::config::{MqttConfig, WebhookConfig};
+use crate::live::LiveState;
 use crate::metrics::{Metrics, Stage};
 use crate::mqtt::BrokerUrl;
 
@@ -59,7 +60,12 @@ impl SinkHandle {
 }
 
 /// Starts the sink thread reading from `rx`.
-pub fn start(config: SinkConfig, rx: mpsc::Receiver<Warning>, metrics: Arc<Metrics>) -> Result<SinkHandle, SinkError> {
+pub fn start(
+    config: SinkConfig,
+    rx: mpsc::Receiver<Warning>,
+    metrics: Arc<Metrics>,
+    live: Option<Arc<LiveState>>,
+) -> Result<SinkHandle, SinkError> {
     let jsonl = match &config.jsonl {
         Some(path) => Some(open(path)?),
         None => None,
@@ -74,7 +80,7 @@ pub fn start(config: SinkConfig, rx: mpsc::Receiver<Warning>, metrics: Arc<Metri
     };
     let handle = std::thread::Builder::new()
         .name("sinks".to_string())
-        .spawn(move || deliver(rx, &config, jsonl, mqtt, webhook, &metrics))
+        .spawn(move || deliver(rx, &config, jsonl, mqtt, webhook, live, &metrics))
         .map_err(SinkError::Write)?;
     Ok(SinkHandle { handle })
 }
@@ -100,6 +106,7 @@ fn deliver(
     mut jsonl: Option<BufWriter<File>>,
     mut mqtt: Option<MqttSink>,
     webhook: Option<WebhookSink>,
+    live: Option<Arc<LiveState>>,
     metrics: &Metrics,
 ) -> Result<Vec<Warning>, SinkError> {
     let mut delivered = Vec::new();
@@ -123,6 +130,9 @@ fn deliver(
         }
         if let Some(webhook) = &webhook {
             webhook.enqueue(&warning);
+        }
+        if let Some(live) = &live {
+            live.record(&warning);
         }
         match warning.status {
             WarningStatus::Firing => metrics.add_warning(warning.level),

@@ -1,0 +1,86 @@
+//! What the live view shows: the warnings firing now (one per alert), the recent history,
+//! and a broadcast of every warning for `/events`. The sink thread feeds it; HTTP handlers
+//! read it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+
+use tokio::sync::broadcast;
+
+use crate::alert::warning::{Warning, WarningStatus};
+
+/// Warnings kept in the history.
+const HISTORY: usize = 500;
+
+/// The live warning board.
+#[derive(Debug)]
+pub struct LiveState {
+    board: Mutex<Board>,
+    events: broadcast::Sender<Warning>,
+}
+
+#[derive(Debug, Default)]
+struct Board {
+    /// The latest warning of each alert firing now, by alert id.
+    firing: BTreeMap<String, Warning>,
+    /// The latest warnings, newest last.
+    recent: VecDeque<Warning>,
+}
+
+impl Default for LiveState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LiveState {
+    pub fn new() -> Self {
+        LiveState {
+            board: Mutex::new(Board::default()),
+            events: broadcast::channel(1024).0,
+        }
+    }
+
+    /// Takes one delivered warning.
+    pub fn record(&self, warning: &Warning) {
+        if let Ok(mut board) = self.board.lock() {
+            match warning.status {
+                WarningStatus::Firing => {
+                    board.firing.insert(warning.alert_id.clone(), warning.clone());
+                }
+                WarningStatus::Resolved => {
+                    board.firing.remove(&warning.alert_id);
+                }
+            }
+            board.recent.push_back(warning.clone());
+            if board.recent.len() > HISTORY {
+                board.recent.pop_front();
+            }
+        }
+        // No subscriber is fine: nobody is watching.
+        let _ = self.events.send(warning.clone());
+    }
+
+    /// Firing now, highest level first, then the longest firing first.
+    pub fn firing(&self) -> Vec<Warning> {
+        let mut firing: Vec<Warning> = self
+            .board
+            .lock()
+            .map(|b| b.firing.values().cloned().collect())
+            .unwrap_or_default();
+        firing.sort_by(|a, b| b.level.cmp(&a.level).then_with(|| a.first_breach.cmp(&b.first_breach)));
+        firing
+    }
+
+    /// The latest warnings, newest first.
+    pub fn recent(&self) -> Vec<Warning> {
+        self.board
+            .lock()
+            .map(|b| b.recent.iter().rev().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Warning> {
+        self.events.subscribe()
+    }
+}

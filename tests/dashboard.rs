@@ -1,0 +1,136 @@
+//! The dashboard's routes without a socket (tower `oneshot`): status codes, JSON shapes,
+//! the embedded page with no external assets, and the token on every route but /health.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use cityops::alert::warning::Warning;
+use cityops::http::{AppState, router};
+use cityops::live::LiveState;
+use cityops::metrics::Metrics;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+fn warning(id: &str, level: &str, status: &str, first_breach: &str) -> Warning {
+    serde_json::from_value(json!({
+        "alert_id": id, "rule": "gas_lel_high", "status": status, "level": level, "table": "sensor",
+        "key": {"district": "xicheng", "device_id": id}, "values": {"gas_lel": 60.0},
+        "window_start": null, "window_end": null, "first_breach": first_breach,
+        "detected_at": first_breach, "latency_ms": 1.0, "description": "gas"
+    }))
+    .unwrap()
+}
+
+fn state(token: Option<&str>) -> AppState {
+    let live = Arc::new(LiveState::new());
+    live.record(&warning("a", "yellow", "firing", "2026-01-15T00:00:00.000Z"));
+    live.record(&warning("b", "red", "firing", "2026-01-15T00:05:00.000Z"));
+    live.record(&warning("c", "red", "firing", "2026-01-15T00:01:00.000Z"));
+    live.record(&warning("a", "yellow", "resolved", "2026-01-15T00:00:00.000Z"));
+    let metrics = Arc::new(Metrics::new());
+    metrics.messages_in.fetch_add(7, std::sync::atomic::Ordering::Relaxed);
+    AppState {
+        metrics,
+        live,
+        token: token.map(Arc::from),
+    }
+}
+
+async fn get(state: AppState, uri: &str, bearer: Option<&str>) -> (StatusCode, String) {
+    let mut request = Request::get(uri);
+    if let Some(token) = bearer {
+        request = request.header("Authorization", format!("Bearer {token}"));
+    }
+    let response = router(state)
+        .oneshot(request.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 24).await.unwrap();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn the_page_is_embedded_and_loads_nothing_from_outside() {
+    let (status, page) = get(state(None), "/", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("<title>cityops"));
+    assert!(page.contains("new EventSource(\"/events\""));
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "no external assets"
+    );
+}
+
+#[tokio::test]
+async fn warnings_list_what_fires_by_level_then_age_and_the_history() {
+    let (status, body) = get(state(None), "/api/warnings", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let body: Value = serde_json::from_str(&body).unwrap();
+    let firing: Vec<&str> = body["firing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["alert_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(firing, ["c", "b"], "red first, the longest firing first; a resolved");
+    let recent: Vec<(&str, &str)> = body["recent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| (w["alert_id"].as_str().unwrap(), w["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        recent,
+        [("a", "resolved"), ("c", "firing"), ("b", "firing"), ("a", "firing")]
+    );
+}
+
+#[tokio::test]
+async fn stats_carry_counters_queues_and_stages() {
+    let (status, body) = get(state(None), "/api/stats", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let stats: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(stats["messages_in"], 7);
+    assert_eq!(stats["firing_at_end"], 2);
+    assert_eq!(stats["queue_depths"], json!([]));
+    assert_eq!(stats["mqtt_connected"], false);
+    let stages: Vec<&str> = stats["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    assert!(
+        stages.contains(&"detection") && stages.contains(&"decode"),
+        "{stages:?}"
+    );
+}
+
+#[tokio::test]
+async fn with_a_token_every_route_but_health_requires_it() {
+    for uri in ["/", "/api/warnings", "/api/stats", "/events", "/metrics"] {
+        assert_eq!(
+            get(state(Some("s3cret")), uri, None).await.0,
+            StatusCode::UNAUTHORIZED,
+            "{uri}"
+        );
+        assert_eq!(
+            get(state(Some("s3cret")), uri, Some("wrong")).await.0,
+            StatusCode::UNAUTHORIZED,
+            "{uri}"
+        );
+    }
+    assert_eq!(
+        get(state(Some("s3cret")), "/api/warnings", Some("s3cret")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(state(Some("s3cret")), "/api/stats?token=s3cret", None).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(get(state(Some("s3cret")), "/health", None).await.0, StatusCode::OK);
+}
