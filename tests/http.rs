@@ -9,12 +9,9 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use cityops::alert::sink::SinkConfig;
 use cityops::config::{Config, DurationMs};
 use cityops::ingest::message::Message;
-use cityops::ingest::replay::Speed;
 use cityops::pipeline::{self, RunError, RunOptions, RunOutcome, Source};
-use cityops::rules::worker::DetectionClock;
 use common::T0;
 
 fn message(device: &str, payload: &str) -> Message {
@@ -33,24 +30,7 @@ fn options(bind: &str, token: Option<&str>, source: Source, dir: &tempfile::Temp
     config.rules.reload_interval = DurationMs(0);
     config.http.bind = bind.to_string();
     config.http.token = token.map(str::to_string);
-    RunOptions {
-        config,
-        fixture: source,
-        speed: Speed::Max,
-        sinks: SinkConfig {
-            stdout: false,
-            jsonl: None,
-            collect: true,
-            mqtt: None,
-            webhook: None,
-        },
-        dead_letter_path: dir.path().join("dead-letters.jsonl"),
-        clock: DetectionClock::EventTime,
-        capture_results: false,
-        reload_reports: None,
-        stop: None,
-        metrics: None,
-    }
+    common::options(config, source, &dir.path().join("dead-letters.jsonl"))
 }
 
 fn free_addr() -> String {

@@ -20,11 +20,9 @@ use cityops::alert::sink::SinkConfig;
 use cityops::config::Config;
 use cityops::ingest::fixture::FixtureReader;
 use cityops::ingest::mqtt::MqttSource;
-use cityops::ingest::replay::Speed;
 use cityops::metrics::Metrics;
 use cityops::mqtt::BrokerUrl;
 use cityops::pipeline::{self, RunOptions, RunOutcome, Source};
-use cityops::rules::worker::DetectionClock;
 use common::sorted;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
@@ -249,23 +247,19 @@ fn live_run_until(
     source.max_messages = messages;
     // A broker that lost messages must fail the test, not hang it.
     source.idle_exit = Some(Duration::from_secs(10));
+    let sinks = SinkConfig {
+        collect: true,
+        mqtt: Some((url, config.mqtt.clone())),
+        ..SinkConfig::default()
+    };
     let options = RunOptions {
-        sinks: SinkConfig {
-            stdout: false,
-            jsonl: None,
-            collect: true,
-            mqtt: Some((url, config.mqtt.clone())),
-            webhook: None,
-        },
-        config,
-        fixture: Source::Mqtt(Box::new(source)),
-        speed: Speed::Max,
-        dead_letter_path: dir.path().join("dead-letters.jsonl"),
-        clock: DetectionClock::EventTime,
-        capture_results: false,
-        reload_reports: None,
-        stop: None,
+        sinks,
         metrics: Some(metrics),
+        ..common::options(
+            config,
+            Source::Mqtt(Box::new(source)),
+            &dir.path().join("dead-letters.jsonl"),
+        )
     };
     std::thread::spawn(move || pipeline::run(options).expect("the live pipeline runs"))
 }

@@ -10,13 +10,10 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use cityops::alert::sink::SinkConfig;
 use cityops::config::{Config, DurationMs};
 use cityops::ingest::message::Message;
-use cityops::ingest::replay::Speed;
-use cityops::pipeline::{self, RunOptions, Source};
+use cityops::pipeline::{self, RunOptions, RunOutcome, Source};
 use cityops::rules::reload::{ReloadReport, Swap};
-use cityops::rules::worker::DetectionClock;
 use common::{MIN, Scenario, T0, at};
 use serde_json::json;
 
@@ -97,6 +94,28 @@ fn phase(source: &crossbeam_channel::Sender<Message>, p: i64) {
     source.send(barrier(5 * p + 1)).expect("pipeline takes the barrier");
 }
 
+/// Starts a run over a rendezvous channel with this scenario's rules, checked for changes
+/// every 20 ms; returns the source, the reload reports and the run.
+fn start(
+    s: &Scenario,
+) -> (
+    crossbeam_channel::Sender<Message>,
+    crossbeam_channel::Receiver<ReloadReport>,
+    std::thread::JoinHandle<RunOutcome>,
+) {
+    let mut config = Config::default();
+    config.rules.dir = s.path("queries");
+    config.rules.reload_interval = DurationMs(20);
+    let (source, messages) = crossbeam_channel::bounded(0);
+    let (reports_tx, reports) = crossbeam_channel::unbounded();
+    let options = RunOptions {
+        reload_reports: Some(reports_tx),
+        ..common::options(config, Source::Channel(messages), &s.path("dead-letters.jsonl"))
+    };
+    let run = std::thread::spawn(move || pipeline::run(options).expect("the pipeline runs"));
+    (source, reports, run)
+}
+
 fn next_report(reports: &crossbeam_channel::Receiver<ReloadReport>) -> ReloadReport {
     reports
         .recv_timeout(Duration::from_secs(60))
@@ -108,30 +127,7 @@ fn a_rule_edited_broken_and_restored_during_a_replay() {
     let s = Scenario::new();
     s.rule("pressure_dip", DIP_V1).rule("readings", READINGS);
     let queries = s.path("queries");
-    let mut config = Config::default();
-    config.rules.dir = queries.clone();
-    config.rules.reload_interval = DurationMs(20);
-    let (source, messages) = crossbeam_channel::bounded(0);
-    let (reports_tx, reports) = crossbeam_channel::unbounded();
-    let options = RunOptions {
-        config,
-        fixture: Source::Channel(messages),
-        speed: Speed::Max,
-        sinks: SinkConfig {
-            stdout: false,
-            jsonl: None,
-            collect: true,
-            mqtt: None,
-            webhook: None,
-        },
-        dead_letter_path: s.path("dead-letters.jsonl"),
-        clock: DetectionClock::EventTime,
-        capture_results: false,
-        reload_reports: Some(reports_tx),
-        stop: None,
-        metrics: None,
-    };
-    let run = std::thread::spawn(move || pipeline::run(options).expect("the pipeline runs"));
+    let (source, reports, run) = start(&s);
 
     phase(&source, 0);
     save(&queries, "pressure_dip", DIP_V2);
@@ -230,30 +226,7 @@ fn a_removed_rule_resolves_its_firing_alerts_and_an_added_rule_starts() {
     let s = Scenario::new();
     s.rule("pressure_dip", DIP_V1);
     let queries = s.path("queries");
-    let mut config = Config::default();
-    config.rules.dir = queries.clone();
-    config.rules.reload_interval = DurationMs(20);
-    let (source, messages) = crossbeam_channel::bounded(0);
-    let (reports_tx, reports) = crossbeam_channel::unbounded();
-    let options = RunOptions {
-        config,
-        fixture: Source::Channel(messages),
-        speed: Speed::Max,
-        sinks: SinkConfig {
-            stdout: false,
-            jsonl: None,
-            collect: true,
-            mqtt: None,
-            webhook: None,
-        },
-        dead_letter_path: s.path("dead-letters.jsonl"),
-        clock: DetectionClock::EventTime,
-        capture_results: false,
-        reload_reports: Some(reports_tx),
-        stop: None,
-        metrics: None,
-    };
-    let run = std::thread::spawn(move || pipeline::run(options).expect("the pipeline runs"));
+    let (source, reports, run) = start(&s);
 
     phase(&source, 0);
     std::fs::remove_file(queries.join("pressure_dip.sql")).expect("rule removed");

@@ -16,10 +16,8 @@ use axum::routing::post;
 use cityops::alert::sink::SinkConfig;
 use cityops::config::{Config, DurationMs};
 use cityops::ingest::message::Message;
-use cityops::ingest::replay::Speed;
 use cityops::metrics::Metrics;
 use cityops::pipeline::{self, RunOptions, RunOutcome, Source};
-use cityops::rules::worker::DetectionClock;
 use common::T0;
 use serde_json::{Value, json};
 
@@ -149,23 +147,15 @@ fn run(
     config.webhook.spool_dir = spool.to_path_buf();
     config.webhook.max_backoff = DurationMs(200);
     config.webhook.drain_on_exit = DurationMs(1_000);
+    let sinks = SinkConfig {
+        collect: true,
+        webhook: Some(config.webhook.clone()),
+        ..SinkConfig::default()
+    };
     let options = RunOptions {
-        sinks: SinkConfig {
-            stdout: false,
-            jsonl: None,
-            collect: true,
-            mqtt: None,
-            webhook: Some(config.webhook.clone()),
-        },
-        config,
-        fixture: source,
-        speed: Speed::Max,
-        dead_letter_path: dir.join("dead-letters.jsonl"),
-        clock: DetectionClock::EventTime,
-        capture_results: false,
-        reload_reports: None,
-        stop: None,
+        sinks,
         metrics: Some(metrics),
+        ..common::options(config, source, &dir.join("dead-letters.jsonl"))
     };
     std::thread::spawn(move || pipeline::run(options).expect("the pipeline runs"))
 }

@@ -116,6 +116,23 @@ struct Alert {
     alert_id: String,
 }
 
+impl Alert {
+    /// The notification that this alert resolved at `step`.
+    fn resolved(self, step: CleanStep) -> Transition {
+        Transition {
+            change: Change::Resolved,
+            alert_id: self.alert_id,
+            key: self.key,
+            level: self.level,
+            values: self.values,
+            window: step.window,
+            first_breach_ms: self.first_breach_ms,
+            detected_ms: step.detected_ms,
+            arrived_ns: step.arrived_ns,
+        }
+    }
+}
+
 /// The alerts of one rule.
 #[derive(Debug, Clone)]
 pub struct Lifecycle {
@@ -231,17 +248,7 @@ impl Lifecycle {
                     return None;
                 }
                 let alert = self.alerts.remove(key_id)?;
-                Some(Transition {
-                    change: Change::Resolved,
-                    alert_id: alert.alert_id,
-                    key: alert.key,
-                    level: alert.level,
-                    values: alert.values,
-                    window: step.window,
-                    first_breach_ms: alert.first_breach_ms,
-                    detected_ms: step.detected_ms,
-                    arrived_ns: step.arrived_ns,
-                })
+                Some(alert.resolved(step))
             }
         }
     }
@@ -285,17 +292,7 @@ impl Lifecycle {
         alerts
             .into_iter()
             .filter(|alert| alert.status == Status::Firing)
-            .map(|alert| Transition {
-                change: Change::Resolved,
-                alert_id: alert.alert_id,
-                key: alert.key,
-                level: alert.level,
-                values: alert.values,
-                window: step.window,
-                first_breach_ms: alert.first_breach_ms,
-                detected_ms: step.detected_ms,
-                arrived_ns: step.arrived_ns,
-            })
+            .map(|alert| alert.resolved(step))
             .collect()
     }
 }

@@ -78,25 +78,31 @@ impl Scenario {
     }
 }
 
-/// Runs the pipeline on the virtual clock, collecting warnings.
-pub fn run_with(config: Config, fixture: Source, dead_letters: &Path) -> RunOutcome {
-    let options = RunOptions {
+/// A run at maximum speed on the virtual clock that collects its warnings; tests change
+/// the fields they need with `..options(…)`.
+pub fn options(config: Config, fixture: Source, dead_letters: &Path) -> RunOptions {
+    RunOptions {
         config,
         fixture,
         speed: Speed::Max,
         sinks: SinkConfig {
-            stdout: false,
-            jsonl: None,
             collect: true,
-            mqtt: None,
-            webhook: None,
+            ..SinkConfig::default()
         },
         dead_letter_path: dead_letters.to_path_buf(),
         clock: DetectionClock::EventTime,
-        capture_results: true,
+        capture_results: false,
         reload_reports: None,
         stop: None,
         metrics: None,
+    }
+}
+
+/// Runs the pipeline on the virtual clock, collecting warnings and window results.
+pub fn run_with(config: Config, fixture: Source, dead_letters: &Path) -> RunOutcome {
+    let options = RunOptions {
+        capture_results: true,
+        ..options(config, fixture, dead_letters)
     };
     pipeline::run(options).expect("the pipeline runs")
 }
