@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use datafusion::arrow::array::{ArrayRef, Float64Builder, StringBuilder, TimestampMillisecondBuilder};
+use datafusion::arrow::array::{ArrayRef, Float64Builder, StringArray, StringBuilder, TimestampMillisecondBuilder};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 
@@ -25,7 +25,7 @@ pub struct TableBatch {
     /// Virtual arrival time of each row (ms), for idle detection and dead letters.
     pub at_ms: Vec<EpochMs>,
     /// Topic of each row's message, for dead letters.
-    pub topics: Vec<Arc<str>>,
+    pub topics: StringArray,
 }
 
 /// What the rule stage receives for a table, in arrival order.
@@ -61,10 +61,9 @@ pub struct TableBatcher {
     columns: Vec<ColumnBuilder>,
     arrivals_ns: Vec<u64>,
     at_ms: Vec<EpochMs>,
-    topics: Vec<Arc<str>>,
+    topics: StringBuilder,
     /// When the oldest row of the current batch was appended (for the linger deadline).
     started: Option<Instant>,
-    last_topic: Option<Arc<str>>,
 }
 
 impl TableBatcher {
@@ -86,9 +85,8 @@ impl TableBatcher {
             columns,
             arrivals_ns: Vec::with_capacity(capacity),
             at_ms: Vec::with_capacity(capacity),
-            topics: Vec::with_capacity(capacity),
+            topics: StringBuilder::with_capacity(capacity, capacity * 32),
             started: None,
-            last_topic: None,
         }
     }
 
@@ -122,16 +120,7 @@ impl TableBatcher {
         }
         self.arrivals_ns.push(msg.arrived_ns);
         self.at_ms.push(msg.at_ms);
-        // Rows of one message share its topic; the Arc is made once per message.
-        let topic = match &self.last_topic {
-            Some(t) if **t == *msg.topic => Arc::clone(t),
-            _ => {
-                let t: Arc<str> = Arc::from(msg.topic.as_str());
-                self.last_topic = Some(Arc::clone(&t));
-                t
-            }
-        };
-        self.topics.push(topic);
+        self.topics.append_value(&msg.topic);
         if self.started.is_none() {
             self.started = Some(Instant::now());
         }
@@ -156,7 +145,7 @@ impl TableBatcher {
             batch: RecordBatch::try_new(Arc::clone(&self.def.schema), arrays)?,
             arrivals_ns: std::mem::replace(&mut self.arrivals_ns, Vec::with_capacity(capacity)),
             at_ms: std::mem::replace(&mut self.at_ms, Vec::with_capacity(capacity)),
-            topics: std::mem::replace(&mut self.topics, Vec::with_capacity(capacity)),
+            topics: self.topics.finish(),
         })
     }
 }
@@ -164,12 +153,15 @@ impl TableBatcher {
 /// The batchers of the tables one decode worker owns, indexed by table id.
 pub struct Batchers {
     pub by_table: Vec<Option<TableBatcher>>,
+    /// The table the latest row went to.
+    pub last_table: Option<usize>,
 }
 
 impl RowSink for Batchers {
     fn push(&mut self, table: usize, row: &Row<'_>, msg: &Message) {
         if let Some(Some(batcher)) = self.by_table.get_mut(table) {
             batcher.push(row, msg);
+            self.last_table = Some(table);
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The HTTP side of a running pipeline (axum, on the pipeline's tokio runtime): `/` the
 //! live dashboard (one embedded page, no external assets), `/api/warnings` (firing now and
-//! recent history), `/api/stats` (counters, queue depths, latency per stage), `/events`
-//! (server-sent events: each warning, and stats every second), `/metrics` (Prometheus)
+//! recent history), `/api/rules` (each rule's version, last evaluation, rows in, breaches,
+//! errors and state size), `/api/stats` (counters, queue depths, latency per stage), `/events`
+//! (server-sent events: each warning, and stats every second with the detection latency
+//! of that second), `/metrics` (Prometheus)
 //! and `/health`. It binds to loopback unless told otherwise; a non-loopback address needs
 //! a bearer token (`[http] token` or `CITYOPS_HTTP_TOKEN`), and with a token every route
 //! but `/health` requires it (`Authorization: Bearer …`, or `?token=` for the page and
@@ -23,7 +25,7 @@ use futures::StreamExt;
 use serde_json::json;
 
 use crate::live::LiveState;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Stage};
 use crate::summary::Summary;
 
 /// Environment variable that overrides `[http] token`.
@@ -64,6 +66,7 @@ pub fn router(state: AppState) -> axum::Router {
     let guarded = axum::Router::new()
         .route("/", get(dashboard))
         .route("/api/warnings", get(warnings))
+        .route("/api/rules", get(rules))
         .route("/api/stats", get(stats))
         .route("/events", get(events))
         .route("/metrics", get(metrics_page))
@@ -85,6 +88,7 @@ pub fn start(
             "http: {bind} is not loopback; set [http] token or {TOKEN_ENV} so the endpoint needs a bearer token"
         ));
     }
+    let query = if token.is_some() { "?token=…" } else { "" };
     let app = router(AppState {
         metrics,
         live,
@@ -105,7 +109,9 @@ pub fn start(
             tracing::error!(error = %e, "http server failed");
         }
     });
-    tracing::info!("dashboard on http://{addr}/ (also /api/warnings, /api/stats, /events, /metrics)");
+    eprintln!(
+        "cityops: dashboard on http://{addr}/{query} (also /api/warnings, /api/rules, /api/stats, /events, /metrics)"
+    );
     Ok(HttpServer { addr, stop: Some(stop) })
 }
 
@@ -133,6 +139,10 @@ async fn dashboard() -> Html<&'static str> {
 
 async fn warnings(State(state): State<AppState>) -> Response {
     axum::Json(json!({"firing": state.live.firing(), "recent": state.live.recent()})).into_response()
+}
+
+async fn rules(State(state): State<AppState>) -> Response {
+    axum::Json(json!({"rules": state.metrics.rules.snapshot()})).into_response()
 }
 
 /// Counters, queue depths and latency per stage, as of now.
@@ -168,19 +178,31 @@ async fn events(State(state): State<AppState>) -> Sse<impl Stream<Item = Result<
         }
     });
     let stats_state = state.clone();
-    let stats = futures::stream::unfold((), move |()| {
+    let since = stats_state.metrics.histogram(Stage::Detection);
+    let stats = futures::stream::unfold(since, move |since| {
         let state = stats_state.clone();
         async move {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let event = Event::default()
-                .event("stats")
-                .json_data(stats_json(&state))
-                .unwrap_or_default();
-            Some((event, ()))
+            let mut stats = stats_json(&state);
+            let now = state.metrics.histogram(Stage::Detection);
+            stats["detection_last_second"] = interval_percentiles(&now, &since);
+            let event = Event::default().event("stats").json_data(stats).unwrap_or_default();
+            Some((event, now))
         }
     });
     let merged = futures::stream::select(warnings, stats).map(Ok);
     Sse::new(merged).keep_alive(KeepAlive::default())
+}
+
+/// Percentiles of what a cumulative histogram recorded since an earlier copy of it, so the
+/// page charts latency as it is now, not averaged since the start.
+fn interval_percentiles(now: &hdrhistogram::Histogram<u64>, since: &hdrhistogram::Histogram<u64>) -> serde_json::Value {
+    let mut interval = now.clone();
+    if interval.subtract(since).is_err() || interval.is_empty() {
+        return json!({"count": 0});
+    }
+    let us = |q: f64| interval.value_at_quantile(q) as f64 / 1e3;
+    json!({"count": interval.len(), "p50_us": us(0.5), "p99_us": us(0.99), "max_us": interval.max() as f64 / 1e3})
 }
 
 async fn metrics_page(State(state): State<AppState>) -> Response {

@@ -198,9 +198,13 @@ struct RunArgs {
     /// state on `warnings/state/<rule>/<key>`.
     #[arg(long, value_name = "URL")]
     warnings_mqtt: Option<String>,
-    /// Serve /metrics (Prometheus) on this address while running, e.g. 127.0.0.1:9900.
+    /// Serve the dashboard, its API and /metrics on this address while running, e.g.
+    /// 127.0.0.1:8080. The demo run serves on 127.0.0.1:8080 (or a free port) by default.
     #[arg(long, value_name = "ADDR")]
     http: Option<String>,
+    /// Serve no HTTP, not even the demo run's default dashboard.
+    #[arg(long, conflicts_with = "http")]
+    no_http: bool,
     /// POST each warning to this URL (retried; spooled on disk in [webhook] spool_dir while
     /// the receiver is down).
     #[arg(long, value_name = "URL")]
@@ -236,6 +240,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// Where the demo run serves its dashboard: 127.0.0.1:8080, or a free loopback port when
+/// something else holds 8080.
+fn demo_http_address() -> String {
+    const DEMO_HTTP: &str = "127.0.0.1:8080";
+    match std::net::TcpListener::bind(DEMO_HTTP) {
+        Ok(_) => DEMO_HTTP.to_string(),
+        Err(_) => "127.0.0.1:0".to_string(),
+    }
+}
+
 /// The config file (or the defaults), with `--queries` overriding its rules directory.
 fn load_config(path: Option<&PathBuf>, queries: Option<PathBuf>) -> Result<Config, ExitCode> {
     let mut config = Config::load(path.map(PathBuf::as_path)).map_err(|e| {
@@ -255,6 +269,12 @@ fn run(args: RunArgs) -> ExitCode {
     };
     if let Some(bind) = &args.http {
         config.http.bind = bind.clone();
+    }
+    let demo = args.replay.is_none() && args.mqtt.is_none();
+    if args.no_http {
+        config.http.bind.clear();
+    } else if demo && config.http.bind.is_empty() {
+        config.http.bind = demo_http_address();
     }
     let source = match live_source(&args, &config) {
         Ok(s) => s,

@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 
 use crate::alert::level::Level;
 use crate::deadletter::Reason;
+use crate::rules::health::RuleBoard;
 
 /// Prometheus-style names of the metrics, `cityops_<what>_<unit>[_total]`.
 pub mod names {
@@ -119,6 +120,8 @@ pub struct Metrics {
     /// Rule changes rejected by hot reload (the old version kept running).
     pub reloads_rejected: AtomicU64,
     stages: [Mutex<Histogram<u64>>; Stage::ALL.len()],
+    /// Each rule's live counters (`/api/rules`).
+    pub rules: RuleBoard,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -164,6 +167,7 @@ impl Metrics {
             rules_reloaded: AtomicU64::new(0),
             reloads_rejected: AtomicU64::new(0),
             stages: std::array::from_fn(|_| Mutex::new(new_histogram())),
+            rules: RuleBoard::default(),
         }
     }
 

@@ -112,6 +112,7 @@ pub fn render(metrics: &Metrics) -> String {
             escape(&rule)
         );
     }
+    render_rules(&mut out, metrics);
     let _ = writeln!(
         out,
         "# HELP cityops_warnings_fired_total Firing notifications, by level\n# TYPE cityops_warnings_fired_total counter"
@@ -184,4 +185,44 @@ pub fn render(metrics: &Metrics) -> String {
 /// Escapes a label value.
 fn escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Per-rule counters and gauges from the rule board.
+fn render_rules(out: &mut String, metrics: &Metrics) {
+    let rules = metrics.rules.snapshot();
+    let series: [(&str, &str, &str, fn(&crate::rules::health::RuleHealthView) -> u64); 5] = [
+        ("cityops_rule_rows_total", "counter", "Rows fed to each rule", |r| {
+            r.rows_in
+        }),
+        (
+            "cityops_rule_evaluations_total",
+            "counter",
+            "Windows, sessions, row batches or snapshots judged by each rule",
+            |r| r.evaluations,
+        ),
+        (
+            "cityops_rule_breaches_total",
+            "counter",
+            "Result rows that were breaches, by rule",
+            |r| r.breaches,
+        ),
+        (
+            "cityops_rule_failures_total",
+            "counter",
+            "Failed evaluations, by rule",
+            |r| r.errors,
+        ),
+        (
+            "cityops_rule_state_size",
+            "gauge",
+            "Open windows, open sessions or watched devices, by rule",
+            |r| r.state_size,
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for rule in &rules {
+            let _ = writeln!(out, "{name}{{rule=\"{}\"}} {}", escape(&rule.rule), value(rule));
+        }
+    }
 }

@@ -32,6 +32,11 @@ fn state(token: Option<&str>) -> AppState {
     live.record(&warning("a", "yellow", "resolved", "2026-01-15T00:00:00.000Z"));
     let metrics = Arc::new(Metrics::new());
     metrics.messages_in.fetch_add(7, std::sync::atomic::Ordering::Relaxed);
+    let health = metrics
+        .rules
+        .register("gas_lel_high", "0a1b2c3d", "row", "sensor", "gas");
+    health.rows_in.fetch_add(5, std::sync::atomic::Ordering::Relaxed);
+    health.evaluated(1_768_435_200_000);
     AppState {
         metrics,
         live,
@@ -111,8 +116,33 @@ async fn stats_carry_counters_queues_and_stages() {
 }
 
 #[tokio::test]
+async fn rules_give_each_rules_health() {
+    let (status, body) = get(state(None), "/api/rules", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let body: Value = serde_json::from_str(&body).unwrap();
+    let rule = &body["rules"][0];
+    assert_eq!(body["rules"].as_array().unwrap().len(), 1);
+    assert_eq!(rule["rule"], "gas_lel_high");
+    assert_eq!(rule["version"], "0a1b2c3d");
+    assert_eq!(rule["kind"], "row");
+    assert_eq!(rule["table"], "sensor");
+    assert_eq!(rule["rows_in"], 5);
+    assert_eq!(rule["evaluations"], 1);
+    assert_eq!(rule["judged_through"], "2026-01-15T00:00:00.000Z");
+    assert_eq!((rule["breaches"].clone(), rule["errors"].clone()), (json!(0), json!(0)));
+    assert_eq!(rule["last_error"], Value::Null);
+    assert_eq!(rule["state_size"], 0);
+    let (_, page) = get(state(None), "/metrics", None).await;
+    assert!(
+        page.lines()
+            .any(|l| l == "cityops_rule_rows_total{rule=\"gas_lel_high\"} 5"),
+        "{page}"
+    );
+}
+
+#[tokio::test]
 async fn with_a_token_every_route_but_health_requires_it() {
-    for uri in ["/", "/api/warnings", "/api/stats", "/events", "/metrics"] {
+    for uri in ["/", "/api/warnings", "/api/rules", "/api/stats", "/events", "/metrics"] {
         assert_eq!(
             get(state(Some("s3cret")), uri, None).await.0,
             StatusCode::UNAUTHORIZED,

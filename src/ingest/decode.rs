@@ -3,6 +3,11 @@
 //! milliseconds or date-time text; `district`/`device_id` come from the topic when absent.
 //! Every rejected row becomes a `DeadLetter` with its reason; nothing here panics, logs or
 //! counts per row (callers count per message from the returned `Outcome`).
+//!
+//! Two paths, one set of rules: a payload whose rows are all good is decoded by the borrowed
+//! scan of `scan` (no JSON tree); any other payload is parsed whole into a `serde_json::Value`,
+//! which keeps each bad row for its dead letter. Both read fields through the same
+//! `Scalar` conversions, so they accept and reject alike.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -10,6 +15,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::message::Message;
+use super::scan::{FieldIndex, Scalar, Scanned, scalar_of, scan};
 use super::topic::TopicPattern;
 use crate::deadletter::{DeadLetter, Reason};
 use crate::schema::{Catalog, ColumnType, TableDef};
@@ -54,6 +60,8 @@ pub struct Outcome {
 #[derive(Debug, Clone)]
 pub struct Decoder {
     tables: Vec<Arc<TableDef>>,
+    /// The fields each table reads from a payload, for the scan.
+    fields: Vec<FieldIndex>,
     catalog: Catalog,
     pattern: TopicPattern,
     max_payload_bytes: usize,
@@ -62,7 +70,13 @@ pub struct Decoder {
 
 impl Decoder {
     pub fn new(catalog: Catalog, pattern: TopicPattern, max_payload_bytes: usize, max_future_ms: i64) -> Self {
+        let fields = catalog
+            .tables()
+            .iter()
+            .map(|t| FieldIndex::new(t.columns.iter().map(|c| c.name.as_str())))
+            .collect();
         Decoder {
+            fields,
             tables: catalog.tables().to_vec(),
             catalog,
             pattern,
@@ -126,19 +140,24 @@ impl Decoder {
             ));
             return rejected_whole;
         }
-        let value: Value = match serde_json::from_slice(&msg.payload) {
-            Ok(v) => v,
-            Err(e) => {
-                reject(whole(Reason::MalformedJson, e.to_string()));
-                return rejected_whole;
-            }
-        };
         let ctx = RowContext {
             def: &self.tables[table],
             table,
             topic_district: parts.district,
             topic_device: parts.device_id,
             max_ts: now_ms.saturating_add(self.max_future_ms),
+        };
+        if let Some(outcome) =
+            scan(&msg.payload, &self.fields[table]).and_then(|rows| ctx.push_scanned(&rows, msg, sink))
+        {
+            return outcome;
+        }
+        let value: Value = match serde_json::from_slice(&msg.payload) {
+            Ok(v) => v,
+            Err(e) => {
+                reject(whole(Reason::MalformedJson, e.to_string()));
+                return rejected_whole;
+            }
         };
         let mut outcome = Outcome::default();
         let mut one = |row: &Value| match ctx.decode_row(row, msg, sink) {
@@ -186,21 +205,18 @@ impl RowContext<'_> {
             Some(Value::Object(inner)) => Some(inner),
             _ => None,
         };
-        let field = |name: &str| values.and_then(|v| v.get(name)).or_else(|| obj.get(name));
-
-        let ts = read_ts(field("ts"), self.max_ts)?;
-        let device_id = text_or(field("device_id"), self.topic_device, "device_id")?;
-        if device_id.is_empty() {
-            return Err((
-                Reason::MissingDeviceId,
-                "no device_id in the payload or the topic".to_string(),
-            ));
-        }
-        let district = text_or(field("district"), self.topic_district, "district")?;
-
+        let field = |name: &str| {
+            values
+                .and_then(|v| v.get(name))
+                .or_else(|| obj.get(name))
+                .map(scalar_of)
+        };
+        let head = [field("ts"), field("device_id"), field("district")];
+        let slots: Vec<Option<Scalar<'_>>> = self.def.columns.iter().map(|c| field(&c.name)).collect();
+        let (ts, device_id, district) = self.head(&head)?;
         let mut cells = Vec::with_capacity(self.def.columns.len());
-        for column in &self.def.columns {
-            cells.push(read_cell(field(&column.name), column.kind, &column.name)?);
+        for (column, slot) in self.def.columns.iter().zip(&slots) {
+            cells.push(read_cell(slot.as_ref(), column.kind, &column.name)?);
         }
         sink.push(
             self.table,
@@ -214,25 +230,70 @@ impl RowContext<'_> {
         );
         Ok(())
     }
+
+    /// `ts`, `device_id` and `district` of a row from its first three field slots.
+    fn head<'v>(&'v self, head: &'v [Option<Scalar<'_>>]) -> Result<(EpochMs, Cow<'v, str>, Cow<'v, str>), RowError> {
+        let ts = read_ts(head[0].as_ref(), self.max_ts)?;
+        let device_id = text_or(head[1].as_ref(), self.topic_device, "device_id")?;
+        if device_id.is_empty() {
+            return Err((
+                Reason::MissingDeviceId,
+                "no device_id in the payload or the topic".to_string(),
+            ));
+        }
+        let district = text_or(head[2].as_ref(), self.topic_district, "district")?;
+        Ok((ts, device_id, district))
+    }
+
+    /// Pushes every scanned row, or none when any row is bad (the full path then decodes
+    /// the message and explains each bad row).
+    fn push_scanned(&self, scanned: &Scanned<'_>, msg: &Message, sink: &mut impl RowSink) -> Option<Outcome> {
+        let columns = self.def.columns.len();
+        let mut heads = Vec::new();
+        let mut cells = Vec::new();
+        for row in scanned.rows() {
+            heads.push(self.head(&row[..3]).ok()?);
+            for (column, slot) in self.def.columns.iter().zip(&row[3..]) {
+                cells.push(read_cell(slot.as_ref(), column.kind, &column.name).ok()?);
+            }
+        }
+        for (i, (ts, device_id, district)) in heads.iter().enumerate() {
+            sink.push(
+                self.table,
+                &Row {
+                    ts: *ts,
+                    device_id,
+                    district,
+                    cells: &cells[i * columns..(i + 1) * columns],
+                },
+                msg,
+            );
+        }
+        Some(Outcome {
+            accepted: heads.len() as u64,
+            rejected: 0,
+        })
+    }
 }
 
-fn read_ts(value: Option<&Value>, max_ts: EpochMs) -> Result<EpochMs, RowError> {
+fn read_ts(value: Option<&Scalar<'_>>, max_ts: EpochMs) -> Result<EpochMs, RowError> {
     let ts = match value {
-        None | Some(Value::Null) => return Err((Reason::MissingTs, "the row has no ts".to_string())),
-        Some(Value::Number(n)) => match n.as_i64() {
-            Some(ms) => ms,
-            None => match n.as_f64() {
-                Some(ms) if ms.is_finite() && ms.abs() < 9.0e15 => ms.floor() as i64,
-                _ => return Err((Reason::BadTs, format!("ts {n} is not a usable number of milliseconds"))),
-            },
+        None | Some(Scalar::Null) => return Err((Reason::MissingTs, "the row has no ts".to_string())),
+        Some(Scalar::Int(ms)) => *ms,
+        Some(n @ (Scalar::UInt(_) | Scalar::Float(_))) => match n {
+            Scalar::Float(ms) if ms.is_finite() && ms.abs() < 9.0e15 => ms.floor() as i64,
+            _ => {
+                let n = n.number_text().unwrap_or_default();
+                return Err((Reason::BadTs, format!("ts {n} is not a usable number of milliseconds")));
+            }
         },
-        Some(Value::String(text)) => parse_ts_text(text).map_err(|_| {
+        Some(Scalar::Text(text)) => parse_ts_text(text).map_err(|_| {
             (
                 Reason::BadTs,
                 format!("ts {text:?} is not epoch milliseconds or RFC 3339"),
             )
         })?,
-        Some(other) => return Err((Reason::BadTs, format!("ts is {}, not a number or text", kind_of(other)))),
+        Some(other) => return Err((Reason::BadTs, format!("ts is {}, not a number or text", other.kind()))),
     };
     if !(MIN_TS_MS..=max_ts).contains(&ts) {
         return Err((
@@ -247,33 +308,44 @@ fn read_ts(value: Option<&Value>, max_ts: EpochMs) -> Result<EpochMs, RowError> 
 }
 
 /// A text field, or `fallback` when absent; numbers are accepted as ids.
-fn text_or<'v>(value: Option<&'v Value>, fallback: &'v str, name: &str) -> Result<Cow<'v, str>, RowError> {
+fn text_or<'v>(value: Option<&'v Scalar<'_>>, fallback: &'v str, name: &str) -> Result<Cow<'v, str>, RowError> {
     match value {
-        None | Some(Value::Null) => Ok(Cow::Borrowed(fallback)),
-        Some(Value::String(s)) => Ok(Cow::Borrowed(s.as_str())),
-        Some(Value::Number(n)) => Ok(Cow::Owned(n.to_string())),
+        None | Some(Scalar::Null) => Ok(Cow::Borrowed(fallback)),
+        Some(Scalar::Text(s)) => Ok(Cow::Borrowed(s.as_ref())),
+        Some(n @ (Scalar::Int(_) | Scalar::UInt(_) | Scalar::Float(_))) => {
+            Ok(Cow::Owned(n.number_text().unwrap_or_default()))
+        }
         Some(other) => Err((
             Reason::WrongType,
-            format!("`{name}` must be text, got {}", kind_of(other)),
+            format!("`{name}` must be text, got {}", other.kind()),
         )),
     }
 }
 
-fn read_cell<'v>(value: Option<&'v Value>, kind: ColumnType, name: &str) -> Result<Cell<'v>, RowError> {
+fn read_cell<'v>(value: Option<&'v Scalar<'_>>, kind: ColumnType, name: &str) -> Result<Cell<'v>, RowError> {
+    let number = |f: f64, n: &Scalar<'_>| {
+        if f.is_finite() {
+            Ok(Cell::Float(f))
+        } else {
+            let n = n.number_text().unwrap_or_default();
+            Err((Reason::WrongType, format!("`{name}` = {n} is not a finite number")))
+        }
+    };
     match (kind, value) {
-        (_, None | Some(Value::Null)) => Ok(Cell::Null),
-        (ColumnType::Float, Some(Value::Number(n))) => match n.as_f64() {
-            Some(f) if f.is_finite() => Ok(Cell::Float(f)),
-            _ => Err((Reason::WrongType, format!("`{name}` = {n} is not a finite number"))),
-        },
+        (_, None | Some(Scalar::Null)) => Ok(Cell::Null),
+        (ColumnType::Float, Some(n @ Scalar::Int(i))) => number(*i as f64, n),
+        (ColumnType::Float, Some(n @ Scalar::UInt(u))) => number(*u as f64, n),
+        (ColumnType::Float, Some(n @ Scalar::Float(f))) => number(*f, n),
         // Many gateways quote numbers; a quoted number is still a number.
-        (ColumnType::Float, Some(Value::String(s))) => match s.trim().parse::<f64>() {
+        (ColumnType::Float, Some(Scalar::Text(s))) => match s.trim().parse::<f64>() {
             Ok(f) if f.is_finite() => Ok(Cell::Float(f)),
             _ => Err((Reason::WrongType, format!("`{name}` expects a number, got {s:?}"))),
         },
-        (ColumnType::String, Some(Value::String(s))) => Ok(Cell::Text(Cow::Borrowed(s.as_str()))),
-        (ColumnType::String, Some(Value::Number(n))) => Ok(Cell::Text(Cow::Owned(n.to_string()))),
-        (ColumnType::String, Some(Value::Bool(b))) => Ok(Cell::Text(Cow::Owned(b.to_string()))),
+        (ColumnType::String, Some(Scalar::Text(s))) => Ok(Cell::Text(Cow::Borrowed(s.as_ref()))),
+        (ColumnType::String, Some(n @ (Scalar::Int(_) | Scalar::UInt(_) | Scalar::Float(_)))) => {
+            Ok(Cell::Text(Cow::Owned(n.number_text().unwrap_or_default())))
+        }
+        (ColumnType::String, Some(Scalar::Bool(b))) => Ok(Cell::Text(Cow::Owned(b.to_string()))),
         (expected, Some(other)) => Err((
             Reason::WrongType,
             format!(
@@ -283,7 +355,7 @@ fn read_cell<'v>(value: Option<&'v Value>, kind: ColumnType, name: &str) -> Resu
                 } else {
                     "text"
                 },
-                kind_of(other)
+                other.kind()
             ),
         )),
     }

@@ -46,6 +46,20 @@ pub enum RuleKind {
     Devices,
 }
 
+impl RuleKind {
+    /// The kind's name as the live view shows it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RuleKind::Row => "row",
+            RuleKind::Window(WindowSpec::Tumble { .. }) => "tumble",
+            RuleKind::Window(WindowSpec::Hop { .. }) => "hop",
+            RuleKind::Window(WindowSpec::Cumulate { .. }) => "cumulate",
+            RuleKind::Session { .. } => "session",
+            RuleKind::Devices => "devices",
+        }
+    }
+}
+
 /// Where the parts of an alert are in the rule's output (or input, for row-rule keys).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputLayout {

@@ -55,6 +55,11 @@ impl DeviceWatch {
     }
 
     /// Takes a batch's rows in order; returns the snapshots that became due.
+    /// Devices watched now, over every table.
+    pub fn watched(&self) -> usize {
+        self.tables.iter().map(|t| t.last_seen.len()).sum()
+    }
+
     pub fn observe(&mut self, input: &TableBatch) -> Result<Vec<Snapshot>, ArrowError> {
         let batch = &input.batch;
         let ts = batch.column(0).as_primitive::<TimestampMillisecondType>();

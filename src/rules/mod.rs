@@ -4,11 +4,13 @@
 //! channel-fed leaf that lets one plan run once per open window, and `worker` evaluates a
 //! rule over its table's batches and drives its alert lifecycle. `running` keeps one task
 //! per rule and the `routes` from tables to rule queues; `reload` watches the rule files
-//! and swaps changed rules in while the pipeline runs.
+//! and swaps changed rules in while the pipeline runs; `health` keeps each rule's live
+//! counters for the operations centre.
 
 pub mod compile;
 pub mod devices;
 pub mod feed;
+pub mod health;
 pub mod loader;
 pub mod output;
 pub mod problem;

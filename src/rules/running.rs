@@ -79,6 +79,7 @@ impl RuleSet {
     /// Stops a rule: it drains its queue, then resolves its firing alerts.
     pub fn remove(&mut self, id: &str) -> Option<String> {
         let removed = self.running.remove(id)?;
+        self.context.metrics.rules.remove(id);
         drop(removed.queue);
         let (id, task) = (removed.rule.id.clone(), removed.task);
         self.retiring.push(self.runtime.spawn(async move {

@@ -74,6 +74,11 @@ impl Sessions {
     }
 
     /// The inactivity gap that ends a session.
+    /// Sessions open now, over every key.
+    pub fn open_count(&self) -> usize {
+        self.by_end.len()
+    }
+
     pub fn gap_ms(&self) -> EpochMs {
         self.gap_ms
     }

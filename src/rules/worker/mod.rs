@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 
 use super::compile::{CompiledRule, RuleKind};
 use super::devices::{DeviceWatch, Snapshot};
+use super::health::RuleHealth;
 use super::output::{key_of, level_of, result_json, row_json, values_of};
 use super::session::{ClosedSession, Sessions};
 use crate::alert::lifecycle::{CleanStep, Evidence, FiringAlert, Lifecycle, Transition};
@@ -113,6 +114,8 @@ pub struct RuleWorker {
     /// A version swapped in mid-stream judges only windows (and sessions) that start at or
     /// after its first row, so every window it judges saw all of its rows.
     judge_from: JudgeFrom,
+    /// This rule's live counters (`/api/rules`).
+    health: Arc<RuleHealth>,
 }
 
 /// Which windows a rule version judges.
@@ -154,7 +157,15 @@ impl RuleWorker {
             RuleKind::Session { gap_ms } => Some(Sessions::new(gap_ms, rule.lateness_ms, rule.session_key.clone())),
             _ => None,
         };
+        let health = ctx.metrics.rules.register(
+            &rule.id,
+            &rule.version,
+            rule.kind.name(),
+            &rule.info.table,
+            &rule.info.description,
+        );
         RuleWorker {
+            health,
             sessions,
             devices,
             lifecycle: Lifecycle::new(&rule.id, rule.policy),
@@ -249,7 +260,9 @@ impl RuleWorker {
                     if let Err(e) = result {
                         self.fail(&e);
                     }
-                    let _ = self.eval_latency.record(started.elapsed().as_nanos().max(1) as u64);
+                    let took_ns = started.elapsed().as_nanos().max(1) as u64;
+                    let _ = self.eval_latency.record(took_ns);
+                    self.note_batch(batch.batch.num_rows(), took_ns);
                     self.ctx.metrics.merge(Stage::RuleEval, &mut self.eval_latency);
                     self.ctx.metrics.merge(Stage::Detection, &mut self.detection_latency);
                 }
@@ -267,6 +280,7 @@ impl RuleWorker {
                         continue;
                     }
                     self.on_end(arrived_ns).await;
+                    self.note_state();
                     break;
                 }
             }
@@ -275,9 +289,32 @@ impl RuleWorker {
         self
     }
 
+    /// Publishes the rule's counters after a batch.
+    fn note_batch(&self, rows: usize, took_ns: u64) {
+        let health = &self.health;
+        health.rows_in.fetch_add(rows as u64, Ordering::Relaxed);
+        health.batches.fetch_add(1, Ordering::Relaxed);
+        health.eval_ns.fetch_add(took_ns, Ordering::Relaxed);
+        self.note_state();
+    }
+
+    /// Publishes the state the rule holds now and its live alerts.
+    fn note_state(&self) {
+        let health = &self.health;
+        let state = match (&self.windows, &self.sessions, &self.devices) {
+            (Some(windows), _, _) => windows.open.len(),
+            (_, Some(sessions), _) => sessions.open_count(),
+            (_, _, Some(devices)) => devices.watched(),
+            _ => 0,
+        };
+        health.state_size.store(state as u64, Ordering::Relaxed);
+        health.alerts.store(self.lifecycle.len() as u64, Ordering::Relaxed);
+    }
+
     pub(super) fn fail(&mut self, error: &DataFusionError) {
         self.errors += 1;
         self.last_error = Some(error.strip_backtrace());
+        self.health.failed(&error.strip_backtrace());
         self.ctx.metrics.rule_errors.fetch_add(1, Ordering::Relaxed);
         // The first failures are logged in full; later ones are counted (see the summary).
         if self.errors <= 3 {
@@ -297,7 +334,7 @@ impl RuleWorker {
             let _ = self.ctx.dead_letters.send(DeadLetter {
                 reason: Reason::Late,
                 detail: format!("every window of rule {} holding this row had closed", self.rule.id),
-                topic: input.topics[row].to_string(),
+                topic: input.topics.value(row).to_string(),
                 at: input.at_ms[row],
                 rule: Some(self.rule.id.clone()),
                 payload: row_json(&input.batch, row),
@@ -355,6 +392,7 @@ impl RuleWorker {
             detected_ms: found.detected_ms,
             arrived_ns: found.arrived_ns,
         };
+        self.health.breaches.fetch_add(1, Ordering::Relaxed);
         if let Some(t) = self.lifecycle.breach(evidence) {
             self.emit(t).await;
         }

@@ -34,6 +34,7 @@ impl RuleWorker {
             let arrived_ns = input.arrivals_ns[i];
             let transition = match breach {
                 Some((b, r)) => {
+                    self.health.breaches.fetch_add(1, Ordering::Relaxed);
                     let out = &output[b];
                     let level = self.level(out, r);
                     self.lifecycle.breach(Evidence {
@@ -62,6 +63,9 @@ impl RuleWorker {
             if let Some(t) = transition {
                 self.emit(t).await;
             }
+        }
+        if let Some(last) = ts.values().iter().max() {
+            self.health.evaluated(*last);
         }
         Ok(())
     }

@@ -69,6 +69,7 @@ impl RuleWorker {
                 }
             }
             for (session, arrived_ns) in group {
+                self.health.evaluated(session.end);
                 let window = Some((session.start, session.end));
                 let detected_ms = self.detected(session.event_ms);
                 let rows = rows_by_key.remove(&session.key_id);

@@ -23,6 +23,7 @@ impl RuleWorker {
     /// live alert.
     pub(super) async fn judge_snapshot(&mut self, snapshot: Snapshot, arrived_ns: u64) -> Result<(), DataFusionError> {
         let output = collect(self.rule.execute(self.rule.stream_of(vec![snapshot.batch]))?).await?;
+        self.health.evaluated(snapshot.at_ms);
         let detected_ms = self.detected(snapshot.at_ms);
         let mut breached = HashSet::new();
         for out in &output {

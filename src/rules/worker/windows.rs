@@ -160,6 +160,7 @@ impl RuleWorker {
             }
         };
         self.ctx.metrics.windows_closed.fetch_add(1, Ordering::Relaxed);
+        self.health.evaluated(end);
         self.ctx
             .metrics
             .record(Stage::WindowClose, started.elapsed().as_nanos() as u64);

@@ -1,0 +1,399 @@
+//! The decoder's fast path: one pass over a payload with serde's visitor API, keeping only
+//! the fields a table knows (`ts`, `device_id`, `district` and its columns) as scalars
+//! borrowed from the payload — no JSON tree, no per-key allocation. Unknown fields are
+//! skipped unparsed. Anything unusual (not an object or an array of objects, a nested
+//! value where a scalar belongs, malformed JSON) makes the scan give up, and the decoder
+//! takes its full path, which explains every rejection.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+/// One field value as the payload wrote it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scalar<'a> {
+    Null,
+    Int(i64),
+    /// A non-negative integer beyond `i64`.
+    UInt(u64),
+    Float(f64),
+    Text(Cow<'a, str>),
+    Bool(bool),
+    /// An array or object where a scalar belongs (`"an array"`, `"an object"`).
+    Nested(&'static str),
+}
+
+impl Scalar<'_> {
+    /// The number as JSON writes it (serde_json's formatting, so both decode paths agree).
+    pub fn number_text(&self) -> Option<String> {
+        match self {
+            Scalar::Int(i) => Some(i.to_string()),
+            Scalar::UInt(u) => Some(u.to_string()),
+            Scalar::Float(f) => Some(serde_json::Number::from_f64(*f).map_or_else(|| f.to_string(), |n| n.to_string())),
+            _ => None,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Scalar::Null => "null",
+            Scalar::Bool(_) => "a boolean",
+            Scalar::Int(_) | Scalar::UInt(_) | Scalar::Float(_) => "a number",
+            Scalar::Text(_) => "text",
+            Scalar::Nested(kind) => kind,
+        }
+    }
+}
+
+/// The fields of a table a payload may carry, numbered: 0 `ts`, 1 `device_id`,
+/// 2 `district`, then the table's columns in order.
+#[derive(Debug, Clone)]
+pub struct FieldIndex {
+    names: Vec<Box<str>>,
+}
+
+/// Key of the ThingsBoard-style nested object whose fields take precedence.
+const VALUES: &str = "values";
+
+impl FieldIndex {
+    pub fn new<'n>(columns: impl Iterator<Item = &'n str>) -> Self {
+        let names = ["ts", "device_id", "district"]
+            .into_iter()
+            .chain(columns)
+            .map(Box::from)
+            .collect();
+        FieldIndex { names }
+    }
+
+    /// Fields per row.
+    pub fn width(&self) -> usize {
+        self.names.len()
+    }
+
+    fn position(&self, key: &str) -> Option<usize> {
+        self.names.iter().position(|n| n.as_ref() == key)
+    }
+}
+
+/// The known fields of every row of one payload: `width` slots per row, the `values`
+/// object's field where it has one, else the row's own.
+#[derive(Debug, Default)]
+pub struct Scanned<'a> {
+    slots: Vec<Option<Scalar<'a>>>,
+    width: usize,
+}
+
+impl<'a> Scanned<'a> {
+    pub fn rows(&self) -> impl Iterator<Item = &[Option<Scalar<'a>>]> {
+        self.slots.chunks_exact(self.width.max(1))
+    }
+}
+
+/// Scans `payload` (one object or a non-empty array of objects); `None` means "take the
+/// full path".
+pub fn scan<'a>(payload: &'a [u8], fields: &FieldIndex) -> Option<Scanned<'a>> {
+    let mut scanned = Scanned {
+        slots: Vec::with_capacity(fields.width()),
+        width: fields.width(),
+    };
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    PayloadSeed {
+        fields,
+        out: &mut scanned,
+    }
+    .deserialize(&mut de)
+    .ok()?;
+    de.end().ok()?;
+    (!scanned.slots.is_empty()).then_some(scanned)
+}
+
+/// Gives up the scan (the full path will explain).
+fn give_up<E: de::Error>() -> E {
+    E::custom("take the full path")
+}
+
+struct PayloadSeed<'s, 'a> {
+    fields: &'s FieldIndex,
+    out: &'s mut Scanned<'a>,
+}
+
+impl<'de, 's> DeserializeSeed<'de> for PayloadSeed<'s, 'de> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de, 's> Visitor<'de> for PayloadSeed<'s, 'de> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object or an array of objects")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        scan_row(map, self.fields, self.out)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq
+            .next_element_seed(RowSeed {
+                fields: self.fields,
+                out: &mut *self.out,
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+}
+
+struct RowSeed<'s, 'a> {
+    fields: &'s FieldIndex,
+    out: &'s mut Scanned<'a>,
+}
+
+impl<'de, 's> DeserializeSeed<'de> for RowSeed<'s, 'de> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de, 's> Visitor<'de> for RowSeed<'s, 'de> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        scan_row(map, self.fields, self.out)
+    }
+}
+
+/// One row object: its known fields into a new row of slots. A field of the row's `values`
+/// object wins over the row's own field of the same name; of repeated keys the last wins.
+fn scan_row<'de, A: MapAccess<'de>>(mut map: A, fields: &FieldIndex, out: &mut Scanned<'de>) -> Result<(), A::Error> {
+    let base = out.slots.len();
+    out.slots.resize(base + fields.width(), None);
+    let mut values: Option<Vec<Option<Scalar<'de>>>> = None;
+    while let Some(key) = map.next_key_seed(KeySeed)? {
+        if key == VALUES {
+            values = map.next_value_seed(ValuesSeed { fields })?;
+        } else if let Some(i) = fields.position(&key) {
+            out.slots[base + i] = Some(map.next_value_seed(ScalarSeed)?);
+        } else {
+            map.next_value::<IgnoredAny>()?;
+        }
+    }
+    if let Some(values) = values {
+        for (slot, inner) in out.slots[base..].iter_mut().zip(values) {
+            if inner.is_some() {
+                *slot = inner;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An object key, borrowed from the payload unless it has escapes.
+struct KeySeed;
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_string()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
+/// The `values` object's known fields; anything but an object counts as no `values`.
+struct ValuesSeed<'s> {
+    fields: &'s FieldIndex,
+}
+
+impl<'de> DeserializeSeed<'de> for ValuesSeed<'_> {
+    type Value = Option<Vec<Option<Scalar<'de>>>>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        match deserializer.deserialize_any(ScalarOrObject { fields: self.fields })? {
+            Some(values) => Ok(Some(values)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Visits `values`: an object gives its known fields, any other value gives none.
+struct ScalarOrObject<'s> {
+    fields: &'s FieldIndex,
+}
+
+impl<'de> Visitor<'de> for ScalarOrObject<'_> {
+    type Value = Option<Vec<Option<Scalar<'de>>>>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any value")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut inner: Vec<Option<Scalar<'de>>> = vec![None; self.fields.width()];
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            match self.fields.position(&key) {
+                Some(i) => inner[i] = Some(map.next_value_seed(ScalarSeed)?),
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Some(inner))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+/// A field value; nested arrays and objects give up the scan (the full path explains).
+struct ScalarSeed;
+
+impl<'de> DeserializeSeed<'de> for ScalarSeed {
+    type Value = Scalar<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ScalarSeed {
+    type Value = Scalar<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a scalar")
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(Scalar::Bool(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Scalar::Int(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(i64::try_from(v).map_or(Scalar::UInt(v), Scalar::Int))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(Scalar::Float(v))
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Scalar::Text(Cow::Borrowed(v)))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Scalar::Text(Cow::Owned(v.to_string())))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Scalar::Text(Cow::Owned(v)))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Scalar::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+        Err(give_up())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+        Err(give_up())
+    }
+}
+
+/// A JSON value of the full path as a scalar (borrowing its text).
+pub fn scalar_of(value: &serde_json::Value) -> Scalar<'_> {
+    use serde_json::Value;
+    match value {
+        Value::Null => Scalar::Null,
+        Value::Bool(b) => Scalar::Bool(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Scalar::Int(i),
+            (None, Some(u)) => Scalar::UInt(u),
+            _ => Scalar::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => Scalar::Text(Cow::Borrowed(s.as_str())),
+        Value::Array(_) => Scalar::Nested("an array"),
+        Value::Object(_) => Scalar::Nested("an object"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields() -> FieldIndex {
+        FieldIndex::new(["kind", "value"].into_iter())
+    }
+
+    fn rows(payload: &str) -> Option<Vec<Vec<Option<Scalar<'_>>>>> {
+        scan(payload.as_bytes(), &fields()).map(|s| s.rows().map(<[_]>::to_vec).collect())
+    }
+
+    #[test]
+    fn known_fields_are_kept_borrowed_and_unknown_ones_skipped() {
+        let got = rows(r#"{"ts": 1768418100000, "kind": "gas", "lat": [1, 2], "value": 0.5, "device_id": null}"#);
+        assert_eq!(
+            got,
+            Some(vec![vec![
+                Some(Scalar::Int(1_768_418_100_000)),
+                Some(Scalar::Null),
+                None,
+                Some(Scalar::Text(Cow::Borrowed("gas"))),
+                Some(Scalar::Float(0.5)),
+            ]])
+        );
+    }
+
+    #[test]
+    fn values_win_and_the_last_repeated_key_wins() {
+        let got = rows(r#"{"value": 1, "values": {"value": 2, "kind": "a"}, "kind": "b", "kind": "c"}"#).unwrap();
+        assert_eq!(got[0][3], Some(Scalar::Text(Cow::Borrowed("a"))));
+        assert_eq!(got[0][4], Some(Scalar::Int(2)));
+        let not_an_object = rows(r#"{"value": 1, "values": 7}"#).unwrap();
+        assert_eq!(not_an_object[0][4], Some(Scalar::Int(1)));
+    }
+
+    #[test]
+    fn arrays_give_a_row_per_object_and_odd_shapes_take_the_full_path() {
+        assert_eq!(rows(r#"[{"ts": 1}, {"ts": 2}]"#).unwrap().len(), 2);
+        for odd in [
+            "[]",
+            "7",
+            r#"[{"ts": 1}, 7]"#,
+            r#"{"value": [1]}"#,
+            r#"{"ts": 1"#,
+            r#"{"ts": 1} x"#,
+        ] {
+            assert!(rows(odd).is_none(), "{odd}");
+        }
+    }
+}

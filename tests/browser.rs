@@ -1,0 +1,293 @@
+//! The dashboard in a real browser: headless Chromium, driven over WebDriver by
+//! chromedriver, watches a live `cityops run` of the demo city. A MutationObserver in the
+//! page records every warning card the board shows (with its computed colour) and every card
+//! that leaves it, so nothing depends on when the test happens to look. The test asserts
+//! that warnings of every table that warned appear in their level's colour, exactly the
+//! (table, level) pairs of the run's own JSON Lines output, and that resolved warnings
+//! leave the board for the history. It saves a screenshot of the page mid-run.
+//!
+//! Runs when Chromium and chromedriver are installed (`.ci/run` installs them and sets
+//! `CITYOPS_TEST_CHROMIUM=1`, which makes their absence a failure); otherwise it says it
+//! did not run.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// The four warning colours of the page's style sheet, as computed styles give them.
+fn level_colour(level: &str) -> &'static str {
+    match level {
+        "red" => "rgb(215, 38, 61)",
+        "orange" => "rgb(244, 96, 54)",
+        "yellow" => "rgb(226, 176, 7)",
+        "blue" => "rgb(27, 108, 168)",
+        other => panic!("unknown level {other}"),
+    }
+}
+
+/// A process killed when the test ends, pass or fail.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The few WebDriver calls the test needs (W3C WebDriver over HTTP, JSON bodies).
+struct Browser {
+    base: String,
+    session: String,
+    _driver: Killed,
+}
+
+impl Browser {
+    fn start(profile: &Path) -> Browser {
+        let port = free_port();
+        let driver = Killed(
+            Command::new(CHROMEDRIVER)
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start chromedriver"),
+        );
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while ureq::get(format!("{base}/status")).call().is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not come up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let capabilities = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": CHROMIUM,
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         "--window-size=1400,1400", format!("--user-data-dir={}", profile.display())],
+            },
+        }}});
+        let created = post(&format!("{base}/session"), &capabilities);
+        let session = created["value"]["sessionId"]
+            .as_str()
+            .expect("a session id")
+            .to_string();
+        Browser {
+            base,
+            session,
+            _driver: driver,
+        }
+    }
+
+    fn command(&self, path: &str, body: &Value) -> Value {
+        post(&format!("{}/session/{}/{path}", self.base, self.session), body)["value"].clone()
+    }
+
+    fn open(&self, url: &str) {
+        self.command("url", &json!({"url": url}));
+    }
+
+    fn script(&self, script: &str) -> Value {
+        self.command("execute/sync", &json!({"script": script, "args": []}))
+    }
+
+    fn screenshot(&self, path: &Path) {
+        let url = format!("{}/session/{}/screenshot", self.base, self.session);
+        let body = ureq::get(url).call().unwrap().body_mut().read_to_string().unwrap();
+        let reply: Value = serde_json::from_str(&body).unwrap();
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(reply["value"].as_str().expect("base64 png"))
+            .unwrap();
+        std::fs::write(path, png).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = ureq::delete(format!("{}/session/{}", self.base, self.session)).call();
+    }
+}
+
+fn post(url: &str, body: &Value) -> Value {
+    let mut reply = ureq::post(url)
+        .header("content-type", "application/json")
+        .send(body.to_string())
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    serde_json::from_str(&reply.body_mut().read_to_string().unwrap()).unwrap()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Records, inside the page, every card the board shows and every card that leaves it.
+const OBSERVER: &str = r##"
+  const board = document.getElementById("board");
+  window.__seen = {cards: [], left: [], history: []};
+  let onBoard = new Set();
+  const look = () => {
+    const now = new Set();
+    for (const card of board.querySelectorAll(".warning")) {
+      const id = card.dataset.alert;
+      now.add(id);
+      const level = card.querySelector(".level").textContent.trim();
+      const table = card.querySelector("b").textContent.split("/")[0];
+      window.__seen.cards.push({id, level, table, colour: getComputedStyle(card).borderLeftColor,
+                                text: getComputedStyle(card.querySelector(".level")).color});
+    }
+    for (const id of onBoard) if (!now.has(id)) window.__seen.left.push(id);
+    onBoard = now;
+    for (const card of document.querySelectorAll("#history .warning")) window.__seen.history.push(card.dataset.alert);
+  };
+  look();
+  new MutationObserver(look).observe(board, {childList: true, subtree: true});
+  return true;
+"##;
+
+#[test]
+fn the_dashboard_shows_each_tables_warnings_in_their_colour_and_resolved_ones_leave() {
+    let installed = Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists();
+    if !installed {
+        assert!(
+            std::env::var_os("CITYOPS_TEST_CHROMIUM").is_none(),
+            "CITYOPS_TEST_CHROMIUM is set but {CHROMIUM} or {CHROMEDRIVER} is missing"
+        );
+        eprintln!("browser test did not run: install chromium and chromium-driver (.ci/run does)");
+        return;
+    }
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("browser-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let browser = Browser::start(&dir.join("profile"));
+
+    // The demo day at 1800× recorded speed: 48 s, long enough to watch alerts come and go.
+    let jsonl = dir.join("warnings.jsonl");
+    let mut run = Killed(
+        Command::new(env!("CARGO_BIN_EXE_cityops"))
+            .args(["run", "--speed", "1800", "--quiet", "--http", "127.0.0.1:0", "--jsonl"])
+            .arg(&jsonl)
+            .arg("--dead-letter")
+            .arg(dir.join("dead.jsonl"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stderr = BufReader::new(run.0.stderr.take().unwrap());
+    let address = loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "cityops ended before serving");
+        if let Some(rest) = line.split("dashboard on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    // Keep reading stderr so cityops never blocks on a full pipe.
+    let drain = std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+
+    browser.open(&address);
+    assert_eq!(browser.script(OBSERVER), json!(true));
+    let screenshot = dir.join("dashboard.png");
+    let mut most = 0;
+    while run.0.try_wait().unwrap().is_none() {
+        let count = browser.script("return document.querySelectorAll('#board .warning').length;");
+        let count = count.as_u64().unwrap();
+        if count > most {
+            most = count;
+            browser.screenshot(&screenshot);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(run.0.wait().unwrap().success());
+    drain.join().unwrap().unwrap();
+
+    // What the run itself reported: (table, level) of each firing warning, and the alerts
+    // that resolved.
+    let mut fired = BTreeSet::new();
+    let mut resolved = BTreeSet::new();
+    for line in std::fs::read_to_string(&jsonl).unwrap().lines() {
+        let w: Value = serde_json::from_str(line).unwrap();
+        let id = w["alert_id"].as_str().unwrap().to_string();
+        match w["status"].as_str().unwrap() {
+            "firing" => {
+                fired.insert((
+                    w["table"].as_str().unwrap().to_string(),
+                    w["level"].as_str().unwrap().to_string(),
+                ));
+            }
+            _ => {
+                resolved.insert(id);
+            }
+        }
+    }
+    let tables: BTreeSet<&str> = fired.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        tables,
+        BTreeSet::from(["devices", "heating", "sensor", "traffic", "water"])
+    );
+
+    let seen = browser.script("return window.__seen;");
+    let mut shown = BTreeSet::new();
+    for card in seen["cards"].as_array().unwrap() {
+        let level = card["level"].as_str().unwrap();
+        assert_eq!(card["colour"], level_colour(level), "border of {card}");
+        if level != "blue" {
+            // Blue text is lightened for contrast on the dark page; the others are the level colour.
+            assert_eq!(card["text"], level_colour(level), "level text of {card}");
+        }
+        shown.insert((card["table"].as_str().unwrap().to_string(), level.to_string()));
+    }
+    assert_eq!(
+        shown, fired,
+        "every (table, level) the run fired, and nothing else, was on the board"
+    );
+
+    let left: BTreeSet<String> = seen["left"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    let history: BTreeSet<String> = seen["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    // The demo's last resolution comes hours of event time (seconds here) before its end.
+    assert_eq!(
+        left, resolved,
+        "the alerts that left the board are exactly those the run resolved"
+    );
+    for id in &left {
+        assert!(
+            history.contains(id),
+            "alert {id} left the board but is not in the history"
+        );
+    }
+    let by_level: BTreeMap<String, usize> =
+        seen["cards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .fold(BTreeMap::new(), |mut m, c| {
+                *m.entry(c["level"].as_str().unwrap().to_string()).or_default() += 1;
+                m
+            });
+    eprintln!(
+        "browser: {} alerts left the board, most on it at once {most}, cards by level {by_level:?}; screenshot {}",
+        left.len(),
+        screenshot.display()
+    );
+    assert!(screenshot.exists() && std::fs::metadata(&screenshot).unwrap().len() > 10_000);
+}
