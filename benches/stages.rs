@@ -34,7 +34,7 @@ fn gateway_message(rows: usize) -> Message {
     Message {
         at_ms: 0,
         topic: "city/haidian/heating/gw-hd-03".to_string(),
-        payload: serde_json::to_vec(&payload).unwrap_or_default().into_boxed_slice(),
+        payload: serde_json::to_vec(&payload).unwrap_or_default().into(),
         recorded_invalid: false,
         arrived_ns: 0,
     }

@@ -181,7 +181,7 @@ mod tests {
         let msg = Message {
             at_ms: 7,
             topic: "city/a/water/w1".into(),
-            payload: Box::new([]),
+            payload: bytes::Bytes::new(),
             recorded_invalid: false,
             arrived_ns: 99,
         };

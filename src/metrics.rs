@@ -79,6 +79,10 @@ pub fn new_histogram() -> Histogram<u64> {
     }
 }
 
+/// How often a stage's thread-local histogram is merged into the shared one (and at its end):
+/// a merge walks the whole histogram, so it is not done per batch.
+pub const MERGE_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Decode workers whose queue depth is reported (more still work, unreported).
 pub const MAX_DECODE_WORKERS: usize = 64;
 

@@ -69,7 +69,7 @@ pub fn publish(
             std::thread::sleep(wait);
         }
         client
-            .publish(msg.topic, qos, false, msg.payload.into_vec())
+            .publish(msg.topic, qos, false, msg.payload)
             .map_err(|e| e.to_string())?;
         messages += 1;
     }

@@ -18,7 +18,7 @@ fn message(device: &str, payload: &str) -> Message {
     Message {
         at_ms: 0,
         topic: format!("city/xicheng/sensor/{device}"),
-        payload: payload.as_bytes().to_vec().into_boxed_slice(),
+        payload: payload.as_bytes().to_vec().into(),
         recorded_invalid: false,
         arrived_ns: 0,
     }

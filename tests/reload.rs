@@ -64,7 +64,7 @@ fn reading(minute: i64, device: &str, pressure_mpa: f64) -> Message {
     Message {
         at_ms,
         topic: format!("city/xicheng/water/{device}"),
-        payload: payload.to_string().into_bytes().into_boxed_slice(),
+        payload: payload.to_string().into_bytes().into(),
         recorded_invalid: false,
         arrived_ns: 0,
     }
@@ -78,7 +78,7 @@ fn barrier(minute: i64) -> Message {
     Message {
         at_ms,
         topic: "city/xicheng/traffic/barrier".to_string(),
-        payload: payload.to_string().into_bytes().into_boxed_slice(),
+        payload: payload.to_string().into_bytes().into(),
         recorded_invalid: false,
         arrived_ns: 0,
     }

@@ -127,7 +127,7 @@ fn gas(device: &str, second: i64) -> Message {
     Message {
         at_ms: second * 1_000,
         topic: format!("city/xicheng/sensor/{device}"),
-        payload: payload.to_string().into_bytes().into_boxed_slice(),
+        payload: payload.to_string().into_bytes().into(),
         recorded_invalid: false,
         arrived_ns: 0,
     }

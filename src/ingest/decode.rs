@@ -417,7 +417,7 @@ mod tests {
         Message {
             at_ms: 0,
             topic: topic.to_string(),
-            payload: payload.as_bytes().into(),
+            payload: bytes::Bytes::copy_from_slice(payload.as_bytes()),
             recorded_invalid: false,
             arrived_ns: 0,
         }

@@ -3,7 +3,9 @@
 //! The reader yields messages in file order; it parses only the envelope, never the payload.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
+
+use bytes::{Bytes, BytesMut};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -45,10 +47,58 @@ struct Envelope<'a> {
 
 /// Streams the messages of a fixture.
 pub struct FixtureReader {
-    lines: Box<dyn BufRead + Send>,
+    lines: Lines,
     source_name: String,
     line_no: u64,
-    buf: String,
+}
+
+/// Bytes read ahead at a time. Lines are cut from one shared buffer, so a message's payload
+/// is a slice of it: one allocation per chunk instead of two per message.
+const CHUNK: usize = 1 << 20;
+
+/// Newline-separated lines of a reader, as shared slices of chunk buffers.
+struct Lines {
+    reader: Box<dyn Read + Send>,
+    buf: BytesMut,
+    /// Bytes of `buf` already searched for a newline.
+    searched: usize,
+    eof: bool,
+}
+
+impl Lines {
+    fn next_line(&mut self) -> std::io::Result<Option<Bytes>> {
+        loop {
+            if let Some(at) = memchr::memchr(b'\n', &self.buf[self.searched..]) {
+                let line = self.buf.split_to(self.searched + at + 1).freeze();
+                self.searched = 0;
+                return Ok(Some(line));
+            }
+            self.searched = self.buf.len();
+            if self.eof {
+                self.searched = 0;
+                return Ok((!self.buf.is_empty()).then(|| self.buf.split().freeze()));
+            }
+            // A new chunk (the old one stays alive while its messages are in flight).
+            let filled = self.buf.len();
+            self.buf.reserve(CHUNK);
+            self.buf.resize(filled + CHUNK, 0);
+            let read = loop {
+                match self.reader.read(&mut self.buf[filled..]) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    other => break other,
+                }
+            };
+            let read = match read {
+                Ok(n) => n,
+                Err(e) => {
+                    self.buf.truncate(filled);
+                    return Err(e);
+                }
+            };
+            self.buf.truncate(filled + read);
+            self.eof = read == 0;
+        }
+    }
 }
 
 impl FixtureReader {
@@ -83,10 +133,14 @@ impl FixtureReader {
     /// Any byte stream of fixture lines (uncompressed).
     pub fn from_reader(reader: Box<dyn Read + Send>, source_name: String) -> Self {
         FixtureReader {
-            lines: Box::new(BufReader::with_capacity(1 << 20, reader)),
+            lines: Lines {
+                reader,
+                buf: BytesMut::new(),
+                searched: 0,
+                eof: false,
+            },
             source_name,
             line_no: 0,
-            buf: String::new(),
         }
     }
 
@@ -98,23 +152,22 @@ impl FixtureReader {
     /// The next message, `None` at the end. `arrived_ns` is left 0 for the caller to stamp.
     pub fn next_message(&mut self) -> Result<Option<Message>, FixtureError> {
         loop {
-            self.buf.clear();
-            let read = self.lines.read_line(&mut self.buf).map_err(|source| FixtureError::Io {
+            let line = self.lines.next_line().map_err(|source| FixtureError::Io {
                 source_name: self.source_name.clone(),
                 source,
             })?;
-            if read == 0 {
+            let Some(line) = line else {
                 return Ok(None);
-            }
+            };
             self.line_no += 1;
-            let line = self.buf.trim();
-            if line.is_empty() {
+            let text = line.trim_ascii();
+            if text.is_empty() {
                 continue;
             }
-            let envelope: Envelope = serde_json::from_str(line).map_err(|e| self.line_error(e.to_string()))?;
+            let envelope: Envelope = serde_json::from_slice(text).map_err(|e| self.line_error(e.to_string()))?;
             let (payload, recorded_invalid) = match (envelope.payload, envelope.raw) {
-                (Some(p), None) => (p.get().as_bytes().into(), false),
-                (None, Some(raw)) => (raw.into_bytes().into_boxed_slice(), true),
+                (Some(p), None) => (slice_of(&line, p.get().as_bytes()), false),
+                (None, Some(raw)) => (Bytes::from(raw.into_bytes()), true),
                 _ => return Err(self.line_error("needs exactly one of `payload` and `raw`".to_string())),
             };
             if !envelope.at.is_finite() || envelope.at < 0.0 {
@@ -136,6 +189,15 @@ impl FixtureReader {
             line: self.line_no,
             message,
         }
+    }
+}
+
+/// `part` (borrowed from `line`) as a shared slice of `line`, without copying.
+fn slice_of(line: &Bytes, part: &[u8]) -> Bytes {
+    let start = (part.as_ptr() as usize).checked_sub(line.as_ptr() as usize);
+    match start {
+        Some(start) if start + part.len() <= line.len() => line.slice(start..start + part.len()),
+        _ => Bytes::copy_from_slice(part),
     }
 }
 

@@ -7,8 +7,9 @@ pub struct Message {
     /// Virtual arrival time: the fixture's `at` offset in replay, milliseconds since start live.
     pub at_ms: i64,
     pub topic: String,
-    /// The payload bytes exactly as received (JSON text when valid).
-    pub payload: Box<[u8]>,
+    /// The payload bytes exactly as received (JSON text when valid). Shared, not copied:
+    /// a slice of the fixture's read buffer or of the MQTT client's receive buffer.
+    pub payload: bytes::Bytes,
     /// A recorded payload that was not JSON (`"raw"` in a fixture): always dead-lettered.
     pub recorded_invalid: bool,
     /// Wall-clock arrival, nanoseconds since the pipeline's start (for latency).

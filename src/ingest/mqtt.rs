@@ -216,7 +216,7 @@ async fn poll_loop(
                 let arrived_ns = metrics.now_ns();
                 let msg = Message {
                     at_ms: (arrived_ns / 1_000_000) as i64,
-                    payload: publish.payload.to_vec().into_boxed_slice(),
+                    payload: publish.payload.clone(),
                     topic: publish.topic.clone(),
                     recorded_invalid: false,
                     arrived_ns,

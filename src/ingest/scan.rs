@@ -71,7 +71,12 @@ impl FieldIndex {
         self.names.len()
     }
 
-    fn position(&self, key: &str) -> Option<usize> {
+    /// The field named `key`, trying `hint` first: payloads of one kind of device list
+    /// their fields in the same order, so the field after the last one usually matches.
+    fn position(&self, key: &str, hint: usize) -> Option<usize> {
+        if self.names.get(hint).is_some_and(|n| n.as_ref() == key) {
+            return Some(hint);
+        }
         self.names.iter().position(|n| n.as_ref() == key)
     }
 }
@@ -176,11 +181,13 @@ fn scan_row<'de, A: MapAccess<'de>>(mut map: A, fields: &FieldIndex, out: &mut S
     let base = out.slots.len();
     out.slots.resize(base + fields.width(), None);
     let mut values: Option<Vec<Option<Scalar<'de>>>> = None;
+    let mut hint = 0;
     while let Some(key) = map.next_key_seed(KeySeed)? {
         if key == VALUES {
             values = map.next_value_seed(ValuesSeed { fields })?;
-        } else if let Some(i) = fields.position(&key) {
+        } else if let Some(i) = fields.position(&key, hint) {
             out.slots[base + i] = Some(map.next_value_seed(ScalarSeed)?);
+            hint = i + 1;
         } else {
             map.next_value::<IgnoredAny>()?;
         }
@@ -248,9 +255,13 @@ impl<'de> Visitor<'de> for ScalarOrObject<'_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut inner: Vec<Option<Scalar<'de>>> = vec![None; self.fields.width()];
+        let mut hint = 0;
         while let Some(key) = map.next_key_seed(KeySeed)? {
-            match self.fields.position(&key) {
-                Some(i) => inner[i] = Some(map.next_value_seed(ScalarSeed)?),
+            match self.fields.position(&key, hint) {
+                Some(i) => {
+                    inner[i] = Some(map.next_value_seed(ScalarSeed)?);
+                    hint = i + 1;
+                }
                 None => {
                     map.next_value::<IgnoredAny>()?;
                 }

@@ -16,7 +16,7 @@ use super::decode::Decoder;
 use super::message::{Ingest, Message};
 use crate::batch::{Batchers, TableBatcher, TableEvent};
 use crate::deadletter::DeadLetter;
-use crate::metrics::{Metrics, Stage, new_histogram};
+use crate::metrics::{MERGE_EVERY, Metrics, Stage, new_histogram};
 use crate::schema::Catalog;
 use crate::time::{EpochMs, wall_now_ms};
 
@@ -56,6 +56,11 @@ pub struct DecodeWorker {
     /// atomic per batch, not per message.
     unpublished_accepted: u64,
     messages: u64,
+    last_merge: Instant,
+    /// Wall clock at `wall_base_at` (ms), to derive the wall time of each message from the
+    /// monotonic clock read it needs anyway; refreshed on every tick.
+    wall_base_ms: EpochMs,
+    wall_base_at: Instant,
 }
 
 impl DecodeWorker {
@@ -97,6 +102,9 @@ impl DecodeWorker {
             queue_wait: new_histogram(),
             unpublished_accepted: 0,
             messages: 0,
+            last_merge: Instant::now(),
+            wall_base_ms: wall_now_ms(),
+            wall_base_at: Instant::now(),
         }
     }
 
@@ -144,7 +152,7 @@ impl DecodeWorker {
         for table in self.tables.clone() {
             self.send(table, TableEvent::End { arrived_ns });
         }
-        self.merge_histograms();
+        self.merge_histograms(true);
     }
 
     fn on_message(&mut self, msg: &Message) {
@@ -153,11 +161,12 @@ impl DecodeWorker {
         let now_ns = started.saturating_duration_since(self.metrics.started()).as_nanos() as u64;
         let _ = self.queue_wait.record(now_ns.saturating_sub(msg.arrived_ns).max(1));
         self.batchers.last_table = None;
+        let wall_ms = self.wall_base_ms + started.saturating_duration_since(self.wall_base_at).as_millis() as EpochMs;
         let metrics = &self.metrics;
         let dead_letters = &self.dead_letters;
         let outcome = self
             .decoder
-            .decode(msg, wall_now_ms(), &mut self.batchers, &mut |letter: DeadLetter| {
+            .decode(msg, wall_ms, &mut self.batchers, &mut |letter: DeadLetter| {
                 metrics.add_rejected(letter.reason, 1);
                 // The writer only goes away at shutdown; the count above still holds.
                 let _ = dead_letters.send(letter);
@@ -177,6 +186,8 @@ impl DecodeWorker {
 
     /// Silent tables advance their watermark by the clock.
     fn on_tick(&mut self, now_ms: EpochMs) {
+        self.wall_base_ms = wall_now_ms();
+        self.wall_base_at = Instant::now();
         for table in self.tables.clone() {
             let Some(last) = self.last_arrival_ms[table] else {
                 continue;
@@ -248,7 +259,7 @@ impl DecodeWorker {
             }
         }
         self.publish_accepted();
-        self.merge_histograms();
+        self.merge_histograms(false);
     }
 
     fn publish_accepted(&mut self) {
@@ -265,8 +276,12 @@ impl DecodeWorker {
         }
     }
 
-    fn merge_histograms(&mut self) {
-        self.metrics.merge(Stage::Decode, &mut self.decode_latency);
-        self.metrics.merge(Stage::QueueWait, &mut self.queue_wait);
+    /// Merges the local histograms into the shared ones: when `now`, or every `MERGE_EVERY`.
+    fn merge_histograms(&mut self, now: bool) {
+        if now || self.last_merge.elapsed() >= MERGE_EVERY {
+            self.metrics.merge(Stage::Decode, &mut self.decode_latency);
+            self.metrics.merge(Stage::QueueWait, &mut self.queue_wait);
+            self.last_merge = Instant::now();
+        }
     }
 }

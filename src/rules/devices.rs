@@ -5,7 +5,6 @@
 //! only a table's own clock is ordered with its rows. A snapshot is cut at the row that
 //! passes the minute, before that row is counted, so batching never changes results.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, AsArray, Float64Array, RecordBatch, StringArray, TimestampMillisecondArray};
@@ -32,8 +31,9 @@ pub struct Snapshot {
 /// Last-seen times of the devices of one table, and that table's event time.
 #[derive(Debug, Default)]
 struct TableWatch {
-    /// device → (district, last ts).
-    last_seen: HashMap<String, (String, EpochMs)>,
+    /// device → (district, last ts), in the order devices were first seen: snapshots list
+    /// devices in that (deterministic) order without sorting a whole city every minute.
+    last_seen: indexmap::IndexMap<String, (String, EpochMs), foldhash::fast::RandomState>,
     /// Max `ts` seen (or advanced while the table is idle).
     clock: Option<EpochMs>,
     /// Max `ts` of the rows themselves, the base of idle time.
@@ -75,13 +75,20 @@ impl DeviceWatch {
                 due.push(snapshot);
             }
             let watch = &mut self.tables[input.table];
-            let entry = watch
-                .last_seen
-                .entry(devices.value(i).to_string())
-                .or_insert_with(|| (String::new(), t));
-            entry.0.clear();
-            entry.0.push_str(districts.value(i));
-            entry.1 = entry.1.max(t);
+            let (device, district) = (devices.value(i), districts.value(i));
+            // A known device is updated in place: no allocation on the hot path.
+            match watch.last_seen.get_mut(device) {
+                Some(seen) => {
+                    if seen.0 != district {
+                        seen.0.clear();
+                        seen.0.push_str(district);
+                    }
+                    seen.1 = seen.1.max(t);
+                }
+                None => {
+                    watch.last_seen.insert(device.to_string(), (district.to_string(), t));
+                }
+            }
             watch.row_max = watch.row_max.max(Some(t));
         }
         Ok(due)
@@ -131,12 +138,11 @@ impl DeviceWatch {
 
     fn snapshot(&self, table: usize, at_ms: EpochMs) -> Result<RecordBatch, ArrowError> {
         let name = self.table_names[table].as_str();
-        let mut rows: Vec<(&str, &str, &str, EpochMs)> = self.tables[table]
+        let rows: Vec<(&str, &str, &str, EpochMs)> = self.tables[table]
             .last_seen
             .iter()
             .map(|(device, (district, seen))| (name, device.as_str(), district.as_str(), *seen))
             .collect();
-        rows.sort_unstable();
         let n = rows.len();
         let columns: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),

@@ -31,7 +31,7 @@ use crate::alert::lifecycle::{CleanStep, Evidence, FiringAlert, Lifecycle, Trans
 use crate::alert::warning::Warning;
 use crate::batch::{TableBatch, TableEvent};
 use crate::deadletter::{DeadLetter, Reason};
-use crate::metrics::{Metrics, Stage, new_histogram};
+use crate::metrics::{MERGE_EVERY, Metrics, Stage, new_histogram};
 use crate::time::{EpochMs, wall_now_ms};
 use crate::window::WindowClock;
 
@@ -116,6 +116,7 @@ pub struct RuleWorker {
     judge_from: JudgeFrom,
     /// This rule's live counters (`/api/rules`).
     health: Arc<RuleHealth>,
+    last_merge: Instant,
 }
 
 /// Which windows a rule version judges.
@@ -165,6 +166,7 @@ impl RuleWorker {
             &rule.info.description,
         );
         RuleWorker {
+            last_merge: Instant::now(),
             health,
             sessions,
             devices,
@@ -217,7 +219,17 @@ impl RuleWorker {
         for t in self.lifecycle.retire(step) {
             self.emit(t).await;
         }
-        self.ctx.metrics.merge(Stage::Detection, &mut self.detection_latency);
+        self.merge_histograms(true);
+    }
+
+    /// Merges the local latency histograms into the shared ones: when `now`, or when the
+    /// last merge is `MERGE_EVERY` old.
+    fn merge_histograms(&mut self, now: bool) {
+        if now || self.last_merge.elapsed() >= MERGE_EVERY {
+            self.ctx.metrics.merge(Stage::RuleEval, &mut self.eval_latency);
+            self.ctx.metrics.merge(Stage::Detection, &mut self.detection_latency);
+            self.last_merge = Instant::now();
+        }
     }
 
     /// What the rule reports at the end of a run.
@@ -263,8 +275,7 @@ impl RuleWorker {
                     let took_ns = started.elapsed().as_nanos().max(1) as u64;
                     let _ = self.eval_latency.record(took_ns);
                     self.note_batch(batch.batch.num_rows(), took_ns);
-                    self.ctx.metrics.merge(Stage::RuleEval, &mut self.eval_latency);
-                    self.ctx.metrics.merge(Stage::Detection, &mut self.detection_latency);
+                    self.merge_histograms(false);
                 }
                 TableEvent::Idle {
                     table,
@@ -285,7 +296,7 @@ impl RuleWorker {
                 }
             }
         }
-        self.ctx.metrics.merge(Stage::Detection, &mut self.detection_latency);
+        self.merge_histograms(true);
         self
     }
 
