@@ -6,6 +6,7 @@
 //! backoff; every connect resubscribes; outages are logged and counted. Clock ticks go to
 //! the decode workers every second of wall time so silent tables advance.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -179,7 +180,12 @@ async fn poll_loop(
 ) -> Result<(), MqttError> {
     let mut backoff = MIN_BACKOFF;
     let mut lost_at: Option<Instant> = None;
+    // Acks of messages already in the pipeline that the client's request queue had no room
+    // for yet: rumqttc hands over a whole read of publishes before it drains that queue, so
+    // a burst can outrun it. They are retried, in order, around every poll; never dropped.
+    let mut acks_waiting: VecDeque<rumqttc::Publish> = VecDeque::new();
     while !ending.load(Ordering::Relaxed) {
+        queue_acks(client, &mut acks_waiting);
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 metrics.mqtt_connected.store(true, Ordering::Relaxed);
@@ -225,10 +231,9 @@ async fn poll_loop(
                 let worker = decoder.route(&msg.topic).map(|t| handoff.owner(t)).unwrap_or(0);
                 // Waits while the queue is full: the socket is not read meanwhile.
                 handoff.send(worker, Ingest::Message(msg))?;
-                if publish.qos != QoS::AtMostOnce
-                    && let Err(e) = client.try_ack(&publish)
-                {
-                    tracing::warn!(error = %e, "mqtt ack could not be queued; the broker will redeliver");
+                if publish.qos != QoS::AtMostOnce {
+                    acks_waiting.push_back(publish);
+                    queue_acks(client, &mut acks_waiting);
                 }
                 count.fetch_add(1, Ordering::Relaxed);
                 let now_ms = (arrived_ns / 1_000_000).max(1);
@@ -243,6 +248,9 @@ async fn poll_loop(
                 metrics.mqtt_connected.store(false, Ordering::Relaxed);
                 metrics.mqtt_subscribed.store(false, Ordering::Relaxed);
                 metrics.mqtt_connection_errors.fetch_add(1, Ordering::Relaxed);
+                // Acks for the lost connection cannot travel on the next one; the broker
+                // redelivers what it did not see acknowledged.
+                acks_waiting.clear();
                 if lost_at.is_none() {
                     lost_at = Some(Instant::now());
                     tracing::warn!(broker = %source.url.host, error = %e, "mqtt connection lost; reconnecting with backoff");
@@ -253,4 +261,14 @@ async fn poll_loop(
         }
     }
     Ok(())
+}
+
+/// Queues as many waiting acks as the client's request queue takes, oldest first.
+fn queue_acks(client: &AsyncClient, waiting: &mut VecDeque<rumqttc::Publish>) {
+    while let Some(publish) = waiting.front() {
+        if client.try_ack(publish).is_err() {
+            return;
+        }
+        waiting.pop_front();
+    }
 }
