@@ -25,8 +25,8 @@ SELECT split_part(topic, '/', 4) AS device_id,
        avg(coalesce(payload.supply_temp_c, payload.pressure_mpa, payload.value)) AS avg_value,
        count(*) AS readings
 FROM read_json('{path}', format = 'newline_delimited', columns = {{
-    at: 'BIGINT', topic: 'VARCHAR',
-    payload: 'STRUCT(ts BIGINT, supply_temp_c DOUBLE, pressure_mpa DOUBLE, value DOUBLE)'}})
+    'at': 'BIGINT', 'topic': 'VARCHAR',
+    'payload': 'STRUCT(ts BIGINT, supply_temp_c DOUBLE, pressure_mpa DOUBLE, value DOUBLE)'}})
 GROUP BY ALL
 """
 
@@ -35,7 +35,7 @@ def main() -> None:
     path = sys.argv[1]
     runs = int(sys.argv[2]) if len(sys.argv) > 2 else 5
     con = duckdb.connect()
-    rows = con.execute(f"SELECT count(*) FROM read_json('{path}', format = 'newline_delimited', columns = {{at: 'BIGINT'}})").fetchone()[0]
+    rows = con.execute(f"SELECT count(*) FROM read_json('{path}', format = 'newline_delimited', columns = {{'at': 'BIGINT'}})").fetchone()[0]
     rates = []
     for _ in range(runs):
         started = time.perf_counter()
@@ -43,7 +43,8 @@ def main() -> None:
         elapsed = time.perf_counter() - started
         assert groups[1] == rows, f"aggregated {groups[1]} of {rows} rows"
         rates.append(rows / elapsed)
-    print(f"duckdb {duckdb.__version__}: {rows} rows into {groups[0]} windows; threads {con.execute('SELECT current_setting(''threads'')').fetchone()[0]}")
+    threads = con.execute("SELECT current_setting('threads')").fetchone()[0]
+    print(f"duckdb {duckdb.__version__}: {rows} rows into {groups[0]} windows; threads {threads}")
     print("rows/s per run: " + ", ".join(f"{r / 1e6:.2f}M" for r in rates))
     print(f"median: {statistics.median(rates) / 1e6:.2f}M rows/s")
 

@@ -48,6 +48,7 @@ fn batchers(catalog: &Catalog, capacity: usize) -> Batchers {
             .enumerate()
             .map(|(i, t)| Some(TableBatcher::new(i, Arc::clone(t), capacity)))
             .collect(),
+        last_table: None,
     }
 }
 
