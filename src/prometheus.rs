@@ -1,7 +1,8 @@
 //! The `/metrics` page in Prometheus text format (version 0.0.4): every counter of the run
 //! (messages, readings accepted, rejected per reason, late per table and rule, windows,
 //! warnings per level, rule errors, reloads, MQTT and webhook delivery), gauges (MQTT
-//! connection, webhook spool) and a latency summary per stage from the HdrHistograms.
+//! connection, webhook spool), per-rule counters from the rule board, and a latency summary
+//! per stage from the HdrHistograms.
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
@@ -9,6 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use crate::alert::level::Level;
 use crate::deadletter::Reason;
 use crate::metrics::{Metrics, Stage};
+use crate::rules::health::RuleHealthView;
 
 /// Renders every metric.
 pub fn render(metrics: &Metrics) -> String {
@@ -190,7 +192,8 @@ fn escape(value: &str) -> String {
 /// Per-rule counters and gauges from the rule board.
 fn render_rules(out: &mut String, metrics: &Metrics) {
     let rules = metrics.rules.snapshot();
-    let series: [(&str, &str, &str, fn(&crate::rules::health::RuleHealthView) -> u64); 5] = [
+    type Read = fn(&RuleHealthView) -> u64;
+    let series: [(&str, &str, &str, Read); 5] = [
         ("cityops_rule_rows_total", "counter", "Rows fed to each rule", |r| {
             r.rows_in
         }),

@@ -119,7 +119,7 @@ impl DecodeWorker {
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             let dry = rx.is_empty();
-            let check = dry || self.messages % CHECK_EVERY == 0;
+            let check = dry || self.messages.is_multiple_of(CHECK_EVERY);
             if check {
                 self.metrics.set_queue_depth(self.index, rx.len());
             }
