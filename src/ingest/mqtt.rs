@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, Packet, QoS, SubscribeFilter, SubscribeReasonCode};
+use rumqttc::{AsyncClient, Event, Packet, PubAck, QoS, SubscribeFilter, SubscribeReasonCode};
 
 use super::decode::Decoder;
 use super::message::{Ingest, Message};
@@ -180,12 +180,14 @@ async fn poll_loop(
 ) -> Result<(), MqttError> {
     let mut backoff = MIN_BACKOFF;
     let mut lost_at: Option<Instant> = None;
-    // Acks of messages already in the pipeline that the client's request queue had no room
-    // for yet: rumqttc hands over a whole read of publishes before it drains that queue, so
-    // a burst can outrun it. They are retried, in order, around every poll; never dropped.
+    // Acks of messages already in the pipeline. They go out together, in order, just before
+    // a poll that reads the socket again (rumqttc's own manual acks would take one event-loop
+    // turn and one flush each, which stalls the broker's in-flight window).
     let mut acks_waiting: VecDeque<rumqttc::Publish> = VecDeque::new();
     while !ending.load(Ordering::Relaxed) {
-        queue_acks(client, &mut acks_waiting);
+        if eventloop.state.events.is_empty() && !acks_waiting.is_empty() {
+            send_acks(client, eventloop, &mut acks_waiting).await;
+        }
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 metrics.mqtt_connected.store(true, Ordering::Relaxed);
@@ -233,7 +235,6 @@ async fn poll_loop(
                 handoff.send(worker, Ingest::Message(msg))?;
                 if publish.qos != QoS::AtMostOnce {
                     acks_waiting.push_back(publish);
-                    queue_acks(client, &mut acks_waiting);
                 }
                 count.fetch_add(1, Ordering::Relaxed);
                 let now_ms = (arrived_ns / 1_000_000).max(1);
@@ -263,12 +264,27 @@ async fn poll_loop(
     Ok(())
 }
 
-/// Queues as many waiting acks as the client's request queue takes, oldest first.
-fn queue_acks(client: &AsyncClient, waiting: &mut VecDeque<rumqttc::Publish>) {
-    while let Some(publish) = waiting.front() {
-        if client.try_ack(publish).is_err() {
-            return;
+/// Sends the waiting acks in one write: QoS 1 `PubAck`s straight onto the connection, QoS 2
+/// through the client (its `PubRec` changes the session state). A failed write leaves them
+/// to the broker's redelivery; the next poll sees the broken connection and reconnects.
+async fn send_acks(client: &AsyncClient, eventloop: &mut rumqttc::EventLoop, waiting: &mut VecDeque<rumqttc::Publish>) {
+    let Some(network) = eventloop.network.as_mut() else {
+        waiting.clear();
+        return;
+    };
+    for publish in waiting.drain(..) {
+        let written = match publish.qos {
+            QoS::AtLeastOnce => network.write(Packet::PubAck(PubAck::new(publish.pkid))).await.is_ok(),
+            _ => client.try_ack(&publish).is_ok(),
+        };
+        if !written {
+            tracing::warn!(
+                pkid = publish.pkid,
+                "mqtt ack could not be sent; the broker will redeliver"
+            );
         }
-        waiting.pop_front();
+    }
+    if let Err(e) = network.flush().await {
+        tracing::warn!(error = %e, "mqtt acks could not be flushed; the broker will redeliver");
     }
 }
