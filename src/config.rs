@@ -171,13 +171,17 @@ impl Default for MqttConfig {
     }
 }
 
-/// The HTTP endpoint (`/metrics`).
+/// The HTTP endpoint (dashboard, API, `/metrics`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Address to serve on; empty = no server.
     pub bind: String,
     pub token: Option<String>,
+    /// When `bind` is taken, serve on any free port of the same address instead of failing
+    /// (the demo run's default dashboard; never set from a file).
+    #[serde(skip)]
+    pub any_port_if_taken: bool,
 }
 
 /// The webhook sink.

@@ -74,10 +74,12 @@ pub fn router(state: AppState) -> axum::Router {
     guarded.route("/health", get(|| async { "ok\n" })).with_state(state)
 }
 
-/// Binds `bind` and serves until stopped. Refuses a non-loopback address without a token.
+/// Binds `bind` (or, when it is taken and `any_port_if_taken`, any free port of its address)
+/// and serves until stopped. Refuses a non-loopback address without a token.
 pub fn start(
     runtime: &tokio::runtime::Runtime,
     bind: SocketAddr,
+    any_port_if_taken: bool,
     token: Option<String>,
     metrics: Arc<Metrics>,
     live: Arc<LiveState>,
@@ -94,9 +96,13 @@ pub fn start(
         live,
         token: token.map(Arc::from),
     });
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind(bind))
-        .map_err(|e| format!("http: cannot bind {bind}: {e}"))?;
+    let listener = match runtime.block_on(tokio::net::TcpListener::bind(bind)) {
+        Err(e) if any_port_if_taken && e.kind() == std::io::ErrorKind::AddrInUse => {
+            runtime.block_on(tokio::net::TcpListener::bind(SocketAddr::new(bind.ip(), 0)))
+        }
+        bound => bound,
+    }
+    .map_err(|e| format!("http: cannot bind {bind}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     runtime.spawn(async move {

@@ -240,15 +240,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// Where the demo run serves its dashboard: 127.0.0.1:8080, or a free loopback port when
-/// something else holds 8080.
-fn demo_http_address() -> String {
-    const DEMO_HTTP: &str = "127.0.0.1:8080";
-    match std::net::TcpListener::bind(DEMO_HTTP) {
-        Ok(_) => DEMO_HTTP.to_string(),
-        Err(_) => "127.0.0.1:0".to_string(),
-    }
-}
+/// Where the demo run serves its dashboard (another free port when this one is taken).
+const DEMO_HTTP: &str = "127.0.0.1:8080";
 
 /// The config file (or the defaults), with `--queries` overriding its rules directory.
 fn load_config(path: Option<&PathBuf>, queries: Option<PathBuf>) -> Result<Config, ExitCode> {
@@ -274,7 +267,8 @@ fn run(args: RunArgs) -> ExitCode {
     if args.no_http {
         config.http.bind.clear();
     } else if demo && config.http.bind.is_empty() {
-        config.http.bind = demo_http_address();
+        config.http.bind = DEMO_HTTP.to_string();
+        config.http.any_port_if_taken = true;
     }
     let source = match live_source(&args, &config) {
         Ok(s) => s,

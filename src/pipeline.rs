@@ -163,6 +163,7 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
                 http::start(
                     &runtime,
                     addr,
+                    config.http.any_port_if_taken,
                     config.http.token.clone(),
                     Arc::clone(&metrics),
                     Arc::clone(&live),
