@@ -103,9 +103,10 @@ pub fn scan<'a>(payload: &'a [u8], fields: &FieldIndex) -> Option<Scanned<'a>> {
         width: fields.width(),
     };
     let mut de = serde_json::Deserializer::from_slice(payload);
-    PayloadSeed {
+    RowsSeed {
         fields,
         out: &mut scanned,
+        nested: false,
     }
     .deserialize(&mut de)
     .ok()?;
@@ -118,19 +119,22 @@ fn give_up<E: de::Error>() -> E {
     E::custom("take the full path")
 }
 
-struct PayloadSeed<'s, 'a> {
+/// The payload (`nested: false`: an object or an array of objects) or one element of its
+/// array (`nested: true`: an object only).
+struct RowsSeed<'s, 'a> {
     fields: &'s FieldIndex,
     out: &'s mut Scanned<'a>,
+    nested: bool,
 }
 
-impl<'de, 's> DeserializeSeed<'de> for PayloadSeed<'s, 'de> {
+impl<'de, 's> DeserializeSeed<'de> for RowsSeed<'s, 'de> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
         deserializer.deserialize_any(self)
     }
 }
 
-impl<'de, 's> Visitor<'de> for PayloadSeed<'s, 'de> {
+impl<'de, 's> Visitor<'de> for RowsSeed<'s, 'de> {
     type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an object or an array of objects")
@@ -141,37 +145,18 @@ impl<'de, 's> Visitor<'de> for PayloadSeed<'s, 'de> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if self.nested {
+            return Err(give_up());
+        }
         while seq
-            .next_element_seed(RowSeed {
+            .next_element_seed(RowsSeed {
                 fields: self.fields,
                 out: &mut *self.out,
+                nested: true,
             })?
             .is_some()
         {}
         Ok(())
-    }
-}
-
-struct RowSeed<'s, 'a> {
-    fields: &'s FieldIndex,
-    out: &'s mut Scanned<'a>,
-}
-
-impl<'de, 's> DeserializeSeed<'de> for RowSeed<'s, 'de> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de, 's> Visitor<'de> for RowSeed<'s, 'de> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
-        scan_row(map, self.fields, self.out)
     }
 }
 
