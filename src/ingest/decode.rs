@@ -198,7 +198,7 @@ impl RowContext<'_> {
         let Value::Object(obj) = row else {
             return Err((
                 Reason::NotAnObject,
-                format!("expected a JSON object, got {}", kind_of(row)),
+                format!("expected a JSON object, got {}", scalar_of(row).kind()),
             ));
         };
         let values = match obj.get("values") {
@@ -358,17 +358,6 @@ fn read_cell<'v>(value: Option<&'v Scalar<'_>>, kind: ColumnType, name: &str) ->
                 other.kind()
             ),
         )),
-    }
-}
-
-fn kind_of(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "text",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
