@@ -17,7 +17,7 @@ batch_rows = 4096          # flush a table's batch at this many rows...
 linger = "20ms"            # ...or when the decode queue runs dry, or at the latest after this long
 lateness = "2s"            # watermark = max ts seen - lateness (rules may override)
 idle_timeout = "60s"       # a table silent this long advances its watermark by the clock
-queue_capacity = 1024      # messages per decode queue; when full, the source waits
+queue_capacity = 1024      # slots per decode queue (a message, or up to 64 of one MQTT read); when full, the source waits
 decode_threads = 0         # 0 = one per core, at most one per table
 max_payload_bytes = 65536  # larger payloads are dead-lettered as `oversized`
 max_future = "1d"          # ts further ahead of the wall clock are `ts_out_of_range`

@@ -2,14 +2,16 @@
 //! per worker, messages routed by table so each table's rows stay in arrival order. The
 //! overflow policy lives here and only here: when a queue is full the source waits (for
 //! MQTT QoS 1 that means it stops reading the socket and the broker holds the backlog);
-//! every such wait is counted.
+//! every such wait is counted. A source that reads several messages at once (one socket
+//! read) hands them over as one burst per worker, so a worker wakes once per read rather
+//! than once per message.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 
-use crate::ingest::message::Ingest;
+use crate::ingest::message::{Ingest, Message};
 use crate::metrics::Metrics;
 
 /// The sending side, held by the source.
@@ -82,6 +84,59 @@ impl Handoff {
     }
 }
 
+/// Messages gathered per worker until the source's read is done (or a burst is full).
+pub struct Bursts {
+    pending: Vec<Vec<Message>>,
+}
+
+impl Bursts {
+    /// The most messages in one burst: bounds what one queue slot holds, so a full queue
+    /// still means a bounded backlog (`queue_capacity` × this).
+    pub const MAX: usize = 64;
+
+    pub fn new(handoff: &Handoff) -> Self {
+        Bursts {
+            pending: (0..handoff.workers()).map(|_| Vec::new()).collect(),
+        }
+    }
+
+    /// Adds a message for `worker`; hands that worker's burst over once it is full.
+    pub fn push(&mut self, handoff: &Handoff, worker: usize, msg: Message) -> Result<(), Closed> {
+        let worker = worker.min(self.pending.len() - 1);
+        let burst = &mut self.pending[worker];
+        burst.push(msg);
+        if burst.len() >= Self::MAX {
+            let full = std::mem::replace(burst, Vec::with_capacity(Self::MAX));
+            handoff.send(worker, Ingest::Messages(full))?;
+        }
+        Ok(())
+    }
+
+    /// Hands every waiting burst over (a single message travels alone).
+    pub fn flush(&mut self, handoff: &Handoff) -> Result<(), Closed> {
+        for (worker, burst) in self.pending.iter_mut().enumerate() {
+            match burst.len() {
+                0 => {}
+                1 => {
+                    let msg = burst.pop().ok_or(Closed)?;
+                    handoff.send(worker, Ingest::Message(msg))?;
+                }
+                _ => handoff.send(worker, Ingest::Messages(std::mem::take(burst)))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Messages gathered and not yet handed over.
+    pub fn len(&self) -> usize {
+        self.pending.iter().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,6 +154,46 @@ mod tests {
         handoff.send(0, Ingest::Tick { now_ms: 2 }).expect("waits, then sends");
         assert_eq!(reader.join().expect("reader ran"), (true, true));
         assert_eq!(metrics.queue_full_waits.load(Ordering::Relaxed), 1);
+    }
+
+    fn message(n: i64) -> Message {
+        Message {
+            at_ms: n,
+            topic: "city/a/water/1".to_string(),
+            payload: bytes::Bytes::new(),
+            recorded_invalid: false,
+            arrived_ns: 0,
+        }
+    }
+
+    fn at_ms(item: Ingest) -> Vec<i64> {
+        match item {
+            Ingest::Message(m) => vec![m.at_ms],
+            Ingest::Messages(ms) => ms.iter().map(|m| m.at_ms).collect(),
+            other => panic!("expected messages, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bursts_keep_order_per_worker_and_hand_over_when_full_or_flushed() {
+        let (handoff, receivers) = Handoff::new(2, 2, 16, Arc::new(Metrics::new()));
+        let mut bursts = Bursts::new(&handoff);
+        for n in 0..(Bursts::MAX as i64 + 2) {
+            bursts.push(&handoff, 0, message(n)).expect("open");
+        }
+        bursts.push(&handoff, 1, message(1000)).expect("open");
+        // The first full burst went at once; the rest waits for the flush.
+        assert_eq!(
+            at_ms(receivers[0].try_recv().expect("full burst")),
+            (0..Bursts::MAX as i64).collect::<Vec<_>>()
+        );
+        assert!(receivers[0].try_recv().is_err());
+        assert_eq!(bursts.len(), 3);
+        bursts.flush(&handoff).expect("open");
+        assert!(bursts.is_empty());
+        assert_eq!(at_ms(receivers[0].try_recv().expect("rest")), vec![64, 65]);
+        // A lone message travels as itself.
+        assert!(matches!(receivers[1].try_recv(), Ok(Ingest::Message(m)) if m.at_ms == 1000));
     }
 
     #[test]

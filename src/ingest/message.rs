@@ -20,6 +20,9 @@ pub struct Message {
 #[derive(Debug)]
 pub enum Ingest {
     Message(Message),
+    /// Messages a source read together for the same worker, in arrival order: one queue
+    /// operation and at most one wake-up for the lot (see `queue::Bursts`).
+    Messages(Vec<Message>),
     /// The virtual clock reached `now_ms`; lets idle tables advance their watermark.
     Tick {
         now_ms: i64,

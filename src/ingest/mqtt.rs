@@ -1,8 +1,9 @@
 //! The live MQTT source: subscribes with rumqttc and hands each message to the decode
 //! queues. It runs on its own thread with a single-threaded tokio runtime, so when a
 //! decode queue is full the handoff waits and the socket is not read: the broker holds the
-//! backlog (QoS 1) instead of cityops dropping anything. A QoS 1 message is acknowledged
-//! only after it is in a decode queue. A lost connection is retried with exponential
+//! backlog (QoS 1) instead of cityops dropping anything. The messages of one socket read go
+//! to the workers as one burst each; a QoS 1 message is acknowledged only after its burst
+//! is in a decode queue. A lost connection is retried with exponential
 //! backoff; every connect resubscribes; outages are logged and counted. Clock ticks go to
 //! the decode workers every second of wall time so silent tables advance.
 
@@ -19,7 +20,7 @@ use super::topic::TopicPattern;
 use crate::config::{Config, MqttConfig};
 use crate::metrics::Metrics;
 use crate::mqtt::{self, BrokerUrl};
-use crate::queue::{Closed, Handoff};
+use crate::queue::{Bursts, Closed, Handoff};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -184,9 +185,14 @@ async fn poll_loop(
     // a poll that reads the socket again (rumqttc's own manual acks would take one event-loop
     // turn and one flush each, which stalls the broker's in-flight window).
     let mut acks_waiting: VecDeque<rumqttc::Publish> = VecDeque::new();
+    let mut bursts = Bursts::new(handoff);
     while !ending.load(Ordering::Relaxed) {
-        if eventloop.state.events.is_empty() && !acks_waiting.is_empty() {
-            send_acks(client, eventloop, &mut acks_waiting).await;
+        if eventloop.state.events.is_empty() {
+            // The last read is consumed: its messages go to the pipeline, then their acks out.
+            bursts.flush(handoff)?;
+            if !acks_waiting.is_empty() {
+                send_acks(client, eventloop, &mut acks_waiting).await;
+            }
         }
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -220,19 +226,20 @@ async fn poll_loop(
                     metrics.mqtt_subscribed.store(true, Ordering::Relaxed);
                 }
             }
-            Ok(Event::Incoming(Packet::Publish(publish))) => {
+            Ok(Event::Incoming(Packet::Publish(mut publish))) => {
                 let arrived_ns = metrics.now_ns();
+                // The topic and payload move into the pipeline; what stays is enough to ack.
                 let msg = Message {
                     at_ms: (arrived_ns / 1_000_000) as i64,
-                    payload: publish.payload.clone(),
-                    topic: publish.topic.clone(),
+                    payload: std::mem::take(&mut publish.payload),
+                    topic: std::mem::take(&mut publish.topic),
                     recorded_invalid: false,
                     arrived_ns,
                 };
                 metrics.messages_in.fetch_add(1, Ordering::Relaxed);
                 let worker = decoder.route(&msg.topic).map(|t| handoff.owner(t)).unwrap_or(0);
                 // Waits while the queue is full: the socket is not read meanwhile.
-                handoff.send(worker, Ingest::Message(msg))?;
+                bursts.push(handoff, worker, msg)?;
                 if publish.qos != QoS::AtMostOnce {
                     acks_waiting.push_back(publish);
                 }
@@ -249,8 +256,9 @@ async fn poll_loop(
                 metrics.mqtt_connected.store(false, Ordering::Relaxed);
                 metrics.mqtt_subscribed.store(false, Ordering::Relaxed);
                 metrics.mqtt_connection_errors.fetch_add(1, Ordering::Relaxed);
-                // Acks for the lost connection cannot travel on the next one; the broker
-                // redelivers what it did not see acknowledged.
+                // What was read before the loss is genuine and goes on; its acks cannot
+                // travel on the next connection, so the broker redelivers those messages.
+                bursts.flush(handoff)?;
                 acks_waiting.clear();
                 if lost_at.is_none() {
                     lost_at = Some(Instant::now());
@@ -260,6 +268,11 @@ async fn poll_loop(
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
+    }
+    // Ending: what was read goes in, and its acks go out ahead of the queued disconnect.
+    bursts.flush(handoff)?;
+    if !acks_waiting.is_empty() {
+        send_acks(client, eventloop, &mut acks_waiting).await;
     }
     Ok(())
 }

@@ -125,6 +125,7 @@ impl DecodeWorker {
             }
             match item {
                 Ok(Ingest::Message(msg)) => self.on_message(&msg),
+                Ok(Ingest::Messages(burst)) => burst.iter().for_each(|msg| self.on_message(msg)),
                 Ok(Ingest::Tick { now_ms }) => self.on_tick(now_ms),
                 Ok(Ingest::Reroute(routes)) => {
                     // Everything before the reroute goes to the versions that were running.
