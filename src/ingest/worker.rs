@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
 
@@ -22,6 +22,13 @@ use crate::time::{EpochMs, wall_now_ms};
 
 /// How long a batch waits for more rows when the queue is empty (the linger floor).
 const DRY_QUEUE_LINGER: Duration = Duration::from_millis(2);
+
+/// How long a worker with an empty queue naps before looking again (see `next_item`); it
+/// bounds the extra queue wait this adds.
+const IDLE_NAP: Duration = Duration::from_micros(500);
+
+/// After this long with an empty queue and no open batch, a worker parks until the next item.
+const PARK_AFTER: Duration = Duration::from_millis(20);
 
 /// Under load, linger deadlines and the queue-depth gauge are looked at once per this many
 /// messages (a clock read and a shared cache line each), and whenever the queue runs dry.
@@ -111,13 +118,7 @@ impl DecodeWorker {
     /// Runs until the source ends (or disappears).
     pub fn run(mut self, rx: Receiver<Ingest>) {
         loop {
-            let wait = self
-                .next_linger_deadline()
-                .map(|d| d.saturating_duration_since(Instant::now()));
-            let item = match wait {
-                Some(wait) => rx.recv_timeout(wait),
-                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            };
+            let item = self.next_item(&rx);
             let dry = rx.is_empty();
             let check = dry || self.messages.is_multiple_of(CHECK_EVERY);
             if check {
@@ -154,6 +155,31 @@ impl DecodeWorker {
             self.send(table, TableEvent::End { arrived_ns });
         }
         self.merge_histograms(true);
+    }
+
+    /// The next item, or `Timeout` when the oldest open batch is due. An empty queue is not
+    /// waited on but looked at again every `IDLE_NAP`: a worker parked on its queue would
+    /// cost the source a wake-up (a futex call, and on a busy machine a preempted broker)
+    /// for every message that trickles in. Only after `PARK_AFTER` with nothing at all to
+    /// do does the worker park until the next item.
+    fn next_item(&self, rx: &Receiver<Ingest>) -> Result<Ingest, RecvTimeoutError> {
+        let mut napped = Duration::ZERO;
+        loop {
+            match rx.try_recv() {
+                Ok(item) => return Ok(item),
+                Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
+                Err(TryRecvError::Empty) => {}
+            }
+            let now = Instant::now();
+            let nap = match self.next_linger_deadline() {
+                Some(due) if due <= now => return Err(RecvTimeoutError::Timeout),
+                Some(due) => IDLE_NAP.min(due - now),
+                None if napped < PARK_AFTER => IDLE_NAP,
+                None => return rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            std::thread::sleep(nap);
+            napped += nap;
+        }
     }
 
     fn on_message(&mut self, msg: &Message) {
