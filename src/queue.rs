@@ -115,13 +115,13 @@ impl Bursts {
     /// Hands every waiting burst over (a single message travels alone).
     pub fn flush(&mut self, handoff: &Handoff) -> Result<(), Closed> {
         for (worker, burst) in self.pending.iter_mut().enumerate() {
-            match burst.len() {
-                0 => {}
-                1 => {
-                    let msg = burst.pop().ok_or(Closed)?;
-                    handoff.send(worker, Ingest::Message(msg))?;
-                }
-                _ => handoff.send(worker, Ingest::Messages(std::mem::take(burst)))?,
+            let item = match burst.len() {
+                0 => continue,
+                1 => burst.pop().map(Ingest::Message),
+                _ => Some(Ingest::Messages(std::mem::take(burst))),
+            };
+            if let Some(item) = item {
+                handoff.send(worker, item)?;
             }
         }
         Ok(())

@@ -252,18 +252,15 @@ fn the_dashboard_shows_each_tables_warnings_in_their_colour_and_resolved_ones_le
         "every (table, level) the run fired, and nothing else, was on the board"
     );
 
-    let left: BTreeSet<String> = seen["left"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
-    let history: BTreeSet<String> = seen["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
+    let strings = |key: &str| -> BTreeSet<String> {
+        seen[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    let (left, history) = (strings("left"), strings("history"));
     // The demo's last resolution comes hours of event time (seconds here) before its end.
     assert_eq!(
         left, resolved,
