@@ -16,7 +16,7 @@ use cityops::config::EngineConfig;
 use cityops::ingest::decode::Decoder;
 use cityops::ingest::message::Message;
 use cityops::ingest::topic::TopicPattern;
-use cityops::rules::compile::compile;
+use cityops::rules::compile::{EngineColumns, compile};
 use cityops::rules::loader::parse_rule;
 use cityops::rules::windowing::WindowSpec;
 use cityops::schema::Catalog;
@@ -131,14 +131,16 @@ GROUP BY tumble(ts, INTERVAL '1 hour'), district, device_id HAVING avg(room_temp
         .and_then(Result::ok)
         .expect("batch");
     let rows = table_batch.batch.num_rows();
-    let mut columns = table_batch.batch.columns().to_vec();
-    columns.push(Arc::new(
-        datafusion::arrow::array::TimestampMillisecondArray::from_value(T0, rows).with_timezone("UTC"),
-    ));
-    columns.push(Arc::new(
-        datafusion::arrow::array::TimestampMillisecondArray::from_value(T0 + 3_600_000, rows).with_timezone("UTC"),
-    ));
-    let fed = datafusion::arrow::record_batch::RecordBatch::try_new(Arc::clone(&rule.feed_schema), columns)
+    let window = EngineColumns::Window {
+        start: T0,
+        end: T0 + 3_600_000,
+    };
+    // The worker applies the WHERE clause before the plan; the rows that pass are fed.
+    let passing = rule.passing(&table_batch.batch).expect("WHERE evaluates");
+    let passing: Option<datafusion::arrow::array::UInt32Array> =
+        passing.map(|mask| (0..rows as u32).filter(|&i| mask.value(i as usize)).collect());
+    let fed = rule
+        .input_of(&table_batch.batch, passing.as_ref(), window)
         .expect("fed batch");
 
     let mut group = c.benchmark_group("rules");

@@ -79,9 +79,51 @@ pub fn new_histogram() -> Histogram<u64> {
     }
 }
 
-/// How often a stage's thread-local histogram is merged into the shared one (and at its end):
-/// a merge walks the whole histogram, so it is not done per batch.
+/// How often a stage's thread-local samples are merged into the shared histogram (and at
+/// its end), so the shared lock is not taken per sample.
 pub const MERGE_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Samples a thread keeps as a list before it spills them into a histogram of its own.
+const SAMPLES_HELD: usize = 4096;
+
+/// One thread's latency samples (ns) between merges. A few samples are merged one by one:
+/// a histogram covering 1 ns to 1 hour holds some 35,000 counters, and adding or clearing
+/// one walks them all. Past `SAMPLES_HELD` samples, they go into a local histogram instead.
+#[derive(Debug, Default)]
+pub struct LocalLatency {
+    samples: Vec<u64>,
+    spill: Option<Histogram<u64>>,
+}
+
+impl LocalLatency {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn record(&mut self, nanos: u64) {
+        let nanos = nanos.max(1);
+        if self.samples.len() < SAMPLES_HELD {
+            self.samples.push(nanos);
+        } else {
+            let _ = self.spill.get_or_insert_with(new_histogram).record(nanos);
+        }
+    }
+
+    /// Every sample into `into`; leaves this empty.
+    fn drain_into(&mut self, into: &mut Histogram<u64>) {
+        for nanos in self.samples.drain(..) {
+            let _ = into.record(nanos);
+        }
+        if let Some(spill) = self.spill.as_mut().filter(|h| !h.is_empty()) {
+            let _ = into.add(&*spill);
+            spill.reset();
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.samples.is_empty() && self.spill.as_ref().is_none_or(|h| h.is_empty())
+    }
+}
 
 /// Decode workers whose queue depth is reported (more still work, unreported).
 pub const MAX_DECODE_WORKERS: usize = 64;
@@ -247,13 +289,12 @@ impl Metrics {
         let _ = self.stages[stage as usize].lock().record(nanos.max(1));
     }
 
-    /// Merges a stage-local histogram (then clears it).
-    pub fn merge(&self, stage: Stage, local: &mut Histogram<u64>) {
+    /// Merges a thread's samples of a stage (then clears them).
+    pub fn merge(&self, stage: Stage, local: &mut LocalLatency) {
         if local.is_empty() {
             return;
         }
-        let _ = self.stages[stage as usize].lock().add(&*local);
-        local.reset();
+        local.drain_into(&mut self.stages[stage as usize].lock());
     }
 
     /// A copy of one stage's histogram.

@@ -11,14 +11,13 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
-use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
 
 use super::decode::Decoder;
 use super::message::{Ingest, Message};
 use crate::batch::{Batchers, TableBatcher, TableEvent};
 use crate::deadletter::DeadLetter;
-use crate::metrics::{MERGE_EVERY, Metrics, Stage, new_histogram};
+use crate::metrics::{LocalLatency, MERGE_EVERY, Metrics, Stage};
 use crate::schema::Catalog;
 use crate::time::{EpochMs, wall_now_ms};
 
@@ -59,8 +58,8 @@ pub struct DecodeWorker {
     settings: DecodeSettings,
     /// Virtual arrival of each owned table's latest row.
     last_arrival_ms: Vec<Option<EpochMs>>,
-    decode_latency: Histogram<u64>,
-    queue_wait: Histogram<u64>,
+    decode_latency: LocalLatency,
+    queue_wait: LocalLatency,
     /// Readings accepted since the counter was last published (at each flush): one shared
     /// atomic per batch, not per message.
     unpublished_accepted: u64,
@@ -107,8 +106,8 @@ impl DecodeWorker {
             dead_letters,
             metrics,
             settings,
-            decode_latency: new_histogram(),
-            queue_wait: new_histogram(),
+            decode_latency: LocalLatency::new(),
+            queue_wait: LocalLatency::new(),
             unpublished_accepted: 0,
             messages: 0,
             last_merge: Instant::now(),
@@ -188,7 +187,7 @@ impl DecodeWorker {
         self.messages += 1;
         let started = Instant::now();
         let now_ns = started.saturating_duration_since(self.metrics.started()).as_nanos() as u64;
-        let _ = self.queue_wait.record(now_ns.saturating_sub(msg.arrived_ns).max(1));
+        self.queue_wait.record(now_ns.saturating_sub(msg.arrived_ns).max(1));
         self.batchers.last_table = None;
         let wall_ms = self.wall_base_ms + started.saturating_duration_since(self.wall_base_at).as_millis() as EpochMs;
         let metrics = &self.metrics;
@@ -201,7 +200,7 @@ impl DecodeWorker {
                 let _ = dead_letters.send(letter);
             });
         self.unpublished_accepted += outcome.accepted;
-        let _ = self.decode_latency.record(started.elapsed().as_nanos().max(1) as u64);
+        self.decode_latency.record(started.elapsed().as_nanos().max(1) as u64);
         if let Some(table) = self.batchers.last_table {
             self.last_arrival_ms[table] = Some(msg.at_ms);
             let full = self.batchers.by_table[table]

@@ -6,16 +6,25 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, RecordBatchOptions, TimestampMillisecondArray, UInt32Array,
+};
+use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::streaming::StreamingTable;
-use datafusion::common::tree_node::TreeNode;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::error::DataFusionError;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::utils::reassign_expr_columns;
+use datafusion::physical_expr_common::physical_expr::is_volatile;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::StreamingTableExec;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 
 use super::feed::Feed;
@@ -28,9 +37,10 @@ use crate::alert::lifecycle::{FireAfter, Policy};
 use crate::alert::warning::RuleInfo;
 use crate::config::EngineConfig;
 use crate::schema::{
-    Catalog, DEVICE_ID, DEVICES, DISTRICT, ROW_INDEX, TableDef, WINDOW_END, WINDOW_START, devices_schema,
+    Catalog, DEVICE_ID, DEVICES, DISTRICT, ROW_INDEX, TableDef, UTC, WINDOW_END, WINDOW_START, devices_schema,
     timestamp_type,
 };
+use crate::time::EpochMs;
 use crate::time::parse_duration_ms;
 
 /// Row rules judge each row; window rules judge each closed window; session rules judge
@@ -85,7 +95,8 @@ pub struct CompiledRule {
     pub level: Level,
     pub policy: Policy,
     pub lateness_ms: i64,
-    /// The schema of the batches the rule is fed (table schema plus engine columns).
+    /// The schema of the batches the rule's plan reads: the columns it needs of the table
+    /// and of the engine's (`window_start`, …), in table order then engine order.
     pub feed_schema: SchemaRef,
     pub layout: OutputLayout,
     /// Session rules: the key columns in the input, which partition the sessions.
@@ -95,6 +106,24 @@ pub struct CompiledRule {
     plan: Arc<dyn ExecutionPlan>,
     feed: Arc<Feed>,
     task_ctx: Arc<TaskContext>,
+    /// The rule's WHERE clause over the table's own columns, when the plan filters right
+    /// above its leaf and the clause is deterministic: the worker drops failing rows before
+    /// they reach the plan, whose filter is then dropped.
+    prefilter: Option<Arc<dyn PhysicalExpr>>,
+    /// Per column of `feed_schema`: its position among the table's columns followed by the
+    /// engine's.
+    input_columns: Vec<usize>,
+    /// How many of those positions are the table's.
+    table_width: usize,
+}
+
+/// The values of the columns the engine adds to a table's rows for a rule.
+#[derive(Debug, Clone, Copy)]
+pub enum EngineColumns<'a> {
+    /// Window rules: the window (or session) the rows belong to.
+    Window { start: EpochMs, end: EpochMs },
+    /// Row rules: each row's position in its batch.
+    RowIndex(&'a ArrayRef),
 }
 
 impl std::fmt::Debug for CompiledRule {
@@ -119,6 +148,65 @@ impl CompiledRule {
             )));
         }
         output
+    }
+
+    /// Which rows of a table batch pass the rule's WHERE clause (a null counts as failing);
+    /// `None` when every row may reach the plan (no clause the worker can evaluate ahead).
+    pub fn passing(&self, batch: &RecordBatch) -> Result<Option<BooleanArray>, DataFusionError> {
+        let Some(predicate) = &self.prefilter else {
+            return Ok(None);
+        };
+        let result = predicate.evaluate(batch)?.into_array(batch.num_rows())?;
+        let Some(mask) = result.as_boolean_opt() else {
+            return Err(DataFusionError::Internal(format!(
+                "rule {}: the WHERE clause gave {} instead of booleans",
+                self.id,
+                result.data_type()
+            )));
+        };
+        Ok(Some(match mask.nulls() {
+            Some(nulls) => BooleanArray::new(mask.values() & nulls.inner(), None),
+            None => mask.clone(),
+        }))
+    }
+
+    /// The batch the plan reads for some rows of a table batch (`rows`: their positions;
+    /// `None`: all): only the columns the plan needs are taken, then the engine's appended.
+    pub fn input_of(
+        &self,
+        batch: &RecordBatch,
+        rows: Option<&UInt32Array>,
+        engine: EngineColumns<'_>,
+    ) -> Result<RecordBatch, DataFusionError> {
+        let len = rows.map_or(batch.num_rows(), |r| r.len());
+        let mut columns = Vec::with_capacity(self.input_columns.len());
+        for &i in &self.input_columns {
+            let column: ArrayRef = match (i.checked_sub(self.table_width), engine) {
+                (None, _) => match rows {
+                    Some(rows) => take(batch.column(i), rows, None)?,
+                    None => Arc::clone(batch.column(i)),
+                },
+                (Some(0), EngineColumns::Window { start, .. }) => {
+                    Arc::new(TimestampMillisecondArray::from_value(start, len).with_timezone(UTC))
+                }
+                (Some(1), EngineColumns::Window { end, .. }) => {
+                    Arc::new(TimestampMillisecondArray::from_value(end, len).with_timezone(UTC))
+                }
+                (Some(0), EngineColumns::RowIndex(index)) => Arc::clone(index),
+                (Some(_), _) => {
+                    return Err(DataFusionError::Internal(format!(
+                        "rule {}: its input has no engine column {i}",
+                        self.id
+                    )));
+                }
+            };
+            columns.push(column);
+        }
+        Ok(RecordBatch::try_new_with_options(
+            Arc::clone(&self.feed_schema),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(len)),
+        )?)
     }
 
     /// An input stream over already-built batches.
@@ -229,6 +317,19 @@ pub async fn compile(
         .map_err(|e| vec![df_problem(path, &e, start)])?;
     let layout = output_layout(rule, &analyzed, kind, table_def.map(|t| t.as_ref()), &plan.schema())?;
     let policy = policy(rule, kind)?;
+    let (plan, prefilter) = match (kind, table_def) {
+        (RuleKind::Row | RuleKind::Window(_), Some(def)) => without_leaf_filter(plan, &def.schema),
+        _ => (plan, None),
+    };
+    let table_width = table_def.map_or(feed_schema.fields().len(), |def| def.schema.fields().len());
+    // A `devices` snapshot is built whole by the worker; table rows are narrowed.
+    let (plan, feed, feed_schema, input_columns) = match kind {
+        RuleKind::Devices => {
+            let all = (0..feed_schema.fields().len()).collect();
+            (plan, feed, feed_schema, all)
+        }
+        _ => narrow_leaf(plan, feed, feed_schema).map_err(|e| vec![df_problem(path, &e, start)])?,
+    };
     let session_key = match (kind, table_def) {
         (RuleKind::Session { .. }, Some(def)) => session_key(rule, def, &layout, start)?,
         _ => Vec::new(),
@@ -254,11 +355,113 @@ pub async fn compile(
         plan,
         feed,
         task_ctx: ctx.task_ctx(),
+        prefilter,
+        input_columns,
+        table_width,
     };
     smoke_test(&compiled)
         .await
         .map_err(|e| vec![df_problem(path, &e, start)])?;
     Ok((compiled, warnings))
+}
+
+/// Takes out of the plan its one filter that reads the leaf directly, when the worker can
+/// apply it instead: returns the plan and that filter's predicate, rebound to the table's
+/// columns. A projection the filter carried moves into the leaf. The plan is kept whole
+/// when there is no such filter (or several), when its predicate names a column the engine
+/// adds (`window_start`, …), or when it is volatile (`random()`).
+fn without_leaf_filter(
+    plan: Arc<dyn ExecutionPlan>,
+    table: &Schema,
+) -> (Arc<dyn ExecutionPlan>, Option<Arc<dyn PhysicalExpr>>) {
+    let mut found = Vec::new();
+    let _ = plan.apply(|node| {
+        if let Some(filter) = node.downcast_ref::<FilterExec>()
+            && filter.input().children().is_empty()
+        {
+            found.push(Arc::clone(filter.predicate()));
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    let Ok([predicate]) = <[_; 1]>::try_from(found) else {
+        return (plan, None);
+    };
+    let Some(predicate) = reassign_expr_columns(predicate, table).ok().filter(|p| !is_volatile(p)) else {
+        return (plan, None);
+    };
+    let without = Arc::clone(&plan).transform_up(|node| {
+        let Some(filter) = node.downcast_ref::<FilterExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        let Some(leaf) = filter.input().downcast_ref::<StreamingTableExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        let Some(projection) = filter.projection() else {
+            return Ok(Transformed::yes(Arc::clone(filter.input())));
+        };
+        let columns: Vec<usize> = match leaf.projection() {
+            Some(read) => projection.iter().map(|&i| read[i]).collect(),
+            None => projection.to_vec(),
+        };
+        if leaf.projected_output_ordering().into_iter().next().is_some() {
+            return Err(DataFusionError::NotImplemented("an ordered leaf".to_string()));
+        }
+        let leaf = StreamingTableExec::try_new(
+            Arc::clone(leaf.partition_schema()),
+            leaf.partitions().clone(),
+            Some(&columns),
+            Vec::new(),
+            leaf.is_infinite(),
+            leaf.limit(),
+        )?;
+        Ok(Transformed::yes(Arc::new(leaf) as Arc<dyn ExecutionPlan>))
+    });
+    match without {
+        Ok(without) => (without.data, Some(predicate)),
+        Err(_) => (plan, None),
+    }
+}
+
+/// Narrows the plan's leaf to the columns the plan reads: a leaf fed the full schema and
+/// projecting becomes one fed just those columns, so the worker slices no column the rule
+/// does not use. Returns the plan, its feed, the feed's schema and, per fed column, its
+/// position in the full schema.
+fn narrow_leaf(
+    plan: Arc<dyn ExecutionPlan>,
+    feed: Arc<Feed>,
+    full: SchemaRef,
+) -> Result<(Arc<dyn ExecutionPlan>, Arc<Feed>, SchemaRef, Vec<usize>), DataFusionError> {
+    let all = (0..full.fields().len()).collect::<Vec<_>>();
+    let mut projections = Vec::new();
+    plan.apply(|node| {
+        if let Some(leaf) = node.downcast_ref::<StreamingTableExec>() {
+            projections.push(leaf.projection().as_deref().map(<[usize]>::to_vec));
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    let columns = match projections.as_slice() {
+        [Some(columns)] if *columns != all => columns.clone(),
+        _ => return Ok((plan, feed, full, all)),
+    };
+    let narrow = Arc::new(full.project(&columns)?);
+    let narrow_feed = Arc::new(Feed::new(Arc::clone(&narrow)));
+    let plan = plan
+        .transform_up(|node| match node.downcast_ref::<StreamingTableExec>() {
+            Some(leaf) => {
+                let leaf = StreamingTableExec::try_new(
+                    Arc::clone(&narrow),
+                    vec![Arc::clone(&narrow_feed) as _],
+                    None,
+                    leaf.projected_output_ordering(),
+                    leaf.is_infinite(),
+                    leaf.limit(),
+                )?;
+                Ok(Transformed::yes(Arc::new(leaf) as Arc<dyn ExecutionPlan>))
+            }
+            None => Ok(Transformed::no(node)),
+        })?
+        .data;
+    Ok((plan, narrow_feed, narrow, columns))
 }
 
 /// One session per rule: a single partition (rules scale by running in parallel), spans

@@ -1,7 +1,8 @@
 //! Evaluating one rule over its table's batches, as one task per rule (rules run in
 //! parallel). Window rules route each batch's rows to their open windows, whose plan
-//! executions run concurrently and are fed as rows arrive; when the watermark passes a
-//! window's end its stream is ended and its result rows are ready within a millisecond.
+//! executions are fed as rows arrive; when the watermark passes a window's end its stream
+//! is ended and its result rows are ready within a millisecond. Rows failing the rule's
+//! WHERE clause are dropped before any plan sees them.
 //! Row rules evaluate each batch and step the lifecycle row by row in arrival order.
 //! A failing evaluation is counted and reported; the rule and the others go on.
 
@@ -10,19 +11,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch, TimestampMillisecondArray, UInt32Array};
-use datafusion::arrow::compute::take_record_batch;
+use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch, UInt32Array};
 use datafusion::arrow::datatypes::{TimestampMillisecondType, UInt32Type};
 use datafusion::error::DataFusionError;
 use datafusion::physical_plan::common::collect;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::StreamExt;
 use futures::channel::mpsc as feed_channel;
-use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
-use super::compile::{CompiledRule, RuleKind};
+use super::compile::{CompiledRule, EngineColumns, RuleKind};
 use super::devices::{DeviceWatch, Snapshot};
 use super::health::RuleHealth;
 use super::output::{key_of, level_of, result_json, row_json, values_of};
@@ -31,7 +29,7 @@ use crate::alert::lifecycle::{CleanStep, Evidence, FiringAlert, Lifecycle, Trans
 use crate::alert::warning::Warning;
 use crate::batch::{TableBatch, TableEvent};
 use crate::deadletter::{DeadLetter, Reason};
-use crate::metrics::{MERGE_EVERY, Metrics, Stage, new_histogram};
+use crate::metrics::{LocalLatency, MERGE_EVERY, Metrics, Stage};
 use crate::time::{EpochMs, wall_now_ms};
 use crate::window::WindowClock;
 
@@ -40,7 +38,7 @@ mod sessions;
 mod snapshots;
 mod windows;
 
-use windows::{Windows, with_window};
+use windows::Windows;
 
 /// Which clock stamps `detected_at`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,8 +105,8 @@ pub struct RuleWorker {
     ctx: WorkerContext,
     errors: u64,
     last_error: Option<String>,
-    eval_latency: Histogram<u64>,
-    detection_latency: Histogram<u64>,
+    eval_latency: LocalLatency,
+    detection_latency: LocalLatency,
     /// Max `ts` of the rows seen (stamps the resolutions of a retired rule).
     last_event_ms: Option<EpochMs>,
     /// A version swapped in mid-stream judges only windows (and sessions) that start at or
@@ -176,8 +174,8 @@ impl RuleWorker {
             ctx,
             errors: 0,
             last_error: None,
-            eval_latency: new_histogram(),
-            detection_latency: new_histogram(),
+            eval_latency: LocalLatency::new(),
+            detection_latency: LocalLatency::new(),
             last_event_ms: None,
             judge_from: JudgeFrom::Start,
         }
@@ -273,7 +271,7 @@ impl RuleWorker {
                         self.fail(&e);
                     }
                     let took_ns = started.elapsed().as_nanos().max(1) as u64;
-                    let _ = self.eval_latency.record(took_ns);
+                    self.eval_latency.record(took_ns);
                     self.note_batch(batch.batch.num_rows(), took_ns);
                     self.merge_histograms(false);
                 }
@@ -429,9 +427,8 @@ impl RuleWorker {
 
     pub(super) async fn emit(&mut self, transition: Transition) {
         let emit_ns = self.ctx.metrics.now_ns();
-        let _ = self
-            .detection_latency
-            .record(emit_ns.saturating_sub(transition.arrived_ns).max(1));
+        self.detection_latency
+            .record(emit_ns.saturating_sub(transition.arrived_ns));
         let warning = Warning::from_transition(&self.rule.info, transition, emit_ns);
         // The sink ends only after every rule; a closed queue means shutdown is under way.
         let _ = self.ctx.warnings.send(warning).await;

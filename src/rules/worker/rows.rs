@@ -1,4 +1,4 @@
-//! Row rules: each batch is evaluated once, then the lifecycle steps row by row in arrival
+//! Row rules: each batch's rows that pass the WHERE clause are evaluated once, then the lifecycle steps row by row in arrival
 //! order: a breach for each result row, a clean step for other rows of keys with alerts.
 
 use super::*;
@@ -12,10 +12,23 @@ impl RuleWorker {
         if rows == 0 {
             return Ok(());
         }
-        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-        columns.push(Arc::new(UInt32Array::from_iter_values(0..rows as u32)));
-        let fed = RecordBatch::try_new(Arc::clone(&self.rule.feed_schema), columns)?;
-        let output = collect(self.rule.execute(self.rule.stream_of(vec![fed]))?).await?;
+        let output = match self.rule.passing(batch)? {
+            // No row passes the WHERE clause: nothing for the plan to find.
+            Some(mask) if mask.true_count() == 0 => Vec::new(),
+            Some(mask) if mask.true_count() < rows => {
+                let indices: UInt32Array = (0..rows as u32).filter(|&i| mask.value(i as usize)).collect();
+                let index: ArrayRef = Arc::new(indices.clone());
+                let fed = self
+                    .rule
+                    .input_of(batch, Some(&indices), EngineColumns::RowIndex(&index))?;
+                collect(self.rule.execute(self.rule.stream_of(vec![fed]))?).await?
+            }
+            _ => {
+                let index: ArrayRef = Arc::new(UInt32Array::from_iter_values(0..rows as u32));
+                let fed = self.rule.input_of(batch, None, EngineColumns::RowIndex(&index))?;
+                collect(self.rule.execute(self.rule.stream_of(vec![fed]))?).await?
+            }
+        };
 
         let mut breach_at: Vec<Option<(usize, usize)>> = vec![None; rows];
         let row_index = self.rule.layout.row_index.unwrap_or_default();

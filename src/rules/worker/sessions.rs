@@ -47,7 +47,14 @@ impl RuleWorker {
             let mut fed = Vec::new();
             for (session, _) in &group {
                 for part in &session.parts {
-                    fed.push(with_window(&self.rule, part.clone(), session.start, session.end)?);
+                    fed.push(self.rule.input_of(
+                        part,
+                        None,
+                        EngineColumns::Window {
+                            start: session.start,
+                            end: session.end,
+                        },
+                    )?);
                 }
             }
             let output = collect(self.rule.execute(self.rule.stream_of(fed))?).await?;

@@ -1,15 +1,67 @@
-//! Epoch-aligned window rules (tumble, hop, cumulate): each batch's rows are routed to
-//! their open windows, whose plan executions run concurrently and are fed as rows arrive;
-//! when the watermark passes a window's end its stream is ended and its rows judged.
+//! Epoch-aligned window rules (tumble, hop, cumulate): each batch's rows that pass the
+//! rule's WHERE clause are routed to their open windows, whose plan executions are fed as
+//! rows arrive and driven on the rule's own task; when the watermark passes a window's end
+//! its stream is ended and its rows judged.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 
 use super::*;
 
-type WindowTask = JoinHandle<Result<Vec<RecordBatch>, DataFusionError>>;
+type WindowRun = Pin<Box<dyn Future<Output = Result<Vec<RecordBatch>, DataFusionError>> + Send>>;
 
-/// One open window: the sender feeding its plan execution and the task driving it.
-pub(super) struct OpenWindow {
-    tx: feed_channel::UnboundedSender<RecordBatch>,
-    task: WindowTask,
+/// One open window's plan execution. It starts with the window's first passing row, so a
+/// window whose rows all fail the WHERE clause costs no execution and yields no rows.
+pub(super) enum OpenWindow {
+    /// No row has reached the plan yet.
+    Idle,
+    /// Fed through the channel; polled after each batch, so the plan folds rows in as
+    /// they come and no task has to be woken.
+    Running {
+        tx: feed_channel::UnboundedSender<RecordBatch>,
+        run: WindowRun,
+    },
+    /// The execution ended before its input did (it failed).
+    Ended(Result<Vec<RecordBatch>, DataFusionError>),
+}
+
+impl OpenWindow {
+    /// Feeds one batch and lets the plan fold in what it has been fed.
+    fn feed(&mut self, rule: &Arc<CompiledRule>, batch: RecordBatch) -> Result<(), DataFusionError> {
+        if matches!(self, OpenWindow::Idle) {
+            let (tx, rx) = feed_channel::unbounded::<RecordBatch>();
+            let input = Box::pin(RecordBatchStreamAdapter::new(Arc::clone(&rule.feed_schema), rx.map(Ok)));
+            let stream = rule.execute(input)?;
+            *self = OpenWindow::Running {
+                tx,
+                run: Box::pin(collect(stream)),
+            };
+        }
+        let OpenWindow::Running { tx, run } = self else {
+            // Ended: its error is reported when the window closes.
+            return Ok(());
+        };
+        let _ = tx.unbounded_send(batch);
+        // The plan waits only on its input, which is the channel just fed; a pending poll
+        // needs no wake-up, since the next feed or the close polls again.
+        if let Poll::Ready(result) = run.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            *self = OpenWindow::Ended(result);
+        }
+        Ok(())
+    }
+
+    /// Ends the window's input and returns its result rows.
+    async fn finish(self) -> Result<Vec<RecordBatch>, DataFusionError> {
+        match self {
+            OpenWindow::Idle => Ok(Vec::new()),
+            OpenWindow::Running { tx, run } => {
+                drop(tx);
+                run.await
+            }
+            OpenWindow::Ended(result) => result,
+        }
+    }
 }
 
 pub(super) struct Windows {
@@ -37,25 +89,28 @@ impl RuleWorker {
         let batch_max = ts.values().iter().copied().max();
         windows.row_max_ts = windows.row_max_ts.max(batch_max);
 
+        let passing = self.rule.passing(batch)?;
         for (end, rows) in routing.windows {
             let (start, _) = spec.window_ending_at(end);
             if !judge_from.covers(start, 0) {
                 // Began before this version took over: its predecessor saw the first rows.
                 continue;
             }
-            let part = if rows.len() == batch.num_rows() {
-                batch.clone()
-            } else {
-                take_record_batch(batch, &UInt32Array::from(rows))?
+            let rows: Vec<u32> = match &passing {
+                Some(mask) => rows.into_iter().filter(|&r| mask.value(r as usize)).collect(),
+                None => rows,
             };
+            let window = windows.open.entry(end).or_insert(OpenWindow::Idle);
+            if rows.is_empty() {
+                continue;
+            }
+            let rows = (rows.len() < batch.num_rows()).then(|| UInt32Array::from(rows));
             let (start, end) = spec.window_ending_at(end);
-            let fed = with_window(&self.rule, part, start, end)?;
-            let window = match windows.open.entry(end) {
-                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(e) => e.insert(open_window(&self.rule)?),
-            };
-            // A send fails only if the window's execution already failed; its task reports why.
-            let _ = window.tx.unbounded_send(fed);
+            window.feed(
+                &self.rule,
+                self.rule
+                    .input_of(batch, rows.as_ref(), EngineColumns::Window { start, end })?,
+            )?;
         }
         self.dead_letter_late(input, &routing.late);
         for advance in routing.advances {
@@ -145,17 +200,10 @@ impl RuleWorker {
         arrived_ns: u64,
     ) {
         let started = Instant::now();
-        drop(window.tx);
-        let output = match window.task.await {
-            Ok(Ok(batches)) => batches,
-            Ok(Err(e)) => {
+        let output = match window.finish().await {
+            Ok(batches) => batches,
+            Err(e) => {
                 self.fail(&e);
-                return;
-            }
-            Err(join) => {
-                self.fail(&DataFusionError::Execution(format!(
-                    "window evaluation task failed: {join}"
-                )));
                 return;
             }
         };
@@ -191,32 +239,4 @@ impl RuleWorker {
             self.emit(t).await;
         }
     }
-}
-
-/// Starts one window's plan execution, fed by an unbounded channel (bounded in practice
-/// by the table queue upstream) and driven by its own task.
-fn open_window(rule: &Arc<CompiledRule>) -> Result<OpenWindow, DataFusionError> {
-    let (tx, rx) = feed_channel::unbounded::<RecordBatch>();
-    let input = Box::pin(RecordBatchStreamAdapter::new(Arc::clone(&rule.feed_schema), rx.map(Ok)));
-    let stream = rule.execute(input)?;
-    let task = tokio::spawn(collect(stream));
-    Ok(OpenWindow { tx, task })
-}
-
-/// Appends the constant `window_start`/`window_end` columns a window rule's plan expects.
-pub(super) fn with_window(
-    rule: &CompiledRule,
-    part: RecordBatch,
-    start: EpochMs,
-    end: EpochMs,
-) -> Result<RecordBatch, DataFusionError> {
-    let rows = part.num_rows();
-    let mut columns: Vec<ArrayRef> = part.columns().to_vec();
-    columns.push(Arc::new(
-        TimestampMillisecondArray::from_value(start, rows).with_timezone(crate::schema::UTC),
-    ));
-    columns.push(Arc::new(
-        TimestampMillisecondArray::from_value(end, rows).with_timezone(crate::schema::UTC),
-    ));
-    Ok(RecordBatch::try_new(Arc::clone(&rule.feed_schema), columns)?)
 }
