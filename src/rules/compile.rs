@@ -776,6 +776,101 @@ fn edit_distance(a: &str, b: &str) -> usize {
 mod tests {
     use super::*;
 
+    use datafusion::arrow::array::{Float64Array, StringArray};
+    use datafusion::arrow::datatypes::Float64Type;
+
+    use crate::rules::loader::parse_rule;
+
+    fn compiled(sql: &str) -> CompiledRule {
+        let file = parse_rule(Path::new("rule.sql"), format!("-- level: yellow\n{sql}\n")).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let (rule, _) = runtime
+            .block_on(compile(&file, &Catalog::builtin(), &EngineConfig::default()))
+            .unwrap();
+        rule
+    }
+
+    /// Four sensor rows: kinds noise, gas_lel, gas_lel, noise; values 1, 2, 3, 4 (the third
+    /// row's kind is null).
+    fn sensor_rows() -> RecordBatch {
+        let def = Catalog::builtin().get("sensor").unwrap().clone();
+        let columns: Vec<ArrayRef> = def
+            .schema
+            .fields()
+            .iter()
+            .map(|field| -> ArrayRef {
+                match field.name().as_str() {
+                    "ts" => Arc::new(TimestampMillisecondArray::from(vec![0, 1, 2, 3]).with_timezone(UTC)),
+                    "kind" => Arc::new(StringArray::from(vec![
+                        Some("noise"),
+                        Some("gas_lel"),
+                        None,
+                        Some("noise"),
+                    ])),
+                    "value" => Arc::new(Float64Array::from(vec![1.0, 2.0, 3.0, 4.0])),
+                    _ => datafusion::arrow::array::new_null_array(field.data_type(), 4),
+                }
+            })
+            .collect();
+        RecordBatch::try_new(Arc::clone(&def.schema), columns).unwrap()
+    }
+
+    fn filters_in(rule: &CompiledRule) -> usize {
+        let mut filters = 0;
+        rule.plan
+            .apply(|node| {
+                filters += usize::from(node.downcast_ref::<FilterExec>().is_some());
+                Ok(TreeNodeRecursion::Continue)
+            })
+            .unwrap();
+        filters
+    }
+
+    #[test]
+    fn where_clause_moves_from_the_plan_to_the_worker_and_the_leaf_reads_only_used_columns() {
+        let rule = compiled(
+            "SELECT district, device_id, max(value) AS peak FROM sensor WHERE kind = 'noise' \
+             GROUP BY tumble(ts, INTERVAL '1 minute'), district, device_id HAVING max(value) > 0",
+        );
+        let mask = rule.passing(&sensor_rows()).unwrap().unwrap();
+        assert_eq!(mask, BooleanArray::from(vec![true, false, false, true]));
+        assert_eq!(mask.null_count(), 0);
+        // Only HAVING's filter is left; the leaf is fed neither `kind` nor unused columns.
+        assert_eq!(filters_in(&rule), 1);
+        let fed: Vec<&str> = rule.feed_schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(fed, ["device_id", "district", "value", WINDOW_START, WINDOW_END]);
+
+        let rows = UInt32Array::from(vec![0, 3]);
+        let input = rule
+            .input_of(
+                &sensor_rows(),
+                Some(&rows),
+                EngineColumns::Window { start: 0, end: 60_000 },
+            )
+            .unwrap();
+        assert_eq!(input.num_rows(), 2);
+        assert_eq!(input.column(2).as_primitive::<Float64Type>().values(), &[1.0, 4.0]);
+        let ends = input
+            .column(4)
+            .as_primitive::<datafusion::arrow::datatypes::TimestampMillisecondType>();
+        assert_eq!(ends.values(), &[60_000, 60_000]);
+    }
+
+    #[test]
+    fn a_volatile_where_clause_stays_in_the_plan() {
+        let rule = compiled("SELECT district, device_id, value FROM sensor WHERE random() < 2 AND kind = 'noise'");
+        assert!(rule.passing(&sensor_rows()).unwrap().is_none());
+        assert_eq!(filters_in(&rule), 1);
+    }
+
+    #[test]
+    fn row_rules_evaluate_their_where_clause_ahead_too() {
+        let rule = compiled("SELECT district, device_id, value FROM sensor WHERE kind = 'gas_lel' AND value >= 2");
+        let mask = rule.passing(&sensor_rows()).unwrap().unwrap();
+        assert_eq!(mask, BooleanArray::from(vec![false, true, false, false]));
+        assert_eq!(filters_in(&rule), 0);
+    }
+
     #[test]
     fn closest_suggests_near_misses_only() {
         assert_eq!(closest("sensr", &["sensor", "water"]), Some("sensor"));
