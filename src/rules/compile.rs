@@ -801,6 +801,8 @@ mod tests {
             .map(|field| -> ArrayRef {
                 match field.name().as_str() {
                     "ts" => Arc::new(TimestampMillisecondArray::from(vec![0, 1, 2, 3]).with_timezone(UTC)),
+                    "device_id" => Arc::new(StringArray::from(vec!["n-1", "g-1", "g-2", "n-2"])),
+                    "district" => Arc::new(StringArray::from(vec!["haidian"; 4])),
                     "kind" => Arc::new(StringArray::from(vec![
                         Some("noise"),
                         Some("gas_lel"),
