@@ -12,22 +12,19 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::streaming::StreamingTable;
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::TreeNode;
 use datafusion::error::DataFusionError;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_expr::utils::reassign_expr_columns;
-use datafusion::physical_expr_common::physical_expr::is_volatile;
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::streaming::StreamingTableExec;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 
 use super::feed::Feed;
+use super::leaf::{narrow_leaf, without_leaf_filter};
 use super::loader::RuleFile;
 use super::problem::Problem;
 use super::sql::{AnalyzedSql, analyze, lint};
@@ -365,105 +362,6 @@ pub async fn compile(
     Ok((compiled, warnings))
 }
 
-/// Takes out of the plan its one filter that reads the leaf directly, when the worker can
-/// apply it instead: returns the plan and that filter's predicate, rebound to the table's
-/// columns. A projection the filter carried moves into the leaf. The plan is kept whole
-/// when there is no such filter (or several), when its predicate names a column the engine
-/// adds (`window_start`, …), or when it is volatile (`random()`).
-fn without_leaf_filter(
-    plan: Arc<dyn ExecutionPlan>,
-    table: &Schema,
-) -> (Arc<dyn ExecutionPlan>, Option<Arc<dyn PhysicalExpr>>) {
-    let mut found = Vec::new();
-    let _ = plan.apply(|node| {
-        if let Some(filter) = node.downcast_ref::<FilterExec>()
-            && filter.input().children().is_empty()
-        {
-            found.push(Arc::clone(filter.predicate()));
-        }
-        Ok(TreeNodeRecursion::Continue)
-    });
-    let Ok([predicate]) = <[_; 1]>::try_from(found) else {
-        return (plan, None);
-    };
-    let Some(predicate) = reassign_expr_columns(predicate, table).ok().filter(|p| !is_volatile(p)) else {
-        return (plan, None);
-    };
-    let without = Arc::clone(&plan).transform_up(|node| {
-        let Some(filter) = node.downcast_ref::<FilterExec>() else {
-            return Ok(Transformed::no(node));
-        };
-        let Some(leaf) = filter.input().downcast_ref::<StreamingTableExec>() else {
-            return Ok(Transformed::no(node));
-        };
-        let Some(projection) = filter.projection() else {
-            return Ok(Transformed::yes(Arc::clone(filter.input())));
-        };
-        let columns: Vec<usize> = match leaf.projection() {
-            Some(read) => projection.iter().map(|&i| read[i]).collect(),
-            None => projection.to_vec(),
-        };
-        if leaf.projected_output_ordering().into_iter().next().is_some() {
-            return Err(DataFusionError::NotImplemented("an ordered leaf".to_string()));
-        }
-        let leaf = StreamingTableExec::try_new(
-            Arc::clone(leaf.partition_schema()),
-            leaf.partitions().clone(),
-            Some(&columns),
-            Vec::new(),
-            leaf.is_infinite(),
-            leaf.limit(),
-        )?;
-        Ok(Transformed::yes(Arc::new(leaf) as Arc<dyn ExecutionPlan>))
-    });
-    match without {
-        Ok(without) => (without.data, Some(predicate)),
-        Err(_) => (plan, None),
-    }
-}
-
-/// Narrows the plan's leaf to the columns the plan reads: a leaf fed the full schema and
-/// projecting becomes one fed just those columns, so the worker slices no column the rule
-/// does not use. Returns the plan, its feed, the feed's schema and, per fed column, its
-/// position in the full schema.
-fn narrow_leaf(
-    plan: Arc<dyn ExecutionPlan>,
-    feed: Arc<Feed>,
-    full: SchemaRef,
-) -> Result<(Arc<dyn ExecutionPlan>, Arc<Feed>, SchemaRef, Vec<usize>), DataFusionError> {
-    let all = (0..full.fields().len()).collect::<Vec<_>>();
-    let mut projections = Vec::new();
-    plan.apply(|node| {
-        if let Some(leaf) = node.downcast_ref::<StreamingTableExec>() {
-            projections.push(leaf.projection().as_deref().map(<[usize]>::to_vec));
-        }
-        Ok(TreeNodeRecursion::Continue)
-    })?;
-    let columns = match projections.as_slice() {
-        [Some(columns)] if *columns != all => columns.clone(),
-        _ => return Ok((plan, feed, full, all)),
-    };
-    let narrow = Arc::new(full.project(&columns)?);
-    let narrow_feed = Arc::new(Feed::new(Arc::clone(&narrow)));
-    let plan = plan
-        .transform_up(|node| match node.downcast_ref::<StreamingTableExec>() {
-            Some(leaf) => {
-                let leaf = StreamingTableExec::try_new(
-                    Arc::clone(&narrow),
-                    vec![Arc::clone(&narrow_feed) as _],
-                    None,
-                    leaf.projected_output_ordering(),
-                    leaf.is_infinite(),
-                    leaf.limit(),
-                )?;
-                Ok(Transformed::yes(Arc::new(leaf) as Arc<dyn ExecutionPlan>))
-            }
-            None => Ok(Transformed::no(node)),
-        })?
-        .data;
-    Ok((plan, narrow_feed, narrow, columns))
-}
-
 /// One session per rule: a single partition (rules scale by running in parallel), spans
 /// for error positions, no dynamic filters (the plan is re-executed), and a memory limit.
 fn rule_session(engine: &EngineConfig) -> Result<SessionContext, DataFusionError> {
@@ -778,6 +676,8 @@ mod tests {
 
     use datafusion::arrow::array::{Float64Array, StringArray};
     use datafusion::arrow::datatypes::Float64Type;
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    use datafusion::physical_plan::filter::FilterExec;
 
     use crate::rules::loader::parse_rule;
 

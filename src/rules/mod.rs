@@ -11,6 +11,7 @@ pub mod compile;
 pub mod devices;
 pub mod feed;
 pub mod health;
+mod leaf;
 pub mod loader;
 pub mod output;
 pub mod problem;

@@ -12,20 +12,19 @@ impl RuleWorker {
         if rows == 0 {
             return Ok(());
         }
-        let output = match self.rule.passing(batch)? {
-            // No row passes the WHERE clause: nothing for the plan to find.
+        // Rows failing the WHERE clause are left out; each fed row keeps its batch position.
+        let passing = self.rule.passing(batch)?.filter(|mask| mask.true_count() < rows);
+        let output = match passing {
             Some(mask) if mask.true_count() == 0 => Vec::new(),
-            Some(mask) if mask.true_count() < rows => {
-                let indices: UInt32Array = (0..rows as u32).filter(|&i| mask.value(i as usize)).collect();
-                let index: ArrayRef = Arc::new(indices.clone());
+            passing => {
+                let kept = passing.map(|mask| (0..rows as u32).filter(|&i| mask.value(i as usize)).collect());
+                let index: ArrayRef = match &kept {
+                    Some(kept) => Arc::new(UInt32Array::clone(kept)),
+                    None => Arc::new(UInt32Array::from_iter_values(0..rows as u32)),
+                };
                 let fed = self
                     .rule
-                    .input_of(batch, Some(&indices), EngineColumns::RowIndex(&index))?;
-                collect(self.rule.execute(self.rule.stream_of(vec![fed]))?).await?
-            }
-            _ => {
-                let index: ArrayRef = Arc::new(UInt32Array::from_iter_values(0..rows as u32));
-                let fed = self.rule.input_of(batch, None, EngineColumns::RowIndex(&index))?;
+                    .input_of(batch, kept.as_ref(), EngineColumns::RowIndex(&index))?;
                 collect(self.rule.execute(self.rule.stream_of(vec![fed]))?).await?
             }
         };
