@@ -64,7 +64,12 @@ pub struct TableBatcher {
     topics: StringBuilder,
     /// When the oldest row of the current batch was appended (for the linger deadline).
     started: Option<Instant>,
+    /// The most rows a batch holds (`batch_rows`).
+    capacity: usize,
 }
+
+/// The least room a fresh batch starts with.
+const MIN_ROOM: usize = 16;
 
 impl TableBatcher {
     pub fn new(table: usize, def: Arc<TableDef>, capacity: usize) -> Self {
@@ -87,6 +92,7 @@ impl TableBatcher {
             at_ms: Vec::with_capacity(capacity),
             topics: StringBuilder::with_capacity(capacity, capacity * 32),
             started: None,
+            capacity,
         }
     }
 
@@ -126,28 +132,39 @@ impl TableBatcher {
         }
     }
 
-    /// Finishes the waiting rows into a batch; the builders start empty again.
+    /// Finishes the waiting rows into a batch. The builders start again with room for as
+    /// many rows as this batch had (a power of two, up to the batch size), so a steady
+    /// stream fills them without regrowing them row by row.
     pub fn flush(&mut self) -> Result<TableBatch, ArrowError> {
+        let rows = self.len();
+        let room = rows.next_power_of_two().clamp(MIN_ROOM, self.capacity.max(MIN_ROOM));
         let mut arrays: Vec<ArrayRef> = Vec::with_capacity(3 + self.columns.len());
-        arrays.push(Arc::new(self.ts.finish()));
-        arrays.push(Arc::new(self.device_id.finish()));
-        arrays.push(Arc::new(self.district.finish()));
+        let ts = TimestampMillisecondBuilder::with_capacity(room).with_timezone(UTC);
+        arrays.push(Arc::new(std::mem::replace(&mut self.ts, ts).finish()));
+        arrays.push(Arc::new(renew_text(&mut self.device_id, rows, room).finish()));
+        arrays.push(Arc::new(renew_text(&mut self.district, rows, room).finish()));
         for builder in &mut self.columns {
             arrays.push(match builder {
-                ColumnBuilder::Float(b) => Arc::new(b.finish()),
-                ColumnBuilder::Text(b) => Arc::new(b.finish()),
+                ColumnBuilder::Float(b) => Arc::new(std::mem::replace(b, Float64Builder::with_capacity(room)).finish()),
+                ColumnBuilder::Text(b) => Arc::new(renew_text(b, rows, room).finish()),
             });
         }
         self.started = None;
-        let capacity = self.arrivals_ns.capacity();
         Ok(TableBatch {
             table: self.table,
             batch: RecordBatch::try_new(Arc::clone(&self.def.schema), arrays)?,
-            arrivals_ns: std::mem::replace(&mut self.arrivals_ns, Vec::with_capacity(capacity)),
-            at_ms: std::mem::replace(&mut self.at_ms, Vec::with_capacity(capacity)),
-            topics: self.topics.finish(),
+            arrivals_ns: std::mem::replace(&mut self.arrivals_ns, Vec::with_capacity(room)),
+            at_ms: std::mem::replace(&mut self.at_ms, Vec::with_capacity(room)),
+            topics: renew_text(&mut self.topics, rows, room).finish(),
         })
     }
+}
+
+/// Swaps in an empty string builder with room for `room` values as long, on average, as the
+/// `rows` values the old one holds; returns the old one.
+fn renew_text(builder: &mut StringBuilder, rows: usize, room: usize) -> StringBuilder {
+    let bytes_per_value = builder.values_slice().len().div_ceil(rows.max(1)).max(1);
+    std::mem::replace(builder, StringBuilder::with_capacity(room, room * bytes_per_value))
 }
 
 /// The batchers of the tables one decode worker owns, indexed by table id.
@@ -219,5 +236,19 @@ mod tests {
         assert_eq!((pressure.value(1), flushed.batch.column(5).null_count()), (0.3, 2));
         assert!(batcher.is_empty());
         assert_eq!(batcher.flush().expect("empty batch").batch.num_rows(), 0);
+        // The renewed builders take the next batch as the first ones did.
+        batcher.push(
+            &Row {
+                ts: 3000,
+                device_id: "w2",
+                district: "b",
+                cells: &cells,
+            },
+            &msg,
+        );
+        let next = batcher.flush().expect("valid batch");
+        assert_eq!(next.batch.num_rows(), 1);
+        assert_eq!(next.batch.column(1).as_string::<i32>().value(0), "w2");
+        assert_eq!(next.topics.value(0), "city/a/water/w1");
     }
 }

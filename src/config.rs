@@ -32,6 +32,8 @@ qos = 1                    # subscription QoS: 1 = at least once, acked once in 
 clean_session = false      # keep the session (and queued QoS 1 messages) across reconnects
 keep_alive = "30s"
 inflight = 100             # QoS 1 messages in flight per connection
+ack_batch = 8              # QoS 1 acks of the source go out together once this many wait...
+ack_delay = "1ms"          # ...or once the oldest has waited this long (keep ack_batch below the broker's window)
 filters = []               # empty = one per table from topics.pattern: city/+/<table>/+
 warnings_prefix = "warnings" # the sink publishes <prefix>/<level>/<rule> and <prefix>/state/<rule>/<key>
 # username, password: here or in CITYOPS_MQTT_USERNAME / CITYOPS_MQTT_PASSWORD
@@ -145,6 +147,10 @@ pub struct MqttConfig {
     pub clean_session: bool,
     pub keep_alive: DurationMs,
     pub inflight: u16,
+    /// The source sends its QoS 1 acks once this many are waiting (1 = after every read)...
+    pub ack_batch: usize,
+    /// ...or once the oldest has waited this long.
+    pub ack_delay: DurationMs,
     /// Subscriptions; empty means one per table derived from `topics.pattern`.
     pub filters: Vec<String>,
     pub username: Option<String>,
@@ -162,6 +168,8 @@ impl Default for MqttConfig {
             clean_session: false,
             keep_alive: DurationMs(30_000),
             inflight: 100,
+            ack_batch: 8,
+            ack_delay: DurationMs(1),
             filters: Vec::new(),
             username: None,
             password: None,

@@ -231,6 +231,18 @@ fn live_run_until(
     metrics: Arc<Metrics>,
     dir: &tempfile::TempDir,
 ) -> std::thread::JoinHandle<RunOutcome> {
+    live_run_tuned(broker, prefix, messages, metrics, dir, |_| {})
+}
+
+/// Like `live_run_until`, with the config changed by `tune` before the run.
+fn live_run_tuned(
+    broker: SocketAddr,
+    prefix: &str,
+    messages: Option<u64>,
+    metrics: Arc<Metrics>,
+    dir: &tempfile::TempDir,
+    tune: impl FnOnce(&mut Config),
+) -> std::thread::JoinHandle<RunOutcome> {
     let mut config = Config::default();
     config.rules.dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("queries");
     config.rules.reload_interval = cityops::config::DurationMs(0);
@@ -238,6 +250,7 @@ fn live_run_until(
     config.mqtt.client_id = format!("{prefix}-cityops");
     config.mqtt.filters = vec![format!("{prefix}/#")];
     config.mqtt.warnings_prefix = format!("{prefix}-warnings");
+    tune(&mut config);
     let url = BrokerUrl {
         host: broker.ip().to_string(),
         port: broker.port(),
@@ -488,6 +501,53 @@ fn bad_messages_on_the_live_path_are_dead_lettered_and_counted() {
         let letters = common::read_jsonl(&dir.path().join("dead-letters.jsonl"));
         assert_eq!(letters.len(), 5, "{name}: {letters:?}");
         assert_eq!(s.readings_in, 7, "{name}: 2 accepted + 5 rejected");
+    }
+}
+
+#[test]
+fn acks_held_for_a_batch_beyond_the_broker_window_still_go_out_at_their_deadline() {
+    // Both brokers stop sending once their in-flight window (rumqttd 100, Mosquitto 20) is
+    // unacked. With a batch far beyond it, only the ack delay lets the run finish: without
+    // it the run would stall until its idle exit and miss messages.
+    for (name, broker) in brokers() {
+        let prefix = unique_prefix(name);
+        let dir = tempfile::tempdir().unwrap();
+        let total = 500;
+        let messages: Vec<(String, Vec<u8>)> = (0..total)
+            .map(|i| {
+                let payload =
+                    serde_json::json!({"ts": common::T0 + i * 1_000, "kind": "gas_lel", "value": 1.0, "unit": "%LEL"});
+                (
+                    format!("{prefix}/xicheng/sensor/g{}", i % 7),
+                    payload.to_string().into_bytes(),
+                )
+            })
+            .collect();
+        let metrics = Arc::new(Metrics::new());
+        let run = live_run_tuned(
+            broker,
+            &prefix,
+            Some(total as u64),
+            Arc::clone(&metrics),
+            &dir,
+            |config| {
+                config.mqtt.ack_batch = 10_000;
+            },
+        );
+        wait_until("cityops to subscribe", || {
+            metrics.mqtt_subscribed.load(Ordering::Relaxed)
+        });
+        let taken = Arc::clone(&metrics);
+        let publisher_id = format!("{prefix}-pub");
+        let publisher = std::thread::spawn(move || publish_all(broker, &publisher_id, messages, &taken));
+        let outcome = run.join().expect("pipeline thread");
+        let s = &outcome.summary;
+        assert_eq!(
+            (s.messages_in, s.readings_accepted),
+            (total as u64, total as u64),
+            "{name}"
+        );
+        publisher.join().expect("every message acknowledged to the publisher");
     }
 }
 

@@ -3,6 +3,7 @@
 //! (with `scan`, its allocation-free fast path). Sources never decode;
 //! the decoder never does I/O.
 
+pub mod acks;
 pub mod decode;
 pub mod fixture;
 pub mod message;

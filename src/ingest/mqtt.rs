@@ -3,16 +3,16 @@
 //! decode queue is full the handoff waits and the socket is not read: the broker holds the
 //! backlog (QoS 1) instead of cityops dropping anything. The messages of one socket read go
 //! to the workers as one burst each; a QoS 1 message is acknowledged only after its burst
-//! is in a decode queue. A lost connection is retried with exponential
+//! is in a decode queue, and acks go out in batches (`acks`). A lost connection is retried with exponential
 //! backoff; every connect resubscribes; outages are logged and counted. Clock ticks go to
 //! the decode workers every second of wall time so silent tables advance.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, Packet, PubAck, QoS, SubscribeFilter, SubscribeReasonCode};
 
+use super::acks::PendingAcks;
 use super::decode::Decoder;
 use super::message::{Ingest, Message};
 use super::replay::TICK_MS;
@@ -104,8 +104,9 @@ pub fn subscribe(
     let first_message_ms = AtomicU64::new(0);
     let count = AtomicU64::new(0);
     std::thread::scope(|scope| {
-        // The clock runs beside the event loop, never cancelling its poll (rumqttc's poll is
-        // not cancel-safe: a cancelled poll can lose an outgoing ack).
+        // The clock runs beside the event loop, never cancelling its poll (a poll dropped
+        // while rumqttc writes a request can lose it; `poll_loop` drops one only while the
+        // socket read is all that is pending).
         let clock = std::thread::Builder::new()
             .name("mqtt-clock".to_string())
             .spawn_scoped(scope, || {
@@ -181,20 +182,39 @@ async fn poll_loop(
 ) -> Result<(), MqttError> {
     let mut backoff = MIN_BACKOFF;
     let mut lost_at: Option<Instant> = None;
-    // Acks of messages already in the pipeline. They go out together, in order, just before
-    // a poll that reads the socket again (rumqttc's own manual acks would take one event-loop
-    // turn and one flush each, which stalls the broker's in-flight window).
-    let mut acks_waiting: VecDeque<rumqttc::Publish> = VecDeque::new();
+    // Acks of messages already in the pipeline. They go out together, in order, once a batch
+    // waits or the oldest reaches its delay (rumqttc's own manual acks would take one
+    // event-loop turn and one flush each, which stalls the broker's in-flight window). QoS 2
+    // acks change the session state, so they go after every read.
+    let batch = if source.config.qos == 1 {
+        source.config.ack_batch
+    } else {
+        1
+    };
+    let delay = Duration::from_millis(source.config.ack_delay.0.max(0) as u64);
+    let mut acks = PendingAcks::new(batch, delay);
     let mut bursts = Bursts::new(handoff);
     while !ending.load(Ordering::Relaxed) {
-        if eventloop.state.events.is_empty() {
-            // The last read is consumed: its messages go to the pipeline, then their acks out.
+        let read_consumed = eventloop.state.events.is_empty();
+        if read_consumed {
+            // The last read is consumed: its messages go to the pipeline, then the acks out
+            // if they are due.
             bursts.flush(handoff)?;
-            if !acks_waiting.is_empty() {
-                send_acks(client, eventloop, &mut acks_waiting).await;
+            if acks.due(Instant::now()) {
+                send_acks(client, eventloop, &mut acks).await;
             }
         }
-        match eventloop.poll().await {
+        // Waiting acks bound the wait for the next read. Dropping rumqttc's poll there is
+        // safe: with the source's acks written here, its only pending point is the socket
+        // read, whose bytes its codec keeps (a pending ping or subscribe stays buffered).
+        let polled = match acks.deadline() {
+            Some(deadline) if read_consumed => match tokio::time::timeout_at(deadline.into(), eventloop.poll()).await {
+                Ok(polled) => polled,
+                Err(_) => continue,
+            },
+            _ => eventloop.poll().await,
+        };
+        match polled {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 metrics.mqtt_connected.store(true, Ordering::Relaxed);
                 match lost_at.take() {
@@ -241,7 +261,7 @@ async fn poll_loop(
                 // Waits while the queue is full: the socket is not read meanwhile.
                 bursts.push(handoff, worker, msg)?;
                 if publish.qos != QoS::AtMostOnce {
-                    acks_waiting.push_back(publish);
+                    acks.push(publish, Instant::now());
                 }
                 count.fetch_add(1, Ordering::Relaxed);
                 let now_ms = (arrived_ns / 1_000_000).max(1);
@@ -259,7 +279,7 @@ async fn poll_loop(
                 // What was read before the loss is genuine and goes on; its acks cannot
                 // travel on the next connection, so the broker redelivers those messages.
                 bursts.flush(handoff)?;
-                acks_waiting.clear();
+                acks.clear();
                 if lost_at.is_none() {
                     lost_at = Some(Instant::now());
                     tracing::warn!(broker = %source.url.host, error = %e, "mqtt connection lost; reconnecting with backoff");
@@ -271,8 +291,8 @@ async fn poll_loop(
     }
     // Ending: what was read goes in, and its acks go out ahead of the queued disconnect.
     bursts.flush(handoff)?;
-    if !acks_waiting.is_empty() {
-        send_acks(client, eventloop, &mut acks_waiting).await;
+    if !acks.is_empty() {
+        send_acks(client, eventloop, &mut acks).await;
     }
     Ok(())
 }
@@ -280,12 +300,12 @@ async fn poll_loop(
 /// Sends the waiting acks in one write: QoS 1 `PubAck`s straight onto the connection, QoS 2
 /// through the client (its `PubRec` changes the session state). A failed write leaves them
 /// to the broker's redelivery; the next poll sees the broken connection and reconnects.
-async fn send_acks(client: &AsyncClient, eventloop: &mut rumqttc::EventLoop, waiting: &mut VecDeque<rumqttc::Publish>) {
+async fn send_acks(client: &AsyncClient, eventloop: &mut rumqttc::EventLoop, acks: &mut PendingAcks) {
+    let waiting = acks.take();
     let Some(network) = eventloop.network.as_mut() else {
-        waiting.clear();
         return;
     };
-    for publish in waiting.drain(..) {
+    for publish in waiting {
         let written = match publish.qos {
             QoS::AtLeastOnce => network.write(Packet::PubAck(PubAck::new(publish.pkid))).await.is_ok(),
             _ => client.try_ack(&publish).is_ok(),

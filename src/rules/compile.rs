@@ -693,7 +693,7 @@ mod tests {
     /// Four sensor rows: kinds noise, gas_lel, gas_lel, noise; values 1, 2, 3, 4 (the third
     /// row's kind is null).
     fn sensor_rows() -> RecordBatch {
-        let def = Catalog::builtin().get("sensor").unwrap().clone();
+        let def = Arc::clone(Catalog::builtin().get("sensor").unwrap());
         let columns: Vec<ArrayRef> = def
             .schema
             .fields()

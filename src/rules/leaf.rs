@@ -73,6 +73,10 @@ pub(super) fn without_leaf_filter(
     }
 }
 
+/// A narrowed plan: the plan, its feed, the feed's schema and, per fed column, its position
+/// in the full schema.
+pub(super) type Narrowed = (Arc<dyn ExecutionPlan>, Arc<Feed>, SchemaRef, Vec<usize>);
+
 /// Narrows the plan's leaf to the columns the plan reads: a leaf fed the full schema and
 /// projecting becomes one fed just those columns, so the worker slices no column the rule
 /// does not use. Returns the plan, its feed, the feed's schema and, per fed column, its
@@ -81,7 +85,7 @@ pub(super) fn narrow_leaf(
     plan: Arc<dyn ExecutionPlan>,
     feed: Arc<Feed>,
     full: SchemaRef,
-) -> Result<(Arc<dyn ExecutionPlan>, Arc<Feed>, SchemaRef, Vec<usize>), DataFusionError> {
+) -> Result<Narrowed, DataFusionError> {
     let all = (0..full.fields().len()).collect::<Vec<_>>();
     let mut projections = Vec::new();
     plan.apply(|node| {
