@@ -9,7 +9,7 @@
 # round and the medians (messages/s, first message to last, and readings/s).
 # Needs a release build (`cargo build --release --bin cityops --example plain_subscriber`)
 # and a broker on $BROKER (default 127.0.0.1:1883). CITYOPS_ARGS adds options to
-# `cityops run` (e.g. "--config tuned.toml").
+# `cityops run` (e.g. "--config tuned.toml"; that config should set `clean_session = true`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=${CARGO_TARGET_DIR:-target}
@@ -25,6 +25,13 @@ host=${BROKER%:*}
 port=${BROKER#*:}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+# cityops keeps its session by default; a kept session would collect up to 1,000 messages of
+# the plain rounds and deliver them at connect, 1.5 s before the publisher starts, which
+# would stretch its first-to-last interval. The benchmark subscribes with a clean session,
+# as the plain subscriber does.
+session_args="--config $work/clean-session.toml"
+printf '[mqtt]\nclean_session = true\nclient_id = "cityops-rates"\n' >"$work/clean-session.toml"
+case " ${CITYOPS_ARGS:-} " in *" --config "*) session_args="" ;; esac
 
 rate_of() { grep -oE '[0-9]+ messages/s' "$1" | tail -1 | grep -oE '^[0-9]+' || echo 0; }
 received_of() { grep -oE '(received|subscriber:) [0-9]+ messages' "$1" | tail -1 | grep -oE '[0-9]+' || echo 0; }
@@ -37,7 +44,7 @@ for round in $(seq 1 "$rounds"); do
       "$PLAIN" "$host" "$port" "$qos" >"$log" 2>&1 &
     else
       # shellcheck disable=SC2086
-      RUST_LOG=info "$CITYOPS" run --mqtt "mqtt://$BROKER" --qos "$qos" --quiet --no-http --idle-exit 3s ${CITYOPS_ARGS:-} >"$log" 2>&1 &
+      RUST_LOG=info "$CITYOPS" run --mqtt "mqtt://$BROKER" --qos "$qos" --quiet --no-http --idle-exit 3s $session_args ${CITYOPS_ARGS:-} >"$log" 2>&1 &
     fi
     subscriber=$!
     sleep 1.5
