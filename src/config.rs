@@ -15,6 +15,7 @@ pub const DEFAULT_TOML: &str = r#"
 [engine]
 batch_rows = 4096          # flush a table's batch at this many rows...
 linger = "20ms"            # ...or when the decode queue runs dry, or at the latest after this long
+dry_linger = "2ms"         # with the queue dry, a batch still waits this long for more rows (longer: larger batches, less rule CPU, later warnings)
 lateness = "2s"            # watermark = max ts seen - lateness (rules may override)
 idle_timeout = "60s"       # a table silent this long advances its watermark by the clock
 queue_capacity = 1024      # slots per decode queue (a message, or up to 64 of one MQTT read); when full, the source waits
@@ -97,6 +98,8 @@ pub struct Config {
 pub struct EngineConfig {
     pub batch_rows: usize,
     pub linger: DurationMs,
+    /// How long a batch waits for more rows once the decode queue runs dry (at most `linger`).
+    pub dry_linger: DurationMs,
     pub lateness: DurationMs,
     pub idle_timeout: DurationMs,
     pub queue_capacity: usize,
@@ -111,6 +114,7 @@ impl Default for EngineConfig {
         EngineConfig {
             batch_rows: 4096,
             linger: DurationMs(20),
+            dry_linger: DurationMs(2),
             lateness: DurationMs(2_000),
             idle_timeout: DurationMs(60_000),
             queue_capacity: 1024,

@@ -219,6 +219,7 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
     let settings = DecodeSettings {
         batch_rows: engine.batch_rows,
         linger: Duration::from_millis(engine.linger.0.max(0) as u64),
+        dry_linger: Duration::from_millis(engine.dry_linger.0.max(0) as u64),
         idle_timeout_ms: engine.idle_timeout.0,
     };
     let mut decode_threads = Vec::new();

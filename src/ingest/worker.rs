@@ -21,9 +21,6 @@ use crate::metrics::{LocalLatency, MERGE_EVERY, Metrics, Stage};
 use crate::schema::Catalog;
 use crate::time::{EpochMs, wall_now_ms};
 
-/// How long a batch waits for more rows when the queue is empty (the linger floor).
-const DRY_QUEUE_LINGER: Duration = Duration::from_millis(2);
-
 /// How long a worker with an empty queue naps before looking again (see `next_item`); it
 /// bounds the extra queue wait this adds.
 const IDLE_NAP: Duration = Duration::from_micros(500);
@@ -40,6 +37,8 @@ const CHECK_EVERY: u64 = 64;
 pub struct DecodeSettings {
     pub batch_rows: usize,
     pub linger: Duration,
+    /// How long a batch waits for more rows when the queue is empty (the linger floor).
+    pub dry_linger: Duration,
     pub idle_timeout_ms: i64,
 }
 
@@ -141,7 +140,7 @@ impl DecodeWorker {
             // short floor goes now; under load the queue never drains and batches fill up.
             if check {
                 let linger = if rx.is_empty() {
-                    self.settings.linger.min(DRY_QUEUE_LINGER)
+                    self.settings.linger.min(self.settings.dry_linger)
                 } else {
                     self.settings.linger
                 };
@@ -239,7 +238,7 @@ impl DecodeWorker {
     /// When the oldest waiting batch is due: the dry-queue floor, so an idle queue still
     /// flushes soon after its last row.
     fn next_linger_deadline(&self) -> Option<Instant> {
-        let wait = self.settings.linger.min(DRY_QUEUE_LINGER);
+        let wait = self.settings.linger.min(self.settings.dry_linger);
         self.batchers
             .by_table
             .iter()
