@@ -210,24 +210,14 @@ mod tests {
             Cell::Null,
             Cell::Null,
         ];
-        batcher.push(
-            &Row {
-                ts: 1000,
-                device_id: "w1",
-                district: "a",
-                cells: &cells,
-            },
-            &msg,
-        );
-        batcher.push(
-            &Row {
-                ts: 2000,
-                device_id: "w1",
-                district: "a",
-                cells: &cells,
-            },
-            &msg,
-        );
+        let row = |ts, device_id, district| Row {
+            ts,
+            device_id,
+            district,
+            cells: &cells,
+        };
+        batcher.push(&row(1000, "w1", "a"), &msg);
+        batcher.push(&row(2000, "w1", "a"), &msg);
         let flushed = batcher.flush().expect("valid batch");
         assert_eq!(flushed.batch.num_rows(), 2);
         assert_eq!(flushed.batch.schema(), water.schema);
@@ -237,15 +227,7 @@ mod tests {
         assert!(batcher.is_empty());
         assert_eq!(batcher.flush().expect("empty batch").batch.num_rows(), 0);
         // The renewed builders take the next batch as the first ones did.
-        batcher.push(
-            &Row {
-                ts: 3000,
-                device_id: "w2",
-                district: "b",
-                cells: &cells,
-            },
-            &msg,
-        );
+        batcher.push(&row(3000, "w2", "b"), &msg);
         let next = batcher.flush().expect("valid batch");
         assert_eq!(next.batch.num_rows(), 1);
         assert_eq!(next.batch.column(1).as_string::<i32>().value(0), "w2");

@@ -3,9 +3,9 @@
 //! decode queue is full the handoff waits and the socket is not read: the broker holds the
 //! backlog (QoS 1) instead of cityops dropping anything. The messages of one socket read go
 //! to the workers as one burst each; a QoS 1 message is acknowledged only after its burst
-//! is in a decode queue, and acks go out in batches (`acks`). A lost connection is retried with exponential
-//! backoff; every connect resubscribes; outages are logged and counted. Clock ticks go to
-//! the decode workers every second of wall time so silent tables advance.
+//! is in a decode queue, and acks go out in batches (`acks`). A lost connection is retried
+//! with exponential backoff; every connect resubscribes; outages are logged and counted.
+//! Clock ticks go to the decode workers every second of wall time so silent tables advance.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -261,7 +261,8 @@ async fn poll_loop(
                 // Waits while the queue is full: the socket is not read meanwhile.
                 bursts.push(handoff, worker, msg)?;
                 if publish.qos != QoS::AtMostOnce {
-                    acks.push(publish, Instant::now());
+                    // The arrival clock read above, as an instant: no second read per message.
+                    acks.push(publish, metrics.started() + Duration::from_nanos(arrived_ns));
                 }
                 count.fetch_add(1, Ordering::Relaxed);
                 let now_ms = (arrived_ns / 1_000_000).max(1);
