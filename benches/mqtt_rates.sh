@@ -10,6 +10,8 @@
 # Needs a release build (`cargo build --release --bin cityops --example plain_subscriber`)
 # and a broker on $BROKER (default 127.0.0.1:1883). CITYOPS_ARGS adds options to
 # `cityops run` (e.g. "--config tuned.toml"; that config should set `clean_session = true`).
+# PUBLISH_ARGS adds options to the publisher, `cityops replay --to-mqtt` (e.g. "--inflight
+# 100"; its default window is 1,000 QoS 1 messages ahead of the broker's acks).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=${CARGO_TARGET_DIR:-target}
@@ -49,7 +51,7 @@ for round in $(seq 1 "$rounds"); do
     subscriber=$!
     sleep 1.5
     # shellcheck disable=SC2086
-    published=$("$CITYOPS" replay $fixture --to-mqtt "mqtt://$BROKER" --qos "$qos" --speed "$speed")
+    published=$("$CITYOPS" replay $fixture --to-mqtt "mqtt://$BROKER" --qos "$qos" --speed "$speed" ${PUBLISH_ARGS:-})
     wait "$subscriber" || true
     rate=$(rate_of "$log")
     echo "$rate" >>"$work/$who.rates"

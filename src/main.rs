@@ -138,6 +138,10 @@ struct ReplayArgs {
     /// Publish QoS.
     #[arg(long, default_value_t = 1)]
     qos: u8,
+    /// QoS 1 messages sent ahead of the broker's acks (replaces [mqtt] inflight here). A
+    /// deep window keeps the broker fed while the publisher waits for a core.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..))]
+    inflight: u16,
     /// Config file ([mqtt] credentials, TLS).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -460,9 +464,13 @@ fn replay_to_mqtt(args: ReplayArgs) -> ExitCode {
         Some(path) => FixtureReader::open(path),
         None => FixtureReader::demo(),
     };
+    let mqtt = cityops::config::MqttConfig {
+        inflight: args.inflight,
+        ..config.mqtt.clone()
+    };
     let published = reader
         .map_err(|e| e.to_string())
-        .and_then(|mut reader| cityops::publish::publish(&mut reader, &url, &config.mqtt, qos, args.speed));
+        .and_then(|mut reader| cityops::publish::publish(&mut reader, &url, &mqtt, qos, args.speed));
     match published {
         Ok(p) => {
             println!(
