@@ -303,15 +303,26 @@ mod tests {
     fn routing_by_interval_matches_routing_row_by_row() {
         let specs = [
             WindowSpec::Tumble { size_ms: MIN },
-            WindowSpec::Hop { slide_ms: 20_000, size_ms: MIN },
-            WindowSpec::Hop { slide_ms: 25_000, size_ms: MIN },
-            WindowSpec::Cumulate { step_ms: 15_000, max_size_ms: MIN },
+            WindowSpec::Hop {
+                slide_ms: 20_000,
+                size_ms: MIN,
+            },
+            WindowSpec::Hop {
+                slide_ms: 25_000,
+                size_ms: MIN,
+            },
+            WindowSpec::Cumulate {
+                step_ms: 15_000,
+                max_size_ms: MIN,
+            },
         ];
         // Mostly rising times with jitter, jumps back and far ahead: every path of `route`.
         let mut state = 7u64;
         let ts: Vec<EpochMs> = (0..3_000)
             .map(|i| {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let jitter = (state >> 33) as i64 % 9_000 - 6_000;
                 let jump = if i % 500 == 499 { 200_000 } else { 0 };
                 i * 700 + jitter + jump * (i / 500)
@@ -321,7 +332,11 @@ mod tests {
             for lateness in [0, 2_000, 30_000] {
                 let (mut fast, mut slow) = (WindowClock::new(spec, lateness), WindowClock::new(spec, lateness));
                 for chunk in ts.chunks(97) {
-                    assert_eq!(fast.route(chunk), route_row_by_row(&mut slow, chunk), "{spec:?}, lateness {lateness}");
+                    assert_eq!(
+                        fast.route(chunk),
+                        route_row_by_row(&mut slow, chunk),
+                        "{spec:?}, lateness {lateness}"
+                    );
                 }
                 assert!(fast.closed_through.is_some());
             }

@@ -496,7 +496,10 @@ mod tests {
         let mut bad = message("city/a/water/w", "");
         bad.payload = bytes::Bytes::from_static(b"{\"ts\": 1768418100000, \"kind\": \"pr\xffssure\"}");
         let outcome = decoder().decode(&bad, NOW, &mut rows, &mut |d| rejects.push(d));
-        assert_eq!((reasons(&rejects), outcome.rejected, rows.0.len()), (vec![Reason::MalformedJson], 1, 0));
+        assert_eq!(
+            (reasons(&rejects), outcome.rejected, rows.0.len()),
+            (vec![Reason::MalformedJson], 1, 0)
+        );
 
         let (rows, rejects, _) = run(
             "city/a/water/w",
@@ -504,7 +507,10 @@ mod tests {
         );
         assert!(rejects.is_empty());
         let (_, _, _, district, cells) = &rows.0[0];
-        assert_eq!((district.as_str(), &cells[0]), ("h\u{e9}", &Cell::Text(Cow::Borrowed("pr\u{e9}ssure"))));
+        assert_eq!(
+            (district.as_str(), &cells[0]),
+            ("h\u{e9}", &Cell::Text(Cow::Borrowed("pr\u{e9}ssure")))
+        );
     }
 
     #[test]

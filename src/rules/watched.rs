@@ -5,9 +5,9 @@
 //! instead of all of it, and the other tables' rows cost it nothing. Results do not
 //! change, since a device of another table would fail the clause anyway.
 
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, LogicalPlan, Operator};
-use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 
 use crate::schema::{DEVICES, TABLE_NAME};
 
@@ -108,7 +108,10 @@ mod tests {
 
     #[tokio::test]
     async fn an_unknown_table_name_watches_nothing() {
-        assert_eq!(watched("SELECT * FROM devices WHERE table_name = 'gas'").await, Vec::<usize>::new());
+        assert_eq!(
+            watched("SELECT * FROM devices WHERE table_name = 'gas'").await,
+            Vec::<usize>::new()
+        );
     }
 
     #[tokio::test]
