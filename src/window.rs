@@ -69,6 +69,13 @@ impl WindowClock {
     /// step interval (`[k·step, (k+1)·step)`) belong to the same windows, so the windows are
     /// worked out once per interval change and per watermark move, not once per row.
     pub fn route(&mut self, ts: &[EpochMs]) -> Routing {
+        self.route_kept(ts, |_| true)
+    }
+
+    /// As `route`, but only rows for which `kept` holds (those passing the rule's WHERE
+    /// clause) are listed under their windows. Every row still moves the watermark, opens
+    /// its windows and, when late, is listed as late.
+    pub fn route_kept(&mut self, ts: &[EpochMs], kept: impl Fn(usize) -> bool) -> Routing {
         let step = self.spec.step_ms();
         let mut routing = Routing::default();
         // The interval the last row fell in and where its rows go: `None` = late.
@@ -80,12 +87,18 @@ impl WindowClock {
                 slots = self.slots_of(t, &mut routing.windows, slots.take());
             }
             match &slots {
-                Some(slots) => slots.iter().for_each(|&s| routing.windows[s].1.push(i as u32)),
+                Some(slots) if kept(i) => slots.iter().for_each(|&s| routing.windows[s].1.push(i as u32)),
+                Some(_) => {}
                 None => routing.late.push(i as u32),
             }
             if self.max_ts.is_none_or(|m| t > m) {
                 self.max_ts = Some(t);
-                if let Some(advance) = self.advance_watermark(t, Some(i)) {
+                // The watermark passes the next window end only once `t − lateness` reaches
+                // it (`closed_through` is a multiple of the step): no division per row.
+                let passes = self
+                    .closed_through
+                    .is_none_or(|closed| t - self.lateness_ms >= closed + step);
+                if passes && let Some(advance) = self.advance_watermark(t, Some(i)) {
                     routing.advances.push(advance);
                     // Windows closed: the next row's are worked out afresh.
                     interval = None;

@@ -29,7 +29,22 @@ impl RuleWorker {
             }
         };
 
-        let mut breach_at: Vec<Option<(usize, usize)>> = vec![None; rows];
+        // With no breach and no alert a clean row could step, there is nothing to judge.
+        if output.iter().any(|out| out.num_rows() > 0) || !self.lifecycle.is_empty() {
+            self.judge_rows(input, &output).await;
+        }
+        let ts = batch.column(0).as_primitive::<TimestampMillisecondType>();
+        if let Some(last) = ts.values().iter().max() {
+            self.health.evaluated(*last);
+        }
+        Ok(())
+    }
+
+    /// Steps the lifecycle row by row in arrival order: a breach for each row with a result
+    /// row in `output`, a clean step for every other row of a key with an alert.
+    async fn judge_rows(&mut self, input: &TableBatch, output: &[RecordBatch]) {
+        let batch = &input.batch;
+        let mut breach_at: Vec<Option<(usize, usize)>> = vec![None; batch.num_rows()];
         let row_index = self.rule.layout.row_index.unwrap_or_default();
         for (b, out) in output.iter().enumerate() {
             let indices = out.column(row_index).as_primitive::<UInt32Type>();
@@ -39,10 +54,12 @@ impl RuleWorker {
                 }
             }
         }
+        // One wall-clock read per batch (live sources), not one per row.
+        let wall_ms = (self.ctx.clock == DetectionClock::Wall).then(wall_now_ms);
         let ts = batch.column(0).as_primitive::<TimestampMillisecondType>();
         for (i, breach) in breach_at.into_iter().enumerate() {
             let event_ms = ts.value(i);
-            let detected_ms = self.detected(event_ms);
+            let detected_ms = wall_ms.unwrap_or(event_ms);
             let arrived_ns = input.arrivals_ns[i];
             let transition = match breach {
                 Some((b, r)) => {
@@ -76,9 +93,5 @@ impl RuleWorker {
                 self.emit(t).await;
             }
         }
-        if let Some(last) = ts.values().iter().max() {
-            self.health.evaluated(*last);
-        }
-        Ok(())
     }
 }

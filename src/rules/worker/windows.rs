@@ -84,22 +84,22 @@ impl RuleWorker {
         };
         let batch = &input.batch;
         let ts = batch.column(0).as_primitive::<TimestampMillisecondType>();
-        let routing = windows.clock.route(ts.values());
+        // Rows failing the WHERE clause still move event time, but are fed to no window.
+        let passing = self.rule.passing(batch)?;
+        let routing = match &passing {
+            Some(mask) => windows.clock.route_kept(ts.values(), |r| mask.value(r)),
+            None => windows.clock.route(ts.values()),
+        };
         let spec = windows.clock.spec();
         let batch_max = ts.values().iter().copied().max();
         windows.row_max_ts = windows.row_max_ts.max(batch_max);
 
-        let passing = self.rule.passing(batch)?;
         for (end, rows) in routing.windows {
             let (start, _) = spec.window_ending_at(end);
             if !judge_from.covers(start, 0) {
                 // Began before this version took over: its predecessor saw the first rows.
                 continue;
             }
-            let rows: Vec<u32> = match &passing {
-                Some(mask) => rows.into_iter().filter(|&r| mask.value(r as usize)).collect(),
-                None => rows,
-            };
             let window = windows.open.entry(end).or_insert(OpenWindow::Idle);
             if rows.is_empty() {
                 continue;
