@@ -10,6 +10,8 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
+use super::plain_scan::scan_plain;
+
 /// One field value as the payload wrote it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Scalar<'a> {
@@ -54,7 +56,7 @@ pub struct FieldIndex {
 }
 
 /// Key of the ThingsBoard-style nested object whose fields take precedence.
-const VALUES: &str = "values";
+pub(super) const VALUES: &str = "values";
 
 impl FieldIndex {
     pub fn new<'n>(columns: impl Iterator<Item = &'n str>) -> Self {
@@ -73,7 +75,7 @@ impl FieldIndex {
 
     /// The field named `key`, trying `hint` first: payloads of one kind of device list
     /// their fields in the same order, so the field after the last one usually matches.
-    fn position(&self, key: &str, hint: usize) -> Option<usize> {
+    pub(super) fn position(&self, key: &str, hint: usize) -> Option<usize> {
         if self.names.get(hint).is_some_and(|n| n.as_ref() == key) {
             return Some(hint);
         }
@@ -85,25 +87,35 @@ impl FieldIndex {
 /// object's field where it has one, else the row's own.
 #[derive(Debug, Default)]
 pub struct Scanned<'a> {
-    slots: Vec<Option<Scalar<'a>>>,
+    pub(super) slots: Vec<Option<Scalar<'a>>>,
     width: usize,
 }
 
 impl<'a> Scanned<'a> {
+    pub(super) fn with_width(width: usize) -> Self {
+        Scanned {
+            slots: Vec::with_capacity(width),
+            width,
+        }
+    }
+
     pub fn rows(&self) -> impl Iterator<Item = &[Option<Scalar<'a>>]> {
         self.slots.chunks_exact(self.width.max(1))
     }
 }
 
 /// Scans `payload` (one object or a non-empty array of objects); `None` means "take the
-/// full path". The payload is checked as UTF-8 once, with SIMD, so the parser need not
-/// check each string it reads (a third of a gateway payload's parse time).
+/// full path". The payload is checked as UTF-8 once, with SIMD, so neither scanner need
+/// check each string it reads (a third of a gateway payload's parse time). The plain
+/// scanner (`plain_scan`) tries first; the serde scan takes what it gives up.
 pub fn scan<'a>(payload: &'a [u8], fields: &FieldIndex) -> Option<Scanned<'a>> {
     let text = simdutf8::basic::from_utf8(payload).ok()?;
-    let mut scanned = Scanned {
-        slots: Vec::with_capacity(fields.width()),
-        width: fields.width(),
-    };
+    scan_plain(text, fields).or_else(|| scan_serde(text, fields))
+}
+
+/// The serde scan: any JSON serde_json reads, with escapes and nested values skipped.
+pub(super) fn scan_serde<'a>(text: &'a str, fields: &FieldIndex) -> Option<Scanned<'a>> {
+    let mut scanned = Scanned::with_width(fields.width());
     let mut de = serde_json::Deserializer::from_str(text);
     RowsSeed {
         fields,
