@@ -20,7 +20,12 @@ const POW10: [f64; 23] = [
 /// The largest significand an `f64` holds exactly.
 const EXACT_SIGNIFICAND: u64 = 1 << 53;
 
+/// The most rows reserved ahead from the first row's length; beyond, the slots grow as usual.
+const MAX_RESERVED_ROWS: usize = 1024;
+
 /// Scans `text` (already checked as UTF-8); `None` means "let the serde scan decide".
+/// The numbers match serde_json's as long as its `arbitrary_precision` feature stays off
+/// (with it, the serde scan would see numbers as maps and give up).
 pub fn scan_plain<'a>(text: &'a str, fields: &FieldIndex) -> Option<Scanned<'a>> {
     let mut cursor = Cursor {
         text,
@@ -36,9 +41,10 @@ pub fn scan_plain<'a>(text: &'a str, fields: &FieldIndex) -> Option<Scanned<'a>>
                 let row_from = cursor.at;
                 cursor.row(fields, &mut scanned)?;
                 if scanned.slots.len() == fields.width() {
-                    // Room for as many rows as the payload holds if they are all this long.
+                    // Room for as many rows as the payload holds if they are all this long
+                    // (at most `MAX_RESERVED_ROWS`: a tiny first row must not reserve megabytes).
                     let rows = text.len() / (cursor.at - row_from + 1).max(1);
-                    scanned.slots.reserve(rows * fields.width());
+                    scanned.slots.reserve(rows.min(MAX_RESERVED_ROWS) * fields.width());
                 }
                 match cursor.next_past_space()? {
                     b',' => cursor.skip_space(),
@@ -131,6 +137,8 @@ impl<'a> Cursor<'a> {
             self.expect(b'"')?;
             let key = self.string_body()?;
             self.expect(b':')?;
+            // Every key, `values` too, keeps its place in the order the next row is matched to.
+            let field = self.keys.field(nth, key, fields);
             if key == VALUES {
                 values = match self.peek_past_space()? {
                     b'{' => {
@@ -148,7 +156,7 @@ impl<'a> Cursor<'a> {
                 };
             } else {
                 let value = self.scalar()?;
-                if let Some(i) = self.keys.field(nth, key, fields) {
+                if let Some(i) = field {
                     out.slots[base + i] = Some(value);
                 }
             }
