@@ -341,14 +341,25 @@ mod tests {
                 i * 700 + jitter + jump * (i / 500)
             })
             .collect();
+        // A WHERE mask (`route_kept`) only thins the window lists: the same windows open,
+        // the same rows are late, the watermark moves at the same rows.
+        let keep = |r: usize| r % 3 != 1;
         for spec in specs {
             for lateness in [0, 2_000, 30_000] {
-                let (mut fast, mut slow) = (WindowClock::new(spec, lateness), WindowClock::new(spec, lateness));
+                let mut fast = WindowClock::new(spec, lateness);
+                let mut kept = WindowClock::new(spec, lateness);
+                let mut slow = WindowClock::new(spec, lateness);
                 for chunk in ts.chunks(97) {
+                    let expected = route_row_by_row(&mut slow, chunk);
+                    assert_eq!(fast.route(chunk), expected, "{spec:?}, lateness {lateness}");
+                    let mut thinned = expected;
+                    for (_, rows) in &mut thinned.windows {
+                        rows.retain(|&r| keep(r as usize));
+                    }
                     assert_eq!(
-                        fast.route(chunk),
-                        route_row_by_row(&mut slow, chunk),
-                        "{spec:?}, lateness {lateness}"
+                        kept.route_kept(chunk, keep),
+                        thinned,
+                        "{spec:?}, lateness {lateness}, masked"
                     );
                 }
                 assert!(fast.closed_through.is_some());

@@ -37,7 +37,7 @@ pub fn scan_plain<'a>(text: &'a str, fields: &FieldIndex) -> Option<Scanned<'a>>
         b'[' => {
             cursor.at += 1;
             loop {
-                cursor.expect(b'{')?;
+                cursor.consume(b'{')?;
                 let row_from = cursor.at;
                 cursor.row(fields, &mut scanned)?;
                 if scanned.slots.len() == fields.width() {
@@ -118,7 +118,8 @@ impl<'a> Cursor<'a> {
         Some(b)
     }
 
-    fn expect(&mut self, byte: u8) -> Option<()> {
+    /// Skips whitespace, then takes `byte`, or gives up.
+    fn consume(&mut self, byte: u8) -> Option<()> {
         (self.next_past_space()? == byte).then_some(())
     }
 
@@ -134,9 +135,9 @@ impl<'a> Cursor<'a> {
             return Some(());
         }
         for nth in 0.. {
-            self.expect(b'"')?;
+            self.consume(b'"')?;
             let key = self.string_body()?;
-            self.expect(b':')?;
+            self.consume(b':')?;
             // Every key, `values` too, keeps its place in the order the next row is matched to.
             let field = self.keys.field(nth, key, fields);
             if key == VALUES {
@@ -187,9 +188,9 @@ impl<'a> Cursor<'a> {
         }
         let mut hint = 0;
         loop {
-            self.expect(b'"')?;
+            self.consume(b'"')?;
             let key = self.string_body()?;
-            self.expect(b':')?;
+            self.consume(b':')?;
             let value = self.scalar()?;
             if let Some(i) = fields.position(key, hint) {
                 slots[i] = Some(value);
