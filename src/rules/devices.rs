@@ -31,14 +31,43 @@ pub struct Snapshot {
 /// Last-seen times of the devices of one table, and that table's event time.
 #[derive(Debug, Default)]
 struct TableWatch {
-    /// device → (district, last ts), in the order devices were first seen: snapshots list
-    /// devices in that (deterministic) order without sorting a whole city every minute.
-    last_seen: indexmap::IndexMap<String, (String, EpochMs), foldhash::fast::RandomState>,
+    /// device → (district number in `districts`, last ts), in the order devices were first
+    /// seen: snapshots list devices in that (deterministic) order without sorting a whole
+    /// city every minute.
+    last_seen: indexmap::IndexMap<String, (u32, EpochMs), foldhash::fast::RandomState>,
+    /// The districts of the table's devices: a city has a few dozen, shared by thousands of
+    /// devices, so each device keeps a number (no string of its own, and no second pointer
+    /// to follow when a row is checked against it).
+    districts: Districts,
     /// Max `ts` seen (or advanced while the table is idle).
     clock: Option<EpochMs>,
     /// Max `ts` of the rows themselves, the base of idle time.
     row_max: Option<EpochMs>,
     next_evaluation: Option<EpochMs>,
+}
+
+/// District names, numbered in the order first seen.
+#[derive(Debug, Default)]
+struct Districts {
+    names: Vec<String>,
+    numbers: std::collections::HashMap<String, u32, foldhash::fast::RandomState>,
+}
+
+impl Districts {
+    /// The number of `name`, given one when new.
+    fn number(&mut self, name: &str) -> u32 {
+        if let Some(number) = self.numbers.get(name) {
+            return *number;
+        }
+        let number = self.names.len() as u32;
+        self.names.push(name.to_string());
+        self.numbers.insert(name.to_string(), number);
+        number
+    }
+
+    fn name(&self, number: u32) -> &str {
+        self.names.get(number as usize).map_or("", String::as_str)
+    }
 }
 
 /// Last-seen times of every device of every table.
@@ -79,14 +108,14 @@ impl DeviceWatch {
             // A known device is updated in place: no allocation on the hot path.
             match watch.last_seen.get_mut(device) {
                 Some(seen) => {
-                    if seen.0 != district {
-                        seen.0.clear();
-                        seen.0.push_str(district);
+                    if watch.districts.name(seen.0) != district {
+                        seen.0 = watch.districts.number(district);
                     }
                     seen.1 = seen.1.max(t);
                 }
                 None => {
-                    watch.last_seen.insert(device.to_string(), (district.to_string(), t));
+                    let number = watch.districts.number(district);
+                    watch.last_seen.insert(device.to_string(), (number, t));
                 }
             }
             watch.row_max = watch.row_max.max(Some(t));
@@ -138,10 +167,11 @@ impl DeviceWatch {
 
     fn snapshot(&self, table: usize, at_ms: EpochMs) -> Result<RecordBatch, ArrowError> {
         let name = self.table_names[table].as_str();
-        let rows: Vec<(&str, &str, &str, EpochMs)> = self.tables[table]
+        let watch = &self.tables[table];
+        let rows: Vec<(&str, &str, &str, EpochMs)> = watch
             .last_seen
             .iter()
-            .map(|(device, (district, seen))| (name, device.as_str(), district.as_str(), *seen))
+            .map(|(device, (district, seen))| (name, device.as_str(), watch.districts.name(*district), *seen))
             .collect();
         let n = rows.len();
         let columns: Vec<ArrayRef> = vec![
@@ -155,5 +185,81 @@ impl DeviceWatch {
             )),
         ];
         RecordBatch::try_new(devices_schema(), columns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+
+    /// A batch of one table's rows: (ts, device, district).
+    fn rows(rows: &[(EpochMs, &str, &str)]) -> TableBatch {
+        let schema = Schema::new(vec![
+            Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+            Field::new("device_id", DataType::Utf8, false),
+            Field::new("district", DataType::Utf8, false),
+        ]);
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.2))),
+        ];
+        TableBatch {
+            table: 0,
+            batch: RecordBatch::try_new(Arc::new(schema), columns).expect("valid batch"),
+            arrivals_ns: vec![0; rows.len()],
+            at_ms: vec![0; rows.len()],
+            topics: StringArray::from_iter_values(rows.iter().map(|_| "t")),
+        }
+    }
+
+    /// (device, district, last seen) of a snapshot.
+    fn seen(snapshot: &Snapshot) -> Vec<(String, String, EpochMs)> {
+        let b = &snapshot.batch;
+        let devices = b.column(1).as_string::<i32>();
+        let districts = b.column(2).as_string::<i32>();
+        let last = b.column(3).as_primitive::<TimestampMillisecondType>();
+        (0..b.num_rows())
+            .map(|r| {
+                (
+                    devices.value(r).to_string(),
+                    districts.value(r).to_string(),
+                    last.value(r),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn devices_keep_their_latest_district_in_first_seen_order() {
+        let mut watch = DeviceWatch::new(vec!["heating".to_string()]);
+        assert!(
+            watch
+                .observe(&rows(&[
+                    (1_000, "hs-2", "east"),
+                    (2_000, "hs-1", "east"),
+                    (3_000, "hs-3", "west")
+                ]))
+                .expect("observed")
+                .is_empty()
+        );
+        // hs-2 moves west; the next minute's first row cuts the snapshot before it counts.
+        let due = watch
+            .observe(&rows(&[(30_000, "hs-2", "west"), (61_000, "hs-1", "north")]))
+            .expect("observed");
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].at_ms, 60_000);
+        assert_eq!(
+            seen(&due[0]),
+            vec![
+                ("hs-2".to_string(), "west".to_string(), 30_000),
+                ("hs-1".to_string(), "east".to_string(), 2_000),
+                ("hs-3".to_string(), "west".to_string(), 3_000),
+            ]
+        );
+        let due = watch.observe(&rows(&[(121_000, "hs-3", "west")])).expect("observed");
+        assert_eq!(seen(&due[0])[1], ("hs-1".to_string(), "north".to_string(), 61_000));
+        assert_eq!(watch.watched(), 3);
     }
 }
