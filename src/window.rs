@@ -93,12 +93,7 @@ impl WindowClock {
             }
             if self.max_ts.is_none_or(|m| t > m) {
                 self.max_ts = Some(t);
-                // The watermark passes the next window end only once `t − lateness` reaches
-                // it (`closed_through` is a multiple of the step): no division per row.
-                let passes = self
-                    .closed_through
-                    .is_none_or(|closed| t - self.lateness_ms >= closed + step);
-                if passes && let Some(advance) = self.advance_watermark(t, Some(i)) {
+                if let Some(advance) = self.advance_watermark(t, Some(i)) {
                     routing.advances.push(advance);
                     // Windows closed: the next row's are worked out afresh.
                     interval = None;
@@ -146,23 +141,22 @@ impl WindowClock {
     }
 
     fn advance_watermark(&mut self, max_ts: EpochMs, row: Option<usize>) -> Option<Advance> {
-        let boundary = self.boundary(max_ts - self.lateness_ms);
-        match self.closed_through {
-            // The first row: nothing was open before it, so nothing closes.
-            None => {
-                self.closed_through = Some(boundary);
-                None
-            }
-            Some(previous) if boundary > previous => {
-                self.closed_through = Some(boundary);
-                Some(Advance {
-                    boundary,
-                    row,
-                    event_ms: max_ts,
-                })
-            }
-            Some(_) => None,
+        // The watermark passes the next window end only once `max_ts − lateness` reaches it
+        // (`closed_through` is a multiple of the step): most rows need no division.
+        let watermark = max_ts - self.lateness_ms;
+        if self
+            .closed_through
+            .is_some_and(|closed| watermark < closed + self.spec.step_ms())
+        {
+            return None;
         }
+        let boundary = self.boundary(watermark);
+        // The first row opens the clock: nothing was open before it, so nothing closes.
+        self.closed_through.replace(boundary).map(|_| Advance {
+            boundary,
+            row,
+            event_ms: max_ts,
+        })
     }
 
     /// Window ends in (`after`, `through`], in order: the windows an advance closes.
