@@ -11,16 +11,10 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use datafusion::physical_plan::common::collect;
 use serde_json::json;
 
-use cityops::batch::{Batchers, TableBatcher};
-use cityops::config::EngineConfig;
-use cityops::ingest::decode::Decoder;
-use cityops::ingest::message::Message;
-use cityops::ingest::topic::TopicPattern;
-use cityops::rules::compile::{EngineColumns, compile};
-use cityops::rules::loader::parse_rule;
-use cityops::rules::windowing::WindowSpec;
-use cityops::schema::Catalog;
-use cityops::window::WindowClock;
+use cityops::{
+    Batchers, Catalog, Decoder, EngineColumns, EngineConfig, Message, TableBatcher, TopicPattern, WindowClock,
+    WindowSpec, compile, parse_rule,
+};
 
 const T0: i64 = 1_768_435_200_000;
 

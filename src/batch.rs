@@ -1,49 +1,40 @@
 //! Rows → Arrow `RecordBatch`, one builder per table (hot path: columnar appends, no per-row
 //! allocation beyond Arrow's amortised buffers). A batch is flushed when it is full or its
-//! first row has lingered long enough; `TableEvent` is what the rule stage receives.
+//! first row has lingered long enough into a `flow::TableBatch`. The row contract decoders
+//! fill (`Row`, `Cell`, `RowSink`) lives here, beside its consumer.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
-use datafusion::arrow::array::{ArrayRef, Float64Builder, StringArray, StringBuilder, TimestampMillisecondBuilder};
+use datafusion::arrow::array::{ArrayRef, Float64Builder, StringBuilder, TimestampMillisecondBuilder};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 
-use crate::ingest::decode::{Cell, Row, RowSink};
-use crate::ingest::message::Message;
+use crate::flow::{Message, TableBatch};
 use crate::schema::{ColumnType, TableDef, UTC};
 use crate::time::EpochMs;
 
-/// A flushed batch of one table, shared by every rule that reads the table.
-#[derive(Debug)]
-pub struct TableBatch {
-    /// Position of the table in the catalog.
-    pub table: usize,
-    pub batch: RecordBatch,
-    /// Wall-clock arrival of each row (ns since pipeline start), for detection latency.
-    pub arrivals_ns: Vec<u64>,
-    /// Virtual arrival time of each row (ms), for idle detection and dead letters.
-    pub at_ms: Vec<EpochMs>,
-    /// Topic of each row's message, for dead letters.
-    pub topics: StringArray,
+/// One column value of a decoded row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell<'a> {
+    Null,
+    Float(f64),
+    Text(Cow<'a, str>),
 }
 
-/// What the rule stage receives for a table, in arrival order.
-#[derive(Debug, Clone)]
-pub enum TableEvent {
-    Batch(Arc<TableBatch>),
-    /// No row arrived for `idle_timeout`: at virtual time `now_ms`, the last row had arrived
-    /// at `last_arrival_ms`. Every row of the table received so far was sent before this.
-    Idle {
-        table: usize,
-        now_ms: EpochMs,
-        last_arrival_ms: EpochMs,
-        arrived_ns: u64,
-    },
-    /// The source is exhausted.
-    End {
-        arrived_ns: u64,
-    },
+/// A decoded row, borrowed from the payload; `cells` follow the table's `columns`.
+#[derive(Debug)]
+pub struct Row<'a> {
+    pub ts: EpochMs,
+    pub device_id: &'a str,
+    pub district: &'a str,
+    pub cells: &'a [Cell<'a>],
+}
+
+/// Where decoded rows go (the batcher).
+pub trait RowSink {
+    fn push(&mut self, table: usize, row: &Row<'_>, msg: &Message);
 }
 
 enum ColumnBuilder {

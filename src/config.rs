@@ -11,7 +11,7 @@ use crate::schema::{Catalog, ColumnType};
 use crate::time::parse_duration_ms;
 
 /// The defaults, written out as a config file would be; the README shows the same text.
-pub const DEFAULT_TOML: &str = r#"
+pub(crate) const DEFAULT_TOML: &str = r#"
 [engine]
 batch_rows = 4096          # flush a table's batch at this many rows...
 linger = "20ms"            # ...or when the decode queue runs dry, or at the latest after this long
@@ -311,7 +311,7 @@ impl Config {
         if e.idle_timeout.0 == 0 {
             problems.push("engine.idle_timeout must be longer than 0".to_string());
         }
-        if let Err(message) = crate::ingest::topic::TopicPattern::parse(&self.topics.pattern) {
+        if let Err(message) = crate::topic::TopicPattern::parse(&self.topics.pattern) {
             problems.push(format!("topics.pattern: {message}"));
         }
         if let Err(table_problems) = Catalog::new(&self.tables) {

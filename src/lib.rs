@@ -3,44 +3,73 @@
 //! through engineers' windowed SQL rules (DataFusion), and leaves as graded warnings with a
 //! lifecycle (pending, firing, resolved). Latency is recorded at every stage.
 //!
-//! Layout, in pipeline order:
-//! - [`config`], [`schema`], [`time`]: settings, the tables rules query, time values.
-//! - [`ingest`]: messages, topics, fixtures (replay), decoding and the decode workers.
-//! - [`queue`]: the crossbeam handoff and its overflow policy.
+//! Layout, in pipeline order. Every arrow between stages is a typed message of [`flow`];
+//! only [`pipeline`] knows the graph, and the top-level modules import each other without
+//! a cycle (`.ci/module-cycles` checks it).
+//! - [`flow`]: the messages stages exchange (`Message`, `Ingest`, `TableBatch`,
+//!   `TableEvent`, `RuleFanout`, `DeadLetter`). Imports only `schema` and `time`.
+//! - [`config`], [`schema`], [`time`], [`level`], [`topic`]: settings, the tables rules
+//!   query, time values, the four colours, the topic convention.
+//! - [`ingest`]: the sources (live MQTT, fixture replay) and the decode stage.
+//! - [`queue`]: the crossbeam handoff from a source to the decode workers, and its overflow
+//!   policy.
 //! - [`batch`]: rows → Arrow record batches, flushed on size or linger.
-//! - [`window`]: event time, watermarks, window assignment, late rows.
-//! - [`rules`]: rule files, the SQL sandbox, planning, and per-rule evaluation.
-//! - [`alert`]: levels, the alert lifecycle, the warning JSON, sinks.
-//! - [`deadletter`], [`metrics`], [`summary`]: what was rejected, counted and timed.
+//! - [`window`]: event time, watermarks, window geometry, sessions, late rows.
+//! - [`rules`]: rule files, the SQL sandbox, planning, and one worker per rule.
+//! - [`alert`]: the alert lifecycle, the warning JSON, and the sinks.
+//! - [`metrics`], [`deadletter`], [`summary`]: what was counted, rejected and timed.
+//! - [`broker`]: MQTT broker URLs and connection options, for sources, sinks and tools.
+//! - [`http`]: the dashboard, its API, its live view and `/metrics`.
+//! - [`shutdown`]: the stop handle of a run.
 //! - [`pipeline`]: the one place that wires the stages together.
-//! - [`mqtt`]: broker URLs and connection options; [`record`] and [`publish`]: capturing live
-//!   traffic into a fixture and publishing a fixture to a broker (load generation).
-//! - [`http`], [`live`], [`prometheus`]: the dashboard, its API and `/metrics`.
-//! - [`generator`]: `cityops gen`, seeded synthetic city fixtures with labelled incidents.
-//! - [`bench`]: peak memory and `.hgrm` files for `cityops bench`.
-//! - [`check`]: `cityops check`, every rule problem at once.
-//! - [`ruletest`]: `cityops test`, declarative rule tests on the virtual clock.
+//! - [`tools`]: `check`, `test`, `bench`, `gen`, `record`, `replay`.
 
-pub mod alert;
-pub mod batch;
-pub mod bench;
-pub mod check;
-pub mod config;
-pub mod deadletter;
-pub mod generator;
-pub mod http;
-pub mod ingest;
-pub mod live;
-pub mod metrics;
-pub mod mqtt;
+#![warn(unreachable_pub)]
+
+mod alert;
+mod batch;
+mod broker;
+mod config;
+mod deadletter;
+mod flow;
+mod http;
+mod ingest;
+mod level;
+mod metrics;
 pub mod pipeline;
-pub mod prometheus;
-pub mod publish;
-pub mod queue;
-pub mod record;
-pub mod rules;
-pub mod ruletest;
-pub mod schema;
-pub mod summary;
+mod queue;
+mod rules;
+mod schema;
+mod shutdown;
+mod summary;
 pub mod time;
-pub mod window;
+pub mod tools;
+mod topic;
+mod window;
+
+// What the command line, the tests and the benches use, by stage.
+pub use alert::sink::{Sink, SinkConfig, SinkError};
+pub use alert::warning::{Warning, WarningStatus};
+pub use alert::webhook::alertmanager_body;
+pub use batch::{Batchers, TableBatcher};
+pub use broker::{BrokerUrl, qos as mqtt_qos};
+pub use config::{Config, DurationMs, EngineConfig, MqttConfig};
+pub use flow::{DeadLetter, Message, Reason};
+pub use http::live::LiveState;
+pub use http::{AppState, router};
+pub use ingest::decode::Decoder;
+pub use ingest::fixture::FixtureReader;
+pub use ingest::mqtt::MqttSource;
+pub use ingest::replay::Speed;
+pub use level::Level;
+pub use metrics::{Metrics, RuleHealthView};
+pub use rules::compile::{EngineColumns, compile};
+pub use rules::loader::parse_rule;
+pub use rules::problem::{Problem, Severity};
+pub use rules::reload::{ReloadReport, Swap};
+pub use rules::worker::DetectionClock;
+pub use schema::Catalog;
+pub use shutdown::Shutdown;
+pub use summary::Summary;
+pub use topic::TopicPattern;
+pub use window::{WindowClock, WindowSpec};

@@ -1,16 +1,25 @@
 //! The only place that knows the whole graph: it loads and plans the rules, builds the
-//! queues, starts the stages (source → decode workers → rule tasks → sink thread, with the
-//! dead-letter writer and the rule watcher beside them), waits for the source to end,
-//! shuts the stages down in order and collects the summary.
+//! queues, starts the stages, waits for the source to end, shuts the stages down in order
+//! and collects the summary.
 //!
 //! ```text
-//! fixture ─► Handoff (crossbeam, per decode worker) ─► decode threads ─► TableEvent (tokio mpsc, per rule)
-//!        ─► rule tasks (DataFusion, one per rule) ─► Warning (tokio mpsc) ─► sink thread
+//! source ─► Handoff (crossbeam, per decode worker) ─► decode threads ─► TableEvent (tokio mpsc, per rule)
+//!        ─► rule tasks (DataFusion, one per rule) ─► Warning (tokio mpsc) ─► sink thread ─► Vec<Box<dyn Sink>>
 //!                      decode + rules ─► DeadLetter (crossbeam) ─► dead-letter writer
+//!        rule watcher ─► new RuleFanout ─► Ingest::Reroute in-band on every decode queue
 //! ```
+//!
+//! | thread or task | started by | stops when | joined in |
+//! |---|---|---|---|
+//! | source (this thread: replay, or the MQTT loop and its `mqtt-clock`) | `run` | fixture ends, `Shutdown` requested, or a live end condition | `run`, before the rest |
+//! | `decode-N` threads | `run` | `Ingest::End` from the handoff | `run`, first after the source |
+//! | rule tasks (tokio, `rules` runtime) | `RuleSet::start` | every input table sent `TableEvent::End` | `RuleSet::finish` |
+//! | `sinks` thread | `sink::start` | the warning queue's senders are all dropped | `SinkHandle::finish` |
+//! | dead-letter writer | `deadletter::start` | every `DeadLetter` sender is dropped | `DeadLetterWriter::finish` |
+//! | rule watcher | `Watcher::start` | `Watcher::stop`, right after the source ends | `Watcher::stop` |
+//! | HTTP server (tokio task) | `http::start` | `HttpServer::stop`, after the rules finish | not joined: graceful shutdown |
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,25 +28,26 @@ use tokio::sync::mpsc;
 use crate::alert::sink::{self, SinkConfig, SinkError};
 use crate::alert::warning::Warning;
 use crate::config::Config;
-use crate::deadletter::{self, DeadLetter, Reason};
-use crate::http;
+use crate::deadletter;
+use crate::flow::{DeadLetter, Ingest, Message, Reason};
+use crate::http::live::{DashboardFeed, LiveState};
+use crate::http::{self, HttpError};
 use crate::ingest::decode::Decoder;
 use crate::ingest::fixture::{FixtureError, FixtureReader};
-use crate::ingest::message::{Ingest, Message};
 use crate::ingest::mqtt::{MqttError, MqttSource, subscribe};
 use crate::ingest::replay::{ReplayError, Speed, replay};
-use crate::ingest::topic::TopicPattern;
 use crate::ingest::worker::{DecodeSettings, DecodeWorker};
-use crate::live::LiveState;
 use crate::metrics::Metrics;
 use crate::queue::Handoff;
 use crate::rules::compile::{CompiledRule, compile_all};
 use crate::rules::loader::load_dir;
 use crate::rules::problem::{Problem, Severity};
-use crate::rules::reload::{ReloadReport, Reloader, Watcher};
+use crate::rules::reload::{PublishFanout, ReloadReport, Reloader, Watcher};
 use crate::rules::running::RuleSet;
 use crate::rules::worker::{DetectionClock, RuleReport, WindowResult, WorkerContext};
+use crate::shutdown::Shutdown;
 use crate::summary::Summary;
+use crate::topic::TopicPattern;
 
 /// Warnings the sink queue holds before rules wait.
 const WARNING_QUEUE: usize = 4096;
@@ -70,8 +80,8 @@ pub struct RunOptions {
     pub capture_results: bool,
     /// Where each hot reload's report goes, besides the log.
     pub reload_reports: Option<crossbeam_channel::Sender<ReloadReport>>,
-    /// Set to end a live source (Ctrl-C); replays end with their fixture.
-    pub stop: Option<Arc<AtomicBool>>,
+    /// Requested to end a live source (Ctrl-C); replays end with their fixture.
+    pub stop: Option<Shutdown>,
     /// Counters and histograms to fill, when the caller watches them live (dashboard).
     pub metrics: Option<Arc<Metrics>>,
 }
@@ -99,8 +109,15 @@ pub enum RunError {
     Fixture(#[from] FixtureError),
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// The config names something that cannot work (a bad topic pattern or HTTP address).
+    #[error("config: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Http(#[from] HttpError),
     #[error("mqtt: {0}")]
     Mqtt(String),
+    #[error("the decode workers stopped before the source ended")]
+    DecodeStopped,
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
     #[error("internal: {0}")]
@@ -158,26 +175,30 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
         bind => {
             let addr = bind
                 .parse()
-                .map_err(|e| RunError::Internal(format!("http bind `{bind}`: {e}")))?;
-            Some(
-                http::start(
-                    &runtime,
-                    addr,
-                    config.http.any_port_if_taken,
-                    config.http.token.clone(),
-                    Arc::clone(&metrics),
-                    Arc::clone(&live),
-                )
-                .map_err(RunError::Internal)?,
+                .map_err(|e| RunError::Config(format!("http.bind `{bind}`: {e}")))?;
+            Some(http::start(
+                &runtime,
+                addr,
+                config.http.any_port_if_taken,
+                config.http.token.clone(),
+                Arc::clone(&metrics),
+                Arc::clone(&live),
             )
+            .map_err(|e| match e {
+                HttpError::OpenWithoutToken(_) => RunError::Config(e.to_string()),
+                bind_failed => RunError::Http(bind_failed),
+            })?)
         }
     };
 
     let (dead_letters, dead_letter_writer) =
         deadletter::start(&options.dead_letter_path, DEAD_LETTER_QUEUE).map_err(io("opening the dead-letter file"))?;
     let (warnings_tx, warnings_rx) = mpsc::channel(WARNING_QUEUE);
-    let live_feed = http.is_some().then(|| Arc::clone(&live));
-    let sink = sink::start(options.sinks.clone(), warnings_rx, Arc::clone(&metrics), live_feed)?;
+    let mut sinks = sink::open(&options.sinks, &metrics)?;
+    if http.is_some() {
+        sinks.push(Box::new(DashboardFeed::new(Arc::clone(&live))));
+    }
+    let sink = sink::start(sinks, options.sinks.collect, warnings_rx, Arc::clone(&metrics))?;
 
     let (results_tx, mut results_rx) = mpsc::unbounded_channel();
     let results_tx = options.capture_results.then_some(results_tx);
@@ -198,7 +219,7 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
     for rule in compiled {
         rule_set.start(rule);
     }
-    let routes = rule_set.routes();
+    let fanout = rule_set.fanout();
     let rule_set = Arc::new(Mutex::new(rule_set));
     drop(warnings_tx);
     drop(results_tx);
@@ -208,13 +229,15 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
         0 => cores.min(catalog.tables().len()).max(1),
         n => n,
     };
+    let pattern = TopicPattern::parse(&config.topics.pattern)
+        .map_err(|e| RunError::Config(format!("topics.pattern `{}`: {e}", config.topics.pattern)))?;
     let (handoff, receivers) = Handoff::new(
         workers,
         catalog.tables().len(),
         engine.queue_capacity,
         Arc::clone(&metrics),
     );
-    let pattern = TopicPattern::parse(&config.topics.pattern).map_err(RunError::Internal)?;
+    let handoff = handoff.with_topics(pattern.clone(), catalog.clone());
     let decoder = Decoder::new(catalog.clone(), pattern, engine.max_payload_bytes, engine.max_future.0);
     let settings = DecodeSettings {
         batch_rows: engine.batch_rows,
@@ -225,7 +248,7 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
     let mut decode_threads = Vec::new();
     for (w, rx) in receivers.into_iter().enumerate() {
         let tables = handoff.tables_of(w);
-        let worker_outputs = routes.for_tables(&tables);
+        let worker_outputs = fanout.for_tables(&tables);
         let worker = DecodeWorker::new(
             w,
             decoder.clone(),
@@ -242,7 +265,7 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
             .map_err(io("starting a decode worker"))?;
         decode_threads.push(thread);
     }
-    drop(routes);
+    drop(fanout);
     let handoff = Arc::new(handoff);
 
     // Hot reload watches the rule files while the source runs.
@@ -253,7 +276,7 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
             catalog.clone(),
             engine.clone(),
             Arc::clone(&rule_set),
-            Arc::clone(&handoff),
+            reroute_through(Arc::clone(&handoff)),
             Arc::clone(&metrics),
             runtime.handle().clone(),
         );
@@ -268,15 +291,14 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
 
     // The source runs on this thread until the fixture ends (or the live source stops).
     let started = Instant::now();
-    let never = AtomicBool::new(false);
-    let stop = options.stop.as_deref().unwrap_or(&never);
+    let shutdown = options.stop.clone().unwrap_or_default();
     let sourced: Result<(), RunError> = match &options.fixture {
-        Source::Mqtt(source) => match subscribe(source, &handoff, &decoder, &metrics, stop) {
+        Source::Mqtt(source) => match subscribe(source, &handoff, &metrics, &shutdown) {
             Ok(_) => Ok(()),
             Err(MqttError::Setup(e)) => Err(RunError::Mqtt(e)),
-            Err(MqttError::Closed(e)) => Err(RunError::Internal(e.to_string())),
+            Err(MqttError::Closed(_)) => Err(RunError::DecodeStopped),
         },
-        replayed => replay_source(replayed, &handoff, &decoder, options.speed, &metrics, &dead_letters),
+        replayed => replay_source(replayed, &handoff, options.speed, &metrics, &dead_letters),
     };
     // No reload after the end: stop watching, then end the stream.
     if let Some(watcher) = watcher {
@@ -306,7 +328,7 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
     let warnings = sink.finish()?;
     dead_letter_writer.finish().map_err(io("writing dead letters"))?;
     sourced?;
-    ended.map_err(|e| RunError::Internal(e.to_string()))?;
+    ended.map_err(|_| RunError::DecodeStopped)?;
     let firing = reports.iter().map(|r| r.firing.len()).sum();
     let mut results = Vec::new();
     while let Ok(result) = results_rx.try_recv() {
@@ -321,11 +343,16 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
     })
 }
 
+/// How the rule watcher hands a new fan-out to the decode workers: in-band on every queue,
+/// so each table switches at one exact point of its stream.
+fn reroute_through(handoff: Arc<Handoff>) -> PublishFanout {
+    Box::new(move |fanout| handoff.broadcast(|| Ingest::Reroute(Arc::clone(&fanout))))
+}
+
 /// Replays a recorded source until it ends.
 fn replay_source(
     source: &Source,
     handoff: &Handoff,
-    decoder: &Decoder,
     speed: Speed,
     metrics: &Metrics,
     dead_letters: &crossbeam_channel::Sender<DeadLetter>,
@@ -334,19 +361,18 @@ fn replay_source(
         Source::Demo => FixtureReader::demo()?,
         Source::File(path) => FixtureReader::open(path)?,
         Source::Channel(rx) => {
-            return replay_all(&mut rx.iter().map(Ok), handoff, decoder, speed, metrics, dead_letters)
-                .map_err(RunError::from);
+            return replay_all(&mut rx.iter().map(Ok), handoff, speed, metrics, dead_letters).map_err(RunError::from);
         }
         Source::Mqtt(_) => return Err(RunError::Internal("a live source is not a replay".to_string())),
     };
-    replay_all(&mut reader.messages(), handoff, decoder, speed, metrics, dead_letters).map_err(RunError::from)
+    replay_all(&mut reader.messages(), handoff, speed, metrics, dead_letters).map_err(RunError::from)
 }
 
 impl From<ReplayError> for RunError {
     fn from(e: ReplayError) -> Self {
         match e {
             ReplayError::Fixture(e) => RunError::Fixture(e),
-            ReplayError::Closed(e) => RunError::Internal(e.to_string()),
+            ReplayError::Closed(_) => RunError::DecodeStopped,
         }
     }
 }
@@ -355,7 +381,6 @@ impl From<ReplayError> for RunError {
 fn replay_all(
     messages: &mut dyn Iterator<Item = Result<Message, FixtureError>>,
     handoff: &Handoff,
-    decoder: &Decoder,
     speed: Speed,
     metrics: &Metrics,
     dead_letters: &crossbeam_channel::Sender<DeadLetter>,
@@ -372,5 +397,5 @@ fn replay_all(
             payload: serde_json::Value::Null,
         });
     };
-    replay(messages, handoff, decoder, speed, metrics, &mut on_bad_line).map(|_| ())
+    replay(messages, handoff, speed, metrics, &mut on_bad_line).map(|_| ())
 }

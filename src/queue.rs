@@ -4,32 +4,37 @@
 //! MQTT QoS 1 that means it stops reading the socket and the broker holds the backlog);
 //! every such wait is counted. A source that reads several messages at once (one socket
 //! read) hands them over as one burst per worker, so a worker wakes once per read rather
-//! than once per message.
+//! than once per message. Sources hand over by topic: the handoff finds the table a topic
+//! names and the worker that owns it, so no source needs a decoder to route.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 
-use crate::ingest::message::{Ingest, Message};
+use crate::flow::{Closed, Ingest, Message};
 use crate::metrics::Metrics;
+use crate::schema::Catalog;
+use crate::topic::TopicPattern;
 
 /// The sending side, held by the source.
-pub struct Handoff {
+pub(crate) struct Handoff {
     queues: Vec<Sender<Ingest>>,
     /// Which worker owns each table.
     owner_of_table: Vec<usize>,
+    /// The topic convention and the tables, to find the table a topic names (`worker_for`).
+    topics: Option<(TopicPattern, Catalog)>,
     metrics: Arc<Metrics>,
 }
 
-/// The queues closed: every decode worker has gone (only at shutdown or after a crash).
-#[derive(Debug, thiserror::Error)]
-#[error("the decode workers have stopped")]
-pub struct Closed;
-
 impl Handoff {
     /// Makes `workers` queues of `capacity` each; table `t` goes to worker `t % workers`.
-    pub fn new(workers: usize, tables: usize, capacity: usize, metrics: Arc<Metrics>) -> (Self, Vec<Receiver<Ingest>>) {
+    pub(crate) fn new(
+        workers: usize,
+        tables: usize,
+        capacity: usize,
+        metrics: Arc<Metrics>,
+    ) -> (Self, Vec<Receiver<Ingest>>) {
         let workers = workers.max(1);
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| bounded(capacity)).unzip();
         let owner_of_table = (0..tables).map(|t| t % workers).collect();
@@ -37,31 +42,47 @@ impl Handoff {
             Handoff {
                 queues: senders,
                 owner_of_table,
+                topics: None,
                 metrics,
             },
             receivers,
         )
     }
 
+    /// Routes messages by topic: `pattern` says which segment names the table.
+    pub(crate) fn with_topics(mut self, pattern: TopicPattern, catalog: Catalog) -> Self {
+        self.topics = Some((pattern, catalog));
+        self
+    }
+
     /// The worker that owns a table.
-    pub fn owner(&self, table: usize) -> usize {
+    pub(crate) fn owner(&self, table: usize) -> usize {
         self.owner_of_table.get(table).copied().unwrap_or(0)
     }
 
+    /// The worker that owns the table a topic names. A topic naming no known table goes to
+    /// the first worker, whose decoder dead-letters it.
+    pub(crate) fn worker_for(&self, topic: &str) -> usize {
+        self.topics
+            .as_ref()
+            .and_then(|(pattern, catalog)| pattern.parts(topic).and_then(|p| catalog.index_of(p.table)))
+            .map_or(0, |table| self.owner(table))
+    }
+
     /// Number of workers.
-    pub fn workers(&self) -> usize {
+    pub(crate) fn workers(&self) -> usize {
         self.queues.len()
     }
 
     /// Tables owned by one worker.
-    pub fn tables_of(&self, worker: usize) -> Vec<usize> {
+    pub(crate) fn tables_of(&self, worker: usize) -> Vec<usize> {
         (0..self.owner_of_table.len())
             .filter(|t| self.owner_of_table[*t] == worker)
             .collect()
     }
 
     /// Hands one item to a worker, waiting while its queue is full.
-    pub fn send(&self, worker: usize, item: Ingest) -> Result<(), Closed> {
+    pub(crate) fn send(&self, worker: usize, item: Ingest) -> Result<(), Closed> {
         let queue = &self.queues[worker.min(self.queues.len() - 1)];
         match queue.try_send(item) {
             Ok(()) => Ok(()),
@@ -74,34 +95,29 @@ impl Handoff {
     }
 
     /// Sends a copy of a control item to every worker.
-    pub fn broadcast(&self, make: impl Fn() -> Ingest) -> Result<(), Closed> {
+    pub(crate) fn broadcast(&self, make: impl Fn() -> Ingest) -> Result<(), Closed> {
         (0..self.queues.len()).try_for_each(|w| self.send(w, make()))
-    }
-
-    /// Messages waiting, per worker.
-    pub fn depths(&self) -> Vec<usize> {
-        self.queues.iter().map(Sender::len).collect()
     }
 }
 
 /// Messages gathered per worker until the source's read is done (or a burst is full).
-pub struct Bursts {
+pub(crate) struct Bursts {
     pending: Vec<Vec<Message>>,
 }
 
 impl Bursts {
     /// The most messages in one burst: bounds what one queue slot holds, so a full queue
     /// still means a bounded backlog (`queue_capacity` × this).
-    pub const MAX: usize = 64;
+    pub(crate) const MAX: usize = 64;
 
-    pub fn new(handoff: &Handoff) -> Self {
+    pub(crate) fn new(handoff: &Handoff) -> Self {
         Bursts {
             pending: (0..handoff.workers()).map(|_| Vec::new()).collect(),
         }
     }
 
     /// Adds a message for `worker`; hands that worker's burst over once it is full.
-    pub fn push(&mut self, handoff: &Handoff, worker: usize, msg: Message) -> Result<(), Closed> {
+    pub(crate) fn push(&mut self, handoff: &Handoff, worker: usize, msg: Message) -> Result<(), Closed> {
         let worker = worker.min(self.pending.len() - 1);
         let burst = &mut self.pending[worker];
         burst.push(msg);
@@ -113,7 +129,7 @@ impl Bursts {
     }
 
     /// Hands every waiting burst over (a single message travels alone).
-    pub fn flush(&mut self, handoff: &Handoff) -> Result<(), Closed> {
+    pub(crate) fn flush(&mut self, handoff: &Handoff) -> Result<(), Closed> {
         for (worker, burst) in self.pending.iter_mut().enumerate() {
             let item = match burst.len() {
                 0 => continue,
@@ -128,11 +144,13 @@ impl Bursts {
     }
 
     /// Messages gathered and not yet handed over.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.pending.iter().map(Vec::len).sum()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

@@ -9,28 +9,28 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use serde::Deserialize;
 
 /// Event time column, `Timestamp(Millisecond, "UTC")`, present in every table.
-pub const TS: &str = "ts";
+pub(crate) const TS: &str = "ts";
 /// Device identifier column, present in every table.
-pub const DEVICE_ID: &str = "device_id";
+pub(crate) const DEVICE_ID: &str = "device_id";
 /// District column, present in every table.
-pub const DISTRICT: &str = "district";
+pub(crate) const DISTRICT: &str = "district";
 /// Window bounds a window rule may select; added to the rule's input by the engine.
-pub const WINDOW_START: &str = "window_start";
+pub(crate) const WINDOW_START: &str = "window_start";
 /// See [`WINDOW_START`].
-pub const WINDOW_END: &str = "window_end";
+pub(crate) const WINDOW_END: &str = "window_end";
 /// Hidden input row index that lets a row rule tell breaching rows from clean ones.
-pub const ROW_INDEX: &str = "__row";
+pub(crate) const ROW_INDEX: &str = "__row";
 /// The engine-kept table of devices and when each was last seen (silence rules).
-pub const DEVICES: &str = "devices";
+pub(crate) const DEVICES: &str = "devices";
 /// `devices` columns beyond `device_id` and `district`.
-pub const TABLE_NAME: &str = "table_name";
-pub const LAST_SEEN: &str = "last_seen";
+pub(crate) const TABLE_NAME: &str = "table_name";
+pub(crate) const LAST_SEEN: &str = "last_seen";
 /// The evaluation time of a `devices` snapshot.
-pub const NOW: &str = "now";
+pub(crate) const NOW: &str = "now";
 /// Seconds from `last_seen` to `now`.
-pub const SILENT_S: &str = "silent_s";
+pub(crate) const SILENT_S: &str = "silent_s";
 /// Timezone of every timestamp column.
-pub const UTC: &str = "UTC";
+pub(crate) const UTC: &str = "UTC";
 
 /// The type of a measurement or attribute column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -90,12 +90,12 @@ impl TableDef {
 }
 
 /// `Timestamp(Millisecond, "UTC")`, the type of `ts`, `window_start` and `window_end`.
-pub fn timestamp_type() -> DataType {
+pub(crate) fn timestamp_type() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, Some(UTC.into()))
 }
 
 /// The schema of the `devices` table: one row per (table, device) ever seen.
-pub fn devices_schema() -> SchemaRef {
+pub(crate) fn devices_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new(TABLE_NAME, DataType::Utf8, false),
         Field::new(DEVICE_ID, DataType::Utf8, false),

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::alert::level::Level;
-use crate::deadletter::Reason;
+use crate::flow::Reason;
+use crate::level::Level;
 use crate::metrics::{Metrics, Stage};
 
 /// Latency percentiles of one stage, in microseconds.
@@ -58,6 +58,12 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Writes the summary as pretty JSON (`--summary-json`).
+    pub fn write_json(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::from)?;
+        std::fs::write(path, json)
+    }
+
     /// Reads the final counters and histograms.
     pub fn collect(metrics: &Metrics, wall: Duration, firing_at_end: usize) -> Self {
         use std::sync::atomic::Ordering::Relaxed;

@@ -9,6 +9,12 @@
 //! Runs when Chromium and chromedriver are installed (`.ci/run` installs them and sets
 //! `CITYOPS_TEST_CHROMIUM=1`, which makes their absence a failure); otherwise it says it
 //! did not run.
+//!
+//! The run is `cityops run --speed 1800` of the demo (about 48 s) on a free port. The alerts
+//! that leave the board must be exactly those the run resolved, each found in the history.
+//! The screenshot is retaken whenever the board holds more cards than before and lands in
+//! `$CARGO_TARGET_TMPDIR/browser-<pid>/dashboard.png` (under `target/tmp/`); the README's
+//! `docs/dashboard.png` is one. `.ci/run` installs Debian's `chromium` and `chromium-driver`.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 

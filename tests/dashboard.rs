@@ -7,10 +7,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use cityops::alert::warning::Warning;
-use cityops::http::{AppState, router};
-use cityops::live::LiveState;
-use cityops::metrics::Metrics;
+use cityops::{AppState, LiveState, Metrics, Warning, router};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 

@@ -10,10 +10,8 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use cityops::alert::level::Level;
-use cityops::alert::warning::{Warning, WarningStatus};
-use cityops::config::Config;
 use cityops::pipeline::{RunOutcome, Source};
+use cityops::{Config, Level, Warning, WarningStatus};
 use common::{run_with, sorted};
 use serde_json::Value;
 

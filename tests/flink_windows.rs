@@ -48,7 +48,7 @@ fn windows(rule_sql: &str) -> Vec<(String, String, f64)> {
     let mut rows: Vec<(String, String, f64)> = outcome
         .warnings
         .iter()
-        .filter(|w| w.status == cityops::alert::warning::WarningStatus::Firing)
+        .filter(|w| w.status == cityops::WarningStatus::Firing)
         .map(|w| {
             (
                 hhmm(&w.key["window_start"]),
@@ -125,7 +125,7 @@ GROUP BY tumble(ts, INTERVAL '10' MINUTES), device_id";
     let mut rows: Vec<(String, String, f64)> = outcome
         .warnings
         .iter()
-        .filter(|w| w.status == cityops::alert::warning::WarningStatus::Firing)
+        .filter(|w| w.status == cityops::WarningStatus::Firing)
         .map(|w| {
             let start = w.key["window_start"]
                 .as_str()

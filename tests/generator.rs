@@ -9,10 +9,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use cityops::alert::warning::WarningStatus;
-use cityops::config::Config;
-use cityops::generator::{GenSettings, generate};
 use cityops::pipeline::Source;
+use cityops::tools::generator::{GenSettings, generate};
+use cityops::{Config, WarningStatus};
 use common::{read_jsonl, run_with};
 
 fn settings(gateway: usize) -> GenSettings {

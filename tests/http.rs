@@ -9,9 +9,8 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use cityops::config::{Config, DurationMs};
-use cityops::ingest::message::Message;
 use cityops::pipeline::{self, RunError, RunOptions, RunOutcome, Source};
+use cityops::{Config, DurationMs, Message};
 use common::T0;
 
 fn message(device: &str, payload: &str) -> Message {
@@ -118,7 +117,7 @@ fn a_token_is_required_when_configured_and_for_non_loopback_addresses() {
     let (_source, messages) = crossbeam_channel::unbounded::<Message>();
     let open = pipeline::run(options("0.0.0.0:0", None, Source::Channel(messages), &dir));
     match open {
-        Err(RunError::Internal(message)) => assert!(message.contains("token"), "{message}"),
+        Err(RunError::Config(message)) => assert!(message.contains("token"), "{message}"),
         other => panic!("expected a refusal, got {:?}", other.map(|o| o.summary.messages_in)),
     }
 }

@@ -223,7 +223,7 @@ GROUP BY tumble(ts, INTERVAL '1 minute'), district, device_id HAVING avg(room_te
         ));
     }
     let outcome = s.run(&s.fixture(&messages), |c| {
-        c.engine.idle_timeout = cityops::config::DurationMs(60_000)
+        c.engine.idle_timeout = cityops::DurationMs(60_000)
     });
     // Idle after 60 s of silence; event time then advances with the clock from the last
     // row (10 s), so [0, 60 s) closes at the 60 s tick (event time 70 s) and the empty

@@ -4,6 +4,13 @@
 //! golden file), delivered to a plain subscriber of the warning topics, with the retained
 //! state topics holding exactly the alerts firing at the end. Each run uses its own topic
 //! prefix, so runs on a shared broker never see each other's messages.
+//!
+//! Beyond the demo: bad payloads on the live path are dead-lettered and counted, so that
+//! readings in = accepted + rejected; acks held for a batch larger than the broker's
+//! in-flight window (rumqttd 100, Mosquitto 20) still go out at their `ack_delay` deadline;
+//! and one test starts its own Mosquitto (when a `mosquitto` binary is installed, otherwise
+//! it says it skipped), stops it mid-stream and restarts it, after which cityops has
+//! reconnected and every reading has reached the rules.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -16,13 +23,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use cityops::alert::sink::SinkConfig;
-use cityops::config::Config;
-use cityops::ingest::fixture::FixtureReader;
-use cityops::ingest::mqtt::MqttSource;
-use cityops::metrics::Metrics;
-use cityops::mqtt::BrokerUrl;
 use cityops::pipeline::{self, RunOptions, RunOutcome, Source};
+use cityops::{BrokerUrl, Config, FixtureReader, Metrics, MqttSource, SinkConfig};
 use common::sorted;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
@@ -245,7 +247,7 @@ fn live_run_tuned(
 ) -> std::thread::JoinHandle<RunOutcome> {
     let mut config = Config::default();
     config.rules.dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("queries");
-    config.rules.reload_interval = cityops::config::DurationMs(0);
+    config.rules.reload_interval = cityops::DurationMs(0);
     config.topics.pattern = format!("{prefix}/{{district}}/{{table}}/{{device_id}}");
     config.mqtt.client_id = format!("{prefix}-cityops");
     config.mqtt.filters = vec![format!("{prefix}/#")];
@@ -331,7 +333,7 @@ fn the_demo_over_mqtt_gives_the_golden_warnings_and_retained_state() {
         );
         // ...and received by a plain subscriber: one per warning plus one state update each.
         let received = warnings.wait_for(2 * golden.len());
-        let mut published: Vec<cityops::alert::warning::Warning> = received
+        let mut published: Vec<cityops::Warning> = received
             .iter()
             .filter(|(topic, _, _)| !topic.starts_with(&format!("{prefix}-warnings/state/")))
             .map(|(_, payload, _)| serde_json::from_slice(payload).expect("warning JSON"))

@@ -2,6 +2,10 @@
 //! The test feeds the pipeline through a channel so each rule change falls at a known
 //! point of the stream, then checks the warnings of each version, the rejection of the
 //! broken one, and that the unchanged rule kept its window across every reload.
+//!
+//! The unchanged window rule must count every reading of each meter across all three
+//! reloads. A second test deletes a rule, whose firing alerts resolve, and adds one, which
+//! starts.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -10,10 +14,8 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use cityops::config::{Config, DurationMs};
-use cityops::ingest::message::Message;
 use cityops::pipeline::{self, RunOptions, RunOutcome, Source};
-use cityops::rules::reload::{ReloadReport, Swap};
+use cityops::{Config, DurationMs, Message, ReloadReport, Swap};
 use common::{MIN, Scenario, T0, at};
 use serde_json::json;
 

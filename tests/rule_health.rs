@@ -7,10 +7,8 @@ mod common;
 
 use std::sync::Arc;
 
-use cityops::config::DurationMs;
-use cityops::metrics::Metrics;
 use cityops::pipeline::{self, RunOptions, Source};
-use cityops::rules::health::RuleHealthView;
+use cityops::{DurationMs, Metrics, RuleHealthView};
 use common::{MIN, Scenario, T0, at};
 use serde_json::json;
 
@@ -56,7 +54,7 @@ fn each_rule_counts_its_rows_evaluations_breaches_and_errors() {
         ));
     }
     let fixture = s.fixture(&messages);
-    let mut config = cityops::config::Config::default();
+    let mut config = cityops::Config::default();
     config.rules.dir = s.path("queries");
     config.rules.reload_interval = DurationMs(0);
     let metrics = Arc::new(Metrics::new());

@@ -1,6 +1,11 @@
 //! The webhook sink against a real HTTP receiver that goes down and comes back: every
 //! warning is delivered once it returns, in order and exactly once, including warnings a
 //! first cityops run left in the spool and a second run sends.
+//!
+//! The receiver is taken down and up during a run and between two runs: of the five
+//! warnings (g1 to g5), g2 and g3 wait for it in the spool, g4 is left spooled by the first
+//! run and sent first by the second, and all five arrive once each, in order. A second
+//! test checks the Alertmanager body's labels and times.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -13,11 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::routing::post;
-use cityops::alert::sink::SinkConfig;
-use cityops::config::{Config, DurationMs};
-use cityops::ingest::message::Message;
-use cityops::metrics::Metrics;
 use cityops::pipeline::{self, RunOptions, RunOutcome, Source};
+use cityops::{Config, DurationMs, Message, Metrics, SinkConfig};
 use common::T0;
 use serde_json::{Value, json};
 
@@ -246,14 +248,14 @@ fn warnings_survive_a_receiver_outage_and_a_cityops_restart() {
 
 #[test]
 fn the_alertmanager_body_carries_labels_and_times() {
-    let warning: cityops::alert::warning::Warning = serde_json::from_value(json!({
+    let warning: cityops::Warning = serde_json::from_value(json!({
         "alert_id": "a1", "rule": "gas_lel_high", "status": "resolved", "level": "red", "table": "sensor",
         "key": {"district": "xicheng", "device_id": "g1"}, "values": {"gas_lel": 60.0},
         "window_start": null, "window_end": null, "first_breach": "2026-01-15T00:00:00.000Z",
         "detected_at": "2026-01-15T00:05:00.000Z", "latency_ms": 1.0, "description": "gas"
     }))
     .unwrap();
-    let body = cityops::alert::webhook::alertmanager_body(&warning);
+    let body = cityops::alertmanager_body(&warning);
     assert_eq!(
         body,
         json!([{

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::{Map, Value};
 
-use super::level::Level;
+use crate::level::Level;
 use crate::time::EpochMs;
 
 /// When a breaching key starts firing (`-- for:` in a rule header).
@@ -51,7 +51,7 @@ impl AlertKey {
 
 /// One breach: a result row of the rule.
 #[derive(Debug, Clone)]
-pub struct Evidence {
+pub(crate) struct Evidence {
     pub key: AlertKey,
     pub level: Level,
     pub values: Map<String, Value>,
@@ -67,7 +67,7 @@ pub struct Evidence {
 
 /// A clean step for a key: a window closed, or a row arrived, without a breach.
 #[derive(Debug, Clone, Copy)]
-pub struct CleanStep {
+pub(crate) struct CleanStep {
     pub window: Option<(EpochMs, EpochMs)>,
     pub detected_ms: EpochMs,
     pub arrived_ns: u64,
@@ -135,7 +135,7 @@ impl Alert {
 
 /// The alerts of one rule.
 #[derive(Debug, Clone)]
-pub struct Lifecycle {
+pub(crate) struct Lifecycle {
     rule: String,
     policy: Policy,
     alerts: HashMap<String, Alert>,
@@ -151,7 +151,7 @@ pub struct FiringAlert {
 }
 
 impl Lifecycle {
-    pub fn new(rule: &str, policy: Policy) -> Self {
+    pub(crate) fn new(rule: &str, policy: Policy) -> Self {
         Lifecycle {
             rule: rule.to_string(),
             policy,
@@ -160,17 +160,17 @@ impl Lifecycle {
     }
 
     /// Whether no alert is pending or firing (lets callers skip clean-step bookkeeping).
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.alerts.is_empty()
     }
 
     /// Pending plus firing alerts: the rule's alert state size.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.alerts.len()
     }
 
     /// The alerts firing now, ordered by key.
-    pub fn firing(&self) -> Vec<FiringAlert> {
+    pub(crate) fn firing(&self) -> Vec<FiringAlert> {
         let mut firing: Vec<FiringAlert> = self
             .alerts
             .values()
@@ -187,7 +187,7 @@ impl Lifecycle {
     }
 
     /// A breach for `evidence.key`.
-    pub fn breach(&mut self, evidence: Evidence) -> Option<Transition> {
+    pub(crate) fn breach(&mut self, evidence: Evidence) -> Option<Transition> {
         let policy = self.policy;
         let rule = &self.rule;
         let alert = self.alerts.entry(evidence.key.id.clone()).or_insert_with(|| Alert {
@@ -234,7 +234,7 @@ impl Lifecycle {
     }
 
     /// A clean step for one key.
-    pub fn clean(&mut self, key_id: &str, step: CleanStep) -> Option<Transition> {
+    pub(crate) fn clean(&mut self, key_id: &str, step: CleanStep) -> Option<Transition> {
         let alert = self.alerts.get_mut(key_id)?;
         match alert.status {
             Status::Pending => {
@@ -254,13 +254,13 @@ impl Lifecycle {
     }
 
     /// A clean step for every alert whose key is not in `breached` (a window closed).
-    pub fn clean_all_except(&mut self, breached: &HashSet<String>, step: CleanStep) -> Vec<Transition> {
+    pub(crate) fn clean_all_except(&mut self, breached: &HashSet<String>, step: CleanStep) -> Vec<Transition> {
         self.clean_where(breached, step, |_| true)
     }
 
     /// A clean step for every alert not in `breached` whose key passes `judged` (the part of
     /// the key space an evaluation covered).
-    pub fn clean_where(
+    pub(crate) fn clean_where(
         &mut self,
         breached: &HashSet<String>,
         step: CleanStep,
@@ -280,13 +280,13 @@ impl Lifecycle {
 impl Lifecycle {
     /// Takes over another version's alerts under this policy (a rule reloaded with the
     /// same alert key keeps its pending and firing alerts, and their ids).
-    pub fn adopt(&mut self, previous: Lifecycle) {
+    pub(crate) fn adopt(&mut self, previous: Lifecycle) {
         self.alerts = previous.alerts;
     }
 
     /// Resolves every firing alert and forgets pending ones (the rule was removed, or its
     /// new version keys alerts differently).
-    pub fn retire(&mut self, step: CleanStep) -> Vec<Transition> {
+    pub(crate) fn retire(&mut self, step: CleanStep) -> Vec<Transition> {
         let mut alerts: Vec<Alert> = self.alerts.drain().map(|(_, alert)| alert).collect();
         alerts.sort_by(|a, b| a.key.id.cmp(&b.key.id));
         alerts

@@ -1,10 +1,10 @@
-//! Warnings: the four-colour levels, the alert lifecycle (pending → firing → resolved), the
-//! warning JSON of DESIGN.md, and the sinks that deliver it.
+//! Warnings: the alert lifecycle (pending → firing → resolved), the warning JSON of
+//! DESIGN.md, and the sinks that deliver it (one `Sink` trait; stdout, JSON Lines, MQTT,
+//! webhook, and the dashboard's feed, which `http` implements).
 
-pub mod level;
-pub mod lifecycle;
-pub mod mqtt_sink;
-pub mod sink;
-pub mod spool;
-pub mod warning;
-pub mod webhook;
+pub(crate) mod lifecycle;
+pub(crate) mod mqtt_sink;
+pub(crate) mod sink;
+pub(crate) mod spool;
+pub(crate) mod warning;
+pub(crate) mod webhook;

@@ -14,27 +14,31 @@ use std::time::{Duration, Instant};
 use rumqttc::{Client, Event, Packet, QoS};
 use serde_json::Value;
 
+use super::sink::{Sink, SinkError};
 use super::warning::{Warning, WarningStatus};
+use crate::broker::{self, BrokerUrl};
 use crate::config::MqttConfig;
-use crate::mqtt::{self, BrokerUrl};
+use crate::metrics::Metrics;
 
 /// How long `close` waits for the broker to acknowledge what was published.
 const CLOSE_WAIT: Duration = Duration::from_secs(30);
 
 /// A connected publisher.
-pub struct MqttSink {
+pub(crate) struct MqttSink {
     client: Client,
     prefix: String,
     published: u64,
     acked: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     connection: JoinHandle<()>,
+    /// Where failed publishes are counted (`sink_errors`).
+    metrics: Arc<Metrics>,
 }
 
 impl MqttSink {
-    pub fn connect(url: &BrokerUrl, config: &MqttConfig) -> Result<Self, String> {
+    pub(crate) fn connect(url: &BrokerUrl, config: &MqttConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
         let client_id = format!("{}-warnings", config.client_id);
-        let options = mqtt::options(url, config, &client_id)?;
+        let options = broker::options(url, config, &client_id)?;
         let (client, mut connection) = Client::new(options, 1024);
         let acked = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -70,12 +74,13 @@ impl MqttSink {
             acked,
             stop,
             connection,
+            metrics,
         })
     }
 
     /// Publishes one warning and updates its alert's retained state. Waits while the
     /// client's queue is full (the sink back-pressures the rules, never drops).
-    pub fn publish(&mut self, warning: &Warning) -> Result<(), String> {
+    pub(crate) fn publish(&mut self, warning: &Warning) -> Result<(), String> {
         let json = serde_json::to_vec(warning).map_err(|e| e.to_string())?;
         let topic = format!(
             "{}/{}/{}",
@@ -98,7 +103,7 @@ impl MqttSink {
     }
 
     /// Waits (up to 30 s) for the broker to acknowledge every publish, then disconnects.
-    pub fn close(self) {
+    pub(crate) fn close(self) {
         let started = Instant::now();
         while self.acked.load(Ordering::Relaxed) < self.published && started.elapsed() < CLOSE_WAIT {
             std::thread::sleep(Duration::from_millis(5));
@@ -116,8 +121,24 @@ impl MqttSink {
     }
 }
 
+impl Sink for MqttSink {
+    fn deliver(&mut self, warning: &Warning) -> Result<(), SinkError> {
+        if let Err(e) = self.publish(warning) {
+            // Only a closed client fails here (the connection retries by itself).
+            self.metrics.sink_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, alert = %warning.alert_id, "warning sink: mqtt publish failed");
+        }
+        Ok(())
+    }
+
+    fn close(self: Box<Self>) -> Result<(), SinkError> {
+        MqttSink::close(*self);
+        Ok(())
+    }
+}
+
 /// `<prefix>/state/<rule>/<key value>/…`, one level per key column (columns by name).
-pub fn state_topic(prefix: &str, warning: &Warning) -> String {
+pub(crate) fn state_topic(prefix: &str, warning: &Warning) -> String {
     let mut topic = format!("{prefix}/state/{}", topic_safe(&warning.rule));
     for value in warning.key.values() {
         topic.push('/');

@@ -1,6 +1,8 @@
 //! Delivery of warnings: one sink thread takes them from the rule stage's bounded queue and
-//! writes each to stdout (a readable line), a JSON Lines file and/or an MQTT broker
-//! (`mqtt_sink`), counting by level and timing each send. Slow sinks back-pressure the rules through the queue, never drop.
+//! hands each to every configured [`Sink`] in turn — stdout (a readable line), a JSON Lines
+//! file, an MQTT broker (`mqtt_sink`), a webhook (`webhook`), and the dashboard's feed,
+//! which the HTTP side implements — counting by level and timing each send. Slow sinks
+//! back-pressure the rules through the queue, never drop.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -14,10 +16,19 @@ use tokio::sync::mpsc;
 use super::mqtt_sink::MqttSink;
 use super::warning::{Warning, WarningStatus};
 use super::webhook::WebhookSink;
+use crate::broker::BrokerUrl;
 use crate::config::{MqttConfig, WebhookConfig};
-use crate::live::LiveState;
 use crate::metrics::{Metrics, Stage};
-use crate::mqtt::BrokerUrl;
+
+/// One destination of warnings (Vector's `StreamSink`, one warning at a time).
+pub trait Sink: Send {
+    /// Delivers one warning. An error stops the sink thread (a file that cannot be written);
+    /// a sink that can retry (MQTT, webhook) keeps its failures to itself and counts them.
+    fn deliver(&mut self, warning: &Warning) -> Result<(), SinkError>;
+
+    /// Flushes and lets go, after the last warning.
+    fn close(self: Box<Self>) -> Result<(), SinkError>;
+}
 
 /// Where warnings go.
 #[derive(Debug, Clone, Default)]
@@ -43,96 +54,71 @@ pub enum SinkError {
     Write(#[from] std::io::Error),
     #[error("the sink thread panicked")]
     Panicked,
-    #[error("warning sink: {0}")]
+    #[error("warning sink: mqtt: {0}")]
     Mqtt(String),
+    #[error("warning sink: webhook: {0}")]
+    Webhook(String),
+}
+
+/// Opens the sinks `config` names, in delivery order: stdout, file, MQTT, webhook.
+pub(crate) fn open(config: &SinkConfig, metrics: &Arc<Metrics>) -> Result<Vec<Box<dyn Sink>>, SinkError> {
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    if config.stdout {
+        sinks.push(Box::new(StdoutSink));
+    }
+    if let Some(path) = &config.jsonl {
+        sinks.push(Box::new(JsonLinesSink::create(path)?));
+    }
+    if let Some((url, mqtt)) = &config.mqtt {
+        sinks.push(Box::new(
+            MqttSink::connect(url, mqtt, Arc::clone(metrics)).map_err(SinkError::Mqtt)?,
+        ));
+    }
+    if let Some(webhook) = &config.webhook {
+        sinks.push(Box::new(
+            WebhookSink::start(webhook, Arc::clone(metrics)).map_err(SinkError::Webhook)?,
+        ));
+    }
+    Ok(sinks)
 }
 
 /// The running sink thread.
-pub struct SinkHandle {
+pub(crate) struct SinkHandle {
     handle: JoinHandle<Result<Vec<Warning>, SinkError>>,
 }
 
 impl SinkHandle {
     /// Waits for the queue to drain; returns the warnings delivered, in order, when collecting.
-    pub fn finish(self) -> Result<Vec<Warning>, SinkError> {
+    pub(crate) fn finish(self) -> Result<Vec<Warning>, SinkError> {
         self.handle.join().map_err(|_| SinkError::Panicked)?
     }
 }
 
-/// Starts the sink thread reading from `rx`.
-pub fn start(
-    config: SinkConfig,
+/// Starts the sink thread reading from `rx`; `collect` keeps every warning for `finish`.
+pub(crate) fn start(
+    sinks: Vec<Box<dyn Sink>>,
+    collect: bool,
     rx: mpsc::Receiver<Warning>,
     metrics: Arc<Metrics>,
-    live: Option<Arc<LiveState>>,
 ) -> Result<SinkHandle, SinkError> {
-    let jsonl = match &config.jsonl {
-        Some(path) => Some(open(path)?),
-        None => None,
-    };
-    let mqtt = match &config.mqtt {
-        Some((url, mqtt)) => Some(MqttSink::connect(url, mqtt).map_err(SinkError::Mqtt)?),
-        None => None,
-    };
-    let webhook = match &config.webhook {
-        Some(webhook) => Some(WebhookSink::start(webhook, Arc::clone(&metrics)).map_err(SinkError::Mqtt)?),
-        None => None,
-    };
     let handle = std::thread::Builder::new()
         .name("sinks".to_string())
-        .spawn(move || deliver(rx, &config, jsonl, mqtt, webhook, live, &metrics))
+        .spawn(move || deliver(rx, sinks, collect, &metrics))
         .map_err(SinkError::Write)?;
     Ok(SinkHandle { handle })
 }
 
-fn open(path: &Path) -> Result<BufWriter<File>, SinkError> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|source| SinkError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    }
-    File::create(path)
-        .map(BufWriter::new)
-        .map_err(|source| SinkError::Open {
-            path: path.to_path_buf(),
-            source,
-        })
-}
-
 fn deliver(
     mut rx: mpsc::Receiver<Warning>,
-    config: &SinkConfig,
-    mut jsonl: Option<BufWriter<File>>,
-    mut mqtt: Option<MqttSink>,
-    webhook: Option<WebhookSink>,
-    live: Option<Arc<LiveState>>,
+    mut sinks: Vec<Box<dyn Sink>>,
+    collect: bool,
     metrics: &Metrics,
 ) -> Result<Vec<Warning>, SinkError> {
     let mut delivered = Vec::new();
     while let Some(warning) = rx.blocking_recv() {
         let started = Instant::now();
-        if config.stdout {
-            let mut out = std::io::stdout().lock();
-            writeln!(out, "{}", warning.human_line())?;
-        }
-        if let Some(file) = jsonl.as_mut() {
-            serde_json::to_writer(&mut *file, &warning).map_err(std::io::Error::from)?;
-            file.write_all(b"\n")?;
-            file.flush()?;
-        }
-        if let Some(sink) = mqtt.as_mut()
-            && let Err(e) = sink.publish(&warning)
-        {
-            // Only a closed client fails here (the connection retries by itself).
-            metrics.sink_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::error!(error = %e, alert = %warning.alert_id, "warning sink: mqtt publish failed");
-        }
-        if let Some(webhook) = &webhook {
-            webhook.enqueue(&warning);
-        }
-        if let Some(live) = &live {
-            live.record(&warning);
+        for sink in sinks.iter_mut() {
+            sink.deliver(&warning)?;
         }
         match warning.status {
             WarningStatus::Firing => metrics.add_warning(warning.level),
@@ -141,18 +127,62 @@ fn deliver(
             }
         }
         metrics.record(Stage::SinkSend, started.elapsed().as_nanos() as u64);
-        if config.collect {
+        if collect {
             delivered.push(warning);
         }
     }
-    if let Some(mut file) = jsonl {
-        file.flush()?;
-    }
-    if let Some(sink) = mqtt {
-        sink.close();
-    }
-    if let Some(webhook) = webhook {
-        webhook.close();
+    for sink in sinks {
+        sink.close()?;
     }
     Ok(delivered)
+}
+
+/// One readable line per warning on stdout.
+struct StdoutSink;
+
+impl Sink for StdoutSink {
+    fn deliver(&mut self, warning: &Warning) -> Result<(), SinkError> {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", warning.human_line())?;
+        Ok(())
+    }
+
+    fn close(self: Box<Self>) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+/// The warning JSON, one object per line, flushed after each.
+struct JsonLinesSink {
+    file: BufWriter<File>,
+}
+
+impl JsonLinesSink {
+    fn create(path: &Path) -> Result<Self, SinkError> {
+        let open_error = |source| SinkError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(open_error)?;
+        }
+        let file = File::create(path).map_err(open_error)?;
+        Ok(JsonLinesSink {
+            file: BufWriter::new(file),
+        })
+    }
+}
+
+impl Sink for JsonLinesSink {
+    fn deliver(&mut self, warning: &Warning) -> Result<(), SinkError> {
+        serde_json::to_writer(&mut self.file, warning).map_err(std::io::Error::from)?;
+        self.file.write_all(b"\n")?;
+        self.file.flush()?;
+        Ok(())
+    }
+
+    fn close(mut self: Box<Self>) -> Result<(), SinkError> {
+        self.file.flush()?;
+        Ok(())
+    }
 }

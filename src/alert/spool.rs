@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 /// A directory of pending payloads.
 #[derive(Debug)]
-pub struct Spool {
+pub(crate) struct Spool {
     dir: PathBuf,
     max_bytes: u64,
     next_seq: u64,
@@ -21,7 +21,7 @@ pub struct Spool {
 
 impl Spool {
     /// Opens (or creates) `dir`, picking up what an earlier run left there.
-    pub fn open(dir: &Path, max_bytes: u64) -> io::Result<Self> {
+    pub(crate) fn open(dir: &Path, max_bytes: u64) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
         let mut pending = Vec::new();
         for entry in fs::read_dir(dir)? {
@@ -49,7 +49,7 @@ impl Spool {
     }
 
     /// Stores a payload at the end. `Ok(false)` when the spool is full (nothing stored).
-    pub fn push(&mut self, payload: &[u8]) -> io::Result<bool> {
+    pub(crate) fn push(&mut self, payload: &[u8]) -> io::Result<bool> {
         let size = payload.len() as u64;
         if self.bytes + size > self.max_bytes {
             return Ok(false);
@@ -66,7 +66,7 @@ impl Spool {
     }
 
     /// The oldest payload, with its path for `remove`.
-    pub fn oldest(&self) -> io::Result<Option<(PathBuf, Vec<u8>)>> {
+    pub(crate) fn oldest(&self) -> io::Result<Option<(PathBuf, Vec<u8>)>> {
         match self.pending.front() {
             Some((_, path, _)) => Ok(Some((path.clone(), fs::read(path)?))),
             None => Ok(None),
@@ -74,7 +74,7 @@ impl Spool {
     }
 
     /// Drops a delivered payload.
-    pub fn remove(&mut self, path: &Path) -> io::Result<()> {
+    pub(crate) fn remove(&mut self, path: &Path) -> io::Result<()> {
         if let Some(i) = self.pending.iter().position(|(_, p, _)| p == path) {
             let (_, path, size) = self.pending.remove(i).unwrap_or_default();
             self.bytes = self.bytes.saturating_sub(size);
@@ -83,11 +83,11 @@ impl Spool {
         Ok(())
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.pending.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.pending.is_empty()
     }
 }

@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::level::Level;
 use super::lifecycle::{Change, Transition};
+use crate::level::Level;
 use crate::time::format_ms;
 
 /// Firing (including escalations) or resolved.

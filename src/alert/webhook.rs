@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde_json::{Value, json};
 
+use super::sink::{Sink, SinkError};
 use super::spool::Spool;
 use super::warning::{Warning, WarningStatus};
 use crate::config::{WebhookConfig, WebhookFormat};
@@ -23,7 +24,7 @@ use crate::metrics::Metrics;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The sink side: spools warnings and wakes the delivery thread.
-pub struct WebhookSink {
+pub(crate) struct WebhookSink {
     spool: Arc<Mutex<Spool>>,
     format: WebhookFormat,
     wake: Sender<Wake>,
@@ -39,7 +40,7 @@ enum Wake {
 }
 
 impl WebhookSink {
-    pub fn start(config: &WebhookConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
+    pub(crate) fn start(config: &WebhookConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
         let url = config.url.clone().ok_or_else(|| "webhook: no url".to_string())?;
         let max_bytes = config.spool_max_mb.max(1) * 1024 * 1024;
         let spool = Spool::open(&config.spool_dir, max_bytes)
@@ -81,7 +82,7 @@ impl WebhookSink {
     }
 
     /// Spools one warning for delivery (never waits for the receiver).
-    pub fn enqueue(&self, warning: &Warning) {
+    pub(crate) fn enqueue(&self, warning: &Warning) {
         let body = match self.format {
             WebhookFormat::Cityops => serde_json::to_vec(warning),
             WebhookFormat::Alertmanager => serde_json::to_vec(&alertmanager_body(warning)),
@@ -110,7 +111,7 @@ impl WebhookSink {
 
     /// Gives delivery up to `drain_on_exit` to empty the spool; what is left stays spooled
     /// for the next run.
-    pub fn close(self) {
+    pub(crate) fn close(self) {
         let _ = self.wake.send(Wake::DrainUntil(Instant::now() + self.drain));
         let _ = self.delivery.join();
         let left = self.spool.lock().map(|s| s.len()).unwrap_or(0);
@@ -240,6 +241,19 @@ impl Delivery {
                 .webhook_spooled
                 .store(spool.len() as u64, Ordering::Relaxed);
         }
+    }
+}
+
+impl Sink for WebhookSink {
+    /// Queues the warning for the sender thread (spooled on disk while the receiver is down).
+    fn deliver(&mut self, warning: &Warning) -> Result<(), SinkError> {
+        self.enqueue(warning);
+        Ok(())
+    }
+
+    fn close(self: Box<Self>) -> Result<(), SinkError> {
+        WebhookSink::close(*self);
+        Ok(())
     }
 }
 

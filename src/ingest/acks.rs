@@ -13,7 +13,7 @@ use rumqttc::Publish;
 
 /// Acks of messages already in the pipeline, oldest first.
 #[derive(Debug)]
-pub struct PendingAcks {
+pub(crate) struct PendingAcks {
     waiting: VecDeque<Publish>,
     /// When the oldest waiting ack was added.
     oldest: Option<Instant>,
@@ -23,7 +23,7 @@ pub struct PendingAcks {
 
 impl PendingAcks {
     /// Acks sent `batch` at a time (at least 1), or after `delay`.
-    pub fn new(batch: usize, delay: Duration) -> Self {
+    pub(crate) fn new(batch: usize, delay: Duration) -> Self {
         PendingAcks {
             waiting: VecDeque::new(),
             oldest: None,
@@ -33,33 +33,33 @@ impl PendingAcks {
     }
 
     /// Holds the ack of a message that is now in the pipeline.
-    pub fn push(&mut self, publish: Publish, now: Instant) {
+    pub(crate) fn push(&mut self, publish: Publish, now: Instant) {
         self.oldest.get_or_insert(now);
         self.waiting.push_back(publish);
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.waiting.is_empty()
     }
 
     /// When the waiting acks must go out at the latest.
-    pub fn deadline(&self) -> Option<Instant> {
+    pub(crate) fn deadline(&self) -> Option<Instant> {
         self.oldest.map(|at| at + self.delay)
     }
 
     /// Whether the waiting acks should go out now: a full batch, or the deadline passed.
-    pub fn due(&self, now: Instant) -> bool {
+    pub(crate) fn due(&self, now: Instant) -> bool {
         self.waiting.len() >= self.batch || self.deadline().is_some_and(|deadline| deadline <= now)
     }
 
     /// Hands over every waiting ack, oldest first.
-    pub fn take(&mut self) -> VecDeque<Publish> {
+    pub(crate) fn take(&mut self) -> VecDeque<Publish> {
         self.oldest = None;
         std::mem::take(&mut self.waiting)
     }
 
     /// Forgets the waiting acks (their connection is gone; the broker redelivers).
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.oldest = None;
         self.waiting.clear();
     }

@@ -14,39 +14,18 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::message::Message;
 use super::scan::{FieldIndex, Scalar, Scanned, scalar_of, scan};
-use super::topic::TopicPattern;
-use crate::deadletter::{DeadLetter, Reason};
+use crate::batch::{Cell, Row, RowSink};
+use crate::flow::Message;
+use crate::flow::{DeadLetter, Reason};
 use crate::schema::{Catalog, ColumnType, TableDef};
 use crate::time::{EpochMs, parse_ts_text};
+use crate::topic::TopicPattern;
 
 /// 2000-01-01T00:00:00Z: anything earlier is a broken clock, not a reading.
 const MIN_TS_MS: EpochMs = 946_684_800_000;
 /// How much of a rejected payload's text is kept in the dead-letter file.
 const KEPT_TEXT_BYTES: usize = 4096;
-
-/// One column value of a decoded row.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Cell<'a> {
-    Null,
-    Float(f64),
-    Text(Cow<'a, str>),
-}
-
-/// A decoded row, borrowed from the payload; `cells` follow the table's `columns`.
-#[derive(Debug)]
-pub struct Row<'a> {
-    pub ts: EpochMs,
-    pub device_id: &'a str,
-    pub district: &'a str,
-    pub cells: &'a [Cell<'a>],
-}
-
-/// Where decoded rows go (the batcher).
-pub trait RowSink {
-    fn push(&mut self, table: usize, row: &Row<'_>, msg: &Message);
-}
 
 /// Rows accepted and rejected from one message. A message rejected as a whole (not JSON,
 /// unknown topic, oversized) counts as one rejected row.
@@ -83,11 +62,6 @@ impl Decoder {
             max_payload_bytes,
             max_future_ms,
         }
-    }
-
-    /// The table a topic belongs to, without looking at the payload (for routing).
-    pub fn route(&self, topic: &str) -> Option<usize> {
-        self.pattern.parts(topic).and_then(|p| self.catalog.index_of(p.table))
     }
 
     /// Decodes one message: accepted rows go to `sink`, rejected ones to `reject`.

@@ -11,12 +11,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::message::Message;
+use crate::flow::Message;
 
 /// The demo city's recorded day, embedded so `cityops run` works from any directory.
-pub const DEMO_FIXTURE: &[u8] = include_bytes!("../../fixtures/demo/city-day.jsonl.zst");
-/// Where the demo fixture lives in the repository.
-pub const DEMO_FIXTURE_PATH: &str = "fixtures/demo/city-day.jsonl.zst";
+pub(crate) const DEMO_FIXTURE: &[u8] = include_bytes!("../../fixtures/demo/city-day.jsonl.zst");
 
 /// A fixture that could not be read.
 #[derive(Debug, thiserror::Error)]

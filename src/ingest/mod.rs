@@ -1,15 +1,12 @@
-//! Getting telemetry in: the message type every source produces, topic parsing, the fixture
-//! reader (replay), the live MQTT source, and the decoder that turns payloads into typed rows
-//! (with `scan`, its allocation-free fast path, and `plain_scan`, that path's first try). Sources never decode;
-//! the decoder never does I/O.
+//! Getting telemetry in: the sources (the live MQTT subscription with its QoS 1 acks, and
+//! fixture replay), and the decode stage that turns payloads into typed rows (`scan`, its
+//! allocation-free fast path; `decode`, which explains every rejection) and runs on the
+//! decode `worker` threads. Sources never decode; the decoder never does I/O.
 
-pub mod acks;
-pub mod decode;
-pub mod fixture;
-pub mod message;
-pub mod mqtt;
-mod plain_scan;
-pub mod replay;
-pub mod scan;
-pub mod topic;
-pub mod worker;
+pub(crate) mod acks;
+pub(crate) mod decode;
+pub(crate) mod fixture;
+pub(crate) mod mqtt;
+pub(crate) mod replay;
+pub(crate) mod scan;
+pub(crate) mod worker;

@@ -13,14 +13,15 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, Event, Packet, PubAck, QoS, SubscribeFilter, SubscribeReasonCode};
 
 use super::acks::PendingAcks;
-use super::decode::Decoder;
-use super::message::{Ingest, Message};
 use super::replay::TICK_MS;
-use super::topic::TopicPattern;
+use crate::broker::{self, BrokerUrl};
 use crate::config::{Config, MqttConfig};
+use crate::flow::Closed;
+use crate::flow::{Ingest, Message};
 use crate::metrics::Metrics;
-use crate::mqtt::{self, BrokerUrl};
-use crate::queue::{Bursts, Closed, Handoff};
+use crate::queue::{Bursts, Handoff};
+use crate::shutdown::Shutdown;
+use crate::topic::TopicPattern;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -44,7 +45,7 @@ impl MqttSource {
     /// A subscription to `url` with the config's settings; without configured filters, one
     /// filter per table from the topic pattern (`city/+/water/+`).
     pub fn new(url: BrokerUrl, config: &Config) -> Result<Self, String> {
-        mqtt::qos(config.mqtt.qos)?;
+        broker::qos(config.mqtt.qos)?;
         let filters = if config.mqtt.filters.is_empty() {
             let pattern = TopicPattern::parse(&config.topics.pattern)?;
             config
@@ -68,23 +69,23 @@ impl MqttSource {
 
 /// Why the source could not run.
 #[derive(Debug, thiserror::Error)]
-pub enum MqttError {
+pub(crate) enum MqttError {
     #[error("mqtt: {0}")]
     Setup(String),
     #[error(transparent)]
     Closed(#[from] Closed),
 }
 
-/// Reads messages until `stop` is set or a configured end is reached; returns the count.
-pub fn subscribe(
+/// Reads messages until `shutdown` is requested or a configured end is reached; returns the count.
+pub(crate) fn subscribe(
     source: &MqttSource,
     handoff: &Handoff,
-    decoder: &Decoder,
     metrics: &Metrics,
-    stop: &AtomicBool,
+    shutdown: &Shutdown,
 ) -> Result<u64, MqttError> {
-    let qos = mqtt::qos(source.config.qos).map_err(MqttError::Setup)?;
-    let mut options = mqtt::options(&source.url, &source.config, &source.config.client_id).map_err(MqttError::Setup)?;
+    let qos = broker::qos(source.config.qos).map_err(MqttError::Setup)?;
+    let mut options =
+        broker::options(&source.url, &source.config, &source.config.client_id).map_err(MqttError::Setup)?;
     options.set_manual_acks(true);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -125,7 +126,7 @@ pub fn subscribe(
                         .idle_exit
                         .is_some_and(|limit| last > 0 && now_ms - last >= limit.as_millis() as i64);
                     let enough = source.max_messages.is_some_and(|m| count.load(Ordering::Relaxed) >= m);
-                    if (stop.load(Ordering::Relaxed) || idle_over || enough) && !ending.swap(true, Ordering::Relaxed) {
+                    if (shutdown.is_requested() || idle_over || enough) && !ending.swap(true, Ordering::Relaxed) {
                         // Wakes the event loop; it ends at its next event.
                         let _ = client.try_disconnect();
                     }
@@ -137,7 +138,6 @@ pub fn subscribe(
             &mut eventloop,
             &filters,
             handoff,
-            decoder,
             metrics,
             &ending,
             &first_message_ms,
@@ -173,7 +173,6 @@ async fn poll_loop(
     eventloop: &mut rumqttc::EventLoop,
     filters: &[SubscribeFilter],
     handoff: &Handoff,
-    decoder: &Decoder,
     metrics: &Metrics,
     ending: &AtomicBool,
     first_message_ms: &AtomicU64,
@@ -257,7 +256,7 @@ async fn poll_loop(
                     arrived_ns,
                 };
                 metrics.messages_in.fetch_add(1, Ordering::Relaxed);
-                let worker = decoder.route(&msg.topic).map(|t| handoff.owner(t)).unwrap_or(0);
+                let worker = handoff.worker_for(&msg.topic);
                 // Waits while the queue is full: the socket is not read meanwhile.
                 bursts.push(handoff, worker, msg)?;
                 if publish.qos != QoS::AtMostOnce {

@@ -4,11 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use super::decode::Decoder;
 use super::fixture::FixtureError;
-use super::message::{Ingest, Message};
+use crate::flow::Closed;
+use crate::flow::{Ingest, Message};
 use crate::metrics::Metrics;
-use crate::queue::{Closed, Handoff};
+use crate::queue::Handoff;
 
 /// How fast to replay.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -20,6 +20,17 @@ pub enum Speed {
     /// A fixed rate in messages per second, whatever the recording's timing (`20000/s`):
     /// open-loop load for latency measurement.
     Rate(f64),
+}
+
+/// How a speed reads in messages: `maximum`, `60×`, `20000 messages/s`.
+impl std::fmt::Display for Speed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Speed::Max => write!(f, "maximum"),
+            Speed::Factor(x) => write!(f, "{x}×"),
+            Speed::Rate(r) => write!(f, "{r} messages/s"),
+        }
+    }
 }
 
 impl std::str::FromStr for Speed {
@@ -47,7 +58,7 @@ impl std::str::FromStr for Speed {
 }
 
 /// Virtual milliseconds between clock ticks.
-pub const TICK_MS: i64 = 1_000;
+pub(crate) const TICK_MS: i64 = 1_000;
 
 /// A replay that could not finish.
 #[derive(Debug, thiserror::Error)]
@@ -60,10 +71,9 @@ pub enum ReplayError {
 
 /// Feeds every message into the handoff (the caller ends the stream). A line whose
 /// envelope is broken goes to `on_bad_line` and the replay goes on.
-pub fn replay(
+pub(crate) fn replay(
     messages: &mut dyn Iterator<Item = Result<Message, FixtureError>>,
     handoff: &Handoff,
-    decoder: &Decoder,
     speed: Speed,
     metrics: &Metrics,
     on_bad_line: &mut dyn FnMut(FixtureError),
@@ -109,7 +119,7 @@ pub fn replay(
             None => metrics.now_ns(),
         };
         metrics.messages_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let worker = decoder.route(&msg.topic).map(|t| handoff.owner(t)).unwrap_or(0);
+        let worker = handoff.worker_for(&msg.topic);
         handoff.send(worker, Ingest::Message(msg))?;
         count += 1;
     }

@@ -14,9 +14,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use tokio::sync::mpsc;
 
 use super::decode::Decoder;
-use super::message::{Ingest, Message};
-use crate::batch::{Batchers, TableBatcher, TableEvent};
-use crate::deadletter::DeadLetter;
+use crate::batch::{Batchers, TableBatcher};
+use crate::flow::{DeadLetter, Ingest, Message, TableEvent};
 use crate::metrics::{LocalLatency, MERGE_EVERY, Metrics, Stage};
 use crate::schema::Catalog;
 use crate::time::{EpochMs, wall_now_ms};
@@ -34,7 +33,7 @@ const CHECK_EVERY: u64 = 64;
 
 /// Settings of the decode stage.
 #[derive(Debug, Clone, Copy)]
-pub struct DecodeSettings {
+pub(crate) struct DecodeSettings {
     pub batch_rows: usize,
     pub linger: Duration,
     /// How long a batch waits for more rows when the queue is empty (the linger floor).
@@ -43,7 +42,7 @@ pub struct DecodeSettings {
 }
 
 /// One decode worker's state.
-pub struct DecodeWorker {
+pub(crate) struct DecodeWorker {
     /// This worker's number (its queue's depth is reported under it).
     index: usize,
     decoder: Decoder,
@@ -72,7 +71,7 @@ pub struct DecodeWorker {
 
 impl DecodeWorker {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub(crate) fn new(
         index: usize,
         decoder: Decoder,
         catalog: &Catalog,
@@ -116,7 +115,7 @@ impl DecodeWorker {
     }
 
     /// Runs until the source ends (or disappears).
-    pub fn run(mut self, rx: Receiver<Ingest>) {
+    pub(crate) fn run(mut self, rx: Receiver<Ingest>) {
         loop {
             let item = self.next_item(&rx);
             let dry = rx.is_empty();
@@ -128,10 +127,10 @@ impl DecodeWorker {
                 Ok(Ingest::Message(msg)) => self.on_message(&msg),
                 Ok(Ingest::Messages(burst)) => burst.iter().for_each(|msg| self.on_message(msg)),
                 Ok(Ingest::Tick { now_ms }) => self.on_tick(now_ms),
-                Ok(Ingest::Reroute(routes)) => {
+                Ok(Ingest::Reroute(fanout)) => {
                     // Everything before the reroute goes to the versions that were running.
                     self.flush_all();
-                    self.outputs = routes.for_tables(&self.tables);
+                    self.outputs = fanout.for_tables(&self.tables);
                 }
                 Ok(Ingest::End) | Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {}

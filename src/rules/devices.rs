@@ -11,16 +11,16 @@ use datafusion::arrow::array::{ArrayRef, AsArray, Float64Array, RecordBatch, Str
 use datafusion::arrow::datatypes::TimestampMillisecondType;
 use datafusion::arrow::error::ArrowError;
 
-use crate::batch::TableBatch;
+use crate::flow::TableBatch;
 use crate::schema::{UTC, devices_schema};
 use crate::time::EpochMs;
 
 /// How often the snapshot is judged, in event time.
-pub const EVALUATE_EVERY_MS: EpochMs = 60_000;
+pub(crate) const EVALUATE_EVERY_MS: EpochMs = 60_000;
 
 /// A snapshot of one table's devices, due for judgement.
 #[derive(Debug)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub table_name: String,
     pub at_ms: EpochMs,
     pub batch: RecordBatch,
@@ -72,24 +72,24 @@ impl Districts {
 
 /// Last-seen times of every device of every table.
 #[derive(Debug)]
-pub struct DeviceWatch {
+pub(crate) struct DeviceWatch {
     table_names: Vec<String>,
     tables: Vec<TableWatch>,
 }
 
 impl DeviceWatch {
-    pub fn new(table_names: Vec<String>) -> Self {
+    pub(crate) fn new(table_names: Vec<String>) -> Self {
         let tables = table_names.iter().map(|_| TableWatch::default()).collect();
         DeviceWatch { table_names, tables }
     }
 
     /// Takes a batch's rows in order; returns the snapshots that became due.
     /// Devices watched now, over every table.
-    pub fn watched(&self) -> usize {
+    pub(crate) fn watched(&self) -> usize {
         self.tables.iter().map(|t| t.last_seen.len()).sum()
     }
 
-    pub fn observe(&mut self, input: &TableBatch) -> Result<Vec<Snapshot>, ArrowError> {
+    pub(crate) fn observe(&mut self, input: &TableBatch) -> Result<Vec<Snapshot>, ArrowError> {
         let batch = &input.batch;
         let ts = batch.column(0).as_primitive::<TimestampMillisecondType>();
         let devices = batch.column(1).as_string::<i32>();
@@ -124,7 +124,7 @@ impl DeviceWatch {
     }
 
     /// A silent table: event time advances with the clock since its last row.
-    pub fn idle(
+    pub(crate) fn idle(
         &mut self,
         table: usize,
         now_ms: EpochMs,

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use std::sync::Arc;
 
 /// The leaf partition; holds the stream bound for the next execution.
-pub struct Feed {
+pub(crate) struct Feed {
     schema: SchemaRef,
     slot: Mutex<Option<SendableRecordBatchStream>>,
 }
@@ -28,7 +28,7 @@ impl fmt::Debug for Feed {
 }
 
 impl Feed {
-    pub fn new(schema: SchemaRef) -> Self {
+    pub(crate) fn new(schema: SchemaRef) -> Self {
         Feed {
             schema,
             slot: Mutex::new(None),
@@ -36,17 +36,17 @@ impl Feed {
     }
 
     /// Binds the stream the next `execute` of the plan will read.
-    pub fn bind(&self, stream: SendableRecordBatchStream) {
+    pub(crate) fn bind(&self, stream: SendableRecordBatchStream) {
         *self.slot.lock() = Some(stream);
     }
 
     /// Whether a bound stream is still waiting to be taken (the plan did not bind its leaf).
-    pub fn is_bound(&self) -> bool {
+    pub(crate) fn is_bound(&self) -> bool {
         self.slot.lock().is_some()
     }
 
     /// Removes a stream the plan did not take.
-    pub fn unbind(&self) {
+    pub(crate) fn unbind(&self) {
         self.slot.lock().take();
     }
 }

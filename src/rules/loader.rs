@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use super::problem::Problem;
-use crate::alert::level::Level;
+use crate::level::Level;
 use crate::time::parse_duration_ms;
 
 /// A header value with the line it came from (for error positions).
@@ -55,7 +55,7 @@ impl RuleFile {
 
 /// Reads every rule under `dir`, sorted by path. Returns the rules that could be read and
 /// every problem found (unreadable files, bad headers, duplicate ids).
-pub fn load_dir(dir: &Path) -> (Vec<RuleFile>, Vec<Problem>) {
+pub(crate) fn load_dir(dir: &Path) -> (Vec<RuleFile>, Vec<Problem>) {
     let mut paths = Vec::new();
     let mut problems = Vec::new();
     collect_sql_files(dir, &mut paths, &mut problems);

@@ -11,13 +11,13 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use serde_json::{Map, Number, Value};
 
-use crate::alert::level::Level;
 use crate::alert::lifecycle::AlertKey;
+use crate::level::Level;
 use crate::schema::{ROW_INDEX, WINDOW_END, WINDOW_START};
 use crate::time::format_ms;
 
 /// One cell as JSON: numbers stay numbers, timestamps become RFC 3339 text.
-pub fn json_value(array: &ArrayRef, row: usize) -> Value {
+pub(crate) fn json_value(array: &ArrayRef, row: usize) -> Value {
     if array.is_null(row) {
         return Value::Null;
     }
@@ -57,7 +57,7 @@ pub fn json_value(array: &ArrayRef, row: usize) -> Value {
 }
 
 /// The alert key of a row from the given columns.
-pub fn key_of(batch: &RecordBatch, row: usize, columns: &[(String, usize)]) -> AlertKey {
+pub(crate) fn key_of(batch: &RecordBatch, row: usize, columns: &[(String, usize)]) -> AlertKey {
     AlertKey::new(
         columns
             .iter()
@@ -67,7 +67,7 @@ pub fn key_of(batch: &RecordBatch, row: usize, columns: &[(String, usize)]) -> A
 }
 
 /// The named columns of a row as a JSON object.
-pub fn values_of(batch: &RecordBatch, row: usize, columns: &[(String, usize)]) -> Map<String, Value> {
+pub(crate) fn values_of(batch: &RecordBatch, row: usize, columns: &[(String, usize)]) -> Map<String, Value> {
     columns
         .iter()
         .map(|(name, i)| (name.clone(), json_value(batch.column(*i), row)))
@@ -75,7 +75,12 @@ pub fn values_of(batch: &RecordBatch, row: usize, columns: &[(String, usize)]) -
 }
 
 /// The row's level: its `level` column when the rule has one and it is set, else `default`.
-pub fn level_of(batch: &RecordBatch, row: usize, column: Option<usize>, default: Level) -> Result<Level, String> {
+pub(crate) fn level_of(
+    batch: &RecordBatch,
+    row: usize,
+    column: Option<usize>,
+    default: Level,
+) -> Result<Level, String> {
     match column.map(|i| json_value(batch.column(i), row)) {
         Some(Value::String(text)) => text.parse(),
         _ => Ok(default),
@@ -83,7 +88,7 @@ pub fn level_of(batch: &RecordBatch, row: usize, column: Option<usize>, default:
 }
 
 /// A whole result row as JSON (the hidden row index left out), for captured results.
-pub fn result_json(batch: &RecordBatch, row: usize) -> Map<String, Value> {
+pub(crate) fn result_json(batch: &RecordBatch, row: usize) -> Map<String, Value> {
     let schema = batch.schema();
     schema
         .fields()
@@ -95,7 +100,7 @@ pub fn result_json(batch: &RecordBatch, row: usize) -> Map<String, Value> {
 }
 
 /// A whole input row as JSON (engine columns left out), for dead letters.
-pub fn row_json(batch: &RecordBatch, row: usize) -> Value {
+pub(crate) fn row_json(batch: &RecordBatch, row: usize) -> Value {
     let schema = batch.schema();
     let fields = schema
         .fields()

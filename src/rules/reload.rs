@@ -1,7 +1,7 @@
 //! Hot reload: while the pipeline runs, a watcher thread reads the rule files every
 //! `rules.reload_interval`, plans each changed or new rule exactly as `cityops check` does,
-//! and swaps it in (`running::RuleSet`), then hands the decode workers the new routes
-//! in-band. A rule that does not plan is rejected with its problems and its running
+//! and swaps it in (`running::RuleSet`), then publishes the new fan-out through the
+//! callback the pipeline gave it (which hands it to the decode workers in-band). A rule that does not plan is rejected with its problems and its running
 //! version goes on; rules whose text did not change are not touched and keep their
 //! windows and alerts. A deleted rule stops and resolves its firing alerts.
 
@@ -16,9 +16,8 @@ use super::loader::load_dir;
 use super::problem::{Problem, Severity};
 use super::running::RuleSet;
 use crate::config::EngineConfig;
-use crate::ingest::message::Ingest;
+use crate::flow::{Closed, RuleFanout};
 use crate::metrics::Metrics;
-use crate::queue::{Closed, Handoff};
 use crate::schema::Catalog;
 
 /// One rule's version change: `from: None` is an added rule, `to: None` a removed one.
@@ -48,13 +47,17 @@ pub struct ReloadReport {
     pub versions: BTreeMap<String, String>,
 }
 
+/// How the reloader hands a new fan-out on; `Err` when the decode workers have gone.
+pub(crate) type PublishFanout = Box<dyn Fn(Arc<RuleFanout>) -> Result<(), Closed> + Send>;
+
 /// Checks the rule files against the running rules and swaps changes in.
-pub struct Reloader {
+pub(crate) struct Reloader {
     dir: PathBuf,
     catalog: Catalog,
     engine: EngineConfig,
     rules: Arc<Mutex<RuleSet>>,
-    handoff: Arc<Handoff>,
+    /// Hands a new fan-out to the decode workers (built by the pipeline, which knows them).
+    publish: PublishFanout,
     metrics: Arc<Metrics>,
     runtime: tokio::runtime::Handle,
     /// Per rule id, what was last rejected (its version, or its load problems), so one
@@ -63,12 +66,12 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    pub fn new(
+    pub(crate) fn new(
         dir: &Path,
         catalog: Catalog,
         engine: EngineConfig,
         rules: Arc<Mutex<RuleSet>>,
-        handoff: Arc<Handoff>,
+        publish: PublishFanout,
         metrics: Arc<Metrics>,
         runtime: tokio::runtime::Handle,
     ) -> Self {
@@ -77,7 +80,7 @@ impl Reloader {
             catalog,
             engine,
             rules,
-            handoff,
+            publish,
             metrics,
             runtime,
             rejected: HashMap::new(),
@@ -85,7 +88,7 @@ impl Reloader {
     }
 
     /// One check. Returns what changed, or `None` when nothing did.
-    pub fn check(&mut self) -> Result<Option<ReloadReport>, Closed> {
+    pub(crate) fn check(&mut self) -> Result<Option<ReloadReport>, Closed> {
         if !self.dir.is_dir() {
             return Ok(None);
         }
@@ -155,8 +158,7 @@ impl Reloader {
             return Ok(None);
         }
         if !report.swapped.is_empty() {
-            let routes = Arc::new(rules.routes());
-            self.handoff.broadcast(|| Ingest::Reroute(Arc::clone(&routes)))?;
+            (self.publish)(Arc::new(rules.fanout()))?;
         }
         report.versions = rules.versions();
         drop(rules);
@@ -199,14 +201,14 @@ fn rule_id(path: &Path) -> Option<String> {
 }
 
 /// The watcher thread; stops at `stop`.
-pub struct Watcher {
+pub(crate) struct Watcher {
     stop: crossbeam_channel::Sender<()>,
     thread: std::thread::JoinHandle<()>,
 }
 
 impl Watcher {
     /// Checks every `interval`; each reload's report also goes to `reports`, when given.
-    pub fn start(
+    pub(crate) fn start(
         mut reloader: Reloader,
         interval: Duration,
         reports: Option<crossbeam_channel::Sender<ReloadReport>>,
@@ -231,7 +233,7 @@ impl Watcher {
     }
 
     /// Stops watching and waits for a check in progress to finish.
-    pub fn stop(self) {
+    pub(crate) fn stop(self) {
         drop(self.stop);
         let _ = self.thread.join();
     }

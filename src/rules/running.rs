@@ -1,5 +1,5 @@
-//! The running rule set: one task per rule, each fed by its own queue, and the routes that
-//! send each table's events to the queues of the rules reading it. Rules are swapped one
+//! The running rule set: one task per rule, each fed by its own queue, and the fan-out that
+//! sends each table's events to the queues of the rules reading it. Rules are swapped one
 //! at a time: a new version's task first waits for the old version to drain its queue
 //! (the decode workers stop feeding it at the in-band reroute), then takes over its alerts,
 //! so no event is judged twice or by neither version.
@@ -11,9 +11,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::compile::CompiledRule;
-use super::routes::Routes;
 use super::worker::{RuleReport, RuleWorker, WorkerContext};
-use crate::batch::TableEvent;
+use crate::flow::{RuleFanout, TableEvent};
 
 /// Events a rule's queue holds before the decode worker waits.
 const RULE_QUEUE: usize = 64;
@@ -26,7 +25,7 @@ struct Running {
 }
 
 /// Every rule at work, by id.
-pub struct RuleSet {
+pub(crate) struct RuleSet {
     running: BTreeMap<String, Running>,
     /// Removed rules still draining their queues and resolving their alerts.
     retiring: Vec<JoinHandle<()>>,
@@ -36,7 +35,7 @@ pub struct RuleSet {
 }
 
 impl RuleSet {
-    pub fn new(context: WorkerContext, runtime: tokio::runtime::Handle) -> Self {
+    pub(crate) fn new(context: WorkerContext, runtime: tokio::runtime::Handle) -> Self {
         RuleSet {
             running: BTreeMap::new(),
             retiring: Vec::new(),
@@ -47,7 +46,7 @@ impl RuleSet {
 
     /// Starts a rule, or a new version of one: the new version takes over from the old
     /// one once the old one has drained. Returns the replaced version.
-    pub fn start(&mut self, rule: CompiledRule) -> Option<String> {
+    pub(crate) fn start(&mut self, rule: CompiledRule) -> Option<String> {
         let rule = Arc::new(rule);
         let (queue, rx) = mpsc::channel(RULE_QUEUE);
         let worker = RuleWorker::new(Arc::clone(&rule), self.context_for(&rule));
@@ -77,7 +76,7 @@ impl RuleSet {
     }
 
     /// Stops a rule: it drains its queue, then resolves its firing alerts.
-    pub fn remove(&mut self, id: &str) -> Option<String> {
+    pub(crate) fn remove(&mut self, id: &str) -> Option<String> {
         let removed = self.running.remove(id)?;
         self.context.metrics.rules.remove(id);
         drop(removed.queue);
@@ -92,7 +91,7 @@ impl RuleSet {
     }
 
     /// (id, version) of every running rule, by id.
-    pub fn versions(&self) -> BTreeMap<String, String> {
+    pub(crate) fn versions(&self) -> BTreeMap<String, String> {
         self.running
             .iter()
             .map(|(id, r)| (id.clone(), r.rule.version.clone()))
@@ -100,19 +99,19 @@ impl RuleSet {
     }
 
     /// The queues of the running rules, per table.
-    pub fn routes(&self) -> Routes {
-        let mut routes = Routes::new(self.context.table_names.len());
+    pub(crate) fn fanout(&self) -> RuleFanout {
+        let mut fanout = RuleFanout::new(self.context.table_names.len());
         for running in self.running.values() {
             for &table in &running.rule.watched {
-                routes.add(table, running.queue.clone());
+                fanout.add(table, running.queue.clone());
             }
         }
-        routes
+        fanout
     }
 
     /// Waits for every rule to finish its input (the decode workers have ended) and
     /// returns their reports, by rule id.
-    pub async fn finish(self) -> Result<Vec<RuleReport>, tokio::task::JoinError> {
+    pub(crate) async fn finish(self) -> Result<Vec<RuleReport>, tokio::task::JoinError> {
         let RuleSet { running, retiring, .. } = self;
         let mut reports = Vec::new();
         for (_, running) in running {

@@ -16,13 +16,14 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 
 use super::problem::Problem;
-#[cfg(test)]
-use super::windowing::WindowSpec;
-use super::windowing::{Windowing, parse_window, window_call};
+use super::window_calls::{parse_window, window_call};
 use crate::schema::{DEVICE_ID, DEVICES, DISTRICT, ROW_INDEX, TABLE_NAME, WINDOW_END, WINDOW_START};
+#[cfg(test)]
+use crate::window::WindowSpec;
+use crate::window::Windowing;
 
 #[derive(Debug, Clone)]
-pub struct AnalyzedSql {
+pub(crate) struct AnalyzedSql {
     /// The rewritten statement DataFusion plans.
     pub statement: Statement,
     /// The one table the rule reads.
@@ -37,7 +38,7 @@ pub struct AnalyzedSql {
 }
 
 /// Checks and rewrites a rule's SQL. `key` is the header's key override, if any.
-pub fn analyze(path: &Path, text: &str, key: Option<&[String]>) -> Result<AnalyzedSql, Vec<Problem>> {
+pub(crate) fn analyze(path: &Path, text: &str, key: Option<&[String]>) -> Result<AnalyzedSql, Vec<Problem>> {
     let start = first_token_position(text);
     let err = |line: u64, col: u64, message: String| vec![Problem::error(path, line, col, message)];
     let statements = DFParser::parse_sql_with_dialect(text, &GenericDialect {}).map_err(|e| {
@@ -195,7 +196,7 @@ pub fn analyze(path: &Path, text: &str, key: Option<&[String]>) -> Result<Analyz
 }
 
 /// Warnings about a rule that plans but may misbehave in a stream.
-pub fn lint(path: &Path, analyzed: &AnalyzedSql, key: Option<&[String]>) -> Vec<Problem> {
+pub(crate) fn lint(path: &Path, analyzed: &AnalyzedSql, key: Option<&[String]>) -> Vec<Problem> {
     let keys: Vec<&str> = match key {
         Some(k) => k.iter().map(String::as_str).collect(),
         None => analyzed.group_columns.iter().map(String::as_str).collect(),

@@ -14,7 +14,7 @@ use crate::schema::{DEVICES, TABLE_NAME};
 /// The tables (positions in `names`) whose devices can pass the rule's clause: every table
 /// unless the only scan of `devices` sits right under a filter (through aliases) with a
 /// top-level `table_name = '…'` or `table_name IN (…)` conjunct.
-pub fn watched_tables(plan: &LogicalPlan, names: &[String]) -> Vec<usize> {
+pub(super) fn watched_tables(plan: &LogicalPlan, names: &[String]) -> Vec<usize> {
     let every = || (0..names.len()).collect();
     let mut scans = 0;
     let mut pinned: Option<Vec<String>> = None;

@@ -6,12 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
-use cityops::alert::sink::SinkConfig;
-use cityops::alert::warning::Warning;
-use cityops::config::Config;
-use cityops::ingest::replay::Speed;
 use cityops::pipeline::{self, RunOptions, RunOutcome, Source};
-use cityops::rules::worker::DetectionClock;
+use cityops::{Config, DetectionClock, SinkConfig, Speed, Warning};
 use serde_json::{Value, json};
 
 /// Epoch ms of 2026-01-15T00:00:00Z, the base of hand-written scenarios.

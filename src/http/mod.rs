@@ -24,12 +24,16 @@ use futures::Stream;
 use futures::StreamExt;
 use serde_json::json;
 
-use crate::live::LiveState;
 use crate::metrics::{Metrics, Stage};
 use crate::summary::Summary;
 
+pub(crate) mod live;
+pub(crate) mod prometheus;
+
+use live::LiveState;
+
 /// Environment variable that overrides `[http] token`.
-pub const TOKEN_ENV: &str = "CITYOPS_HTTP_TOKEN";
+pub(crate) const TOKEN_ENV: &str = "CITYOPS_HTTP_TOKEN";
 
 /// The dashboard page, embedded.
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -43,13 +47,12 @@ pub struct AppState {
 }
 
 /// The running server; `stop` ends it.
-pub struct HttpServer {
-    pub addr: SocketAddr,
+pub(crate) struct HttpServer {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl HttpServer {
-    pub fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -57,7 +60,7 @@ impl HttpServer {
 }
 
 /// The token in force: the environment's, else the config's; empty means none.
-pub fn effective_token(configured: Option<String>) -> Option<String> {
+pub(crate) fn effective_token(configured: Option<String>) -> Option<String> {
     std::env::var(TOKEN_ENV).ok().or(configured).filter(|t| !t.is_empty())
 }
 
@@ -74,21 +77,29 @@ pub fn router(state: AppState) -> axum::Router {
     guarded.route("/health", get(|| async { "ok\n" })).with_state(state)
 }
 
+/// The HTTP side could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// A config problem: the address is reachable from other machines and nothing guards it.
+    #[error("http: {0} is not loopback; set [http] token or {TOKEN_ENV} so the endpoint needs a bearer token")]
+    OpenWithoutToken(SocketAddr),
+    #[error("http: cannot bind {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
 /// Binds `bind` (or, when it is taken and `any_port_if_taken`, any free port of its address)
 /// and serves until stopped. Refuses a non-loopback address without a token.
-pub fn start(
+pub(crate) fn start(
     runtime: &tokio::runtime::Runtime,
     bind: SocketAddr,
     any_port_if_taken: bool,
     token: Option<String>,
     metrics: Arc<Metrics>,
     live: Arc<LiveState>,
-) -> Result<HttpServer, String> {
+) -> Result<HttpServer, HttpError> {
     let token = effective_token(token);
     if !bind.ip().is_loopback() && token.is_none() {
-        return Err(format!(
-            "http: {bind} is not loopback; set [http] token or {TOKEN_ENV} so the endpoint needs a bearer token"
-        ));
+        return Err(HttpError::OpenWithoutToken(bind));
     }
     let query = if token.is_some() { "?token=…" } else { "" };
     let app = router(AppState {
@@ -102,8 +113,10 @@ pub fn start(
         }
         bound => bound,
     }
-    .map_err(|e| format!("http: cannot bind {bind}: {e}"))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    .map_err(|source| HttpError::Bind { addr: bind, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| HttpError::Bind { addr: bind, source })?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     runtime.spawn(async move {
         let served = axum::serve(listener, app)
@@ -118,7 +131,7 @@ pub fn start(
     eprintln!(
         "cityops: dashboard on http://{addr}/{query} (also /api/warnings, /api/rules, /api/stats, /events, /metrics)"
     );
-    Ok(HttpServer { addr, stop: Some(stop) })
+    Ok(HttpServer { stop: Some(stop) })
 }
 
 async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -214,7 +227,7 @@ fn interval_percentiles(now: &hdrhistogram::Histogram<u64>, since: &hdrhistogram
 async fn metrics_page(State(state): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::prometheus::render(&state.metrics),
+        prometheus::render(&state.metrics),
     )
         .into_response()
 }

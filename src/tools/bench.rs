@@ -1,13 +1,122 @@
-//! `cityops bench`: the measurement side of a run. Peak memory from the kernel, and each
-//! stage's HdrHistogram written as a `.hgrm` percentile distribution (the text format of
-//! HdrHistogram's `outputPercentileDistribution`, which its plotter reads).
+//! `cityops bench`: a replay through the full pipeline, measured. It runs the fixture, reads
+//! peak memory from the kernel, scores the warnings against incident labels when given, and
+//! writes `summary.json` and each stage's HdrHistogram as a `.hgrm` percentile distribution
+//! (the text format of HdrHistogram's `outputPercentileDistribution`, which its plotter reads).
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use hdrhistogram::Histogram;
 
+use crate::alert::sink::SinkConfig;
+use crate::alert::warning::Warning;
+use crate::config::{Config, DurationMs};
+use crate::ingest::replay::Speed;
 use crate::metrics::{Metrics, Stage};
+use crate::pipeline::{self, RunError, RunOptions, Source};
+use crate::rules::loader::load_dir;
+use crate::rules::worker::DetectionClock;
+use crate::summary::Summary;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchRequest {
+    /// The run's config; its rules directory names the rules.
+    pub config: Config,
+    /// Fixture to replay; `None` for the embedded demo city.
+    pub fixture: Option<PathBuf>,
+    pub speed: Speed,
+    /// Where `summary.json`, the dead letters and the `.hgrm` files go.
+    pub out: PathBuf,
+    /// Incident labels from `cityops gen`, to score the warnings against.
+    pub labels: Option<PathBuf>,
+}
+
+/// What a bench run measured and wrote.
+#[derive(Debug)]
+pub struct BenchReport {
+    pub summary: Summary,
+    pub rules: usize,
+    pub speed: Speed,
+    pub peak_rss_mib: Option<f64>,
+    /// Present when labels were given.
+    pub score: Option<Score>,
+    /// The `.hgrm` files written beside `summary.json`.
+    pub hgrm_files: Vec<String>,
+}
+
+/// A bench that could not run or write its results.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error("labels: {0}")]
+    Labels(String),
+    #[error("writing {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+/// Runs the replay, scores it and writes its files into `request.out`.
+pub fn run(request: BenchRequest) -> Result<BenchReport, BenchError> {
+    let BenchRequest {
+        mut config,
+        fixture,
+        speed,
+        out,
+        labels,
+    } = request;
+    let written = |source: std::io::Error| BenchError::Write {
+        path: out.clone(),
+        source,
+    };
+    config.rules.reload_interval = DurationMs(0);
+    let rules = load_dir(&config.rules.dir).0.len();
+    std::fs::create_dir_all(&out).map_err(written)?;
+    let metrics = Arc::new(Metrics::new());
+    let outcome = pipeline::run(RunOptions {
+        config,
+        fixture: fixture.map_or(Source::Demo, Source::File),
+        speed,
+        sinks: SinkConfig {
+            collect: labels.is_some(),
+            ..SinkConfig::default()
+        },
+        dead_letter_path: out.join("dead-letters.jsonl"),
+        clock: DetectionClock::EventTime,
+        capture_results: false,
+        reload_reports: None,
+        stop: None,
+        metrics: Some(Arc::clone(&metrics)),
+    })?;
+    let peak_rss_mib = peak_rss_mib();
+    let score = match &labels {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| BenchError::Labels(format!("cannot read {}: {e}", path.display())))?;
+            Some(score(&text, &outcome.warnings).map_err(BenchError::Labels)?)
+        }
+        None => None,
+    };
+    let mut json = serde_json::to_value(&outcome.summary).map_err(|e| written(e.into()))?;
+    json["rules"] = serde_json::json!(rules);
+    json["speed"] = serde_json::json!(speed.to_string());
+    json["peak_rss_mib"] = serde_json::json!(peak_rss_mib);
+    if let Some(score) = &score {
+        json["labels"] = serde_json::json!(score);
+    }
+    let bytes = serde_json::to_vec_pretty(&json).map_err(|e| written(e.into()))?;
+    std::fs::write(out.join("summary.json"), bytes).map_err(written)?;
+    let hgrm_files = write_hgrms(&metrics, &out).map_err(written)?;
+    Ok(BenchReport {
+        summary: outcome.summary,
+        rules,
+        speed,
+        peak_rss_mib,
+        score,
+        hgrm_files,
+    })
+}
 
 /// Peak resident memory of this process in MiB (`VmHWM`), when the kernel tells.
 pub fn peak_rss_mib() -> Option<f64> {
@@ -60,7 +169,7 @@ pub struct Score {
 
 /// Scores firing warnings against labels (JSON Lines of `{rule, key: {device_id, …}, from, to}`):
 /// a label is caught when its rule fired for its device.
-pub fn score(labels: &str, warnings: &[crate::alert::warning::Warning]) -> Result<Score, String> {
+pub fn score(labels: &str, warnings: &[Warning]) -> Result<Score, String> {
     use std::collections::BTreeSet;
     let mut labelled = BTreeSet::new();
     for (n, line) in labels.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {

@@ -10,8 +10,8 @@ use rumqttc::{MqttOptions, QoS, TlsConfiguration, Transport};
 use crate::config::MqttConfig;
 
 /// Environment variables that override the config's credentials.
-pub const USERNAME_ENV: &str = "CITYOPS_MQTT_USERNAME";
-pub const PASSWORD_ENV: &str = "CITYOPS_MQTT_PASSWORD";
+pub(crate) const USERNAME_ENV: &str = "CITYOPS_MQTT_USERNAME";
+pub(crate) const PASSWORD_ENV: &str = "CITYOPS_MQTT_PASSWORD";
 
 /// Largest packet accepted or sent (gateway payloads with many readings fit easily).
 const MAX_PACKET_BYTES: usize = 16 * 1024 * 1024;
@@ -71,7 +71,7 @@ pub fn qos(level: u8) -> Result<QoS, String> {
 }
 
 /// rumqttc options for one client of `url`.
-pub fn options(url: &BrokerUrl, config: &MqttConfig, client_id: &str) -> Result<MqttOptions, String> {
+pub(crate) fn options(url: &BrokerUrl, config: &MqttConfig, client_id: &str) -> Result<MqttOptions, String> {
     let mut options = MqttOptions::new(client_id, url.host.clone(), url.port);
     options
         .set_keep_alive(Duration::from_millis(config.keep_alive.0.max(5_000) as u64))

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{Client, Event, Packet, QoS};
 
+use crate::broker::{self, BrokerUrl};
 use crate::config::MqttConfig;
 use crate::ingest::fixture::FixtureReader;
 use crate::ingest::replay::Speed;
-use crate::mqtt::{self, BrokerUrl};
 
 /// What a publishing run did.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -29,7 +29,7 @@ pub fn publish(
     speed: Speed,
 ) -> Result<Published, String> {
     let client_id = format!("{}-replay", config.client_id);
-    let mut options = mqtt::options(url, config, &client_id)?;
+    let mut options = broker::options(url, config, &client_id)?;
     options.set_clean_session(true);
     let (client, mut connection) = Client::new(options, 10_000);
     let acked = Arc::new(AtomicU64::new(0));

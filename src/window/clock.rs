@@ -5,8 +5,8 @@
 //! when both came in the same batch. Windows are [start, end), aligned to the epoch, and
 //! identified by their end (every window kind has one window per end; see `WindowSpec`).
 
-use crate::rules::windowing::WindowSpec;
 use crate::time::EpochMs;
+use crate::window::WindowSpec;
 
 /// The watermark moved: every window with `end <= boundary` is now closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

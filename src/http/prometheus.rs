@@ -7,13 +7,13 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::alert::level::Level;
-use crate::deadletter::Reason;
+use crate::flow::Reason;
+use crate::level::Level;
+use crate::metrics::RuleHealthView;
 use crate::metrics::{Metrics, Stage};
-use crate::rules::health::RuleHealthView;
 
 /// Renders every metric.
-pub fn render(metrics: &Metrics) -> String {
+pub(crate) fn render(metrics: &Metrics) -> String {
     let mut out = String::new();
     let counters: [(&str, &str, u64); 14] = [
         (

@@ -11,7 +11,6 @@ use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::TimestampMillisecondType;
 use datafusion::arrow::error::ArrowError;
 
-use super::output::key_of;
 use crate::time::EpochMs;
 
 /// One open session of one key.
@@ -27,7 +26,7 @@ struct Session {
 
 /// A session the watermark has passed, with its rows.
 #[derive(Debug)]
-pub struct ClosedSession {
+pub(crate) struct ClosedSession {
     pub key_id: String,
     pub start: EpochMs,
     pub end: EpochMs,
@@ -40,18 +39,21 @@ pub struct ClosedSession {
 
 /// What routing one batch produced.
 #[derive(Debug, Default)]
-pub struct SessionRouting {
+pub(crate) struct SessionRouting {
     pub late: Vec<u32>,
     /// Sessions closed, in order of closing.
     pub closed: Vec<ClosedSession>,
 }
 
+/// Names the group of a row (a rule's key columns) as one string: rows with equal names
+/// share sessions.
+pub(crate) type RowKey = Box<dyn Fn(&RecordBatch, usize) -> String + Send + Sync>;
+
 /// The session state of one rule.
-#[derive(Debug)]
-pub struct Sessions {
+pub(crate) struct Sessions {
     gap_ms: EpochMs,
     lateness_ms: EpochMs,
-    key_columns: Vec<(String, usize)>,
+    key: RowKey,
     open: HashMap<String, Vec<Session>>,
     /// (end, key, start) of every open session, to find the ones a watermark closes.
     by_end: BTreeSet<(EpochMs, String, EpochMs)>,
@@ -60,12 +62,23 @@ pub struct Sessions {
     row_max_ts: Option<EpochMs>,
 }
 
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field("gap_ms", &self.gap_ms)
+            .field("lateness_ms", &self.lateness_ms)
+            .field("open", &self.open.len())
+            .field("max_ts", &self.max_ts)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Sessions {
-    pub fn new(gap_ms: EpochMs, lateness_ms: EpochMs, key_columns: Vec<(String, usize)>) -> Self {
+    pub(crate) fn new(gap_ms: EpochMs, lateness_ms: EpochMs, key: RowKey) -> Self {
         Sessions {
             gap_ms,
             lateness_ms: lateness_ms.max(0),
-            key_columns,
+            key,
             open: HashMap::new(),
             by_end: BTreeSet::new(),
             max_ts: None,
@@ -75,15 +88,15 @@ impl Sessions {
 
     /// The inactivity gap that ends a session.
     /// Sessions open now, over every key.
-    pub fn open_count(&self) -> usize {
+    pub(crate) fn open_count(&self) -> usize {
         self.by_end.len()
     }
 
-    pub fn gap_ms(&self) -> EpochMs {
+    pub(crate) fn gap_ms(&self) -> EpochMs {
         self.gap_ms
     }
 
-    pub fn row_max_ts(&self) -> Option<EpochMs> {
+    pub(crate) fn row_max_ts(&self) -> Option<EpochMs> {
         self.row_max_ts
     }
 
@@ -93,13 +106,13 @@ impl Sessions {
 
     /// Routes a batch (its first column is `ts`) into sessions, closing the ones the
     /// watermark passes as it moves row by row.
-    pub fn route(&mut self, batch: &RecordBatch) -> Result<SessionRouting, ArrowError> {
+    pub(crate) fn route(&mut self, batch: &RecordBatch) -> Result<SessionRouting, ArrowError> {
         let ts = batch.column(0).as_primitive::<TimestampMillisecondType>();
         let mut routing = SessionRouting::default();
         let mut closed_pending: Vec<(ClosedSession, Vec<u32>)> = Vec::new();
         for i in 0..batch.num_rows() {
             let t = ts.value(i);
-            let key_id = key_of(batch, i, &self.key_columns).id;
+            let key_id = (self.key)(batch, i);
             if !self.add(key_id, t, i as u32) {
                 routing.late.push(i as u32);
             }
@@ -126,7 +139,7 @@ impl Sessions {
     }
 
     /// Moves event time forward without a row (idle table).
-    pub fn advance_to(&mut self, event_ms: EpochMs) -> Vec<ClosedSession> {
+    pub(crate) fn advance_to(&mut self, event_ms: EpochMs) -> Vec<ClosedSession> {
         if self.max_ts.is_some_and(|m| event_ms <= m) {
             return Vec::new();
         }
@@ -135,7 +148,7 @@ impl Sessions {
     }
 
     /// Closes every open session (end of input).
-    pub fn close_all(&mut self) -> Vec<ClosedSession> {
+    pub(crate) fn close_all(&mut self) -> Vec<ClosedSession> {
         let event_ms = self.max_ts.unwrap_or_default();
         let ends: Vec<(EpochMs, String, EpochMs)> = std::mem::take(&mut self.by_end).into_iter().collect();
         let mut closed = Vec::with_capacity(ends.len());
@@ -248,8 +261,12 @@ mod tests {
         .expect("valid batch")
     }
 
+    fn by_device() -> RowKey {
+        Box::new(|batch, row| batch.column(1).as_string::<i32>().value(row).to_string())
+    }
+
     fn sessions() -> Sessions {
-        Sessions::new(2 * MIN, 0, vec![("device_id".to_string(), 1)])
+        Sessions::new(2 * MIN, 0, by_device())
     }
 
     fn shown(closed: &[ClosedSession]) -> Vec<(String, i64, i64, usize)> {
@@ -288,7 +305,7 @@ mod tests {
 
     #[test]
     fn a_row_bridging_two_sessions_merges_them() {
-        let mut s = Sessions::new(2 * MIN, 10 * MIN, vec![("device_id".to_string(), 1)]);
+        let mut s = Sessions::new(2 * MIN, 10 * MIN, by_device());
         s.route(&batch(&[(0, "a"), (3 * MIN, "a")])).expect("routes");
         s.route(&batch(&[(90_000, "a")])).expect("routes");
         assert_eq!(shown(&s.close_all()), vec![("a".to_string(), 0, 5, 3)]);

@@ -7,14 +7,14 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rumqttc::{Client, Event, Packet, SubscribeFilter};
 use serde_json::{Value, json};
 
+use crate::broker;
 use crate::ingest::mqtt::MqttSource;
-use crate::mqtt;
+use crate::shutdown::Shutdown;
 
 /// What a recording captured.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -34,11 +34,11 @@ impl Recorded {
     }
 }
 
-/// Records until `stop`, `source.max_messages` or `source.idle_exit`.
-pub fn record(source: &MqttSource, out: &Path, stop: &AtomicBool) -> Result<Recorded, String> {
-    let qos = mqtt::qos(source.config.qos)?;
+/// Records until `shutdown` is requested, `source.max_messages` or `source.idle_exit`.
+pub fn record(source: &MqttSource, out: &Path, shutdown: &Shutdown) -> Result<Recorded, String> {
+    let qos = broker::qos(source.config.qos)?;
     let client_id = format!("{}-record", source.config.client_id);
-    let options = mqtt::options(&source.url, &source.config, &client_id)?;
+    let options = broker::options(&source.url, &source.config, &client_id)?;
     let file = File::create(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     let mut writer: Box<dyn Write> = if out.extension().is_some_and(|e| e == "zst") {
         let encoder = zstd::Encoder::new(file, 3).map_err(|e| e.to_string())?;
@@ -59,7 +59,7 @@ pub fn record(source: &MqttSource, out: &Path, stop: &AtomicBool) -> Result<Reco
         let idle = source
             .idle_exit
             .is_some_and(|limit| first.is_some() && last.elapsed() >= limit);
-        if stop.load(Ordering::Relaxed) || idle || source.max_messages.is_some_and(|m| messages >= m) {
+        if shutdown.is_requested() || idle || source.max_messages.is_some_and(|m| messages >= m) {
             break;
         }
         match connection.recv_timeout(Duration::from_millis(100)) {

@@ -3,18 +3,21 @@
 //! borrowed from the payload — no JSON tree, no per-key allocation. Unknown fields are
 //! skipped unparsed. Anything unusual (not an object or an array of objects, a nested
 //! value where a scalar belongs, malformed JSON) makes the scan give up, and the decoder
-//! takes its full path, which explains every rejection.
+//! takes its full path, which explains every rejection. `plain` tries every payload first:
+//! a byte scanner for payloads of plain scalars with no escapes, filling the same slots.
 
 use std::borrow::Cow;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use super::plain_scan::scan_plain;
+mod plain;
+
+use plain::scan_plain;
 
 /// One field value as the payload wrote it.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Scalar<'a> {
+pub(crate) enum Scalar<'a> {
     Null,
     Int(i64),
     /// A non-negative integer beyond `i64`.
@@ -28,7 +31,7 @@ pub enum Scalar<'a> {
 
 impl Scalar<'_> {
     /// The number as JSON writes it (serde_json's formatting, so both decode paths agree).
-    pub fn number_text(&self) -> Option<String> {
+    pub(crate) fn number_text(&self) -> Option<String> {
         match self {
             Scalar::Int(i) => Some(i.to_string()),
             Scalar::UInt(u) => Some(u.to_string()),
@@ -37,7 +40,7 @@ impl Scalar<'_> {
         }
     }
 
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Scalar::Null => "null",
             Scalar::Bool(_) => "a boolean",
@@ -51,7 +54,7 @@ impl Scalar<'_> {
 /// The fields of a table a payload may carry, numbered: 0 `ts`, 1 `device_id`,
 /// 2 `district`, then the table's columns in order.
 #[derive(Debug, Clone)]
-pub struct FieldIndex {
+pub(crate) struct FieldIndex {
     names: Vec<Box<str>>,
 }
 
@@ -59,7 +62,7 @@ pub struct FieldIndex {
 pub(super) const VALUES: &str = "values";
 
 impl FieldIndex {
-    pub fn new<'n>(columns: impl Iterator<Item = &'n str>) -> Self {
+    pub(crate) fn new<'n>(columns: impl Iterator<Item = &'n str>) -> Self {
         let names = ["ts", "device_id", "district"]
             .into_iter()
             .chain(columns)
@@ -69,7 +72,7 @@ impl FieldIndex {
     }
 
     /// Fields per row.
-    pub fn width(&self) -> usize {
+    pub(crate) fn width(&self) -> usize {
         self.names.len()
     }
 
@@ -86,7 +89,7 @@ impl FieldIndex {
 /// The known fields of every row of one payload: `width` slots per row, the `values`
 /// object's field where it has one, else the row's own.
 #[derive(Debug, Default)]
-pub struct Scanned<'a> {
+pub(crate) struct Scanned<'a> {
     pub(super) slots: Vec<Option<Scalar<'a>>>,
     width: usize,
 }
@@ -99,7 +102,7 @@ impl<'a> Scanned<'a> {
         }
     }
 
-    pub fn rows(&self) -> impl Iterator<Item = &[Option<Scalar<'a>>]> {
+    pub(crate) fn rows(&self) -> impl Iterator<Item = &[Option<Scalar<'a>>]> {
         self.slots.chunks_exact(self.width.max(1))
     }
 }
@@ -107,8 +110,8 @@ impl<'a> Scanned<'a> {
 /// Scans `payload` (one object or a non-empty array of objects); `None` means "take the
 /// full path". The payload is checked as UTF-8 once, with SIMD, so neither scanner need
 /// check each string it reads (a third of a gateway payload's parse time). The plain
-/// scanner (`plain_scan`) tries first; the serde scan takes what it gives up.
-pub fn scan<'a>(payload: &'a [u8], fields: &FieldIndex) -> Option<Scanned<'a>> {
+/// scanner (`plain`) tries first; the serde scan takes what it gives up.
+pub(crate) fn scan<'a>(payload: &'a [u8], fields: &FieldIndex) -> Option<Scanned<'a>> {
     let text = simdutf8::basic::from_utf8(payload).ok()?;
     scan_plain(text, fields).or_else(|| scan_serde(text, fields))
 }
@@ -340,7 +343,7 @@ impl<'de> Visitor<'de> for ScalarSeed {
 }
 
 /// A JSON value of the full path as a scalar (borrowing its text).
-pub fn scalar_of(value: &serde_json::Value) -> Scalar<'_> {
+pub(crate) fn scalar_of(value: &serde_json::Value) -> Scalar<'_> {
     use serde_json::Value;
     match value {
         Value::Null => Scalar::Null,

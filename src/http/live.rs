@@ -1,12 +1,13 @@
 //! What the live view shows: the warnings firing now (one per alert), the recent history,
-//! and a broadcast of every warning for `/events`. The sink thread feeds it; HTTP handlers
-//! read it.
+//! and a broadcast of every warning for `/events`. The sink thread feeds it through
+//! [`DashboardFeed`], one more `Sink`; HTTP handlers read it.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
 
+use crate::alert::sink::{Sink, SinkError};
 use crate::alert::warning::{Warning, WarningStatus};
 
 /// Warnings kept in the history.
@@ -82,5 +83,27 @@ impl LiveState {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Warning> {
         self.events.subscribe()
+    }
+}
+
+/// The sink that keeps the live view current.
+pub(crate) struct DashboardFeed {
+    live: Arc<LiveState>,
+}
+
+impl DashboardFeed {
+    pub(crate) fn new(live: Arc<LiveState>) -> Self {
+        DashboardFeed { live }
+    }
+}
+
+impl Sink for DashboardFeed {
+    fn deliver(&mut self, warning: &Warning) -> Result<(), SinkError> {
+        self.live.record(warning);
+        Ok(())
+    }
+
+    fn close(self: Box<Self>) -> Result<(), SinkError> {
+        Ok(())
     }
 }

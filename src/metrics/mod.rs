@@ -1,7 +1,8 @@
 //! Counters and HdrHistogram latency recorders for every stage, shared by the pipeline
 //! through one `Arc<Metrics>`. Stages update counters per message or batch and record
 //! latencies into thread-local histograms that they merge here per batch; nothing is
-//! locked per row. Metric names live in `names`.
+//! locked per row. `rule_board` keeps each rule's live health; the Prometheus names are
+//! written where `/metrics` renders them (`http::prometheus`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,23 +11,13 @@ use std::time::Instant;
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 
-use crate::alert::level::Level;
-use crate::deadletter::Reason;
-use crate::rules::health::RuleBoard;
+use crate::flow::Reason;
+use crate::level::Level;
 
-/// Prometheus-style names of the metrics, `cityops_<what>_<unit>[_total]`.
-pub mod names {
-    pub const MESSAGES_IN: &str = "cityops_messages_in_total";
-    pub const READINGS_IN: &str = "cityops_readings_in_total";
-    pub const READINGS_ACCEPTED: &str = "cityops_readings_accepted_total";
-    pub const READINGS_REJECTED: &str = "cityops_readings_rejected_total";
-    pub const LATE_ROWS: &str = "cityops_late_rows_total";
-    pub const WINDOWS_CLOSED: &str = "cityops_windows_closed_total";
-    pub const WARNINGS: &str = "cityops_warnings_total";
-    pub const RULE_ERRORS: &str = "cityops_rule_errors_total";
-    pub const QUEUE_FULL_WAITS: &str = "cityops_queue_full_waits_total";
-    pub const STAGE_LATENCY: &str = "cityops_stage_latency_seconds";
-}
+mod rule_board;
+
+pub use rule_board::RuleHealthView;
+pub(crate) use rule_board::{RuleBoard, RuleHealth};
 
 /// The stages whose latency is recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +63,7 @@ impl Stage {
 }
 
 /// A latency histogram in nanoseconds, 1 ns to 1 hour at 3 significant digits.
-pub fn new_histogram() -> Histogram<u64> {
+pub(crate) fn new_histogram() -> Histogram<u64> {
     match Histogram::new_with_bounds(1, 3_600_000_000_000, 3) {
         Ok(h) => h,
         Err(e) => unreachable!("constant histogram bounds are valid: {e}"),
@@ -81,7 +72,7 @@ pub fn new_histogram() -> Histogram<u64> {
 
 /// How often a stage's thread-local samples are merged into the shared histogram (and at
 /// its end), so the shared lock is not taken per sample.
-pub const MERGE_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+pub(crate) const MERGE_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Samples a thread keeps as a list before it spills them into a histogram of its own.
 const SAMPLES_HELD: usize = 4096;
@@ -126,7 +117,7 @@ impl LocalLatency {
 }
 
 /// Decode workers whose queue depth is reported (more still work, unreported).
-pub const MAX_DECODE_WORKERS: usize = 64;
+pub(crate) const MAX_DECODE_WORKERS: usize = 64;
 
 /// Everything the pipeline counts and times.
 pub struct Metrics {

@@ -8,7 +8,7 @@
 
 use std::borrow::Cow;
 
-use super::scan::{FieldIndex, Scalar, Scanned, VALUES};
+use super::{FieldIndex, Scalar, Scanned, VALUES};
 
 /// Powers of ten that are exact in an `f64`: a significand up to 2^53 times or over one of
 /// them is a single correctly rounded operation, as in serde_json.
@@ -26,7 +26,7 @@ const MAX_RESERVED_ROWS: usize = 1024;
 /// Scans `text` (already checked as UTF-8); `None` means "let the serde scan decide".
 /// The numbers match serde_json's as long as its `arbitrary_precision` feature stays off
 /// (with it, the serde scan would see numbers as maps and give up).
-pub fn scan_plain<'a>(text: &'a str, fields: &FieldIndex) -> Option<Scanned<'a>> {
+pub(super) fn scan_plain<'a>(text: &'a str, fields: &FieldIndex) -> Option<Scanned<'a>> {
     let mut cursor = Cursor {
         text,
         at: 0,
@@ -341,7 +341,7 @@ impl<'a> Cursor<'a> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::scan::scan_serde;
+    use super::super::scan_serde;
     use super::*;
 
     fn fields() -> FieldIndex {

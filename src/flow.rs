@@ -1,0 +1,209 @@
+//! The vocabulary of the pipeline: the typed messages its stages hand each other, and
+//! nothing else. Sources produce [`Message`]s, wrapped with control items in [`Ingest`] on
+//! the decode queues; decode workers flush [`TableBatch`]es and send [`TableEvent`]s to the
+//! rule queues named by the [`RuleFanout`]; anything unusable becomes a [`DeadLetter`] with
+//! its [`Reason`]. This module imports only `schema`, `time` and external crates, so every
+//! stage can depend on it and it depends on no stage.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::StringArray;
+use datafusion::arrow::record_batch::RecordBatch;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::time::EpochMs;
+
+// ---- What a source hands to the pipeline ----
+
+/// One message as it arrived, before decoding.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// Virtual arrival time: the fixture's `at` offset in replay, milliseconds since start live.
+    pub at_ms: i64,
+    pub topic: String,
+    /// The payload bytes exactly as received (JSON text when valid). Shared, not copied:
+    /// a slice of the fixture's read buffer or of the MQTT client's receive buffer.
+    pub payload: bytes::Bytes,
+    /// A recorded payload that was not JSON (`"raw"` in a fixture): always dead-lettered.
+    pub recorded_invalid: bool,
+    /// Wall-clock arrival, nanoseconds since the pipeline's start (for latency).
+    pub arrived_ns: u64,
+}
+
+/// What travels through the decode queues, in order.
+#[derive(Debug)]
+pub(crate) enum Ingest {
+    Message(Message),
+    /// Messages a source read together for the same worker, in arrival order: one queue
+    /// operation and at most one wake-up for the lot (see `queue::Bursts`).
+    Messages(Vec<Message>),
+    /// The virtual clock reached `now_ms`; lets idle tables advance their watermark.
+    Tick {
+        now_ms: i64,
+    },
+    /// A new fan-out after a rule reload: rows before this point go to the old one.
+    Reroute(Arc<RuleFanout>),
+    /// The source is exhausted; flush everything.
+    End,
+}
+
+/// The decode queues closed: every decode worker has gone (only at shutdown or after a
+/// crash). Whoever hands items over stops.
+#[derive(Debug, thiserror::Error)]
+#[error("the decode workers have stopped")]
+pub struct Closed;
+
+// ---- What the rule stage receives ----
+
+/// A flushed batch of one table, shared by every rule that reads the table.
+#[derive(Debug)]
+pub struct TableBatch {
+    /// Position of the table in the catalog.
+    pub table: usize,
+    pub batch: RecordBatch,
+    /// Wall-clock arrival of each row (ns since pipeline start), for detection latency.
+    pub arrivals_ns: Vec<u64>,
+    /// Virtual arrival time of each row (ms), for idle detection and dead letters.
+    pub at_ms: Vec<EpochMs>,
+    /// Topic of each row's message, for dead letters.
+    pub topics: StringArray,
+}
+
+/// What the rule stage receives for a table, in arrival order.
+#[derive(Debug, Clone)]
+pub(crate) enum TableEvent {
+    Batch(Arc<TableBatch>),
+    /// No row arrived for `idle_timeout`: at virtual time `now_ms`, the last row had arrived
+    /// at `last_arrival_ms`. Every row of the table received so far was sent before this.
+    Idle {
+        table: usize,
+        now_ms: EpochMs,
+        last_arrival_ms: EpochMs,
+        arrived_ns: u64,
+    },
+    /// The source is exhausted.
+    End {
+        arrived_ns: u64,
+    },
+}
+
+/// Per table, the queues of the rules reading it. Decode workers hold their tables' part; a
+/// reload hands them a new fan-out in-band (`Ingest::Reroute`), so the switch from a rule's
+/// old version to its new one falls at one exact point of each table's stream.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RuleFanout {
+    by_table: Vec<Vec<mpsc::Sender<TableEvent>>>,
+}
+
+impl RuleFanout {
+    pub(crate) fn new(tables: usize) -> Self {
+        RuleFanout {
+            by_table: vec![Vec::new(); tables],
+        }
+    }
+
+    /// Adds a rule's queue to one table.
+    pub(crate) fn add(&mut self, table: usize, queue: mpsc::Sender<TableEvent>) {
+        if let Some(queues) = self.by_table.get_mut(table) {
+            queues.push(queue);
+        }
+    }
+
+    /// The part a decode worker needs: the queues of its own tables, nothing for the others.
+    pub(crate) fn for_tables(&self, tables: &[usize]) -> Vec<Vec<mpsc::Sender<TableEvent>>> {
+        self.by_table
+            .iter()
+            .enumerate()
+            .map(|(t, queues)| {
+                if tables.contains(&t) {
+                    queues.clone()
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect()
+    }
+}
+
+// ---- What the pipeline will not use ----
+
+/// Why a row was not used. The string forms are part of the contract (file, metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// The payload is not JSON.
+    MalformedJson,
+    /// The payload, or an element of a payload array, is not a JSON object.
+    NotAnObject,
+    /// The row has no `ts`.
+    MissingTs,
+    /// `ts` is neither epoch milliseconds nor a date-time text.
+    BadTs,
+    /// `ts` is before 2000 or too far ahead of the clock.
+    TsOutOfRange,
+    /// A column holds a value of the wrong type (e.g. text in a number column).
+    WrongType,
+    /// The topic does not match the pattern or names no known table.
+    UnknownTopic,
+    /// The payload exceeds `engine.max_payload_bytes`.
+    Oversized,
+    /// Neither the payload nor the topic names the device.
+    MissingDeviceId,
+    /// Every window the row belongs to had already closed (per rule).
+    Late,
+}
+
+impl Reason {
+    /// Every reason, in a stable order for reports.
+    pub const ALL: [Reason; 10] = [
+        Reason::MalformedJson,
+        Reason::NotAnObject,
+        Reason::MissingTs,
+        Reason::BadTs,
+        Reason::TsOutOfRange,
+        Reason::WrongType,
+        Reason::UnknownTopic,
+        Reason::Oversized,
+        Reason::MissingDeviceId,
+        Reason::Late,
+    ];
+
+    /// The snake_case name used in files and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::MalformedJson => "malformed_json",
+            Reason::NotAnObject => "not_an_object",
+            Reason::MissingTs => "missing_ts",
+            Reason::BadTs => "bad_ts",
+            Reason::TsOutOfRange => "ts_out_of_range",
+            Reason::WrongType => "wrong_type",
+            Reason::UnknownTopic => "unknown_topic",
+            Reason::Oversized => "oversized",
+            Reason::MissingDeviceId => "missing_device_id",
+            Reason::Late => "late",
+        }
+    }
+
+    /// Position in [`Reason::ALL`], for counter arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One rejected row (or whole message, when it could not be split into rows).
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    pub reason: Reason,
+    /// What exactly was wrong, for a person.
+    pub detail: String,
+    pub topic: String,
+    /// Virtual arrival time of the message.
+    pub at: i64,
+    /// The rule for which the row was late; absent for decode rejections.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// The row (or the payload text when it was not JSON, truncated when oversized).
+    pub payload: Value,
+}

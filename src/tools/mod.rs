@@ -1,0 +1,12 @@
+//! The command-line tools beside `cityops run`, one file each: `check` (every rule problem
+//! at once), `rule_test` (`cityops test`, declarative rule tests on the virtual clock),
+//! `bench` (a replay measured end to end, scored and written out), `generator` (`cityops gen`: seeded synthetic
+//! cities with labelled incidents), `record` (live MQTT into a fixture) and `replay`
+//! (a fixture published to a broker: the load generator).
+
+pub mod bench;
+pub mod check;
+pub mod generator;
+pub mod record;
+pub mod replay;
+pub mod rule_test;
