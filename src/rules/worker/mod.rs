@@ -1,44 +1,46 @@
 //! Evaluating one rule over its table's batches, as one task per rule (rules run in
-//! parallel). Window rules route each batch's rows to their open windows, whose plan
-//! executions are fed as rows arrive; when the watermark passes a window's end its stream
-//! is ended and its result rows are ready within a millisecond. Rows failing the rule's
-//! WHERE clause are dropped before any plan sees them.
-//! Row rules evaluate each batch and step the lifecycle row by row in arrival order.
-//! A failing evaluation is counted and reported; the rule and the others go on.
+//! parallel). A `RuleWorker` is two halves: the state its kind of rule keeps between
+//! batches (`KindState`, one variant per kind) and what every kind shares (`Judge`: the
+//! rule, its alert lifecycle, the pipeline's channels). Each kind's file owns its state and
+//! its handlers for a batch, an idle tick and the end of input:
+//! - `rows`: row rules evaluate each batch and step the lifecycle row by row in arrival
+//!   order;
+//! - `windows`: window rules route each batch's rows to their open windows, whose plan
+//!   executions are fed as rows arrive; when the watermark passes a window's end its
+//!   stream is ended and its result rows are ready within a millisecond;
+//! - `sessions`: session rules gather rows per key into sessions, judged when they close;
+//! - `snapshots`: `devices` rules judge a snapshot of each table's devices each minute.
+//!
+//! Rows failing the rule's WHERE clause are dropped before any plan sees them. A failing
+//! evaluation is counted and reported; the rule and the others go on.
 
-use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch, UInt32Array};
-use datafusion::arrow::datatypes::{TimestampMillisecondType, UInt32Type};
-use datafusion::error::DataFusionError;
-use datafusion::physical_plan::common::collect;
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use futures::StreamExt;
-use futures::channel::mpsc as feed_channel;
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::datatypes::TimestampMillisecondType;
 use tokio::sync::mpsc;
 
-use super::compile::{CompiledRule, EngineColumns, RuleKind};
-use super::devices::{DeviceWatch, Snapshot};
-use super::health::RuleHealth;
-use super::output::{key_of, level_of, result_json, row_json, values_of};
-use super::session::{ClosedSession, Sessions};
-use crate::alert::lifecycle::{CleanStep, Evidence, FiringAlert, Lifecycle, Transition};
+use super::compile::{CompiledRule, RuleKind};
+use crate::alert::lifecycle::{CleanStep, FiringAlert, Lifecycle};
 use crate::alert::warning::Warning;
-use crate::batch::{TableBatch, TableEvent};
-use crate::deadletter::{DeadLetter, Reason};
+use crate::batch::TableEvent;
+use crate::deadletter::DeadLetter;
 use crate::metrics::{LocalLatency, MERGE_EVERY, Metrics, Stage};
 use crate::time::{EpochMs, wall_now_ms};
-use crate::window::WindowClock;
 
+mod judge;
 mod rows;
 mod sessions;
 mod snapshots;
 mod windows;
 
-use windows::Windows;
+use judge::{Judge, JudgeFrom};
+use rows::RowState;
+use sessions::SessionState;
+use snapshots::DevicesState;
+use windows::WindowState;
 
 /// Which clock stamps `detected_at`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,77 +87,53 @@ pub struct RuleReport {
     pub last_error: Option<String>,
 }
 
-/// Where and when a result row was found: the part of a breach the caller knows.
-#[derive(Debug, Clone, Copy)]
-struct Found {
-    window: Option<(EpochMs, EpochMs)>,
-    /// Event time of the breach (a window's or session's start, a snapshot's time).
-    event_ms: EpochMs,
-    detected_ms: EpochMs,
-    arrived_ns: u64,
+/// What a rule keeps between batches, by kind; each variant's state and handlers live in
+/// that kind's file.
+enum KindState {
+    Row(RowState),
+    Window(WindowState),
+    Session(SessionState),
+    Devices(DevicesState),
 }
 
-/// The evaluation state of one rule.
-pub struct RuleWorker {
-    rule: Arc<CompiledRule>,
-    lifecycle: Lifecycle,
-    windows: Option<Windows>,
-    sessions: Option<Sessions>,
-    devices: Option<DeviceWatch>,
-    ctx: WorkerContext,
-    errors: u64,
-    last_error: Option<String>,
-    eval_latency: LocalLatency,
-    detection_latency: LocalLatency,
-    /// Max `ts` of the rows seen (stamps the resolutions of a retired rule).
-    last_event_ms: Option<EpochMs>,
-    /// A version swapped in mid-stream judges only windows (and sessions) that start at or
-    /// after its first row, so every window it judges saw all of its rows.
-    judge_from: JudgeFrom,
-    /// This rule's live counters (`/api/rules`).
-    health: Arc<RuleHealth>,
-    last_merge: Instant,
-}
+impl KindState {
+    fn new(rule: &CompiledRule, ctx: &WorkerContext) -> Self {
+        match rule.kind {
+            RuleKind::Row => KindState::Row(RowState),
+            RuleKind::Window(spec) => KindState::Window(WindowState::new(spec, rule.lateness_ms)),
+            RuleKind::Session { gap_ms } => {
+                KindState::Session(SessionState::new(gap_ms, rule.lateness_ms, rule.session_key.clone()))
+            }
+            RuleKind::Devices => KindState::Devices(DevicesState::new(ctx.table_names.clone())),
+        }
+    }
 
-/// Which windows a rule version judges.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum JudgeFrom {
-    /// Every window (the version started with the stream).
-    Start,
-    /// Swapped in mid-stream; waits for its first row.
-    FirstRow,
-    /// Windows starting at or after this event time.
-    Ts(EpochMs),
-}
-
-impl JudgeFrom {
-    /// Whether a window starting at `start` is this version's to judge. A session is whole
-    /// only if the version also saw the `lead` (its gap) before it, hence the lead.
-    fn covers(self, start: EpochMs, lead: i64) -> bool {
+    /// How much the rule holds now (open windows, open sessions, watched devices), as the
+    /// live view shows it.
+    fn size(&self) -> usize {
         match self {
-            JudgeFrom::Start => true,
-            JudgeFrom::FirstRow => false,
-            JudgeFrom::Ts(from) => start >= from.saturating_add(lead),
+            KindState::Row(_) => 0,
+            KindState::Window(windows) => windows.open_windows(),
+            KindState::Session(sessions) => sessions.open_sessions(),
+            KindState::Devices(devices) => devices.watched(),
         }
     }
 }
 
+/// The evaluation state of one rule.
+pub struct RuleWorker {
+    state: KindState,
+    judge: Judge,
+    /// Time spent evaluating each batch.
+    eval_latency: LocalLatency,
+    /// Max `ts` of the rows seen (stamps the resolutions of a retired rule).
+    last_event_ms: Option<EpochMs>,
+    last_merge: Instant,
+}
+
 impl RuleWorker {
     pub fn new(rule: Arc<CompiledRule>, ctx: WorkerContext) -> Self {
-        let windows = match rule.kind {
-            RuleKind::Window(spec) => Some(Windows {
-                clock: WindowClock::new(spec, rule.lateness_ms),
-                open: BTreeMap::new(),
-                judged_through: None,
-                row_max_ts: None,
-            }),
-            RuleKind::Row | RuleKind::Session { .. } | RuleKind::Devices => None,
-        };
-        let devices = (rule.kind == RuleKind::Devices).then(|| DeviceWatch::new(ctx.table_names.clone()));
-        let sessions = match rule.kind {
-            RuleKind::Session { gap_ms } => Some(Sessions::new(gap_ms, rule.lateness_ms, rule.session_key.clone())),
-            _ => None,
-        };
+        let state = KindState::new(&rule, &ctx);
         let health = ctx.metrics.rules.register(
             &rule.id,
             &rule.version,
@@ -164,20 +142,11 @@ impl RuleWorker {
             &rule.info.description,
         );
         RuleWorker {
-            last_merge: Instant::now(),
-            health,
-            sessions,
-            devices,
-            lifecycle: Lifecycle::new(&rule.id, rule.policy),
-            rule,
-            windows,
-            ctx,
-            errors: 0,
-            last_error: None,
+            state,
+            judge: Judge::new(rule, ctx, health),
             eval_latency: LocalLatency::new(),
-            detection_latency: LocalLatency::new(),
             last_event_ms: None,
-            judge_from: JudgeFrom::Start,
+            last_merge: Instant::now(),
         }
     }
 
@@ -187,35 +156,43 @@ impl RuleWorker {
     /// Window and session state is not carried: the plan changed, so this version judges
     /// only windows that start after it took over.
     pub async fn take_over(&mut self, mut previous: RuleWorker) {
-        let key_names = |w: &RuleWorker| w.rule.layout.key.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        let key_names = |w: &RuleWorker| {
+            w.judge
+                .rule
+                .layout
+                .key
+                .iter()
+                .map(|(n, _)| n.clone())
+                .collect::<Vec<_>>()
+        };
         if key_names(self) == key_names(&previous) {
-            self.lifecycle.adopt(std::mem::replace(
-                &mut previous.lifecycle,
-                Lifecycle::new(&previous.rule.id, previous.rule.policy),
-            ));
+            let old = &mut previous.judge;
+            let fresh = Lifecycle::new(&old.rule.id, old.rule.policy);
+            self.judge.lifecycle.adopt(std::mem::replace(&mut old.lifecycle, fresh));
         } else {
             previous.retire().await;
         }
-        self.errors += previous.errors;
-        self.last_error = previous.last_error.take();
+        self.judge.errors += previous.judge.errors;
+        self.judge.last_error = previous.judge.last_error.take();
         self.last_event_ms = previous.last_event_ms;
-        if self.devices.is_some() && previous.devices.is_some() {
-            self.devices = previous.devices.take();
+        if matches!(self.state, KindState::Devices(_)) && matches!(previous.state, KindState::Devices(_)) {
+            self.state = previous.state;
         }
-        self.judge_from = JudgeFrom::FirstRow;
+        self.judge.judge_from = JudgeFrom::FirstRow;
     }
 
     /// Resolves every firing alert: the rule was removed (or replaced by a version that
     /// keys its alerts differently).
     pub async fn retire(&mut self) {
         let event_ms = self.last_event_ms.unwrap_or_else(wall_now_ms);
+        let judge = &mut self.judge;
         let step = CleanStep {
             window: None,
-            detected_ms: self.detected(event_ms),
-            arrived_ns: self.ctx.metrics.now_ns(),
+            detected_ms: judge.detected(event_ms),
+            arrived_ns: judge.ctx.metrics.now_ns(),
         };
-        for t in self.lifecycle.retire(step) {
-            self.emit(t).await;
+        for t in judge.lifecycle.retire(step) {
+            judge.emit(t).await;
         }
         self.merge_histograms(true);
     }
@@ -224,8 +201,9 @@ impl RuleWorker {
     /// last merge is `MERGE_EVERY` old.
     fn merge_histograms(&mut self, now: bool) {
         if now || self.last_merge.elapsed() >= MERGE_EVERY {
-            self.ctx.metrics.merge(Stage::RuleEval, &mut self.eval_latency);
-            self.ctx.metrics.merge(Stage::Detection, &mut self.detection_latency);
+            let metrics = &self.judge.ctx.metrics;
+            metrics.merge(Stage::RuleEval, &mut self.eval_latency);
+            metrics.merge(Stage::Detection, &mut self.judge.detection_latency);
             self.last_merge = Instant::now();
         }
     }
@@ -233,10 +211,10 @@ impl RuleWorker {
     /// What the rule reports at the end of a run.
     pub fn report(&self) -> RuleReport {
         RuleReport {
-            rule: self.rule.id.clone(),
-            firing: self.lifecycle.firing(),
-            errors: self.errors,
-            last_error: self.last_error.clone(),
+            rule: self.judge.rule.id.clone(),
+            firing: self.judge.lifecycle.firing(),
+            errors: self.judge.errors,
+            last_error: self.judge.last_error.clone(),
         }
     }
 
@@ -247,8 +225,8 @@ impl RuleWorker {
             return;
         };
         self.last_event_ms = self.last_event_ms.max(Some(max));
-        if self.judge_from == JudgeFrom::FirstRow {
-            self.judge_from = JudgeFrom::Ts(min);
+        if self.judge.judge_from == JudgeFrom::FirstRow {
+            self.judge.judge_from = JudgeFrom::Ts(min);
         }
     }
 
@@ -261,14 +239,15 @@ impl RuleWorker {
                 TableEvent::Batch(batch) => {
                     let started = Instant::now();
                     self.observe_times(&batch.batch);
-                    let result = match self.rule.kind {
-                        RuleKind::Row => self.on_row_batch(&batch).await,
-                        RuleKind::Window(_) => self.on_window_batch(&batch).await,
-                        RuleKind::Session { .. } => self.on_session_batch(&batch).await,
-                        RuleKind::Devices => self.on_devices_batch(&batch).await,
+                    let judge = &mut self.judge;
+                    let result = match &mut self.state {
+                        KindState::Row(rows) => rows.on_batch(judge, &batch).await,
+                        KindState::Window(windows) => windows.on_batch(judge, &batch).await,
+                        KindState::Session(sessions) => sessions.on_batch(judge, &batch).await,
+                        KindState::Devices(devices) => devices.on_batch(judge, &batch).await,
                     };
                     if let Err(e) = result {
-                        self.fail(&e);
+                        self.judge.fail(&e);
                     }
                     let took_ns = started.elapsed().as_nanos().max(1) as u64;
                     self.eval_latency.record(took_ns);
@@ -281,14 +260,31 @@ impl RuleWorker {
                     last_arrival_ms,
                     arrived_ns,
                 } => {
-                    self.on_idle(table, now_ms, last_arrival_ms, arrived_ns).await;
+                    let judge = &mut self.judge;
+                    match &mut self.state {
+                        KindState::Row(_) => {}
+                        KindState::Window(windows) => {
+                            windows.on_idle(judge, now_ms, last_arrival_ms, arrived_ns).await;
+                        }
+                        KindState::Session(sessions) => {
+                            sessions.on_idle(judge, now_ms, last_arrival_ms, arrived_ns).await;
+                        }
+                        KindState::Devices(devices) => {
+                            devices.on_idle(judge, table, now_ms, last_arrival_ms, arrived_ns).await;
+                        }
+                    }
                 }
                 TableEvent::End { arrived_ns } => {
                     ends += 1;
-                    if ends < self.ctx.inputs {
+                    if ends < self.judge.ctx.inputs {
                         continue;
                     }
-                    self.on_end(arrived_ns).await;
+                    let judge = &mut self.judge;
+                    match &mut self.state {
+                        KindState::Row(_) | KindState::Devices(_) => {}
+                        KindState::Window(windows) => windows.on_end(judge, arrived_ns).await,
+                        KindState::Session(sessions) => sessions.on_end(judge, arrived_ns).await,
+                    }
                     self.note_state();
                     break;
                 }
@@ -300,7 +296,7 @@ impl RuleWorker {
 
     /// Publishes the rule's counters after a batch.
     fn note_batch(&self, rows: usize, took_ns: u64) {
-        let health = &self.health;
+        let health = &self.judge.health;
         health.rows_in.fetch_add(rows as u64, Ordering::Relaxed);
         health.batches.fetch_add(1, Ordering::Relaxed);
         health.eval_ns.fetch_add(took_ns, Ordering::Relaxed);
@@ -309,128 +305,10 @@ impl RuleWorker {
 
     /// Publishes the state the rule holds now and its live alerts.
     fn note_state(&self) {
-        let health = &self.health;
-        let state = match (&self.windows, &self.sessions, &self.devices) {
-            (Some(windows), _, _) => windows.open.len(),
-            (_, Some(sessions), _) => sessions.open_count(),
-            (_, _, Some(devices)) => devices.watched(),
-            _ => 0,
-        };
-        health.state_size.store(state as u64, Ordering::Relaxed);
-        health.alerts.store(self.lifecycle.len() as u64, Ordering::Relaxed);
-    }
-
-    pub(super) fn fail(&mut self, error: &DataFusionError) {
-        self.errors += 1;
-        self.last_error = Some(error.strip_backtrace());
-        self.health.failed(&error.strip_backtrace());
-        self.ctx.metrics.rule_errors.fetch_add(1, Ordering::Relaxed);
-        // The first failures are logged in full; later ones are counted (see the summary).
-        if self.errors <= 3 {
-            tracing::warn!(rule = %self.rule.id, error = %error.strip_backtrace(), "rule evaluation failed; the rule goes on");
-        }
-    }
-
-    pub(super) fn dead_letter_late(&self, input: &TableBatch, late: &[u32]) {
-        if late.is_empty() {
-            return;
-        }
-        self.ctx
-            .metrics
-            .add_late(&self.ctx.table_name, &self.rule.id, late.len() as u64);
-        for &row in late {
-            let row = row as usize;
-            let _ = self.ctx.dead_letters.send(DeadLetter {
-                reason: Reason::Late,
-                detail: format!("every window of rule {} holding this row had closed", self.rule.id),
-                topic: input.topics.value(row).to_string(),
-                at: input.at_ms[row],
-                rule: Some(self.rule.id.clone()),
-                payload: row_json(&input.batch, row),
-            });
-        }
-    }
-
-    async fn on_idle(&mut self, table: usize, now_ms: EpochMs, last_arrival_ms: EpochMs, arrived_ns: u64) {
-        match self.rule.kind {
-            RuleKind::Row => {}
-            RuleKind::Window(_) => self.idle_windows(now_ms, last_arrival_ms, arrived_ns).await,
-            RuleKind::Session { .. } => self.idle_sessions(now_ms, last_arrival_ms, arrived_ns).await,
-            RuleKind::Devices => self.idle_devices(table, now_ms, last_arrival_ms, arrived_ns).await,
-        }
-    }
-
-    async fn on_end(&mut self, arrived_ns: u64) {
-        match self.rule.kind {
-            RuleKind::Row | RuleKind::Devices => {}
-            RuleKind::Window(_) => self.end_windows(arrived_ns).await,
-            RuleKind::Session { .. } => self.end_sessions(arrived_ns).await,
-        }
-    }
-
-    // ---- shared ----------------------------------------------------------------------
-
-    /// Sends a window's result rows to the capture, when one is attached.
-    pub(super) fn capture(
-        &self,
-        start: EpochMs,
-        end: EpochMs,
-        rows: impl Iterator<Item = (usize, usize)>,
-        output: &[RecordBatch],
-    ) {
-        let Some(results) = &self.ctx.results else { return };
-        let rows = rows.map(|(b, r)| result_json(&output[b], r)).collect();
-        let _ = results.send(WindowResult {
-            rule: self.rule.id.clone(),
-            window_start: start,
-            window_end: end,
-            rows,
-        });
-    }
-
-    /// Steps the lifecycle with one result row as a breach; returns the row's key id.
-    async fn breach_row(&mut self, out: &RecordBatch, row: usize, found: Found) -> String {
-        let key = key_of(out, row, &self.rule.layout.key);
-        let id = key.id.clone();
-        let evidence = Evidence {
-            key,
-            level: self.level(out, row),
-            values: values_of(out, row, &self.rule.layout.values),
-            window: found.window,
-            event_ms: found.event_ms,
-            detected_ms: found.detected_ms,
-            arrived_ns: found.arrived_ns,
-        };
-        self.health.breaches.fetch_add(1, Ordering::Relaxed);
-        if let Some(t) = self.lifecycle.breach(evidence) {
-            self.emit(t).await;
-        }
-        id
-    }
-
-    pub(super) fn level(&mut self, out: &RecordBatch, row: usize) -> crate::alert::level::Level {
-        match level_of(out, row, self.rule.layout.level, self.rule.level) {
-            Ok(level) => level,
-            Err(message) => {
-                self.fail(&DataFusionError::Execution(format!("bad level value: {message}")));
-                self.rule.level
-            }
-        }
-    }
-
-    pub(super) fn detected(&self, event_ms: EpochMs) -> EpochMs {
-        match self.ctx.clock {
-            DetectionClock::EventTime => event_ms,
-            DetectionClock::Wall => wall_now_ms(),
-        }
-    }
-
-    pub(super) async fn emit(&mut self, transition: Transition) {
-        let emit_ns = self.ctx.metrics.now_ns();
-        self.detection_latency
-            .record(emit_ns.saturating_sub(transition.arrived_ns));
-        let warning = Warning::from_transition(&self.rule.info, transition, emit_ns);
-        // The sink ends only after every rule; a closed queue means shutdown is under way.
-        let _ = self.ctx.warnings.send(warning).await;
+        let health = &self.judge.health;
+        health.state_size.store(self.state.size() as u64, Ordering::Relaxed);
+        health
+            .alerts
+            .store(self.judge.lifecycle.len() as u64, Ordering::Relaxed);
     }
 }

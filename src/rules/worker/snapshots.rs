@@ -1,78 +1,102 @@
 //! `devices` rules: each table's device snapshot is judged when that table's event time
 //! passes a minute (`rules::devices`).
 
-use super::*;
+use std::collections::HashSet;
 
-impl RuleWorker {
-    // ---- devices rules ----------------------------------------------------------------
+use datafusion::error::DataFusionError;
+use datafusion::physical_plan::common::collect;
 
-    pub(super) async fn on_devices_batch(&mut self, input: &TableBatch) -> Result<(), DataFusionError> {
-        let Some(watch) = self.devices.as_mut() else {
-            return Ok(());
-        };
-        let due = watch.observe(input)?;
-        let now_ns = self.ctx.metrics.now_ns();
+use super::judge::{Found, Judge};
+use crate::alert::lifecycle::{AlertKey, CleanStep};
+use crate::batch::TableBatch;
+use crate::rules::devices::{DeviceWatch, Snapshot};
+use crate::schema::TABLE_NAME;
+use crate::time::EpochMs;
+
+/// A `devices` rule's state: the devices seen on each watched table and when. A new
+/// version of the rule takes it over (`RuleWorker::take_over`).
+pub(super) struct DevicesState {
+    watch: DeviceWatch,
+}
+
+impl DevicesState {
+    pub(super) fn new(table_names: Vec<String>) -> Self {
+        DevicesState {
+            watch: DeviceWatch::new(table_names),
+        }
+    }
+
+    /// How many devices are watched.
+    pub(super) fn watched(&self) -> usize {
+        self.watch.watched()
+    }
+
+    /// Notes a batch's devices; judges the snapshots the batch's event time made due.
+    pub(super) async fn on_batch(&mut self, judge: &mut Judge, input: &TableBatch) -> Result<(), DataFusionError> {
+        let due = self.watch.observe(input)?;
+        let now_ns = judge.ctx.metrics.now_ns();
         for snapshot in due {
             let arrived_ns = snapshot.row.map(|r| input.arrivals_ns[r]).unwrap_or(now_ns);
-            self.judge_snapshot(snapshot, arrived_ns).await?;
+            judge_snapshot(judge, snapshot, arrived_ns).await?;
         }
         Ok(())
     }
 
-    /// Judges a `devices` snapshot: a breach per result row, a clean step for every other
-    /// live alert.
-    pub(super) async fn judge_snapshot(&mut self, snapshot: Snapshot, arrived_ns: u64) -> Result<(), DataFusionError> {
-        let output = collect(self.rule.execute(self.rule.stream_of(vec![snapshot.batch]))?).await?;
-        self.health.evaluated(snapshot.at_ms);
-        let detected_ms = self.detected(snapshot.at_ms);
-        let mut breached = HashSet::new();
-        for out in &output {
-            for r in 0..out.num_rows() {
-                let found = Found {
-                    window: None,
-                    event_ms: snapshot.at_ms,
-                    detected_ms,
-                    arrived_ns,
-                };
-                breached.insert(self.breach_row(out, r, found).await);
-            }
-        }
-        // The snapshot covered one table: only that table's alerts can be clean.
-        let table = serde_json::Value::String(snapshot.table_name.clone());
-        let judged = |key: &crate::alert::lifecycle::AlertKey| {
-            key.fields
-                .iter()
-                .all(|(name, value)| name != crate::schema::TABLE_NAME || *value == table)
-        };
-        for t in self.lifecycle.clean_where(
-            &breached,
-            CleanStep {
-                window: None,
-                detected_ms,
-                arrived_ns,
-            },
-            judged,
-        ) {
-            self.emit(t).await;
-        }
-        Ok(())
-    }
-
-    pub(super) async fn idle_devices(
+    /// A table is idle: its snapshot is judged when the clock says a minute has passed.
+    pub(super) async fn on_idle(
         &mut self,
+        judge: &mut Judge,
         table: usize,
         now_ms: EpochMs,
         last_arrival_ms: EpochMs,
         arrived_ns: u64,
     ) {
-        let Some(watch) = self.devices.as_mut() else { return };
-        let judged = match watch.idle(table, now_ms, last_arrival_ms) {
-            Ok(Some(snapshot)) => self.judge_snapshot(snapshot, arrived_ns).await,
+        let judged = match self.watch.idle(table, now_ms, last_arrival_ms) {
+            Ok(Some(snapshot)) => judge_snapshot(judge, snapshot, arrived_ns).await,
             Ok(None) => Ok(()),
             Err(e) => Err(e.into()),
         };
         if let Err(e) = judged {
-            self.fail(&e);
+            judge.fail(&e);
         }
     }
+}
+
+/// Judges a `devices` snapshot: a breach per result row, a clean step for every other
+/// live alert.
+async fn judge_snapshot(judge: &mut Judge, snapshot: Snapshot, arrived_ns: u64) -> Result<(), DataFusionError> {
+    let output = collect(judge.rule.execute(judge.rule.stream_of(vec![snapshot.batch]))?).await?;
+    judge.health.evaluated(snapshot.at_ms);
+    let detected_ms = judge.detected(snapshot.at_ms);
+    let mut breached = HashSet::new();
+    for out in &output {
+        for r in 0..out.num_rows() {
+            let found = Found {
+                window: None,
+                event_ms: snapshot.at_ms,
+                detected_ms,
+                arrived_ns,
+            };
+            breached.insert(judge.breach_row(out, r, found).await);
+        }
+    }
+    // The snapshot covered one table: only that table's alerts can be clean.
+    let table = serde_json::Value::String(snapshot.table_name.clone());
+    let judged = |key: &AlertKey| {
+        key.fields
+            .iter()
+            .all(|(name, value)| name != TABLE_NAME || *value == table)
+    };
+    for t in judge.lifecycle.clean_where(
+        &breached,
+        CleanStep {
+            window: None,
+            detected_ms,
+            arrived_ns,
+        },
+        judged,
+    ) {
+        judge.emit(t).await;
+    }
+    Ok(())
 }

@@ -3,17 +3,180 @@
 //! rows arrive and driven on the rule's own task; when the watermark passes a window's end
 //! its stream is ended and its rows judged.
 
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
-use super::*;
+use datafusion::arrow::array::{AsArray, RecordBatch, UInt32Array};
+use datafusion::arrow::datatypes::TimestampMillisecondType;
+use datafusion::error::DataFusionError;
+use datafusion::physical_plan::common::collect;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::StreamExt;
+use futures::channel::mpsc as feed_channel;
+
+use super::judge::{Found, Judge};
+use crate::alert::lifecycle::CleanStep;
+use crate::batch::TableBatch;
+use crate::metrics::Stage;
+use crate::rules::compile::{CompiledRule, EngineColumns};
+use crate::rules::windowing::WindowSpec;
+use crate::time::EpochMs;
+use crate::window::WindowClock;
+
+/// A window rule's state: its windows' clock and the windows open now.
+pub(super) struct WindowState {
+    clock: WindowClock,
+    /// Open windows by end (each end has one window).
+    open: BTreeMap<EpochMs, OpenWindow>,
+    /// Every window ending at or before this has been closed and judged.
+    judged_through: Option<EpochMs>,
+    /// Max `ts` of the rows themselves (idle advances excluded), the base of idle time.
+    row_max_ts: Option<EpochMs>,
+}
+
+impl WindowState {
+    pub(super) fn new(spec: WindowSpec, lateness_ms: i64) -> Self {
+        WindowState {
+            clock: WindowClock::new(spec, lateness_ms),
+            open: BTreeMap::new(),
+            judged_through: None,
+            row_max_ts: None,
+        }
+    }
+
+    /// How many windows are open.
+    pub(super) fn open_windows(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Routes a batch's passing rows to their windows and feeds them; judges the windows
+    /// the batch's event time closed.
+    pub(super) async fn on_batch(&mut self, judge: &mut Judge, input: &TableBatch) -> Result<(), DataFusionError> {
+        let batch = &input.batch;
+        let ts = batch.column(0).as_primitive::<TimestampMillisecondType>();
+        // Rows failing the WHERE clause still move event time, but are fed to no window.
+        let passing = judge.rule.passing(batch)?;
+        let routing = match &passing {
+            Some(mask) => self.clock.route_kept(ts.values(), |r| mask.value(r)),
+            None => self.clock.route(ts.values()),
+        };
+        let spec = self.clock.spec();
+        let batch_max = ts.values().iter().copied().max();
+        self.row_max_ts = self.row_max_ts.max(batch_max);
+
+        for (end, rows) in routing.windows {
+            let (start, _) = spec.window_ending_at(end);
+            if !judge.judge_from.covers(start, 0) {
+                // Began before this version took over: its predecessor saw the first rows.
+                continue;
+            }
+            let window = self.open.entry(end).or_insert(OpenWindow::Idle);
+            if rows.is_empty() {
+                continue;
+            }
+            let rows = (rows.len() < batch.num_rows()).then(|| UInt32Array::from(rows));
+            let (start, end) = spec.window_ending_at(end);
+            window.feed(
+                &judge.rule,
+                judge
+                    .rule
+                    .input_of(batch, rows.as_ref(), EngineColumns::Window { start, end })?,
+            )?;
+        }
+        judge.dead_letter_late(input, &routing.late);
+        for advance in routing.advances {
+            let arrived_ns = advance
+                .row
+                .map(|r| input.arrivals_ns[r])
+                .unwrap_or_else(|| judge.ctx.metrics.now_ns());
+            self.judge_through(judge, advance.boundary, advance.event_ms, arrived_ns)
+                .await;
+        }
+        Ok(())
+    }
+
+    /// The table is idle: event time is taken to advance with the clock since its last row.
+    pub(super) async fn on_idle(
+        &mut self,
+        judge: &mut Judge,
+        now_ms: EpochMs,
+        last_arrival_ms: EpochMs,
+        arrived_ns: u64,
+    ) {
+        let Some(row_max_ts) = self.row_max_ts else { return };
+        let event_ms = row_max_ts + (now_ms - last_arrival_ms).max(0);
+        if let Some(advance) = self.clock.advance_to(event_ms) {
+            self.judge_through(judge, advance.boundary, advance.event_ms, arrived_ns)
+                .await;
+        }
+    }
+
+    /// The input ended: every open window is closed and judged.
+    pub(super) async fn on_end(&mut self, judge: &mut Judge, arrived_ns: u64) {
+        let spec = self.clock.spec();
+        let max_ts = self.clock.max_ts().unwrap_or_default();
+        let open = std::mem::take(&mut self.open);
+        for (end, window) in open {
+            let (start, end) = spec.window_ending_at(end);
+            window.close(judge, start, end, max_ts, arrived_ns).await;
+        }
+    }
+
+    /// Closes and judges every window ending in (judged_through, boundary], in order.
+    /// Windows without rows are clean steps for every live alert.
+    async fn judge_through(&mut self, judge: &mut Judge, boundary: EpochMs, event_ms: EpochMs, arrived_ns: u64) {
+        let spec = self.clock.spec();
+        let step = spec.step_ms();
+        let from = self
+            .judged_through
+            .or_else(|| self.open.keys().next().map(|end| end - step))
+            .unwrap_or(boundary)
+            .min(boundary);
+        self.judged_through = Some(boundary);
+        // Beyond `resolve_after` empty windows nothing more can change; skip long silences.
+        let mut empty_budget = judge.rule.policy.resolve_after as usize;
+        let ends: Vec<EpochMs> = if (boundary - from) / step <= 100_000 {
+            self.clock.ends_between(from, boundary).collect()
+        } else {
+            self.open.range(..=boundary).map(|(end, _)| *end).collect()
+        };
+        for end in ends {
+            let (start, end) = spec.window_ending_at(end);
+            if !judge.judge_from.covers(start, 0) {
+                continue;
+            }
+            match self.open.remove(&end) {
+                Some(window) => {
+                    empty_budget = judge.rule.policy.resolve_after as usize;
+                    window.close(judge, start, end, event_ms, arrived_ns).await;
+                }
+                None if !judge.lifecycle.is_empty() && empty_budget > 0 => {
+                    empty_budget -= 1;
+                    let step = CleanStep {
+                        window: Some((start, end)),
+                        detected_ms: judge.detected(event_ms),
+                        arrived_ns,
+                    };
+                    for t in judge.lifecycle.clean_all_except(&HashSet::new(), step) {
+                        judge.emit(t).await;
+                    }
+                }
+                None => {}
+            }
+        }
+    }
+}
 
 type WindowRun = Pin<Box<dyn Future<Output = Result<Vec<RecordBatch>, DataFusionError>> + Send>>;
 
 /// One open window's plan execution. It starts with the window's first passing row, so a
 /// window whose rows all fail the WHERE clause costs no execution and yields no rows.
-pub(super) enum OpenWindow {
+enum OpenWindow {
     /// No row has reached the plan yet.
     Idle,
     /// Fed through the channel; polled after each batch, so the plan folds rows in as
@@ -62,162 +225,29 @@ impl OpenWindow {
             OpenWindow::Ended(result) => result,
         }
     }
-}
 
-pub(super) struct Windows {
-    pub(super) clock: WindowClock,
-    /// Open windows by end (each end has one window).
-    pub(super) open: BTreeMap<EpochMs, OpenWindow>,
-    /// Every window ending at or before this has been closed and judged.
-    pub(super) judged_through: Option<EpochMs>,
-    /// Max `ts` of the rows themselves (idle advances excluded), the base of idle time.
-    pub(super) row_max_ts: Option<EpochMs>,
-}
-
-impl RuleWorker {
-    // ---- window rules ----------------------------------------------------------------
-
-    pub(super) async fn on_window_batch(&mut self, input: &TableBatch) -> Result<(), DataFusionError> {
-        let judge_from = self.judge_from;
-        let Some(windows) = self.windows.as_mut() else {
-            return Ok(());
-        };
-        let batch = &input.batch;
-        let ts = batch.column(0).as_primitive::<TimestampMillisecondType>();
-        // Rows failing the WHERE clause still move event time, but are fed to no window.
-        let passing = self.rule.passing(batch)?;
-        let routing = match &passing {
-            Some(mask) => windows.clock.route_kept(ts.values(), |r| mask.value(r)),
-            None => windows.clock.route(ts.values()),
-        };
-        let spec = windows.clock.spec();
-        let batch_max = ts.values().iter().copied().max();
-        windows.row_max_ts = windows.row_max_ts.max(batch_max);
-
-        for (end, rows) in routing.windows {
-            let (start, _) = spec.window_ending_at(end);
-            if !judge_from.covers(start, 0) {
-                // Began before this version took over: its predecessor saw the first rows.
-                continue;
-            }
-            let window = windows.open.entry(end).or_insert(OpenWindow::Idle);
-            if rows.is_empty() {
-                continue;
-            }
-            let rows = (rows.len() < batch.num_rows()).then(|| UInt32Array::from(rows));
-            let (start, end) = spec.window_ending_at(end);
-            window.feed(
-                &self.rule,
-                self.rule
-                    .input_of(batch, rows.as_ref(), EngineColumns::Window { start, end })?,
-            )?;
-        }
-        self.dead_letter_late(input, &routing.late);
-        for advance in routing.advances {
-            let arrived_ns = advance
-                .row
-                .map(|r| input.arrivals_ns[r])
-                .unwrap_or_else(|| self.ctx.metrics.now_ns());
-            self.judge_through(advance.boundary, advance.event_ms, arrived_ns).await;
-        }
-        Ok(())
-    }
-
-    pub(super) async fn idle_windows(&mut self, now_ms: EpochMs, last_arrival_ms: EpochMs, arrived_ns: u64) {
-        let Some(windows) = self.windows.as_mut() else { return };
-        let Some(row_max_ts) = windows.row_max_ts else { return };
-        // Event time is taken to advance with the clock since the table's last row.
-        let event_ms = row_max_ts + (now_ms - last_arrival_ms).max(0);
-        if let Some(advance) = windows.clock.advance_to(event_ms) {
-            self.judge_through(advance.boundary, advance.event_ms, arrived_ns).await;
-        }
-    }
-
-    pub(super) async fn end_windows(&mut self, arrived_ns: u64) {
-        let Some(windows) = self.windows.as_mut() else { return };
-        let spec = windows.clock.spec();
-        let max_ts = windows.clock.max_ts().unwrap_or_default();
-        let open = std::mem::take(&mut windows.open);
-        for (end, window) in open {
-            let (start, end) = spec.window_ending_at(end);
-            self.close(window, start, end, max_ts, arrived_ns).await;
-        }
-    }
-
-    /// Closes and judges every window ending in (judged_through, boundary], in order.
-    /// Windows without rows are clean steps for every live alert.
-    pub(super) async fn judge_through(&mut self, boundary: EpochMs, event_ms: EpochMs, arrived_ns: u64) {
-        let Some(windows) = self.windows.as_mut() else { return };
-        let spec = windows.clock.spec();
-        let step = spec.step_ms();
-        let from = windows
-            .judged_through
-            .or_else(|| windows.open.keys().next().map(|end| end - step))
-            .unwrap_or(boundary)
-            .min(boundary);
-        windows.judged_through = Some(boundary);
-        // Beyond `resolve_after` empty windows nothing more can change; skip long silences.
-        let mut empty_budget = self.rule.policy.resolve_after as usize;
-        let ends: Vec<EpochMs> = if (boundary - from) / step <= 100_000 {
-            windows.clock.ends_between(from, boundary).collect()
-        } else {
-            windows.open.range(..=boundary).map(|(end, _)| *end).collect()
-        };
-        for end in ends {
-            let (start, end) = spec.window_ending_at(end);
-            if !self.judge_from.covers(start, 0) {
-                continue;
-            }
-            let open = self.windows.as_mut().and_then(|w| w.open.remove(&end));
-            match open {
-                Some(window) => {
-                    empty_budget = self.rule.policy.resolve_after as usize;
-                    self.close(window, start, end, event_ms, arrived_ns).await;
-                }
-                None if !self.lifecycle.is_empty() && empty_budget > 0 => {
-                    empty_budget -= 1;
-                    let step = CleanStep {
-                        window: Some((start, end)),
-                        detected_ms: self.detected(event_ms),
-                        arrived_ns,
-                    };
-                    for t in self.lifecycle.clean_all_except(&HashSet::new(), step) {
-                        self.emit(t).await;
-                    }
-                }
-                None => {}
-            }
-        }
-    }
-
-    /// Ends one window's input, waits for its result rows and steps the lifecycle.
-    pub(super) async fn close(
-        &mut self,
-        window: OpenWindow,
-        start: EpochMs,
-        end: EpochMs,
-        event_ms: EpochMs,
-        arrived_ns: u64,
-    ) {
+    /// Ends the window's input, waits for its result rows and steps the lifecycle.
+    async fn close(self, judge: &mut Judge, start: EpochMs, end: EpochMs, event_ms: EpochMs, arrived_ns: u64) {
         let started = Instant::now();
-        let output = match window.finish().await {
+        let output = match self.finish().await {
             Ok(batches) => batches,
             Err(e) => {
-                self.fail(&e);
+                judge.fail(&e);
                 return;
             }
         };
-        self.ctx.metrics.windows_closed.fetch_add(1, Ordering::Relaxed);
-        self.health.evaluated(end);
-        self.ctx
+        judge.ctx.metrics.windows_closed.fetch_add(1, Ordering::Relaxed);
+        judge.health.evaluated(end);
+        judge
+            .ctx
             .metrics
             .record(Stage::WindowClose, started.elapsed().as_nanos() as u64);
         let all_rows = output
             .iter()
             .enumerate()
             .flat_map(|(b, out)| (0..out.num_rows()).map(move |r| (b, r)));
-        self.capture(start, end, all_rows, &output);
-        let detected_ms = self.detected(event_ms);
+        judge.capture(start, end, all_rows, &output);
+        let detected_ms = judge.detected(event_ms);
         let mut breached = HashSet::new();
         for out in &output {
             for r in 0..out.num_rows() {
@@ -227,7 +257,7 @@ impl RuleWorker {
                     detected_ms,
                     arrived_ns,
                 };
-                breached.insert(self.breach_row(out, r, found).await);
+                breached.insert(judge.breach_row(out, r, found).await);
             }
         }
         let step = CleanStep {
@@ -235,8 +265,8 @@ impl RuleWorker {
             detected_ms,
             arrived_ns,
         };
-        for t in self.lifecycle.clean_all_except(&breached, step) {
-            self.emit(t).await;
+        for t in judge.lifecycle.clean_all_except(&breached, step) {
+            judge.emit(t).await;
         }
     }
 }
