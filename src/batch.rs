@@ -1,7 +1,7 @@
 //! Rows → Arrow `RecordBatch`, one builder per table (hot path: columnar appends, no per-row
 //! allocation beyond Arrow's amortised buffers). A batch is flushed when it is full or its
-//! first row has lingered long enough into a `flow::TableBatch`. The row contract decoders
-//! fill (`Row`, `Cell`, `RowSink`) lives here, beside its consumer.
+//! first row has lingered long enough; a flush yields a `flow::TableBatch`. The row contract
+//! decoders fill (`Row`, `Cell`, `RowSink`) lives here, beside its consumer.
 
 use std::borrow::Cow;
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! nothing else. Sources produce [`Message`]s, wrapped with control items in [`Ingest`] on
 //! the decode queues; decode workers flush [`TableBatch`]es and send [`TableEvent`]s to the
 //! rule queues named by the [`RuleFanout`]; anything unusable becomes a [`DeadLetter`] with
-//! its [`Reason`]. This module imports only `schema`, `time` and external crates, so every
+//! its [`Reason`]. This module imports only `time` and external crates, so every
 //! stage can depend on it and it depends on no stage.
 
 use std::sync::Arc;

@@ -3,24 +3,24 @@
 //! through engineers' windowed SQL rules (DataFusion), and leaves as graded warnings with a
 //! lifecycle (pending, firing, resolved). Latency is recorded at every stage.
 //!
-//! Layout, in pipeline order. Every arrow between stages is a typed message of [`flow`];
+//! Layout, in pipeline order. Every arrow between stages is a typed message of `flow`;
 //! only [`pipeline`] knows the graph, and the top-level modules import each other without
 //! a cycle (`.ci/module-cycles` checks it).
-//! - [`flow`]: the messages stages exchange (`Message`, `Ingest`, `TableBatch`,
-//!   `TableEvent`, `RuleFanout`, `DeadLetter`). Imports only `schema` and `time`.
-//! - [`config`], [`schema`], [`time`], [`level`], [`topic`]: settings, the tables rules
+//! - `flow`: the messages stages exchange (`Message`, `Ingest`, `TableBatch`,
+//!   `TableEvent`, `RuleFanout`, `DeadLetter`). Imports only `time`.
+//! - `config`, `schema`, [`time`], `level`, `topic`: settings, the tables rules
 //!   query, time values, the four colours, the topic convention.
-//! - [`ingest`]: the sources (live MQTT, fixture replay) and the decode stage.
-//! - [`queue`]: the crossbeam handoff from a source to the decode workers, and its overflow
+//! - `ingest`: the sources (live MQTT, fixture replay) and the decode stage.
+//! - `queue`: the crossbeam handoff from a source to the decode workers, and its overflow
 //!   policy.
-//! - [`batch`]: rows → Arrow record batches, flushed on size or linger.
-//! - [`window`]: event time, watermarks, window geometry, sessions, late rows.
-//! - [`rules`]: rule files, the SQL sandbox, planning, and one worker per rule.
-//! - [`alert`]: the alert lifecycle, the warning JSON, and the sinks.
-//! - [`metrics`], [`deadletter`], [`summary`]: what was counted, rejected and timed.
-//! - [`broker`]: MQTT broker URLs and connection options, for sources, sinks and tools.
-//! - [`http`]: the dashboard, its API, its live view and `/metrics`.
-//! - [`shutdown`]: the stop handle of a run.
+//! - `batch`: rows → Arrow record batches, flushed on size or linger.
+//! - `window`: event time, watermarks, window geometry, sessions, late rows.
+//! - `rules`: rule files, the SQL sandbox, planning, and one worker per rule.
+//! - `alert`: the alert lifecycle, the warning JSON, and the sinks.
+//! - `metrics`, `deadletter`, `summary`: what was counted, rejected and timed.
+//! - `broker`: MQTT broker URLs and connection options, for sources, sinks and tools.
+//! - `http`: the dashboard, its API, its live view and `/metrics`.
+//! - `shutdown`: the stop handle of a run.
 //! - [`pipeline`]: the one place that wires the stages together.
 //! - [`tools`]: `check`, `test`, `bench`, `gen`, `record`, `replay`.
 
@@ -48,7 +48,7 @@ mod topic;
 mod window;
 
 // What the command line, the tests and the benches use, by stage.
-pub use alert::sink::{Sink, SinkConfig, SinkError};
+pub use alert::sink::{SinkConfig, SinkError};
 pub use alert::warning::{Warning, WarningStatus};
 pub use alert::webhook::alertmanager_body;
 pub use batch::{Batchers, TableBatcher};

@@ -9,7 +9,7 @@ use clap::Parser;
 
 use cityops::pipeline::{self, RunError, RunOptions, Source};
 use cityops::time::{parse_duration_ms, parse_ts_text};
-use cityops::tools::{bench, check, generator, record, replay, rule_test};
+use cityops::tools;
 use cityops::{
     BrokerUrl, Config, DetectionClock, FixtureReader, MqttConfig, MqttSource, Severity, Shutdown, SinkConfig, mqtt_qos,
 };
@@ -53,7 +53,9 @@ fn main() -> ExitCode {
 /// How a subcommand failed: the exit code and what to print on stderr.
 #[derive(Debug)]
 struct CliError {
+    /// The process exit code: 1 when the work failed, 2 for bad input.
     code: u8,
+    /// What goes to stderr; empty when the command printed its own report.
     message: String,
 }
 
@@ -67,7 +69,7 @@ impl CliError {
     }
 
     /// Exit 2: a problem with the config, the rules or the arguments.
-    fn usage(message: impl std::fmt::Display) -> Self {
+    fn invalid(message: impl std::fmt::Display) -> Self {
         CliError {
             code: 2,
             message: format!("error: {message}"),
@@ -90,7 +92,7 @@ impl From<RunError> for CliError {
                 code: 2,
                 message: problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"),
             },
-            RunError::Config(_) => CliError::usage(e),
+            RunError::Config(_) => CliError::invalid(e),
             other => CliError::failure(other),
         }
     }
@@ -101,7 +103,7 @@ const DEMO_HTTP: &str = "127.0.0.1:8080";
 
 /// The config file (or the defaults), with `--queries` overriding its rules directory.
 fn load_config(path: Option<&PathBuf>, queries: Option<PathBuf>) -> Result<Config, CliError> {
-    let mut config = Config::load(path.map(PathBuf::as_path)).map_err(CliError::usage)?;
+    let mut config = Config::load(path.map(PathBuf::as_path)).map_err(CliError::invalid)?;
     if let Some(dir) = queries {
         config.rules.dir = dir;
     }
@@ -120,12 +122,12 @@ fn run(args: RunArgs) -> Result<(), CliError> {
         config.http.bind = DEMO_HTTP.to_string();
         config.http.any_port_if_taken = true;
     }
-    let source = live_source(&args, &config).map_err(CliError::usage)?;
+    let source = live_source(&args, &config).map_err(CliError::invalid)?;
     let warnings_mqtt = match &args.warnings_mqtt {
         Some(url) => {
             let url = url
                 .parse::<BrokerUrl>()
-                .map_err(|e| CliError::usage(format!("--warnings-mqtt {e}")))?;
+                .map_err(|e| CliError::invalid(format!("--warnings-mqtt {e}")))?;
             Some((url, config.mqtt.clone()))
         }
         None => None,
@@ -231,18 +233,18 @@ fn record(args: RecordArgs) -> Result<(), CliError> {
         args.idle_exit.as_deref(),
         &config,
     )
-    .map_err(CliError::usage)?;
+    .map_err(CliError::invalid)?;
     eprintln!(
         "cityops: recording {} into {}; Ctrl-C ends",
         source.filters.join(", "),
         args.out.display()
     );
-    let r = record::record(&source, &args.out, &shutdown_on_ctrl_c()).map_err(CliError::failure)?;
+    let recorded = tools::record::record(&source, &args.out, &shutdown_on_ctrl_c()).map_err(CliError::failure)?;
     println!(
         "recorded {} messages in {:.3} s: {:.0} messages/s (QoS {})",
-        r.messages,
-        r.seconds,
-        r.per_second(),
+        recorded.messages,
+        recorded.seconds,
+        recorded.per_second(),
         source.config.qos
     );
     Ok(())
@@ -254,7 +256,7 @@ fn replay_to_mqtt(args: ReplayArgs) -> Result<(), CliError> {
         .to_mqtt
         .parse::<BrokerUrl>()
         .and_then(|url| mqtt_qos(args.qos).map(|qos| (url, qos)))
-        .map_err(CliError::usage)?;
+        .map_err(CliError::invalid)?;
     let reader = match &args.file {
         Some(path) => FixtureReader::open(path),
         None => FixtureReader::demo(),
@@ -263,15 +265,15 @@ fn replay_to_mqtt(args: ReplayArgs) -> Result<(), CliError> {
         inflight: args.inflight,
         ..config.mqtt.clone()
     };
-    let p = reader
+    let published = reader
         .map_err(|e| e.to_string())
-        .and_then(|mut reader| replay::publish(&mut reader, &url, &mqtt, qos, args.speed))
+        .and_then(|mut reader| tools::replay::publish(&mut reader, &url, &mqtt, qos, args.speed))
         .map_err(CliError::failure)?;
     println!(
         "published {} messages in {:.3} s: {:.0} messages/s (QoS {}, speed {})",
-        p.messages,
-        p.seconds,
-        p.messages as f64 / p.seconds.max(1e-9),
+        published.messages,
+        published.seconds,
+        published.messages as f64 / published.seconds.max(1e-9),
         args.qos,
         args.speed
     );
@@ -300,22 +302,22 @@ fn shutdown_on_ctrl_c() -> Shutdown {
 }
 
 fn generate(args: GenArgs) -> Result<(), CliError> {
-    let settings = generator::GenSettings {
+    let settings = tools::generator::GenSettings {
         devices_per_kind: args.devices,
-        interval_ms: parse_duration_ms(&args.interval).map_err(CliError::usage)?.max(1),
-        duration_ms: parse_duration_ms(&args.duration).map_err(CliError::usage)?.max(1),
-        start_ms: parse_ts_text(&args.start).map_err(|e| CliError::usage(format!("--start: {e:?}")))?,
+        interval_ms: parse_duration_ms(&args.interval).map_err(CliError::invalid)?.max(1),
+        duration_ms: parse_duration_ms(&args.duration).map_err(CliError::invalid)?.max(1),
+        start_ms: parse_ts_text(&args.start).map_err(|e| CliError::invalid(format!("--start: {e:?}")))?,
         incidents: args.incidents,
         seed: args.seed,
         gateway: args.gateway.max(1),
     };
     let started = std::time::Instant::now();
-    let g = generator::generate(&settings, &args.out, &args.labels).map_err(CliError::failure)?;
+    let generated = tools::generator::generate(&settings, &args.out, &args.labels).map_err(CliError::failure)?;
     println!(
         "generated {} readings in {} messages ({} incidents) into {} and {} in {:.1} s",
-        g.readings,
-        g.messages,
-        g.incidents,
+        generated.readings,
+        generated.messages,
+        generated.incidents,
         args.out.display(),
         args.labels.display(),
         started.elapsed().as_secs_f64()
@@ -326,7 +328,7 @@ fn generate(args: GenArgs) -> Result<(), CliError> {
 fn bench(args: BenchArgs) -> Result<(), CliError> {
     let config = load_config(args.config.as_ref(), args.queries.clone())?;
     let out = args.out.clone();
-    let report = bench::run(bench::BenchRequest {
+    let report = tools::bench::run(tools::bench::BenchRequest {
         config,
         fixture: args.file,
         speed: args.speed,
@@ -334,7 +336,7 @@ fn bench(args: BenchArgs) -> Result<(), CliError> {
         labels: args.labels,
     })
     .map_err(|e| match e {
-        bench::BenchError::Run(e) => CliError::from(e),
+        tools::bench::BenchError::Run(e) => CliError::from(e),
         other => CliError::failure(other),
     })?;
     println!("{}", report.summary);
@@ -369,7 +371,7 @@ fn bench(args: BenchArgs) -> Result<(), CliError> {
 fn check(args: CheckArgs) -> Result<(), CliError> {
     let config = load_config(args.config.as_ref(), None)?;
     let dir = args.dir.unwrap_or_else(|| config.rules.dir.clone());
-    let report = check::check(&config, &dir).map_err(CliError::failure)?;
+    let report = tools::check::check(&config, &dir).map_err(CliError::failure)?;
     for p in &report.problems {
         println!("{p}");
     }
@@ -389,7 +391,7 @@ fn check(args: CheckArgs) -> Result<(), CliError> {
 fn test(args: TestArgs) -> Result<(), CliError> {
     let config = load_config(args.config.as_ref(), args.queries)?;
     let dir = args.dir.unwrap_or_else(|| config.rules.dir.join("tests"));
-    let results = rule_test::run_dir(&config, &dir);
+    let results = tools::rule_test::run_dir(&config, &dir);
     let failed = results.iter().filter(|r| !r.passed).count();
     for result in &results {
         let verdict = if result.passed { "ok" } else { "FAILED" };

@@ -3,21 +3,26 @@
 //! and collects the summary.
 //!
 //! ```text
-//! source ─► Handoff (crossbeam, per decode worker) ─► decode threads ─► TableEvent (tokio mpsc, per rule)
-//!        ─► rule tasks (DataFusion, one per rule) ─► Warning (tokio mpsc) ─► sink thread ─► Vec<Box<dyn Sink>>
-//!                      decode + rules ─► DeadLetter (crossbeam) ─► dead-letter writer
-//!        rule watcher ─► new RuleFanout ─► Ingest::Reroute in-band on every decode queue
+//! source ─► Handoff (crossbeam, per decode worker) ─► decode threads
+//!        ─► TableEvent (tokio mpsc, per rule) ─► rule tasks (DataFusion, one per rule)
+//!        ─► Warning (tokio mpsc) ─► sink thread ─► Vec<Box<dyn Sink>>
+//! decode + rules ─► DeadLetter (crossbeam) ─► dead-letter writer
+//! rule watcher ─► new RuleFanout ─► Ingest::Reroute in-band on every decode queue
 //! ```
 //!
-//! | thread or task | started by | stops when | joined in |
+//! Threads, by the name `perf` and `top -H` show:
+//!
+//! | thread | started by | stops when | joined in |
 //! |---|---|---|---|
-//! | source (this thread: replay, or the MQTT loop and its `mqtt-clock`) | `run` | fixture ends, `Shutdown` requested, or a live end condition | `run`, before the rest |
-//! | `decode-N` threads | `run` | `Ingest::End` from the handoff | `run`, first after the source |
-//! | rule tasks (tokio, `rules` runtime) | `RuleSet::start` | every input table sent `TableEvent::End` | `RuleSet::finish` |
-//! | `sinks` thread | `sink::start` | the warning queue's senders are all dropped | `SinkHandle::finish` |
-//! | dead-letter writer | `deadletter::start` | every `DeadLetter` sender is dropped | `DeadLetterWriter::finish` |
-//! | rule watcher | `Watcher::start` | `Watcher::stop`, right after the source ends | `Watcher::stop` |
-//! | HTTP server (tokio task) | `http::start` | `HttpServer::stop`, after the rules finish | not joined: graceful shutdown |
+//! | the caller's thread: the source (replay, or the MQTT loop) | `run` | fixture ends, `Shutdown` requested, or a live end condition | returns, then `run` shuts the rest down |
+//! | `mqtt-clock` (live only) | `ingest::mqtt::subscribe` | the MQTT loop ends | `subscribe` (scoped) |
+//! | `decode-N` | `run` | `Ingest::End` from the handoff | `run`, first after the source |
+//! | `rules` (tokio workers; one task per rule) | `RuleSet::start` | every input table sent `TableEvent::End` | `RuleSet::finish` |
+//! | `rule-reload` | `Watcher::start` | `Watcher::stop`, right after the source ends | `Watcher::stop` |
+//! | `sinks` | `sink::start` | every `Warning` sender is dropped | `SinkHandle::finish` |
+//! | `mqtt-warnings`, `webhook` (when configured) | `sink::open` | their sink is closed | `Sink::close` |
+//! | `dead-letters` | `deadletter::start` | every `DeadLetter` sender is dropped | `DeadLetterWriter::finish` |
+//! | HTTP server (a task on `rules`) | `http::start` | `HttpServer::stop`, after the rules finish | not joined: graceful shutdown |
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -116,7 +121,8 @@ pub enum RunError {
     Http(#[from] HttpError),
     #[error("mqtt: {0}")]
     Mqtt(String),
-    #[error("the decode workers stopped before the source ended")]
+    /// The decode queues closed early: a decode worker is gone.
+    #[error("the decode workers have stopped")]
     DecodeStopped,
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
@@ -156,6 +162,17 @@ pub fn load_rules(
 
 /// Runs the pipeline over a fixture until it ends.
 pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
+    // Settings that cannot work fail before anything is opened, truncated or started.
+    let config = &options.config;
+    let pattern = TopicPattern::parse(&config.topics.pattern)
+        .map_err(|e| RunError::Config(format!("topics.pattern `{}`: {e}", config.topics.pattern)))?;
+    let http_addr: Option<std::net::SocketAddr> = match config.http.bind.as_str() {
+        "" => None,
+        bind => Some(
+            bind.parse()
+                .map_err(|e| RunError::Config(format!("http.bind `{bind}`: {e}")))?,
+        ),
+    };
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores)
@@ -163,20 +180,16 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
         .enable_all()
         .build()
         .map_err(io("starting the rule runtime"))?;
-    let (compiled, rule_warnings) = load_rules(&options.config, &runtime)?;
-    let config = &options.config;
+    let (compiled, rule_warnings) = load_rules(config, &runtime)?;
     let catalog = config.catalog();
     let engine = &config.engine;
     let metrics = options.metrics.clone().unwrap_or_else(|| Arc::new(Metrics::new()));
     // What the dashboard shows; fed by the sink when an HTTP address is configured.
     let live = Arc::new(LiveState::new());
-    let http = match config.http.bind.as_str() {
-        "" => None,
-        bind => {
-            let addr = bind
-                .parse()
-                .map_err(|e| RunError::Config(format!("http.bind `{bind}`: {e}")))?;
-            Some(http::start(
+    let http = match http_addr {
+        None => None,
+        Some(addr) => Some(
+            http::start(
                 &runtime,
                 addr,
                 config.http.any_port_if_taken,
@@ -187,8 +200,8 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
             .map_err(|e| match e {
                 HttpError::OpenWithoutToken(_) => RunError::Config(e.to_string()),
                 bind_failed => RunError::Http(bind_failed),
-            })?)
-        }
+            })?,
+        ),
     };
 
     let (dead_letters, dead_letter_writer) =
@@ -229,15 +242,13 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
         0 => cores.min(catalog.tables().len()).max(1),
         n => n,
     };
-    let pattern = TopicPattern::parse(&config.topics.pattern)
-        .map_err(|e| RunError::Config(format!("topics.pattern `{}`: {e}", config.topics.pattern)))?;
     let (handoff, receivers) = Handoff::new(
         workers,
-        catalog.tables().len(),
+        pattern.clone(),
+        catalog.clone(),
         engine.queue_capacity,
         Arc::clone(&metrics),
     );
-    let handoff = handoff.with_topics(pattern.clone(), catalog.clone());
     let decoder = Decoder::new(catalog.clone(), pattern, engine.max_payload_bytes, engine.max_future.0);
     let settings = DecodeSettings {
         batch_rows: engine.batch_rows,

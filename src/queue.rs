@@ -22,37 +22,36 @@ pub(crate) struct Handoff {
     queues: Vec<Sender<Ingest>>,
     /// Which worker owns each table.
     owner_of_table: Vec<usize>,
-    /// The topic convention and the tables, to find the table a topic names (`worker_for`).
-    topics: Option<(TopicPattern, Catalog)>,
+    /// The topic convention, to find the table a topic names (`worker_for`).
+    pattern: TopicPattern,
+    /// The tables, by name.
+    catalog: Catalog,
     metrics: Arc<Metrics>,
 }
 
 impl Handoff {
-    /// Makes `workers` queues of `capacity` each; table `t` goes to worker `t % workers`.
+    /// Makes `workers` queues of `capacity` each; table `t` of the catalog goes to worker
+    /// `t % workers`, and `pattern` says which topic segment names the table.
     pub(crate) fn new(
         workers: usize,
-        tables: usize,
+        pattern: TopicPattern,
+        catalog: Catalog,
         capacity: usize,
         metrics: Arc<Metrics>,
     ) -> (Self, Vec<Receiver<Ingest>>) {
         let workers = workers.max(1);
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| bounded(capacity)).unzip();
-        let owner_of_table = (0..tables).map(|t| t % workers).collect();
+        let owner_of_table = (0..catalog.tables().len()).map(|t| t % workers).collect();
         (
             Handoff {
                 queues: senders,
                 owner_of_table,
-                topics: None,
+                pattern,
+                catalog,
                 metrics,
             },
             receivers,
         )
-    }
-
-    /// Routes messages by topic: `pattern` says which segment names the table.
-    pub(crate) fn with_topics(mut self, pattern: TopicPattern, catalog: Catalog) -> Self {
-        self.topics = Some((pattern, catalog));
-        self
     }
 
     /// The worker that owns a table.
@@ -63,9 +62,9 @@ impl Handoff {
     /// The worker that owns the table a topic names. A topic naming no known table goes to
     /// the first worker, whose decoder dead-letters it.
     pub(crate) fn worker_for(&self, topic: &str) -> usize {
-        self.topics
-            .as_ref()
-            .and_then(|(pattern, catalog)| pattern.parts(topic).and_then(|p| catalog.index_of(p.table)))
+        self.pattern
+            .parts(topic)
+            .and_then(|parts| self.catalog.index_of(parts.table))
             .map_or(0, |table| self.owner(table))
     }
 
@@ -162,7 +161,7 @@ mod tests {
     #[test]
     fn a_full_queue_makes_the_sender_wait_and_is_counted() {
         let metrics = Arc::new(Metrics::new());
-        let (handoff, receivers) = Handoff::new(1, 4, 1, Arc::clone(&metrics));
+        let (handoff, receivers) = Handoff::new(1, city_topics(), Catalog::builtin(), 1, Arc::clone(&metrics));
         handoff.send(0, Ingest::Tick { now_ms: 1 }).expect("room for one");
         let rx = receivers[0].clone();
         let reader = std::thread::spawn(move || {
@@ -194,7 +193,7 @@ mod tests {
 
     #[test]
     fn bursts_keep_order_per_worker_and_hand_over_when_full_or_flushed() {
-        let (handoff, receivers) = Handoff::new(2, 2, 16, Arc::new(Metrics::new()));
+        let (handoff, receivers) = Handoff::new(2, city_topics(), Catalog::builtin(), 16, Arc::new(Metrics::new()));
         let mut bursts = Bursts::new(&handoff);
         for n in 0..(Bursts::MAX as i64 + 2) {
             bursts.push(&handoff, 0, message(n)).expect("open");
@@ -216,7 +215,23 @@ mod tests {
 
     #[test]
     fn tables_are_spread_over_workers() {
-        let (handoff, _rx) = Handoff::new(2, 4, 8, Arc::new(Metrics::new()));
+        let (handoff, _rx) = Handoff::new(2, city_topics(), Catalog::builtin(), 8, Arc::new(Metrics::new()));
         assert_eq!((handoff.tables_of(0), handoff.tables_of(1)), (vec![0, 2], vec![1, 3]));
+    }
+
+    #[test]
+    fn a_topic_goes_to_the_worker_owning_its_table_and_an_unknown_one_to_the_first() {
+        let catalog = Catalog::builtin();
+        let (handoff, _rx) = Handoff::new(2, city_topics(), catalog.clone(), 8, Arc::new(Metrics::new()));
+        for (t, table) in catalog.tables().iter().enumerate() {
+            let topic = format!("city/chaoyang/{}/dev-1", table.name);
+            assert_eq!(handoff.worker_for(&topic), t % 2, "{topic}");
+        }
+        assert_eq!(handoff.worker_for("city/chaoyang/weather/dev-1"), 0);
+        assert_eq!(handoff.worker_for("not/a/city/topic/at/all"), 0);
+    }
+
+    fn city_topics() -> TopicPattern {
+        TopicPattern::parse("city/{district}/{table}/{device_id}").expect("a valid pattern")
     }
 }

@@ -21,7 +21,7 @@ use crate::config::{MqttConfig, WebhookConfig};
 use crate::metrics::{Metrics, Stage};
 
 /// One destination of warnings (Vector's `StreamSink`, one warning at a time).
-pub trait Sink: Send {
+pub(crate) trait Sink: Send {
     /// Delivers one warning. An error stops the sink thread (a file that cannot be written);
     /// a sink that can retry (MQTT, webhook) keeps its failures to itself and counts them.
     fn deliver(&mut self, warning: &Warning) -> Result<(), SinkError>;
@@ -54,9 +54,11 @@ pub enum SinkError {
     Write(#[from] std::io::Error),
     #[error("the sink thread panicked")]
     Panicked,
-    #[error("warning sink: mqtt: {0}")]
+    /// The MQTT sink could not be set up (the message names the broker and the cause).
+    #[error("warning sink: {0}")]
     Mqtt(String),
-    #[error("warning sink: webhook: {0}")]
+    /// The webhook sink could not be set up (its spool directory or sender thread).
+    #[error("warning sink: {0}")]
     Webhook(String),
 }
 

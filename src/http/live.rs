@@ -88,6 +88,7 @@ impl LiveState {
 
 /// The sink that keeps the live view current.
 pub(crate) struct DashboardFeed {
+    /// The view the HTTP handlers read.
     live: Arc<LiveState>,
 }
 

@@ -7,7 +7,8 @@
 //! and `/health`. It binds to loopback unless told otherwise; a non-loopback address needs
 //! a bearer token (`[http] token` or `CITYOPS_HTTP_TOKEN`), and with a token every route
 //! but `/health` requires it (`Authorization: Bearer …`, or `?token=` for the page and
-//! its event stream, which browsers cannot give headers).
+//! its event stream, which browsers cannot give headers). `live` keeps what the dashboard
+//! shows (fed by its `DashboardFeed` sink); `prometheus` renders `/metrics`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

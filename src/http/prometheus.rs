@@ -9,8 +9,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use crate::flow::Reason;
 use crate::level::Level;
-use crate::metrics::RuleHealthView;
-use crate::metrics::{Metrics, Stage};
+use crate::metrics::{Metrics, RuleHealthView, Stage};
 
 /// Renders every metric.
 pub(crate) fn render(metrics: &Metrics) -> String {

@@ -16,8 +16,7 @@ use serde_json::Value;
 
 use super::scan::{FieldIndex, Scalar, Scanned, scalar_of, scan};
 use crate::batch::{Cell, Row, RowSink};
-use crate::flow::Message;
-use crate::flow::{DeadLetter, Reason};
+use crate::flow::{DeadLetter, Message, Reason};
 use crate::schema::{Catalog, ColumnType, TableDef};
 use crate::time::{EpochMs, parse_ts_text};
 use crate::topic::TopicPattern;

@@ -5,8 +5,7 @@
 use std::time::{Duration, Instant};
 
 use super::fixture::FixtureError;
-use crate::flow::Closed;
-use crate::flow::{Ingest, Message};
+use crate::flow::{Closed, Ingest, Message};
 use crate::metrics::Metrics;
 use crate::queue::Handoff;
 

@@ -5,8 +5,10 @@
 //! `leaf` reshapes it, `watched` narrows a `devices` rule to the tables its WHERE can pass);
 //! `worker` evaluates one rule over its table's events and drives its alert lifecycle, with
 //! one state per rule kind; `output` turns result rows into alert keys, levels and values.
-//! `running` keeps one task per rule and builds the fan-out from tables to rule queues;
-//! `reload` watches the rule files and swaps changed rules in while the pipeline runs.
+//! `devices` keeps the `devices` table a silence rule queries; `problem` is the
+//! `path:line:col` diagnostic every step reports. `running` keeps one task per rule and
+//! builds the fan-out from tables to rule queues; `reload` watches the rule files and swaps
+//! changed rules in while the pipeline runs.
 
 pub(crate) mod compile;
 pub(crate) mod devices;

@@ -1,9 +1,10 @@
 //! Hot reload: while the pipeline runs, a watcher thread reads the rule files every
 //! `rules.reload_interval`, plans each changed or new rule exactly as `cityops check` does,
 //! and swaps it in (`running::RuleSet`), then publishes the new fan-out through the
-//! callback the pipeline gave it (which hands it to the decode workers in-band). A rule that does not plan is rejected with its problems and its running
-//! version goes on; rules whose text did not change are not touched and keep their
-//! windows and alerts. A deleted rule stops and resolves its firing alerts.
+//! callback the pipeline gave it (which hands it to the decode workers in-band). A rule
+//! that does not plan is rejected with its problems and its running version goes on; rules
+//! whose text did not change are not touched and keep their windows and alerts. A deleted
+//! rule stops and resolves its firing alerts.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

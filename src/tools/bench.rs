@@ -36,9 +36,12 @@ pub struct BenchRequest {
 /// What a bench run measured and wrote.
 #[derive(Debug)]
 pub struct BenchReport {
+    /// The run's summary (throughput, latency per stage, counts).
     pub summary: Summary,
+    /// How many rules ran.
     pub rules: usize,
     pub speed: Speed,
+    /// Peak resident memory of the process, when the kernel tells.
     pub peak_rss_mib: Option<f64>,
     /// Present when labels were given.
     pub score: Option<Score>,
@@ -51,7 +54,11 @@ pub struct BenchReport {
 pub enum BenchError {
     #[error(transparent)]
     Run(#[from] RunError),
-    #[error("labels: {0}")]
+    /// The output directory could not be made.
+    #[error("cannot create {path}: {source}")]
+    CreateDir { path: PathBuf, source: std::io::Error },
+    /// The labels file could not be read or parsed (the message names the file or line).
+    #[error("{0}")]
     Labels(String),
     #[error("writing {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
@@ -72,7 +79,10 @@ pub fn run(request: BenchRequest) -> Result<BenchReport, BenchError> {
     };
     config.rules.reload_interval = DurationMs(0);
     let rules = load_dir(&config.rules.dir).0.len();
-    std::fs::create_dir_all(&out).map_err(written)?;
+    std::fs::create_dir_all(&out).map_err(|source| BenchError::CreateDir {
+        path: out.clone(),
+        source,
+    })?;
     let metrics = Arc::new(Metrics::new());
     let outcome = pipeline::run(RunOptions {
         config,

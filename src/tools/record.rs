@@ -1,8 +1,8 @@
 //! `cityops record`: subscribes like the live source and writes every message to a fixture
 //! (`{"at": ms since the first message, "topic", "payload"}`, or `"raw"` for a payload that
-//! is not JSON; zstd-compressed when the file name ends in `.zst`). It is also the plain
-//! rumqttc subscriber that load tests compare cityops against: it prints what it received
-//! and at what rate.
+//! is not JSON; zstd-compressed when the file name ends in `.zst`), and prints what it
+//! received and at what rate. (The load tests' baseline is `examples/plain_subscriber.rs`,
+//! which only counts.)
 
 use std::fs::File;
 use std::io::{BufWriter, Write};

@@ -79,7 +79,7 @@ fn find_word(text: &str, word: &str) -> Option<(u64, u64)> {
 }
 
 /// The candidate within edit distance 2 of `name`, if any.
-pub(crate) fn closest<'a>(name: &str, candidates: &[&'a str]) -> Option<&'a str> {
+fn closest<'a>(name: &str, candidates: &[&'a str]) -> Option<&'a str> {
     candidates
         .iter()
         .map(|c| (edit_distance(name, c), *c))

@@ -2,7 +2,7 @@
 //! filters, a memory limit, and read-only SQL only. The rule's table is registered as a
 //! channel-fed `StreamingTable` (`rules::feed`) over the feed schema: the table's columns
 //! plus the ones the engine adds for the rule's kind (`window_start`/`window_end`, or the
-//! row index). (Not to be confused with session windows, `rules::session`.)
+//! row index). (Not to be confused with session windows, `window::session`.)
 
 use std::sync::Arc;
 

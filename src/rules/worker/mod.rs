@@ -25,8 +25,7 @@ use tokio::sync::mpsc;
 use super::compile::{CompiledRule, RuleKind};
 use crate::alert::lifecycle::{CleanStep, FiringAlert, Lifecycle};
 use crate::alert::warning::Warning;
-use crate::flow::DeadLetter;
-use crate::flow::TableEvent;
+use crate::flow::{DeadLetter, TableEvent};
 use crate::metrics::{LocalLatency, MERGE_EVERY, Metrics, Stage};
 use crate::time::{EpochMs, wall_now_ms};
 

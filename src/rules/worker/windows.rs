@@ -25,8 +25,7 @@ use crate::flow::TableBatch;
 use crate::metrics::Stage;
 use crate::rules::compile::{CompiledRule, EngineColumns};
 use crate::time::EpochMs;
-use crate::window::WindowClock;
-use crate::window::WindowSpec;
+use crate::window::{WindowClock, WindowSpec};
 
 /// A window rule's state: its windows' clock and the windows open now.
 pub(super) struct WindowState {
