@@ -14,6 +14,7 @@ use datafusion::arrow::error::ArrowError;
 use crate::flow::TableBatch;
 use crate::schema::{UTC, devices_schema};
 use crate::time::EpochMs;
+use crate::window::idle_event_ms;
 
 /// How often the snapshot is judged, in event time.
 pub(crate) const EVALUATE_EVERY_MS: EpochMs = 60_000;
@@ -133,7 +134,7 @@ impl DeviceWatch {
         let Some(base) = self.tables.get(table).and_then(|w| w.row_max) else {
             return Ok(None);
         };
-        self.advance(table, base + (now_ms - last_arrival_ms).max(0), None)
+        self.advance(table, idle_event_ms(base, now_ms, last_arrival_ms), None)
     }
 
     /// Moves event time to `t`; cuts a snapshot when a minute boundary is passed. After a

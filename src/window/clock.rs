@@ -8,6 +8,12 @@
 use crate::time::EpochMs;
 use crate::window::WindowSpec;
 
+/// Event time of an idle table (DESIGN.md, Time): it advances with the clock since the
+/// table's last row arrived, from that row's largest `ts`.
+pub(crate) fn idle_event_ms(row_max_ts: EpochMs, now_ms: EpochMs, last_arrival_ms: EpochMs) -> EpochMs {
+    row_max_ts + (now_ms - last_arrival_ms).max(0)
+}
+
 /// The watermark moved: every window with `end <= boundary` is now closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Advance {

@@ -8,6 +8,7 @@ mod session;
 mod spec;
 
 pub use clock::WindowClock;
+pub(crate) use clock::idle_event_ms;
 pub(crate) use session::{ClosedSession, RowKey, Sessions};
 pub use spec::WindowSpec;
 pub(crate) use spec::Windowing;

@@ -15,7 +15,7 @@ use crate::metrics::Stage;
 use crate::rules::compile::EngineColumns;
 use crate::rules::output::key_of;
 use crate::time::EpochMs;
-use crate::window::{ClosedSession, RowKey, Sessions};
+use crate::window::{ClosedSession, RowKey, Sessions, idle_event_ms};
 
 /// A session rule's state: the sessions open now, per key.
 pub(super) struct SessionState {
@@ -60,7 +60,9 @@ impl SessionState {
         let Some(row_max_ts) = self.sessions.row_max_ts() else {
             return;
         };
-        let closed = self.sessions.advance_to(row_max_ts + (now_ms - last_arrival_ms).max(0));
+        let closed = self
+            .sessions
+            .advance_to(idle_event_ms(row_max_ts, now_ms, last_arrival_ms));
         let arrivals = vec![arrived_ns; closed.len()];
         if let Err(e) = judge_sessions(judge, self.sessions.gap_ms(), closed, &arrivals).await {
             judge.fail(&e);

@@ -25,7 +25,7 @@ use crate::flow::TableBatch;
 use crate::metrics::Stage;
 use crate::rules::compile::{CompiledRule, EngineColumns};
 use crate::time::EpochMs;
-use crate::window::{WindowClock, WindowSpec};
+use crate::window::{WindowClock, WindowSpec, idle_event_ms};
 
 /// A window rule's state: its windows' clock and the windows open now.
 pub(super) struct WindowState {
@@ -108,8 +108,10 @@ impl WindowState {
         arrived_ns: u64,
     ) {
         let Some(row_max_ts) = self.row_max_ts else { return };
-        let event_ms = row_max_ts + (now_ms - last_arrival_ms).max(0);
-        if let Some(advance) = self.clock.advance_to(event_ms) {
+        if let Some(advance) = self
+            .clock
+            .advance_to(idle_event_ms(row_max_ts, now_ms, last_arrival_ms))
+        {
             self.judge_through(judge, advance.boundary, advance.event_ms, arrived_ns)
                 .await;
         }
