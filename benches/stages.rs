@@ -31,6 +31,7 @@ fn gateway_message(rows: usize) -> Message {
         payload: serde_json::to_vec(&payload).unwrap_or_default().into(),
         recorded_invalid: false,
         arrived_ns: 0,
+        ..Message::default()
     }
 }
 

@@ -57,6 +57,10 @@ pub struct TableBatcher {
     started: Option<Instant>,
     /// The most rows a batch holds (`batch_rows`).
     capacity: usize,
+    /// Log position of the current batch's first message.
+    first_seq: u64,
+    /// Whether the current batch refills windows in recovery (its rows all do).
+    rebuild: bool,
 }
 
 /// The least room a fresh batch starts with.
@@ -84,6 +88,8 @@ impl TableBatcher {
             topics: StringBuilder::with_capacity(capacity, capacity * 32),
             started: None,
             capacity,
+            first_seq: 0,
+            rebuild: false,
         }
     }
 
@@ -115,12 +121,14 @@ impl TableBatcher {
                 (ColumnBuilder::Text(b), _) => b.append_null(),
             }
         }
+        if self.started.is_none() {
+            self.started = Some(Instant::now());
+            self.first_seq = msg.seq;
+            self.rebuild = msg.rebuild;
+        }
         self.arrivals_ns.push(msg.arrived_ns);
         self.at_ms.push(msg.at_ms);
         self.topics.append_value(&msg.topic);
-        if self.started.is_none() {
-            self.started = Some(Instant::now());
-        }
     }
 
     /// Finishes the waiting rows into a batch. The builders start again with room for as
@@ -147,6 +155,8 @@ impl TableBatcher {
             arrivals_ns: std::mem::replace(&mut self.arrivals_ns, Vec::with_capacity(room)),
             at_ms: std::mem::replace(&mut self.at_ms, Vec::with_capacity(room)),
             topics: renew_text(&mut self.topics, rows, room).finish(),
+            first_seq: self.first_seq,
+            rebuild: self.rebuild,
         })
     }
 }
@@ -192,6 +202,7 @@ mod tests {
             payload: bytes::Bytes::new(),
             recorded_invalid: false,
             arrived_ns: 99,
+            ..Message::default()
         };
         let cells = [
             Cell::Text("pressure".into()),

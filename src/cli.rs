@@ -199,6 +199,11 @@ pub(crate) struct RunArgs {
     /// the receiver is down).
     #[arg(long, value_name = "URL")]
     pub(crate) webhook: Option<String>,
+    /// Keep durable state in DIR (write-ahead log before each ack, checkpoints every
+    /// [state] checkpoint_interval): a run killed at any point starts again where it was,
+    /// with nothing lost and nothing sent twice under a new identity. Default: [state] dir.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) state: Option<PathBuf>,
 }
 
 #[derive(Args)]

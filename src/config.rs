@@ -56,6 +56,10 @@ bind = ""                  # e.g. "127.0.0.1:9900": serve /metrics while running
 [rules]
 dir = "queries"
 reload_interval = "1s"     # how often `run` checks the rules for changes ("0s" = never)
+
+[state]
+# dir = "cityops-state"    # keep durable state here (or --state DIR): nothing is lost across a crash
+checkpoint_interval = "10s" # how often the whole state is written (recovery replays the log after it)
 "#;
 
 /// A duration written as text (`"250ms"`), held in milliseconds.
@@ -87,6 +91,8 @@ pub struct Config {
     pub webhook: WebhookConfig,
     #[serde(default)]
     pub http: HttpConfig,
+    #[serde(default)]
+    pub state: StateConfig,
     /// Extra columns per table, or whole new tables: `[tables.water] nitrate_mg_l = "float"`.
     #[serde(default)]
     pub tables: BTreeMap<String, BTreeMap<String, ColumnType>>,
@@ -233,6 +239,24 @@ impl Default for WebhookConfig {
     }
 }
 
+/// Durable state (write-ahead log and checkpoints).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// The state directory; none = the run keeps no state.
+    pub dir: Option<PathBuf>,
+    pub checkpoint_interval: DurationMs,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            dir: None,
+            checkpoint_interval: DurationMs(10_000),
+        }
+    }
+}
+
 /// Where the rules live.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -299,6 +323,9 @@ impl Config {
     fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         let e = &self.engine;
+        if self.state.checkpoint_interval.0 <= 0 {
+            problems.push("state.checkpoint_interval must be longer than 0".to_string());
+        }
         if e.batch_rows == 0 {
             problems.push("engine.batch_rows must be at least 1".to_string());
         }

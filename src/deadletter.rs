@@ -17,11 +17,19 @@ pub(crate) struct DeadLetterWriter {
 }
 
 /// Starts the writer on `path`; returns the sender stages use and the writer's handle.
-pub(crate) fn start(path: &Path, capacity: usize) -> std::io::Result<(Sender<DeadLetter>, DeadLetterWriter)> {
+pub(crate) fn start(
+    path: &Path,
+    capacity: usize,
+    append: bool,
+) -> std::io::Result<(Sender<DeadLetter>, DeadLetterWriter)> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
     }
-    let file = File::create(path)?;
+    let file = if append {
+        std::fs::OpenOptions::new().create(true).append(true).open(path)?
+    } else {
+        File::create(path)?
+    };
     let (tx, rx) = crossbeam_channel::bounded(capacity);
     let handle = std::thread::Builder::new()
         .name("dead-letters".to_string())

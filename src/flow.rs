@@ -18,9 +18,9 @@ use crate::time::EpochMs;
 // ---- What a source hands to the pipeline ----
 
 /// One message as it arrived, before decoding.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Message {
-    /// Virtual arrival time: the fixture's `at` offset in replay, milliseconds since start live.
+    /// Virtual arrival time: the fixture's `at` in replay, the wall clock (epoch ms) live.
     pub at_ms: i64,
     pub topic: String,
     /// The payload bytes exactly as received (JSON text when valid). Shared, not copied:
@@ -30,6 +30,15 @@ pub struct Message {
     pub recorded_invalid: bool,
     /// Wall-clock arrival, nanoseconds since the pipeline's start (for latency).
     pub arrived_ns: u64,
+    /// Wall clock (epoch ms) when the source received it, the "now" that readings too far
+    /// ahead are judged against; 0 = when it is decoded.
+    pub received_ms: i64,
+    /// Position in the write-ahead log (0 when the run keeps no state).
+    pub seq: u64,
+    /// Recovery is feeding this message again only to refill open windows: it is decoded
+    /// and routed to those windows, and nothing else happens (no counts, no dead letters,
+    /// no judgement).
+    pub rebuild: bool,
 }
 
 /// What travels through the decode queues, in order.
@@ -45,8 +54,22 @@ pub(crate) enum Ingest {
     },
     /// A new fan-out after a rule reload: rows before this point go to the old one.
     Reroute(Arc<RuleFanout>),
+    /// A checkpoint's cut: every message up to the log position `covers_seq` came before.
+    Barrier(Cut),
     /// The source is exhausted; flush everything.
     End,
+}
+
+/// A checkpoint's cut as it travels the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Cut {
+    /// The checkpoint's number.
+    pub checkpoint: u64,
+    /// The last log position before the cut.
+    pub covers_seq: u64,
+    /// Messages logged up to the cut, over the state directory's life (where a replayed
+    /// fixture resumes).
+    pub messages: u64,
 }
 
 /// The decode queues closed: every decode worker has gone (only at shutdown or after a
@@ -69,6 +92,10 @@ pub struct TableBatch {
     pub at_ms: Vec<EpochMs>,
     /// Topic of each row's message, for dead letters.
     pub topics: StringArray,
+    /// Log position of the first message with rows here (0 when the run keeps no state).
+    pub first_seq: u64,
+    /// Rows fed again by recovery to refill open windows (see `Message::rebuild`).
+    pub rebuild: bool,
 }
 
 /// What the rule stage receives for a table, in arrival order.
@@ -83,6 +110,16 @@ pub(crate) enum TableEvent {
         last_arrival_ms: EpochMs,
         arrived_ns: u64,
     },
+    /// A checkpoint's cut: every row of `table` before it was sent before this. A rule
+    /// takes its snapshot once the cut came from every table it reads; `rules` are the ids
+    /// of every rule the cut reaches (the checkpoint waits for all of them).
+    Barrier {
+        cut: Cut,
+        table: usize,
+        /// When the table's last row arrived (virtual ms), for idle advance after recovery.
+        last_arrival_ms: Option<EpochMs>,
+        rules: Arc<[String]>,
+    },
     /// The source is exhausted.
     End {
         arrived_ns: u64,
@@ -92,23 +129,36 @@ pub(crate) enum TableEvent {
 /// Per table, the queues of the rules reading it. Decode workers hold their tables' part; a
 /// reload hands them a new fan-out in-band (`Ingest::Reroute`), so the switch from a rule's
 /// old version to its new one falls at one exact point of each table's stream.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct RuleFanout {
     by_table: Vec<Vec<mpsc::Sender<TableEvent>>>,
+    /// The id of every rule with a queue here.
+    rules: Arc<[String]>,
 }
 
 impl RuleFanout {
     pub(crate) fn new(tables: usize) -> Self {
         RuleFanout {
             by_table: vec![Vec::new(); tables],
+            rules: Arc::from(Vec::new()),
         }
     }
 
-    /// Adds a rule's queue to one table.
-    pub(crate) fn add(&mut self, table: usize, queue: mpsc::Sender<TableEvent>) {
-        if let Some(queues) = self.by_table.get_mut(table) {
-            queues.push(queue);
+    /// Adds a rule's queue to the tables it reads.
+    pub(crate) fn add(&mut self, rule: &str, tables: &[usize], queue: &mpsc::Sender<TableEvent>) {
+        for &table in tables {
+            if let Some(queues) = self.by_table.get_mut(table) {
+                queues.push(queue.clone());
+            }
         }
+        let mut rules = self.rules.to_vec();
+        rules.push(rule.to_string());
+        self.rules = Arc::from(rules);
+    }
+
+    /// The ids of every rule with a queue here.
+    pub(crate) fn rules(&self) -> Arc<[String]> {
+        Arc::clone(&self.rules)
     }
 
     /// The part a decode worker needs: the queues of its own tables, nothing for the others.

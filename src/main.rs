@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cityops::pipeline::{self, RunError, RunOptions, Source};
+use cityops::pipeline::{self, RunError, RunOptions, Source, StateOptions};
 use cityops::time::{parse_duration_ms, parse_ts_text};
 use cityops::tools;
 use cityops::{
@@ -137,6 +137,18 @@ fn run(args: RunArgs) -> Result<(), CliError> {
         webhook.url = args.webhook.clone();
     }
     let webhook = webhook.url.is_some().then_some(webhook);
+    if let Some(dir) = &args.state {
+        config.state.dir = Some(dir.clone());
+    }
+    let state = config.state.dir.clone().map(|dir| StateOptions {
+        dir,
+        checkpoint_interval: std::time::Duration::from_millis(config.state.checkpoint_interval.0.max(1) as u64),
+    });
+    if source.is_some() && state.is_none() {
+        eprintln!(
+            "cityops: this run keeps no state: a restart loses open windows and firing alerts, and messages acked but not yet judged (use --state DIR)"
+        );
+    }
     let (fixture, clock) = match (source, args.replay) {
         (Some(live), _) => {
             eprintln!(
@@ -171,6 +183,7 @@ fn run(args: RunArgs) -> Result<(), CliError> {
             collect: false,
             mqtt: warnings_mqtt,
             webhook,
+            append: false,
         },
         dead_letter_path: args.dead_letter.clone(),
         clock,
@@ -178,6 +191,7 @@ fn run(args: RunArgs) -> Result<(), CliError> {
         reload_reports: None,
         stop: Some(shutdown_on_ctrl_c()),
         metrics: None,
+        state,
     };
     let outcome = pipeline::run(options)?;
     for warning in &outcome.rule_warnings {

@@ -8,7 +8,13 @@
 //!        ─► Warning (tokio mpsc) ─► sink thread ─► Vec<Box<dyn Sink>>
 //! decode + rules ─► DeadLetter (crossbeam) ─► dead-letter writer
 //! rule watcher ─► new RuleFanout ─► Ingest::Reroute in-band on every decode queue
+//! with --state: source ─► Intake ─► wal thread (log, fdatasync, acks back) ─► Handoff
+//!               wal ─► Ingest::Barrier ─► decode ─► TableEvent::Barrier ─► rules
+//!               ─► Notice::Snapshot ─► sink thread (checkpoint, delivery record)
 //! ```
+//!
+//! With state, `recover` first reads the log back into the decode queues (the checkpoint's
+//! open windows refilled, then everything after its cut replayed) before the source starts.
 //!
 //! Threads, by the name `perf` and `top -H` show:
 //!
@@ -16,6 +22,7 @@
 //! |---|---|---|---|
 //! | the caller's thread: the source (replay, or the MQTT loop) | `run` | fixture ends, `Shutdown` requested, or a live end condition | returns, then `run` shuts the rest down |
 //! | `mqtt-clock` (live only) | `ingest::mqtt::subscribe` | the MQTT loop ends | `subscribe` (scoped) |
+//! | `wal` (with state) | `recover` | every `Intake` sender is dropped, after the source | `run`, right after the source |
 //! | `decode-N` | `run` | `Ingest::End` from the handoff | `run`, first after the source |
 //! | `rules` (tokio workers; one task per rule) | `RuleSet::start` | every input table sent `TableEvent::End` | `RuleSet::finish` |
 //! | `rule-reload` | `Watcher::start` | `Watcher::stop`, right after the source ends | `Watcher::stop` |
@@ -24,14 +31,18 @@
 //! | `dead-letters` | `deadletter::start` | every `DeadLetter` sender is dropped | `DeadLetterWriter::finish` |
 //! | HTTP server (a task on `rules`) | `http::start` | `HttpServer::stop`, after the rules finish | not joined: graceful shutdown |
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::alert::sink::{self, SinkConfig, SinkError};
-use crate::alert::warning::Warning;
+use crate::alert::durable::Durable;
+use crate::alert::lifecycle::{CleanStep, FireAfter, Lifecycle, Policy};
+use crate::alert::sink::{self, Notice, SinkConfig, SinkError};
+use crate::alert::warning::{RuleInfo, Warning};
 use crate::config::Config;
 use crate::deadletter;
 use crate::flow::{DeadLetter, Ingest, Message, Reason};
@@ -39,8 +50,10 @@ use crate::http::live::{DashboardFeed, LiveState};
 use crate::http::{self, HttpError};
 use crate::ingest::decode::Decoder;
 use crate::ingest::fixture::{FixtureError, FixtureReader};
-use crate::ingest::mqtt::{MqttError, MqttSource, subscribe};
-use crate::ingest::replay::{ReplayError, Speed, replay};
+use crate::ingest::mqtt::{Logged, MqttError, MqttSource, RecentMessages, subscribe};
+use crate::ingest::recovery::{RecoveryError, replay_log};
+use crate::ingest::replay::{Downstream, ReplayError, Speed, replay};
+use crate::ingest::wal::{Ack, Intake, WalSettings, WalStage};
 use crate::ingest::worker::{DecodeSettings, DecodeWorker};
 use crate::metrics::Metrics;
 use crate::queue::Handoff;
@@ -51,7 +64,12 @@ use crate::rules::reload::{PublishFanout, ReloadReport, Reloader, Watcher};
 use crate::rules::running::RuleSet;
 use crate::rules::worker::{DetectionClock, RuleReport, WindowResult, WorkerContext};
 use crate::shutdown::Shutdown;
+use crate::state::checkpoint::{self, Checkpoint};
+use crate::state::log::{self, LogWriter, Record};
+use crate::state::snapshot::RuleSnapshot;
+use crate::state::{StateDir, StateError};
 use crate::summary::Summary;
+use crate::time::wall_now_ms;
 use crate::topic::TopicPattern;
 
 /// Warnings the sink queue holds before rules wait.
@@ -89,6 +107,16 @@ pub struct RunOptions {
     pub stop: Option<Shutdown>,
     /// Counters and histograms to fill, when the caller watches them live (dashboard).
     pub metrics: Option<Arc<Metrics>>,
+    /// Keep durable state in this directory (write-ahead log, checkpoints): a run killed at
+    /// any point starts again where it was, with nothing lost.
+    pub state: Option<StateOptions>,
+}
+
+/// Where and how often a run keeps its state.
+#[derive(Debug, Clone)]
+pub struct StateOptions {
+    pub dir: PathBuf,
+    pub checkpoint_interval: Duration,
 }
 
 /// What a finished run hands back.
@@ -126,6 +154,8 @@ pub enum RunError {
     DecodeStopped,
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
+    #[error(transparent)]
+    State(#[from] StateError),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -181,6 +211,7 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
         .build()
         .map_err(io("starting the rule runtime"))?;
     let (compiled, rule_warnings) = load_rules(config, &runtime)?;
+    let state = options.state.as_ref().map(open_state).transpose()?;
     let catalog = config.catalog();
     let engine = &config.engine;
     let metrics = options.metrics.clone().unwrap_or_else(|| Arc::new(Metrics::new()));
@@ -204,14 +235,26 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
         ),
     };
 
-    let (dead_letters, dead_letter_writer) =
-        deadletter::start(&options.dead_letter_path, DEAD_LETTER_QUEUE).map_err(io("opening the dead-letter file"))?;
+    // A run on a state directory continues the files the run before it wrote.
+    let resumes = state.is_some();
+    let (dead_letters, dead_letter_writer) = deadletter::start(&options.dead_letter_path, DEAD_LETTER_QUEUE, resumes)
+        .map_err(io("opening the dead-letter file"))?;
     let (warnings_tx, warnings_rx) = mpsc::channel(WARNING_QUEUE);
-    let mut sinks = sink::open(&options.sinks, &metrics)?;
+    let mut sink_config = options.sinks.clone();
+    sink_config.append |= resumes;
+    let mut sinks = sink::open(&sink_config, &metrics)?;
     if http.is_some() {
         sinks.push(Box::new(DashboardFeed::new(Arc::clone(&live))));
     }
-    let sink = sink::start(sinks, options.sinks.collect, warnings_rx, Arc::clone(&metrics))?;
+    let durable = match &state {
+        Some(state) => Some(Durable::open(
+            &state.dir,
+            state.checkpoint.as_ref(),
+            Arc::clone(&metrics),
+        )?),
+        None => None,
+    };
+    let sink = sink::start(sinks, options.sinks.collect, warnings_rx, durable, Arc::clone(&metrics))?;
 
     let (results_tx, mut results_rx) = mpsc::unbounded_channel();
     let results_tx = options.capture_results.then_some(results_tx);
@@ -227,10 +270,24 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
         table_name: String::new(),
         table_names,
         inputs: 1,
+        close_at_end: state.is_none(),
     };
+    let mut saved: BTreeMap<String, RuleSnapshot> = state
+        .as_ref()
+        .and_then(|s| s.checkpoint.as_ref())
+        .map(|c| c.rules.iter().map(|r| (r.rule.clone(), r.clone())).collect())
+        .unwrap_or_default();
+    let last_arrivals = last_arrivals(saved.values());
     let mut rule_set = RuleSet::new(context, runtime.handle().clone());
     for rule in compiled {
-        rule_set.start(rule);
+        let from = saved.remove(&rule.id);
+        rule_set.start_from(rule, from);
+    }
+    // Rules removed while cityops was down resolve their alerts.
+    for removed in saved.into_values() {
+        for warning in resolutions_of_removed(&removed, options.clock, &metrics) {
+            let _ = warnings_tx.blocking_send(Notice::Warning(warning));
+        }
     }
     let fanout = rule_set.fanout();
     let rule_set = Arc::new(Mutex::new(rule_set));
@@ -259,17 +316,17 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
     let mut decode_threads = Vec::new();
     for (w, rx) in receivers.into_iter().enumerate() {
         let tables = handoff.tables_of(w);
-        let worker_outputs = fanout.for_tables(&tables);
-        let worker = DecodeWorker::new(
+        let mut worker = DecodeWorker::new(
             w,
             decoder.clone(),
             &catalog,
             tables,
-            worker_outputs,
+            &fanout,
             dead_letters.clone(),
             Arc::clone(&metrics),
             settings,
         );
+        worker.restore_arrivals(&last_arrivals);
         let thread = std::thread::Builder::new()
             .name(format!("decode-{w}"))
             .spawn(move || worker.run(rx))
@@ -303,13 +360,43 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
     // The source runs on this thread until the fixture ends (or the live source stops).
     let started = Instant::now();
     let shutdown = options.stop.clone().unwrap_or_default();
-    let sourced: Result<(), RunError> = match &options.fixture {
-        Source::Mqtt(source) => match subscribe(source, &handoff, &metrics, &shutdown) {
-            Ok(_) => Ok(()),
-            Err(MqttError::Setup(e)) => Err(RunError::Mqtt(e)),
-            Err(MqttError::Closed(_)) => Err(RunError::DecodeStopped),
+    let sourced: Result<(), RunError> = match state {
+        None => match &options.fixture {
+            Source::Mqtt(source) => from_broker(source, &handoff, &metrics, &shutdown, None),
+            replayed => replay_source(replayed, &mut &*handoff, options.speed, &metrics, &dead_letters, 0),
         },
-        replayed => replay_source(replayed, &handoff, options.speed, &metrics, &dead_letters),
+        Some(state) => {
+            let live_mqtt = matches!(options.fixture, Source::Mqtt(_));
+            let recovered = recover(&state, &handoff, &metrics, live_mqtt)?;
+            let mut intake = recovered.intake.clone();
+            let sourced = match &options.fixture {
+                Source::Mqtt(source) => {
+                    let logged = Logged {
+                        intake: recovered.intake.clone(),
+                        acks: recovered
+                            .acks
+                            .ok_or_else(|| RunError::Internal("no ack channel".to_string()))?,
+                        expects_session: !state.dir.fresh,
+                        recent: recovered.recent,
+                    };
+                    from_broker(source, &handoff, &metrics, &shutdown, Some(logged))
+                }
+                replayed => replay_source(
+                    replayed,
+                    &mut intake,
+                    options.speed,
+                    &metrics,
+                    &dead_letters,
+                    recovered.messages,
+                ),
+            };
+            // A clean stop leaves a checkpoint behind: the next start replays nothing.
+            let _ = intake.send(Intake::Checkpoint);
+            drop(intake);
+            drop(recovered.intake);
+            recovered.stage.finish().map_err(|_| RunError::DecodeStopped)?;
+            sourced
+        }
     };
     // No reload after the end: stop watching, then end the stream.
     if let Some(watcher) = watcher {
@@ -360,23 +447,231 @@ fn reroute_through(handoff: Arc<Handoff>) -> PublishFanout {
     Box::new(move |fanout| handoff.broadcast(|| Ingest::Reroute(Arc::clone(&fanout))))
 }
 
-/// Replays a recorded source until it ends.
+/// Reads the live broker until the source ends.
+fn from_broker(
+    source: &MqttSource,
+    handoff: &Handoff,
+    metrics: &Metrics,
+    shutdown: &Shutdown,
+    logged: Option<Logged>,
+) -> Result<(), RunError> {
+    match subscribe(source, handoff, metrics, shutdown, logged) {
+        Ok(_) => Ok(()),
+        Err(MqttError::Setup(e)) => Err(RunError::Mqtt(e)),
+        Err(MqttError::Closed(_)) => Err(RunError::DecodeStopped),
+    }
+}
+
+/// A state directory opened for a run, with the checkpoint it starts from.
+struct OpenState {
+    dir: StateDir,
+    checkpoint: Option<Checkpoint>,
+    checkpoint_interval: Duration,
+    /// The highest checkpoint number written so far.
+    last_number: u64,
+}
+
+/// Opens the state directory and reads its newest usable checkpoint; refuses a directory
+/// whose state cannot be rebuilt.
+fn open_state(options: &StateOptions) -> Result<OpenState, RunError> {
+    let dir = StateDir::open(&options.dir)?;
+    let (checkpoint, problems) = checkpoint::read_newest(&dir.checkpoint_dir());
+    for problem in &problems {
+        tracing::error!(dir = %options.dir.display(), "{problem}; falling back");
+    }
+    if checkpoint.is_none() {
+        let log_start = log::segments(&dir.log_dir())
+            .map_err(|source| StateError::Io {
+                dir: options.dir.clone(),
+                source,
+            })?
+            .first()
+            .map(|(first, _)| *first);
+        if log_start.is_some_and(|first| first > 1) {
+            return Err(StateError::Unrecoverable {
+                dir: options.dir.clone(),
+                problems: if problems.is_empty() {
+                    "no checkpoint".to_string()
+                } else {
+                    problems.join("; ")
+                },
+            }
+            .into());
+        }
+    }
+    // Numbers go on from the highest ever written, even past an unusable checkpoint.
+    let last_number = checkpoint::Manifest::read(&dir.checkpoint_dir())
+        .ok()
+        .and_then(|m| m.newest().map(|n| n.number))
+        .into_iter()
+        .chain(checkpoint.as_ref().map(|c| c.number))
+        .max()
+        .unwrap_or(0);
+    Ok(OpenState {
+        dir,
+        checkpoint,
+        checkpoint_interval: options.checkpoint_interval,
+        last_number,
+    })
+}
+
+/// What recovery hands the live source.
+struct Recovered {
+    intake: crossbeam_channel::Sender<Intake>,
+    stage: WalStage,
+    acks: Option<tokio::sync::mpsc::UnboundedReceiver<Vec<Ack>>>,
+    recent: RecentMessages,
+    /// Messages logged over the state directory's life (where a replayed fixture resumes).
+    messages: u64,
+}
+
+/// Replays the log after the checkpoint into the pipeline, then starts the write-ahead log
+/// for new messages and asks for a checkpoint right away.
+fn recover(
+    state: &OpenState,
+    handoff: &Arc<Handoff>,
+    metrics: &Arc<Metrics>,
+    live_mqtt: bool,
+) -> Result<Recovered, RunError> {
+    let started = Instant::now();
+    let log_dir = state.dir.log_dir();
+    let shown = state.dir.root().display().to_string();
+    let (number, covers_seq, replay_from, messages) = state
+        .checkpoint
+        .as_ref()
+        .map_or((0, 0, 1, 0), |c| (c.number, c.covers_seq, c.replay_from, c.messages));
+    metrics.state.enabled.store(true, Relaxed);
+    if !state.dir.fresh {
+        tracing::info!(dir = %shown, checkpoint = number, covers_seq, replay_from, "recovering: replaying the log after the checkpoint");
+        eprintln!("cityops: recovering from {shown} (checkpoint {number}, log from position {replay_from})");
+    }
+    let replayed = replay_log(&log_dir, replay_from, covers_seq, handoff, metrics).map_err(|e| match e {
+        RecoveryError::Closed(_) => RunError::DecodeStopped,
+        RecoveryError::Read(source) => RunError::Io {
+            context: format!("reading the log of {shown}"),
+            source,
+        },
+    })?;
+    if replayed.report.cut_bytes > 0 {
+        tracing::warn!(
+            dir = %shown,
+            cut_bytes = replayed.report.cut_bytes,
+            segment = ?replayed.report.cut_segment,
+            "the log ended in a torn record (a crash mid-write); it was cut there. Nothing acknowledged is lost: the broker sends those messages again"
+        );
+    }
+    let next_seq = replayed.report.next_seq.max(covers_seq + 1);
+    let mut recent = RecentMessages::default();
+    let tail_from = next_seq.saturating_sub(RECENT_TAIL);
+    let _ = log::read_from::<()>(&log_dir, tail_from, |record| {
+        if let Record::Message { topic, payload, .. } = record {
+            recent.remember(RecentMessages::fingerprint(&topic, &payload));
+        }
+        Ok(())
+    });
+    if !state.dir.fresh {
+        eprintln!(
+            "cityops: recovered in {:.3} s: {} messages refilled open windows, {} replayed after the checkpoint",
+            started.elapsed().as_secs_f64(),
+            replayed.refilled,
+            replayed.replayed
+        );
+    }
+    let writer = LogWriter::create(&log_dir, next_seq).map_err(|source| RunError::Io {
+        context: format!("starting the log in {shown}"),
+        source,
+    })?;
+    let (ack_tx, ack_rx) = tokio::sync::mpsc::unbounded_channel();
+    let settings = WalSettings {
+        checkpoint_every: state.checkpoint_interval,
+        next_checkpoint: state.last_number + 1,
+        messages_before: messages + replayed.replayed,
+    };
+    let (intake, stage) = WalStage::start(
+        writer,
+        Arc::clone(handoff),
+        live_mqtt.then_some(ack_tx),
+        settings,
+        Arc::clone(metrics),
+    )
+    .map_err(io("starting the log stage"))?;
+    // The first checkpoint of the run: it also sets the receivers' view straight.
+    intake.send(Intake::Checkpoint).map_err(|_| RunError::DecodeStopped)?;
+    metrics.state.log_bytes.store(log::size_bytes(&log_dir), Relaxed);
+    Ok(Recovered {
+        intake,
+        stage,
+        acks: live_mqtt.then_some(ack_rx),
+        recent,
+        messages: messages + replayed.replayed,
+    })
+}
+
+/// Log records read back at start to recognise redeliveries of logged messages.
+const RECENT_TAIL: u64 = 65_536;
+
+/// Per table, when its last row arrived, over every rule's snapshot.
+fn last_arrivals<'a>(rules: impl Iterator<Item = &'a RuleSnapshot>) -> Vec<(usize, i64)> {
+    let mut latest: BTreeMap<usize, i64> = BTreeMap::new();
+    for (table, at) in rules.flat_map(|r| r.last_arrivals.iter()) {
+        if let Some(at) = at {
+            let slot = latest.entry(*table).or_insert(*at);
+            *slot = (*slot).max(*at);
+        }
+    }
+    latest.into_iter().collect()
+}
+
+/// The resolutions of a rule that was removed while cityops was down: each alert it had
+/// firing resolves.
+fn resolutions_of_removed(removed: &RuleSnapshot, clock: DetectionClock, metrics: &Metrics) -> Vec<Warning> {
+    tracing::info!(rule = %removed.rule, "the rule was removed while cityops was down: its alerts resolve");
+    let policy = Policy {
+        fire_after: FireAfter::Windows(1),
+        resolve_after: 1,
+    };
+    let mut lifecycle = Lifecycle::new(&removed.rule, policy);
+    lifecycle.restore(removed.alerts.clone());
+    let event_ms = removed.last_event_ms.unwrap_or_else(wall_now_ms);
+    let step = CleanStep {
+        window: None,
+        detected_ms: match clock {
+            DetectionClock::EventTime => event_ms,
+            DetectionClock::Wall => wall_now_ms(),
+        },
+        arrived_ns: metrics.now_ns(),
+    };
+    let info = RuleInfo {
+        rule: removed.rule.clone(),
+        table: removed.table.clone(),
+        description: removed.description.clone(),
+    };
+    lifecycle
+        .retire(step)
+        .into_iter()
+        .map(|t| Warning::from_transition(&info, t, metrics.now_ns()))
+        .collect()
+}
+
+/// Replays a recorded source until it ends, skipping the first `skip` messages.
 fn replay_source(
     source: &Source,
-    handoff: &Handoff,
+    downstream: &mut dyn Downstream,
     speed: Speed,
     metrics: &Metrics,
     dead_letters: &crossbeam_channel::Sender<DeadLetter>,
+    skip: u64,
 ) -> Result<(), RunError> {
     let mut reader = match source {
         Source::Demo => FixtureReader::demo()?,
         Source::File(path) => FixtureReader::open(path)?,
         Source::Channel(rx) => {
-            return replay_all(&mut rx.iter().map(Ok), handoff, speed, metrics, dead_letters).map_err(RunError::from);
+            return replay_all(&mut rx.iter().map(Ok), downstream, speed, metrics, dead_letters, skip)
+                .map_err(RunError::from);
         }
         Source::Mqtt(_) => return Err(RunError::Internal("a live source is not a replay".to_string())),
     };
-    replay_all(&mut reader.messages(), handoff, speed, metrics, dead_letters).map_err(RunError::from)
+    replay_all(&mut reader.messages(), downstream, speed, metrics, dead_letters, skip).map_err(RunError::from)
 }
 
 impl From<ReplayError> for RunError {
@@ -391,10 +686,11 @@ impl From<ReplayError> for RunError {
 /// Replays a fixture; a line whose envelope is broken is dead-lettered and skipped.
 fn replay_all(
     messages: &mut dyn Iterator<Item = Result<Message, FixtureError>>,
-    handoff: &Handoff,
+    downstream: &mut dyn Downstream,
     speed: Speed,
     metrics: &Metrics,
     dead_letters: &crossbeam_channel::Sender<DeadLetter>,
+    skip: u64,
 ) -> Result<(), ReplayError> {
     let mut on_bad_line = |error: FixtureError| {
         metrics.messages_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -408,5 +704,5 @@ fn replay_all(
             payload: serde_json::Value::Null,
         });
     };
-    replay(messages, handoff, speed, metrics, &mut on_bad_line).map(|_| ())
+    replay(messages, downstream, speed, metrics, skip, &mut on_bad_line).map(|_| ())
 }

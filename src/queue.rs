@@ -20,6 +20,9 @@ use crate::topic::TopicPattern;
 /// The sending side, held by the source.
 pub(crate) struct Handoff {
     queues: Vec<Sender<Ingest>>,
+    /// Held while an item goes to every queue, so that every queue sees broadcasts (clock
+    /// ticks, reroutes, checkpoint cuts) in the same order.
+    broadcasting: parking_lot::Mutex<()>,
     /// Which worker owns each table.
     owner_of_table: Vec<usize>,
     /// The topic convention, to find the table a topic names (`worker_for`).
@@ -45,6 +48,7 @@ impl Handoff {
         (
             Handoff {
                 queues: senders,
+                broadcasting: parking_lot::Mutex::new(()),
                 owner_of_table,
                 pattern,
                 catalog,
@@ -95,6 +99,7 @@ impl Handoff {
 
     /// Sends a copy of a control item to every worker.
     pub(crate) fn broadcast(&self, make: impl Fn() -> Ingest) -> Result<(), Closed> {
+        let _in_order = self.broadcasting.lock();
         (0..self.queues.len()).try_for_each(|w| self.send(w, make()))
     }
 }
@@ -180,6 +185,7 @@ mod tests {
             payload: bytes::Bytes::new(),
             recorded_invalid: false,
             arrived_ns: 0,
+            ..Message::default()
         }
     }
 

@@ -20,6 +20,7 @@ fn message(device: &str, payload: &str) -> Message {
         payload: payload.as_bytes().to_vec().into(),
         recorded_invalid: false,
         arrived_ns: 0,
+        ..Message::default()
     }
 }
 

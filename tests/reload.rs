@@ -69,6 +69,7 @@ fn reading(minute: i64, device: &str, pressure_mpa: f64) -> Message {
         payload: payload.to_string().into_bytes().into(),
         recorded_invalid: false,
         arrived_ns: 0,
+        ..Message::default()
     }
 }
 
@@ -83,6 +84,7 @@ fn barrier(minute: i64) -> Message {
         payload: payload.to_string().into_bytes().into(),
         recorded_invalid: false,
         arrived_ns: 0,
+        ..Message::default()
     }
 }
 

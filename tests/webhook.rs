@@ -132,6 +132,7 @@ fn gas(device: &str, second: i64) -> Message {
         payload: payload.to_string().into_bytes().into(),
         recorded_invalid: false,
         arrived_ns: 0,
+        ..Message::default()
     }
 }
 

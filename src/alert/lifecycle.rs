@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 use serde_json::{Map, Value};
 
 use crate::level::Level;
+use crate::state::snapshot::AlertSnapshot;
 use crate::time::EpochMs;
 
 /// When a breaching key starts firing (`-- for:` in a rule header).
@@ -96,6 +97,9 @@ pub struct Transition {
     pub first_breach_ms: EpochMs,
     pub detected_ms: EpochMs,
     pub arrived_ns: u64,
+    /// This alert's notifications so far, this one included: with `alert_id`, the
+    /// notification's identity (a recovered run that sends it again sends the same pair).
+    pub number: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,12 +118,15 @@ struct Alert {
     clean_steps: u32,
     first_breach_ms: EpochMs,
     alert_id: String,
+    /// Notifications sent so far.
+    notified: u32,
 }
 
 impl Alert {
     /// The notification that this alert resolved at `step`.
     fn resolved(self, step: CleanStep) -> Transition {
         Transition {
+            number: self.notified + 1,
             change: Change::Resolved,
             alert_id: self.alert_id,
             key: self.key,
@@ -199,6 +206,7 @@ impl Lifecycle {
             clean_steps: 0,
             first_breach_ms: evidence.event_ms,
             alert_id: alert_id(rule, &evidence.key.id, evidence.event_ms),
+            notified: 0,
         });
         alert.consecutive_breaches = alert.consecutive_breaches.saturating_add(1);
         alert.clean_steps = 0;
@@ -220,7 +228,9 @@ impl Lifecycle {
             Status::Firing if previous_level != evidence.level => Change::Escalated { from: previous_level },
             Status::Firing => return None,
         };
+        alert.notified += 1;
         Some(Transition {
+            number: alert.notified,
             change,
             alert_id: alert.alert_id.clone(),
             key: alert.key.clone(),
@@ -294,6 +304,51 @@ impl Lifecycle {
             .filter(|alert| alert.status == Status::Firing)
             .map(|alert| alert.resolved(step))
             .collect()
+    }
+}
+
+impl Lifecycle {
+    /// Every pending and firing alert, by key, as checkpoint data.
+    pub(crate) fn snapshot(&self) -> Vec<AlertSnapshot> {
+        let mut alerts: Vec<AlertSnapshot> = self
+            .alerts
+            .values()
+            .map(|a| AlertSnapshot {
+                firing: a.status == Status::Firing,
+                key: a.key.fields.clone(),
+                level: a.level,
+                values: a.values.clone(),
+                consecutive_breaches: a.consecutive_breaches,
+                clean_steps: a.clean_steps,
+                first_breach_ms: a.first_breach_ms,
+                alert_id: a.alert_id.clone(),
+                notified: a.notified,
+            })
+            .collect();
+        alerts.sort_by(|a, b| a.alert_id.cmp(&b.alert_id));
+        alerts
+    }
+
+    /// Takes back the alerts of a checkpoint.
+    pub(crate) fn restore(&mut self, alerts: Vec<AlertSnapshot>) {
+        self.alerts = alerts
+            .into_iter()
+            .map(|a| {
+                let key = AlertKey::new(a.key);
+                let alert = Alert {
+                    status: if a.firing { Status::Firing } else { Status::Pending },
+                    key: key.clone(),
+                    level: a.level,
+                    values: a.values,
+                    consecutive_breaches: a.consecutive_breaches,
+                    clean_steps: a.clean_steps,
+                    first_breach_ms: a.first_breach_ms,
+                    alert_id: a.alert_id,
+                    notified: a.notified,
+                };
+                (key.id, alert)
+            })
+            .collect();
     }
 }
 

@@ -2,6 +2,7 @@
 //! DESIGN.md, and the sinks that deliver it (one `Sink` trait; stdout, JSON Lines, MQTT,
 //! webhook, and the dashboard's feed, which `http` implements).
 
+pub(crate) mod durable;
 pub(crate) mod lifecycle;
 pub(crate) mod mqtt_sink;
 pub(crate) mod sink;

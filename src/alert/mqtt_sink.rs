@@ -22,6 +22,15 @@ use crate::metrics::Metrics;
 
 /// How long `close` waits for the broker to acknowledge what was published.
 const CLOSE_WAIT: Duration = Duration::from_secs(30);
+/// How long `settle` waits for the broker's acks before reporting them unconfirmed.
+const SETTLE_WAIT: Duration = Duration::from_secs(5);
+/// Reconciling retained states: the longest wait for the broker to send them, and the
+/// quiet that ends the wait once they flow.
+const RETAINED_WAIT: Duration = Duration::from_secs(3);
+const RETAINED_QUIET: Duration = Duration::from_millis(300);
+
+/// Retained states the broker sends while a reconcile listens: (topic, payload).
+type Retained = Arc<parking_lot::Mutex<Option<Vec<(String, Vec<u8>)>>>>;
 
 /// A connected publisher.
 pub(crate) struct MqttSink {
@@ -33,6 +42,10 @@ pub(crate) struct MqttSink {
     connection: JoinHandle<()>,
     /// Where failed publishes are counted (`sink_errors`).
     metrics: Arc<Metrics>,
+    /// Filled by the connection thread while a reconcile listens.
+    retained: Retained,
+    /// Whether the broker granted the reconcile's subscription.
+    subscribed: Arc<AtomicBool>,
 }
 
 impl MqttSink {
@@ -43,6 +56,9 @@ impl MqttSink {
         let acked = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (acks, stopping) = (Arc::clone(&acked), Arc::clone(&stop));
+        let retained: Retained = Arc::default();
+        let subscribed = Arc::new(AtomicBool::new(false));
+        let (listening, granted) = (Arc::clone(&retained), Arc::clone(&subscribed));
         let host = url.host.clone();
         let connection = std::thread::Builder::new()
             .name("mqtt-warnings".to_string())
@@ -54,6 +70,12 @@ impl MqttSink {
                             acks.fetch_add(1, Ordering::Relaxed);
                         }
                         Ok(Event::Incoming(Packet::ConnAck(_))) => backoff = Duration::from_millis(100),
+                        Ok(Event::Incoming(Packet::SubAck(_))) => granted.store(true, Ordering::Relaxed),
+                        Ok(Event::Incoming(Packet::Publish(p))) if p.retain => {
+                            if let Some(seen) = listening.lock().as_mut() {
+                                seen.push((p.topic.clone(), p.payload.to_vec()));
+                            }
+                        }
                         Ok(_) => {}
                         Err(e) => {
                             if stopping.load(Ordering::Relaxed) {
@@ -75,7 +97,84 @@ impl MqttSink {
             stop,
             connection,
             metrics,
+            retained,
+            subscribed,
         })
+    }
+
+    /// Waits (up to `wait`) until the broker has acknowledged every publish so far.
+    fn wait_for_acks(&self, wait: Duration) -> bool {
+        let started = Instant::now();
+        while self.acked.load(Ordering::Relaxed) < self.published {
+            if started.elapsed() >= wait {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        true
+    }
+
+    /// Makes the retained states under `<prefix>/state/` show exactly `firing`: stale
+    /// ones are cleared, missing or outdated ones published. Returns (cleared, published).
+    pub(crate) fn reconcile_states(&mut self, firing: &[Warning]) -> (u64, u64) {
+        let filter = format!("{}/state/#", self.prefix);
+        *self.retained.lock() = Some(Vec::new());
+        self.subscribed.store(false, Ordering::Relaxed);
+        if let Err(e) = self.client.subscribe(&filter, QoS::AtLeastOnce) {
+            tracing::warn!(error = %e, "warning sink: cannot read the retained states to reconcile them");
+            *self.retained.lock() = None;
+            return (0, 0);
+        }
+        // The broker sends the retained messages right after granting the subscription.
+        let started = Instant::now();
+        let mut last_count = 0;
+        let mut quiet_since = Instant::now();
+        while started.elapsed() < RETAINED_WAIT {
+            std::thread::sleep(Duration::from_millis(20));
+            let count = self.retained.lock().as_ref().map_or(0, Vec::len);
+            if count != last_count {
+                last_count = count;
+                quiet_since = Instant::now();
+            }
+            if self.subscribed.load(Ordering::Relaxed) && quiet_since.elapsed() >= RETAINED_QUIET {
+                break;
+            }
+        }
+        let _ = self.client.unsubscribe(&filter);
+        let seen = self.retained.lock().take().unwrap_or_default();
+        let wanted: std::collections::HashMap<String, &Warning> =
+            firing.iter().map(|w| (state_topic(&self.prefix, w), w)).collect();
+        let mut shown: std::collections::HashMap<String, Option<String>> = std::collections::HashMap::new();
+        for (topic, payload) in seen {
+            let alert_id = serde_json::from_slice::<Value>(&payload)
+                .ok()
+                .and_then(|v| v.get("alert_id").and_then(Value::as_str).map(str::to_string));
+            shown.insert(topic, (!payload.is_empty()).then_some(alert_id.unwrap_or_default()));
+        }
+        let (mut cleared, mut published) = (0, 0);
+        for (topic, alert) in &shown {
+            if alert.is_some() && !wanted.contains_key(topic) {
+                if self
+                    .client
+                    .publish(topic.clone(), QoS::AtLeastOnce, true, Vec::new())
+                    .is_ok()
+                {
+                    self.published += 1;
+                    cleared += 1;
+                }
+            }
+        }
+        for (topic, warning) in &wanted {
+            let current = shown.get(topic).cloned().flatten();
+            if current.as_deref() != Some(warning.alert_id.as_str())
+                && let Ok(json) = serde_json::to_vec(warning)
+                && self.client.publish(topic.clone(), QoS::AtLeastOnce, true, json).is_ok()
+            {
+                self.published += 1;
+                published += 1;
+            }
+        }
+        (cleared, published)
     }
 
     /// Publishes one warning and updates its alert's retained state. Waits while the
@@ -129,6 +228,29 @@ impl Sink for MqttSink {
             tracing::error!(error = %e, alert = %warning.alert_id, "warning sink: mqtt publish failed");
         }
         Ok(())
+    }
+
+    fn settle(&mut self) -> bool {
+        self.wait_for_acks(SETTLE_WAIT)
+    }
+
+    fn reconcile(&mut self, firing: &[Warning]) {
+        let (cleared, published) = self.reconcile_states(firing);
+        self.metrics
+            .state
+            .retained_cleared
+            .fetch_add(cleared, Ordering::Relaxed);
+        self.metrics
+            .state
+            .retained_published
+            .fetch_add(published, Ordering::Relaxed);
+        if cleared + published > 0 {
+            tracing::warn!(
+                cleared,
+                published,
+                "warning sink: retained alert states did not match what fires; stale ones cleared, missing ones published"
+            );
+        }
     }
 
     fn close(self: Box<Self>) -> Result<(), SinkError> {

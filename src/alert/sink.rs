@@ -13,18 +13,51 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+use super::durable::Durable;
 use super::mqtt_sink::MqttSink;
 use super::warning::{Warning, WarningStatus};
 use super::webhook::WebhookSink;
 use crate::broker::BrokerUrl;
 use crate::config::{MqttConfig, WebhookConfig};
+use crate::flow::Cut;
 use crate::metrics::{Metrics, Stage};
+use crate::state::snapshot::RuleSnapshot;
+
+/// What the rule stage sends the sink thread, in order.
+#[derive(Debug)]
+pub(crate) enum Notice {
+    Warning(Warning),
+    /// A rule's state at a checkpoint's cut; every warning the rule emitted before the cut
+    /// came first. `rules` names every rule the checkpoint waits for.
+    Snapshot {
+        cut: Cut,
+        rules: Arc<[String]>,
+        snapshot: Box<RuleSnapshot>,
+    },
+}
 
 /// One destination of warnings (Vector's `StreamSink`, one warning at a time).
 pub(crate) trait Sink: Send {
     /// Delivers one warning. An error stops the sink thread (a file that cannot be written);
     /// a sink that can retry (MQTT, webhook) keeps its failures to itself and counts them.
     fn deliver(&mut self, warning: &Warning) -> Result<(), SinkError>;
+
+    /// Makes every warning delivered so far durable at the receiver (a file synced, the
+    /// broker's acks in); false when it could not be confirmed (the warnings are then not
+    /// recorded as delivered, and a recovery sends them again with the same identity).
+    fn settle(&mut self) -> bool {
+        true
+    }
+
+    /// Sets the receiver's view of what fires now straight, when it keeps one (the MQTT
+    /// sink's retained states): `firing` is every alert firing after recovery.
+    fn reconcile(&mut self, _firing: &[Warning]) {}
+
+    /// Whether the sink's view dies with the process (the dashboard): it takes the
+    /// notifications recovery computes again, which the other sinks already have.
+    fn in_memory(&self) -> bool {
+        false
+    }
 
     /// Flushes and lets go, after the last warning.
     fn close(self: Box<Self>) -> Result<(), SinkError>;
@@ -43,6 +76,9 @@ pub struct SinkConfig {
     pub mqtt: Option<(BrokerUrl, MqttConfig)>,
     /// POST to a webhook through the on-disk spool.
     pub webhook: Option<WebhookConfig>,
+    /// Append to the JSON Lines file instead of starting it afresh (a run on a state dir
+    /// continues what the run before wrote).
+    pub append: bool,
 }
 
 /// A sink that could not be opened or written.
@@ -69,7 +105,7 @@ pub(crate) fn open(config: &SinkConfig, metrics: &Arc<Metrics>) -> Result<Vec<Bo
         sinks.push(Box::new(StdoutSink));
     }
     if let Some(path) = &config.jsonl {
-        sinks.push(Box::new(JsonLinesSink::create(path)?));
+        sinks.push(Box::new(JsonLinesSink::create(path, config.append)?));
     }
     if let Some((url, mqtt)) = &config.mqtt {
         sinks.push(Box::new(
@@ -97,30 +133,64 @@ impl SinkHandle {
 }
 
 /// Starts the sink thread reading from `rx`; `collect` keeps every warning for `finish`.
+/// With `durable`, deliveries are recorded, notifications already delivered before a crash
+/// are not sent again, and checkpoints are written.
 pub(crate) fn start(
     sinks: Vec<Box<dyn Sink>>,
     collect: bool,
-    rx: mpsc::Receiver<Warning>,
+    rx: mpsc::Receiver<Notice>,
+    durable: Option<Durable>,
     metrics: Arc<Metrics>,
 ) -> Result<SinkHandle, SinkError> {
     let handle = std::thread::Builder::new()
         .name("sinks".to_string())
-        .spawn(move || deliver(rx, sinks, collect, &metrics))
+        .spawn(move || deliver(rx, sinks, collect, durable, &metrics))
         .map_err(SinkError::Write)?;
     Ok(SinkHandle { handle })
 }
 
 fn deliver(
-    mut rx: mpsc::Receiver<Warning>,
+    mut rx: mpsc::Receiver<Notice>,
     mut sinks: Vec<Box<dyn Sink>>,
     collect: bool,
+    mut durable: Option<Durable>,
     metrics: &Metrics,
 ) -> Result<Vec<Warning>, SinkError> {
     let mut delivered = Vec::new();
-    while let Some(warning) = rx.blocking_recv() {
+    loop {
+        let notice = match rx.try_recv() {
+            Ok(notice) => notice,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                // A quiet moment: what was delivered is confirmed and recorded.
+                if let Some(durable) = durable.as_mut() {
+                    durable.settle(&mut sinks)?;
+                }
+                match rx.blocking_recv() {
+                    Some(notice) => notice,
+                    None => break,
+                }
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+        };
+        let warning = match notice {
+            Notice::Warning(warning) => warning,
+            Notice::Snapshot { cut, rules, snapshot } => {
+                if let Some(durable) = durable.as_mut() {
+                    durable.on_snapshot(cut, &rules, *snapshot, &mut sinks)?;
+                }
+                continue;
+            }
+        };
         let started = Instant::now();
-        for sink in sinks.iter_mut() {
+        let again = durable.as_mut().is_some_and(|d| d.already_delivered(&warning));
+        for sink in sinks.iter_mut().filter(|s| !again || s.in_memory()) {
             sink.deliver(&warning)?;
+        }
+        if let Some(durable) = durable.as_mut() {
+            durable.delivered(&warning, !again);
+        }
+        if again {
+            continue;
         }
         match warning.status {
             WarningStatus::Firing => metrics.add_warning(warning.level),
@@ -132,6 +202,9 @@ fn deliver(
         if collect {
             delivered.push(warning);
         }
+    }
+    if let Some(durable) = durable.as_mut() {
+        durable.settle(&mut sinks)?;
     }
     for sink in sinks {
         sink.close()?;
@@ -160,7 +233,7 @@ struct JsonLinesSink {
 }
 
 impl JsonLinesSink {
-    fn create(path: &Path) -> Result<Self, SinkError> {
+    fn create(path: &Path, append: bool) -> Result<Self, SinkError> {
         let open_error = |source| SinkError::Open {
             path: path.to_path_buf(),
             source,
@@ -168,7 +241,12 @@ impl JsonLinesSink {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(open_error)?;
         }
-        let file = File::create(path).map_err(open_error)?;
+        let file = if append {
+            std::fs::OpenOptions::new().create(true).append(true).open(path)
+        } else {
+            File::create(path)
+        }
+        .map_err(open_error)?;
         Ok(JsonLinesSink {
             file: BufWriter::new(file),
         })
@@ -181,6 +259,10 @@ impl Sink for JsonLinesSink {
         self.file.write_all(b"\n")?;
         self.file.flush()?;
         Ok(())
+    }
+
+    fn settle(&mut self) -> bool {
+        self.file.flush().and_then(|()| self.file.get_ref().sync_data()).is_ok()
     }
 
     fn close(mut self: Box<Self>) -> Result<(), SinkError> {

@@ -1,12 +1,15 @@
 //! The warning notification of DESIGN.md, one JSON object each:
 //! `{alert_id, rule, status, level, table, key, values, window_start, window_end,
-//! first_breach, detected_at, latency_ms, description}`, and its one-line human form.
+//! first_breach, detected_at, latency_ms, description, transition}`, and its one-line human
+//! form. `transition` (the alert's notification number) is cityops' addition to DESIGN.md:
+//! with `alert_id` it identifies a notification, so a receiver can drop one sent twice.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::lifecycle::{Change, Transition};
 use crate::level::Level;
+use crate::state::snapshot::{AlertSnapshot, RuleSnapshot};
 use crate::time::format_ms;
 
 /// Firing (including escalations) or resolved.
@@ -41,6 +44,10 @@ pub struct Warning {
     pub detected_at: String,
     pub latency_ms: f64,
     pub description: String,
+    /// This alert's notifications so far, this one included. With `alert_id` it is the
+    /// notification's identity: a notification sent again after a crash has the same pair.
+    #[serde(default)]
+    pub transition: u32,
     /// Set when a firing alert changed level; shown on the human line, not in the JSON.
     #[serde(skip)]
     pub escalated_from: Option<Level>,
@@ -68,7 +75,31 @@ impl Warning {
             detected_at: format_ms(t.detected_ms),
             latency_ms: emit_ns.saturating_sub(t.arrived_ns) as f64 / 1e6,
             description: rule.description.clone(),
+            transition: t.number,
             escalated_from,
+        }
+    }
+
+    /// The latest notification of an alert a checkpoint holds as firing, rebuilt from the
+    /// checkpoint (its window and detection time are not kept: the alert's first breach
+    /// stands in for both).
+    pub(crate) fn still_firing(rule: &RuleSnapshot, alert: &AlertSnapshot) -> Self {
+        Warning {
+            alert_id: alert.alert_id.clone(),
+            rule: rule.rule.clone(),
+            status: WarningStatus::Firing,
+            level: alert.level,
+            table: rule.table.clone(),
+            key: alert.key.iter().cloned().collect(),
+            values: alert.values.clone(),
+            window_start: None,
+            window_end: None,
+            first_breach: format_ms(alert.first_breach_ms),
+            detected_at: format_ms(alert.first_breach_ms),
+            latency_ms: 0.0,
+            description: rule.description.clone(),
+            transition: alert.notified,
+            escalated_from: None,
         }
     }
 
@@ -145,6 +176,7 @@ mod tests {
             first_breach_ms: 1_768_416_000_000,
             detected_ms: 1_768_416_062_000,
             arrived_ns: 1_000_000,
+            number: 1,
         };
         let w = Warning::from_transition(&rule, t, 3_500_000);
         let json = serde_json::to_value(&w).expect("serializes");
@@ -166,12 +198,14 @@ mod tests {
                 "rule",
                 "status",
                 "table",
+                "transition",
                 "values",
                 "window_end",
                 "window_start"
             ]
         );
         assert_eq!(json["status"], "firing");
+        assert_eq!(json["transition"], 1);
         assert_eq!(json["level"], "red");
         assert_eq!(json["window_start"], "2026-01-14T18:40:00.000Z");
         assert_eq!(json["latency_ms"], 2.5);

@@ -104,6 +104,10 @@ impl Sink for DashboardFeed {
         Ok(())
     }
 
+    fn in_memory(&self) -> bool {
+        true
+    }
+
     fn close(self: Box<Self>) -> Result<(), SinkError> {
         Ok(())
     }

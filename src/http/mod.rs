@@ -173,7 +173,31 @@ fn stats_json(state: &AppState) -> serde_json::Value {
     let mut stats = serde_json::to_value(Summary::collect(metrics, elapsed, firing)).unwrap_or_default();
     stats["queue_depths"] = json!(metrics.queue_depths());
     stats["mqtt_connected"] = json!(metrics.mqtt_connected.load(std::sync::atomic::Ordering::Relaxed));
+    stats["state"] = state_json(metrics);
     stats
+}
+
+/// The durable state, for the dashboard (null when the run keeps no state).
+fn state_json(metrics: &crate::metrics::Metrics) -> serde_json::Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = &metrics.state;
+    if !s.enabled.load(Relaxed) {
+        return serde_json::Value::Null;
+    }
+    json!({
+        "log_bytes": s.log_bytes.load(Relaxed),
+        "log_stalled": s.log_stalled.load(Relaxed),
+        "checkpoints": s.checkpoints.load(Relaxed),
+        "checkpoint_failures": s.checkpoint_failures.load(Relaxed),
+        "last_checkpoint_ms": s.last_checkpoint_ms.load(Relaxed),
+        "last_checkpoint_bytes": s.last_checkpoint_bytes.load(Relaxed),
+        "last_checkpoint_us": s.last_checkpoint_us.load(Relaxed),
+        "recovery_ms": s.recovery_ms.load(Relaxed),
+        "recovered_messages": s.recovered_messages.load(Relaxed),
+        "refilled_messages": s.refilled_messages.load(Relaxed),
+        "resends_skipped": s.resends_skipped.load(Relaxed),
+        "sessions_lost": s.session_lost.load(Relaxed),
+    })
 }
 
 async fn stats(State(state): State<AppState>) -> Response {

@@ -146,6 +146,7 @@ pub(crate) fn render(metrics: &Metrics) -> String {
     for (name, help, value) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
     }
+    render_state(&mut out, metrics);
     let _ = writeln!(
         out,
         "# HELP cityops_decode_queue_depth Messages waiting in each decode queue\n# TYPE cityops_decode_queue_depth gauge"
@@ -181,6 +182,115 @@ pub(crate) fn render(metrics: &Metrics) -> String {
         );
     }
     out
+}
+
+/// The durable state's log, checkpoints and recovery (only when the run keeps state).
+fn render_state(out: &mut String, metrics: &Metrics) {
+    let s = &metrics.state;
+    if !s.enabled.load(Relaxed) {
+        return;
+    }
+    let series: [(&str, &str, &str, u64); 16] = [
+        (
+            "cityops_state_log_bytes",
+            "gauge",
+            "Bytes of the write-ahead log on disk",
+            s.log_bytes.load(Relaxed),
+        ),
+        (
+            "cityops_state_log_commits_total",
+            "counter",
+            "Group commits of the log (one fdatasync each)",
+            s.log_commits.load(Relaxed),
+        ),
+        (
+            "cityops_state_log_messages_total",
+            "counter",
+            "Messages made durable in the log",
+            s.log_messages.load(Relaxed),
+        ),
+        (
+            "cityops_state_log_errors_total",
+            "counter",
+            "Failed log writes (acks wait while they fail)",
+            s.log_errors.load(Relaxed),
+        ),
+        (
+            "cityops_state_log_stalled",
+            "gauge",
+            "1 while the log cannot be written and no message is acked",
+            u64::from(s.log_stalled.load(Relaxed)),
+        ),
+        (
+            "cityops_state_checkpoints_total",
+            "counter",
+            "Checkpoints written",
+            s.checkpoints.load(Relaxed),
+        ),
+        (
+            "cityops_state_checkpoint_failures_total",
+            "counter",
+            "Checkpoints not written (an unconfirmed sink, a failed write)",
+            s.checkpoint_failures.load(Relaxed),
+        ),
+        (
+            "cityops_state_last_checkpoint_timestamp_ms",
+            "gauge",
+            "When the last checkpoint was taken (epoch ms)",
+            s.last_checkpoint_ms.load(Relaxed),
+        ),
+        (
+            "cityops_state_last_checkpoint_bytes",
+            "gauge",
+            "Size of the last checkpoint",
+            s.last_checkpoint_bytes.load(Relaxed),
+        ),
+        (
+            "cityops_state_last_checkpoint_microseconds",
+            "gauge",
+            "How long the last checkpoint took to write",
+            s.last_checkpoint_us.load(Relaxed),
+        ),
+        (
+            "cityops_state_recovery_milliseconds",
+            "gauge",
+            "How long recovery took at start",
+            s.recovery_ms.load(Relaxed),
+        ),
+        (
+            "cityops_state_recovered_messages",
+            "gauge",
+            "Messages replayed from the log after the checkpoint at start",
+            s.recovered_messages.load(Relaxed),
+        ),
+        (
+            "cityops_state_refilled_messages",
+            "gauge",
+            "Messages read again from the log at start to refill open windows",
+            s.refilled_messages.load(Relaxed),
+        ),
+        (
+            "cityops_state_resends_skipped_total",
+            "counter",
+            "Notifications recovery computed again that the sinks already had",
+            s.resends_skipped.load(Relaxed),
+        ),
+        (
+            "cityops_state_retained_fixed_total",
+            "counter",
+            "Retained alert states fixed at start (stale cleared, missing published)",
+            s.retained_cleared.load(Relaxed) + s.retained_published.load(Relaxed),
+        ),
+        (
+            "cityops_mqtt_sessions_lost_total",
+            "counter",
+            "Connects where the broker had lost the session cityops expected",
+            s.session_lost.load(Relaxed),
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+    }
 }
 
 /// Escapes a label value.

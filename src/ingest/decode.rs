@@ -382,6 +382,7 @@ mod tests {
             payload: bytes::Bytes::copy_from_slice(payload.as_bytes()),
             recorded_invalid: false,
             arrived_ns: 0,
+            ..Message::default()
         }
     }
 

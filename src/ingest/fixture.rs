@@ -178,6 +178,7 @@ impl FixtureReader {
                 payload,
                 recorded_invalid,
                 arrived_ns: 0,
+                ..Message::default()
             }));
         }
     }

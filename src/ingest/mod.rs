@@ -7,6 +7,8 @@ pub(crate) mod acks;
 pub(crate) mod decode;
 pub(crate) mod fixture;
 pub(crate) mod mqtt;
+pub(crate) mod recovery;
 pub(crate) mod replay;
 pub(crate) mod scan;
+pub(crate) mod wal;
 pub(crate) mod worker;

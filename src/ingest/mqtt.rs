@@ -14,12 +14,14 @@ use rumqttc::{AsyncClient, Event, Packet, PubAck, QoS, SubscribeFilter, Subscrib
 
 use super::acks::PendingAcks;
 use super::replay::TICK_MS;
+use super::wal::{Ack, Intake};
 use crate::broker::{self, BrokerUrl};
 use crate::config::{Config, MqttConfig};
 use crate::flow::{Closed, Ingest, Message};
 use crate::metrics::Metrics;
 use crate::queue::{Bursts, Handoff};
 use crate::shutdown::Shutdown;
+use crate::time::wall_now_ms;
 use crate::topic::TopicPattern;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -75,12 +77,61 @@ pub(crate) enum MqttError {
     Closed(#[from] Closed),
 }
 
-/// Reads messages until `shutdown` is requested or a configured end is reached; returns the count.
+/// A run that keeps state: messages and ticks go through the write-ahead log, whose stage
+/// hands back the acks of what it made durable.
+pub(crate) struct Logged {
+    pub intake: crossbeam_channel::Sender<Intake>,
+    pub acks: tokio::sync::mpsc::UnboundedReceiver<Vec<Ack>>,
+    /// Whether the broker should still hold this client's session from an earlier run.
+    pub expects_session: bool,
+    /// The last messages the log holds: the broker sends again those it had no ack for.
+    pub recent: RecentMessages,
+}
+
+/// Fingerprints (topic and payload) of the messages logged last, so that a redelivery of a
+/// message the log already holds (its ack was lost in a crash or a dropped connection) is
+/// acked and not logged twice.
+#[derive(Debug, Default)]
+pub(crate) struct RecentMessages {
+    order: std::collections::VecDeque<u64>,
+    counts: std::collections::HashMap<u64, u32>,
+}
+
+impl RecentMessages {
+    /// How many fingerprints are kept (well above any broker's in-flight window).
+    const KEEP: usize = 65_536;
+
+    pub(crate) fn fingerprint(topic: &str, payload: &[u8]) -> u64 {
+        (u64::from(crc32fast::hash(topic.as_bytes())) << 32) | u64::from(crc32fast::hash(payload))
+    }
+
+    pub(crate) fn remember(&mut self, fingerprint: u64) {
+        self.order.push_back(fingerprint);
+        *self.counts.entry(fingerprint).or_default() += 1;
+        if self.order.len() > Self::KEEP
+            && let Some(old) = self.order.pop_front()
+            && let Some(count) = self.counts.get_mut(&old)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.counts.remove(&old);
+            }
+        }
+    }
+
+    fn contains(&self, fingerprint: u64) -> bool {
+        self.counts.contains_key(&fingerprint)
+    }
+}
+
+/// Reads messages until `shutdown` is requested or a configured end is reached; returns the
+/// count. With `logged`, messages go through the write-ahead log and are acked once durable.
 pub(crate) fn subscribe(
     source: &MqttSource,
     handoff: &Handoff,
     metrics: &Metrics,
     shutdown: &Shutdown,
+    logged: Option<Logged>,
 ) -> Result<u64, MqttError> {
     let qos = broker::qos(source.config.qos).map_err(MqttError::Setup)?;
     let mut options =
@@ -103,6 +154,11 @@ pub(crate) fn subscribe(
     let last_message_ms = AtomicU64::new(0);
     let first_message_ms = AtomicU64::new(0);
     let count = AtomicU64::new(0);
+    let (intake, mut committed, expects_session, recent) = match logged {
+        Some(l) => (Some(l.intake), Some(l.acks), l.expects_session, l.recent),
+        None => (None, None, false, RecentMessages::default()),
+    };
+    let ticks_to = intake.clone();
     std::thread::scope(|scope| {
         // The clock runs beside the event loop, never cancelling its poll (a poll dropped
         // while rumqttc writes a request can lose it; `poll_loop` drops one only while the
@@ -113,13 +169,18 @@ pub(crate) fn subscribe(
                 let mut next_tick_ms = TICK_MS;
                 while !finished.load(Ordering::Relaxed) {
                     std::thread::sleep(POLL_CLOCK);
-                    let now_ms = (metrics.now_ns() / 1_000_000) as i64;
+                    let now_ms = wall_now_ms();
                     if now_ms >= next_tick_ms {
-                        if handoff.broadcast(|| Ingest::Tick { now_ms }).is_err() {
+                        let sent = match &ticks_to {
+                            Some(intake) => intake.send(Intake::Tick(now_ms)).is_ok(),
+                            None => handoff.broadcast(|| Ingest::Tick { now_ms }).is_ok(),
+                        };
+                        if !sent {
                             break;
                         }
                         next_tick_ms = now_ms - now_ms.rem_euclid(TICK_MS) + TICK_MS;
                     }
+                    let now_ms = (metrics.now_ns() / 1_000_000) as i64;
                     let last = last_message_ms.load(Ordering::Relaxed) as i64;
                     let idle_over = source
                         .idle_exit
@@ -142,6 +203,10 @@ pub(crate) fn subscribe(
             &first_message_ms,
             &last_message_ms,
             &count,
+            intake,
+            committed.as_mut(),
+            expects_session,
+            recent,
         ));
         finished.store(true, Ordering::Relaxed);
         if let Err(e) = clock {
@@ -177,9 +242,19 @@ async fn poll_loop(
     first_message_ms: &AtomicU64,
     last_message_ms: &AtomicU64,
     count: &AtomicU64,
+    intake: Option<crossbeam_channel::Sender<Intake>>,
+    mut committed: Option<&mut tokio::sync::mpsc::UnboundedReceiver<Vec<Ack>>>,
+    expects_session: bool,
+    mut recent: RecentMessages,
 ) -> Result<(), MqttError> {
+    // Acks handed back for this connection only; a reconnect starts a new one.
+    let mut connection: u64 = 0;
+    // Messages handed to the log whose acks have not come back.
+    let mut awaiting: usize = 0;
     let mut backoff = MIN_BACKOFF;
     let mut lost_at: Option<Instant> = None;
+    // A reconnect expects the session back too (with `clean_session = false`).
+    let mut expects_session = expects_session && !source.config.clean_session;
     // Acks of messages already in the pipeline. They go out together, in order, once a batch
     // waits or the oldest reaches its delay (rumqttc's own manual acks would take one
     // event-loop turn and one flush each, which stalls the broker's in-flight window). QoS 2
@@ -205,15 +280,40 @@ async fn poll_loop(
         // Waiting acks bound the wait for the next read. Dropping rumqttc's poll there is
         // safe: with the source's acks written here, its only pending point is the socket
         // read, whose bytes its codec keeps (a pending ping or subscribe stays buffered).
-        let polled = match acks.deadline() {
-            Some(deadline) if read_consumed => match tokio::time::timeout_at(deadline.into(), eventloop.poll()).await {
-                Ok(polled) => polled,
-                Err(_) => continue,
-            },
+        // With the log, the acks the log stage hands back wake the loop the same way.
+        let polled = match (acks.deadline(), committed.as_deref_mut()) {
+            (_, Some(committed)) if read_consumed => {
+                tokio::select! {
+                    polled = eventloop.poll() => polled,
+                    durable = committed.recv() => {
+                        if let Some(durable) = durable {
+                            awaiting = awaiting.saturating_sub(durable.len());
+                            take_durable(&mut acks, durable, connection);
+                            send_acks(client, eventloop, &mut acks).await;
+                        }
+                        continue;
+                    }
+                }
+            }
+            (Some(deadline), None) if read_consumed => {
+                match tokio::time::timeout_at(deadline.into(), eventloop.poll()).await {
+                    Ok(polled) => polled,
+                    Err(_) => continue,
+                }
+            }
             _ => eventloop.poll().await,
         };
         match polled {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+            Ok(Event::Incoming(Packet::ConnAck(connack))) => {
+                if expects_session && !connack.session_present {
+                    metrics.state.session_lost.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        broker = %source.url.host,
+                        client_id = %source.config.client_id,
+                        "mqtt: the broker no longer holds this client's session: QoS 1 messages published while cityops was away are lost. Give the broker persistence (mosquitto: `persistence true`) and a session expiry longer than any outage"
+                    );
+                }
+                expects_session = !source.config.clean_session;
                 metrics.mqtt_connected.store(true, Ordering::Relaxed);
                 match lost_at.take() {
                     Some(at) => {
@@ -246,21 +346,48 @@ async fn poll_loop(
             }
             Ok(Event::Incoming(Packet::Publish(mut publish))) => {
                 let arrived_ns = metrics.now_ns();
+                let wall_ms = wall_now_ms();
                 // The topic and payload move into the pipeline; what stays is enough to ack.
                 let msg = Message {
-                    at_ms: (arrived_ns / 1_000_000) as i64,
+                    at_ms: wall_ms,
                     payload: std::mem::take(&mut publish.payload),
                     topic: std::mem::take(&mut publish.topic),
                     recorded_invalid: false,
                     arrived_ns,
+                    received_ms: wall_ms,
+                    seq: 0,
+                    rebuild: false,
                 };
-                metrics.messages_in.fetch_add(1, Ordering::Relaxed);
-                let worker = handoff.worker_for(&msg.topic);
-                // Waits while the queue is full: the socket is not read meanwhile.
-                bursts.push(handoff, worker, msg)?;
-                if publish.qos != QoS::AtMostOnce {
-                    // The arrival clock read above, as an instant: no second read per message.
-                    acks.push(publish, metrics.started() + Duration::from_nanos(arrived_ns));
+                let ack = (publish.qos != QoS::AtMostOnce).then_some(publish);
+                match &intake {
+                    // Acked once the log has it (the log stage hands the ack back).
+                    Some(intake) => {
+                        let fingerprint = RecentMessages::fingerprint(&msg.topic, &msg.payload);
+                        let ack = ack.map(|publish| Ack { connection, publish });
+                        awaiting += usize::from(ack.is_some());
+                        let item = match ack {
+                            Some(ack) if ack.publish.dup && recent.contains(fingerprint) => {
+                                tracing::debug!(topic = %msg.topic, "mqtt: a redelivered message the log already holds; acked, not logged again");
+                                Intake::AckOnly(ack)
+                            }
+                            ack => {
+                                recent.remember(fingerprint);
+                                metrics.messages_in.fetch_add(1, Ordering::Relaxed);
+                                Intake::Message(msg, ack)
+                            }
+                        };
+                        intake.send(item).map_err(|_| Closed)?;
+                    }
+                    None => {
+                        metrics.messages_in.fetch_add(1, Ordering::Relaxed);
+                        let worker = handoff.worker_for(&msg.topic);
+                        // Waits while the queue is full: the socket is not read meanwhile.
+                        bursts.push(handoff, worker, msg)?;
+                        if let Some(publish) = ack {
+                            // The arrival clock read above, as an instant: no second read per message.
+                            acks.push(publish, metrics.started() + Duration::from_nanos(arrived_ns));
+                        }
+                    }
                 }
                 count.fetch_add(1, Ordering::Relaxed);
                 let now_ms = (arrived_ns / 1_000_000).max(1);
@@ -279,6 +406,7 @@ async fn poll_loop(
                 // travel on the next connection, so the broker redelivers those messages.
                 bursts.flush(handoff)?;
                 acks.clear();
+                connection += 1;
                 if lost_at.is_none() {
                     lost_at = Some(Instant::now());
                     tracing::warn!(broker = %source.url.host, error = %e, "mqtt connection lost; reconnecting with backoff");
@@ -290,10 +418,33 @@ async fn poll_loop(
     }
     // Ending: what was read goes in, and its acks go out ahead of the queued disconnect.
     bursts.flush(handoff)?;
+    if let Some(committed) = committed {
+        // Everything handed to the log is acked once durable (the log stage runs on).
+        drop(intake);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while awaiting > 0 {
+            match tokio::time::timeout_at(deadline.into(), committed.recv()).await {
+                Ok(Some(durable)) => {
+                    awaiting = awaiting.saturating_sub(durable.len());
+                    take_durable(&mut acks, durable, connection);
+                }
+                _ => break,
+            }
+        }
+    }
     if !acks.is_empty() {
         send_acks(client, eventloop, &mut acks).await;
     }
     Ok(())
+}
+
+/// Queues the acks the log made durable that belong to this connection; those of an
+/// earlier one are dropped (the broker sends those messages again).
+fn take_durable(acks: &mut PendingAcks, durable: Vec<Ack>, connection: u64) {
+    let now = Instant::now();
+    for ack in durable.into_iter().filter(|a| a.connection == connection) {
+        acks.push(ack.publish, now);
+    }
 }
 
 /// Sends the waiting acks in one write: QoS 1 `PubAck`s straight onto the connection, QoS 2

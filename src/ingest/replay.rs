@@ -68,15 +68,36 @@ pub enum ReplayError {
     Closed(#[from] Closed),
 }
 
-/// Feeds every message into the handoff (the caller ends the stream). A line whose
+/// Where a source hands its messages and clock ticks: straight into the decode queues, or
+/// through the write-ahead log (`wal::Intake`).
+pub(crate) trait Downstream {
+    fn message(&mut self, msg: Message) -> Result<(), Closed>;
+    fn tick(&mut self, now_ms: i64) -> Result<(), Closed>;
+}
+
+impl Downstream for &Handoff {
+    fn message(&mut self, msg: Message) -> Result<(), Closed> {
+        let worker = self.worker_for(&msg.topic);
+        self.send(worker, Ingest::Message(msg))
+    }
+
+    fn tick(&mut self, now_ms: i64) -> Result<(), Closed> {
+        self.broadcast(|| Ingest::Tick { now_ms })
+    }
+}
+
+/// Feeds every message downstream (the caller ends the stream), after skipping the first
+/// `skip` (a run on a state directory resumes a fixture where its log ends). A line whose
 /// envelope is broken goes to `on_bad_line` and the replay goes on.
 pub(crate) fn replay(
     messages: &mut dyn Iterator<Item = Result<Message, FixtureError>>,
-    handoff: &Handoff,
+    downstream: &mut dyn Downstream,
     speed: Speed,
     metrics: &Metrics,
+    skip: u64,
     on_bad_line: &mut dyn FnMut(FixtureError),
 ) -> Result<u64, ReplayError> {
+    let mut skipped = 0;
     let started = Instant::now();
     let started_ns = metrics.now_ns();
     let mut first_at: Option<i64> = None;
@@ -84,7 +105,16 @@ pub(crate) fn replay(
     let mut count = 0;
     for next in messages {
         let mut msg = match next {
+            Ok(msg) if skipped < skip => {
+                skipped += 1;
+                next_tick.get_or_insert(msg.at_ms - msg.at_ms.rem_euclid(TICK_MS) + TICK_MS);
+                while next_tick.is_some_and(|tick| tick <= msg.at_ms) {
+                    next_tick = next_tick.map(|tick| tick + TICK_MS);
+                }
+                continue;
+            }
             Ok(msg) => msg,
+            Err(FixtureError::Line { .. }) if skipped < skip => continue,
             Err(bad @ FixtureError::Line { .. }) => {
                 on_bad_line(bad);
                 continue;
@@ -109,8 +139,7 @@ pub(crate) fn replay(
         }
         let tick = next_tick.get_or_insert(msg.at_ms - msg.at_ms.rem_euclid(TICK_MS) + TICK_MS);
         while *tick <= msg.at_ms {
-            let now_ms = *tick;
-            handoff.broadcast(|| Ingest::Tick { now_ms })?;
+            downstream.tick(*tick)?;
             *tick += TICK_MS;
         }
         msg.arrived_ns = match due {
@@ -118,8 +147,7 @@ pub(crate) fn replay(
             None => metrics.now_ns(),
         };
         metrics.messages_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let worker = handoff.worker_for(&msg.topic);
-        handoff.send(worker, Ingest::Message(msg))?;
+        downstream.message(msg)?;
         count += 1;
     }
     Ok(count)

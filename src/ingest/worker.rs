@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use super::decode::Decoder;
 use crate::batch::{Batchers, TableBatcher};
-use crate::flow::{DeadLetter, Ingest, Message, TableEvent};
+use crate::flow::{Cut, DeadLetter, Ingest, Message, RuleFanout, TableEvent};
 use crate::metrics::{LocalLatency, MERGE_EVERY, Metrics, Stage};
 use crate::schema::Catalog;
 use crate::time::{EpochMs, wall_now_ms};
@@ -51,6 +51,10 @@ pub(crate) struct DecodeWorker {
     tables: Vec<usize>,
     /// Per table: the queues of the rules reading it.
     outputs: Vec<Vec<mpsc::Sender<TableEvent>>>,
+    /// The id of every rule of the current fan-out (a checkpoint waits for each).
+    rules: Arc<[String]>,
+    /// Whether the messages now coming refill windows in recovery (`Message::rebuild`).
+    rebuilding: bool,
     dead_letters: Sender<DeadLetter>,
     metrics: Arc<Metrics>,
     settings: DecodeSettings,
@@ -76,7 +80,7 @@ impl DecodeWorker {
         decoder: Decoder,
         catalog: &Catalog,
         tables: Vec<usize>,
-        outputs: Vec<Vec<mpsc::Sender<TableEvent>>>,
+        fanout: &RuleFanout,
         dead_letters: Sender<DeadLetter>,
         metrics: Arc<Metrics>,
         settings: DecodeSettings,
@@ -99,8 +103,10 @@ impl DecodeWorker {
                 last_table: None,
             },
             last_arrival_ms: vec![None; catalog.tables().len()],
+            outputs: fanout.for_tables(&tables),
+            rules: fanout.rules(),
+            rebuilding: false,
             tables,
-            outputs,
             dead_letters,
             metrics,
             settings,
@@ -111,6 +117,15 @@ impl DecodeWorker {
             last_merge: Instant::now(),
             wall_base_ms: wall_now_ms(),
             wall_base_at: Instant::now(),
+        }
+    }
+
+    /// Takes back, from a checkpoint, when each table's last row arrived.
+    pub(crate) fn restore_arrivals(&mut self, arrivals: &[(usize, EpochMs)]) {
+        for &(table, at) in arrivals {
+            if let Some(slot) = self.last_arrival_ms.get_mut(table) {
+                *slot = Some(at);
+            }
         }
     }
 
@@ -131,7 +146,9 @@ impl DecodeWorker {
                     // Everything before the reroute goes to the versions that were running.
                     self.flush_all();
                     self.outputs = fanout.for_tables(&self.tables);
+                    self.rules = fanout.rules();
                 }
+                Ok(Ingest::Barrier(cut)) => self.on_barrier(cut),
                 Ok(Ingest::End) | Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {}
             }
@@ -182,17 +199,25 @@ impl DecodeWorker {
     }
 
     fn on_message(&mut self, msg: &Message) {
+        if msg.rebuild != self.rebuilding {
+            // Refill rows and live rows never share a batch.
+            self.flush_all();
+            self.rebuilding = msg.rebuild;
+        }
+        if msg.rebuild {
+            self.refill(msg);
+            return;
+        }
         self.messages += 1;
         let started = Instant::now();
         let now_ns = started.saturating_duration_since(self.metrics.started()).as_nanos() as u64;
         self.queue_wait.record(now_ns.saturating_sub(msg.arrived_ns).max(1));
         self.batchers.last_table = None;
-        let wall_ms = self.wall_base_ms + started.saturating_duration_since(self.wall_base_at).as_millis() as EpochMs;
         let metrics = &self.metrics;
         let dead_letters = &self.dead_letters;
         let outcome = self
             .decoder
-            .decode(msg, wall_ms, &mut self.batchers, &mut |letter: DeadLetter| {
+            .decode(msg, self.now_for(msg), &mut self.batchers, &mut |letter: DeadLetter| {
                 metrics.add_rejected(letter.reason, 1);
                 // The writer only goes away at shutdown; the count above still holds.
                 let _ = dead_letters.send(letter);
@@ -207,6 +232,46 @@ impl DecodeWorker {
             if full {
                 self.flush(table);
             }
+        }
+    }
+
+    /// The wall clock a message is judged against (readings too far ahead): when the source
+    /// received it, so a replay of the log after a crash judges it as the live run did.
+    fn now_for(&self, msg: &Message) -> EpochMs {
+        if msg.received_ms > 0 {
+            return msg.received_ms;
+        }
+        self.wall_base_ms + self.wall_base_at.elapsed().as_millis() as EpochMs
+    }
+
+    /// Decodes a message recovery feeds again to refill open windows: its rows go to the
+    /// batches, and nothing is counted or dead-lettered (the run before the crash did that).
+    fn refill(&mut self, msg: &Message) {
+        self.batchers.last_table = None;
+        let now_ms = self.now_for(msg);
+        self.decoder.decode(msg, now_ms, &mut self.batchers, &mut |_| {});
+        if let Some(table) = self.batchers.last_table {
+            let full = self.batchers.by_table[table]
+                .as_ref()
+                .is_some_and(|b| b.len() >= self.settings.batch_rows);
+            if full {
+                self.flush(table);
+            }
+        }
+    }
+
+    /// A checkpoint's cut: every row so far goes out, then the cut, to every rule of each
+    /// owned table.
+    fn on_barrier(&mut self, cut: Cut) {
+        self.flush_all();
+        for table in self.tables.clone() {
+            let event = TableEvent::Barrier {
+                cut,
+                table,
+                last_arrival_ms: self.last_arrival_ms[table],
+                rules: Arc::clone(&self.rules),
+            };
+            self.send(table, event);
         }
     }
 

@@ -159,6 +159,42 @@ pub struct Metrics {
     stages: [Mutex<Histogram<u64>>; Stage::ALL.len()],
     /// Each rule's live counters (`/api/rules`).
     pub rules: RuleBoard,
+    /// The durable state's log, checkpoints and recovery.
+    pub state: StateMetrics,
+}
+
+/// What the durable state did (all zero when the run keeps no state).
+#[derive(Debug, Default)]
+pub struct StateMetrics {
+    /// Whether the run keeps state (`--state`).
+    pub enabled: AtomicBool,
+    /// Bytes of the write-ahead log on disk.
+    pub log_bytes: AtomicU64,
+    /// Group commits (one fdatasync each) and the messages they made durable.
+    pub log_commits: AtomicU64,
+    pub log_messages: AtomicU64,
+    /// Failed log writes (a full disk); acks wait while this is set.
+    pub log_errors: AtomicU64,
+    pub log_stalled: AtomicBool,
+    pub checkpoints: AtomicU64,
+    /// Checkpoints not written (a sink that could not confirm, a failed write).
+    pub checkpoint_failures: AtomicU64,
+    /// The last checkpoint: when (epoch ms), how big, how long it took to write (µs).
+    pub last_checkpoint_ms: AtomicU64,
+    pub last_checkpoint_bytes: AtomicU64,
+    pub last_checkpoint_us: AtomicU64,
+    /// Recovery at start: how long (ms), messages replayed after the checkpoint, and
+    /// messages read again to refill open windows.
+    pub recovery_ms: AtomicU64,
+    pub recovered_messages: AtomicU64,
+    pub refilled_messages: AtomicU64,
+    /// Notifications recovery computed again that the sinks already had (not re-sent).
+    pub resends_skipped: AtomicU64,
+    /// Retained alert states fixed at start: stale ones cleared, missing ones published.
+    pub retained_cleared: AtomicU64,
+    pub retained_published: AtomicU64,
+    /// Connects where the broker had lost the session cityops expected it to keep.
+    pub session_lost: AtomicU64,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -205,6 +241,7 @@ impl Metrics {
             reloads_rejected: AtomicU64::new(0),
             stages: std::array::from_fn(|_| Mutex::new(new_histogram())),
             rules: RuleBoard::default(),
+            state: StateMetrics::default(),
         }
     }
 

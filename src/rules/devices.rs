@@ -13,6 +13,7 @@ use datafusion::arrow::error::ArrowError;
 
 use crate::flow::TableBatch;
 use crate::schema::{UTC, devices_schema};
+use crate::state::snapshot::{DevicesSnapshot, TableDevicesSnapshot};
 use crate::time::EpochMs;
 use crate::window::idle_event_ms;
 
@@ -84,12 +85,47 @@ impl DeviceWatch {
         DeviceWatch { table_names, tables }
     }
 
-    /// Takes a batch's rows in order; returns the snapshots that became due.
+    /// Every table's devices and clock, as checkpoint data.
+    pub(crate) fn save(&self) -> DevicesSnapshot {
+        let tables = self
+            .tables
+            .iter()
+            .map(|w| TableDevicesSnapshot {
+                districts: w.districts.names.clone(),
+                devices: w
+                    .last_seen
+                    .iter()
+                    .map(|(device, (district, ts))| (device.clone(), *district, *ts))
+                    .collect(),
+                clock: w.clock,
+                row_max: w.row_max,
+                next_evaluation: w.next_evaluation,
+            })
+            .collect();
+        DevicesSnapshot { tables }
+    }
+
+    /// Takes back a checkpoint's devices (tables by position; extra ones are ignored).
+    pub(crate) fn restore(&mut self, snapshot: DevicesSnapshot) {
+        for (watch, saved) in self.tables.iter_mut().zip(snapshot.tables) {
+            let mut districts = Districts::default();
+            for name in &saved.districts {
+                districts.number(name);
+            }
+            watch.districts = districts;
+            watch.last_seen = saved.devices.into_iter().map(|(d, n, ts)| (d, (n, ts))).collect();
+            watch.clock = saved.clock;
+            watch.row_max = saved.row_max;
+            watch.next_evaluation = saved.next_evaluation;
+        }
+    }
+
     /// Devices watched now, over every table.
     pub(crate) fn watched(&self) -> usize {
         self.tables.iter().map(|t| t.last_seen.len()).sum()
     }
 
+    /// Takes a batch's rows in order; returns the snapshots that became due.
     pub(crate) fn observe(&mut self, input: &TableBatch) -> Result<Vec<Snapshot>, ArrowError> {
         let batch = &input.batch;
         let ts = batch.column(0).as_primitive::<TimestampMillisecondType>();
@@ -212,6 +248,8 @@ mod tests {
             arrivals_ns: vec![0; rows.len()],
             at_ms: vec![0; rows.len()],
             topics: StringArray::from_iter_values(rows.iter().map(|_| "t")),
+            first_seq: 0,
+            rebuild: false,
         }
     }
 

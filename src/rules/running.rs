@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use super::compile::CompiledRule;
 use super::worker::{RuleReport, RuleWorker, WorkerContext};
 use crate::flow::{RuleFanout, TableEvent};
+use crate::state::snapshot::RuleSnapshot;
 
 /// Events a rule's queue holds before the decode worker waits.
 const RULE_QUEUE: usize = 64;
@@ -47,13 +48,23 @@ impl RuleSet {
     /// Starts a rule, or a new version of one: the new version takes over from the old
     /// one once the old one has drained. Returns the replaced version.
     pub(crate) fn start(&mut self, rule: CompiledRule) -> Option<String> {
+        self.start_from(rule, None)
+    }
+
+    /// Starts a rule from its state in a checkpoint (`saved`), or afresh.
+    pub(crate) fn start_from(&mut self, rule: CompiledRule, saved: Option<RuleSnapshot>) -> Option<String> {
         let rule = Arc::new(rule);
         let (queue, rx) = mpsc::channel(RULE_QUEUE);
-        let worker = RuleWorker::new(Arc::clone(&rule), self.context_for(&rule));
+        let mut worker = RuleWorker::new(Arc::clone(&rule), self.context_for(&rule));
         let previous = self.running.remove(&rule.id);
         let replaced = previous.as_ref().map(|p| p.rule.version.clone());
         let task = match previous {
-            None => self.runtime.spawn(worker.run(rx)),
+            None => self.runtime.spawn(async move {
+                if let Some(saved) = saved {
+                    worker.restore(saved).await;
+                }
+                worker.run(rx).await
+            }),
             Some(previous) => {
                 // Dropping the old queue's sender here, and the decode workers' copies at
                 // the reroute, ends the old version's input.
@@ -102,9 +113,7 @@ impl RuleSet {
     pub(crate) fn fanout(&self) -> RuleFanout {
         let mut fanout = RuleFanout::new(self.context.table_names.len());
         for running in self.running.values() {
-            for &table in &running.rule.watched {
-                fanout.add(table, running.queue.clone());
-            }
+            fanout.add(&running.rule.id, &running.rule.watched, &running.queue);
         }
         fanout
     }

@@ -85,6 +85,7 @@ pub fn run(request: BenchRequest) -> Result<BenchReport, BenchError> {
     })?;
     let metrics = Arc::new(Metrics::new());
     let outcome = pipeline::run(RunOptions {
+        state: None,
         config,
         fixture: fixture.map_or(Source::Demo, Source::File),
         speed,

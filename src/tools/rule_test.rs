@@ -125,10 +125,12 @@ pub fn run_case(config: &Config, path: &Path) -> CaseResult {
     let mut config = config.clone();
     config.rules.reload_interval = crate::config::DurationMs(0);
     let options = RunOptions {
+        state: None,
         config,
         fixture: Source::File(fixture),
         speed: Speed::Max,
         sinks: SinkConfig {
+            append: false,
             stdout: false,
             jsonl: None,
             collect: true,

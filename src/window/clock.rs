@@ -65,6 +65,17 @@ impl WindowClock {
         self.max_ts
     }
 
+    /// Every window ending at or before this is closed.
+    pub fn closed_through(&self) -> Option<EpochMs> {
+        self.closed_through
+    }
+
+    /// Puts the clock where a checkpoint found it.
+    pub(crate) fn restore(&mut self, max_ts: Option<EpochMs>, closed_through: Option<EpochMs>) {
+        self.max_ts = max_ts;
+        self.closed_through = closed_through;
+    }
+
     /// The window end at or below `watermark`.
     fn boundary(&self, watermark: EpochMs) -> EpochMs {
         let step = self.spec.step_ms();

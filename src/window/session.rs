@@ -11,6 +11,7 @@ use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::TimestampMillisecondType;
 use datafusion::arrow::error::ArrowError;
 
+use crate::state::snapshot::{SessionSnapshot, SessionsSnapshot};
 use crate::time::EpochMs;
 
 /// One open session of one key.
@@ -87,6 +88,50 @@ impl Sessions {
     }
 
     /// The inactivity gap that ends a session.
+    /// Every open session with its rows, as checkpoint data (sessions in key order).
+    pub(crate) fn snapshot(&self) -> SessionsSnapshot {
+        let mut keys: Vec<&String> = self.open.keys().collect();
+        keys.sort();
+        let mut sessions = Vec::new();
+        let mut rows = Vec::new();
+        for key in keys {
+            for session in &self.open[key] {
+                sessions.push(SessionSnapshot {
+                    key: key.clone(),
+                    start: session.start,
+                    last: session.last,
+                    batches: session.parts.len(),
+                });
+                rows.extend(session.parts.iter().cloned());
+            }
+        }
+        SessionsSnapshot {
+            max_ts: self.max_ts,
+            row_max_ts: self.row_max_ts,
+            sessions,
+            rows,
+        }
+    }
+
+    /// Takes back the sessions of a checkpoint.
+    pub(crate) fn restore(&mut self, snapshot: SessionsSnapshot) {
+        self.open.clear();
+        self.by_end.clear();
+        self.max_ts = snapshot.max_ts;
+        self.row_max_ts = snapshot.row_max_ts;
+        let mut rows = snapshot.rows.into_iter();
+        for s in snapshot.sessions {
+            let parts: Vec<RecordBatch> = rows.by_ref().take(s.batches).collect();
+            self.by_end.insert((s.last + self.gap_ms, s.key.clone(), s.start));
+            self.open.entry(s.key).or_default().push(Session {
+                start: s.start,
+                last: s.last,
+                parts,
+                pending: Vec::new(),
+            });
+        }
+    }
+
     /// Sessions open now, over every key.
     pub(crate) fn open_count(&self) -> usize {
         self.by_end.len()

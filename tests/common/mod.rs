@@ -91,6 +91,7 @@ pub fn options(config: Config, fixture: Source, dead_letters: &Path) -> RunOptio
         reload_reports: None,
         stop: None,
         metrics: None,
+        state: None,
     }
 }
 

@@ -12,6 +12,7 @@ use datafusion::error::DataFusionError;
 
 use super::{DetectionClock, WindowResult, WorkerContext};
 use crate::alert::lifecycle::{Evidence, Lifecycle, Transition};
+use crate::alert::sink::Notice;
 use crate::alert::warning::Warning;
 use crate::flow::{DeadLetter, Reason, TableBatch};
 use crate::level::Level;
@@ -183,6 +184,6 @@ impl Judge {
             .record(emit_ns.saturating_sub(transition.arrived_ns));
         let warning = Warning::from_transition(&self.rule.info, transition, emit_ns);
         // The sink ends only after every rule; a closed queue means shutdown is under way.
-        let _ = self.ctx.warnings.send(warning).await;
+        let _ = self.ctx.warnings.send(Notice::Warning(warning)).await;
     }
 }

@@ -24,9 +24,10 @@ use tokio::sync::mpsc;
 
 use super::compile::{CompiledRule, RuleKind};
 use crate::alert::lifecycle::{CleanStep, FiringAlert, Lifecycle};
-use crate::alert::warning::Warning;
-use crate::flow::{DeadLetter, TableEvent};
+use crate::alert::sink::Notice;
+use crate::flow::{Cut, DeadLetter, TableEvent};
 use crate::metrics::{LocalLatency, MERGE_EVERY, Metrics, Stage};
+use crate::state::snapshot::{JudgeFromSnapshot, KindSnapshot, RuleSnapshot};
 use crate::time::{EpochMs, wall_now_ms};
 
 mod judge;
@@ -66,7 +67,8 @@ pub(crate) struct WorkerContext {
     /// Where closed windows' result rows go, when captured.
     pub results: Option<mpsc::UnboundedSender<WindowResult>>,
     pub metrics: Arc<Metrics>,
-    pub warnings: mpsc::Sender<Warning>,
+    /// Warnings, and rule snapshots at checkpoints, to the sink thread.
+    pub warnings: mpsc::Sender<Notice>,
     pub dead_letters: crossbeam_channel::Sender<DeadLetter>,
     pub clock: DetectionClock,
     pub table_name: String,
@@ -74,6 +76,10 @@ pub(crate) struct WorkerContext {
     pub table_names: Vec<String>,
     /// How many tables feed this rule: it stops after an End from each.
     pub inputs: usize,
+    /// Whether the end of input closes and judges every open window and session (a
+    /// replay's end). A run that keeps state only pauses: its windows stay open in the
+    /// checkpoint for the next run.
+    pub close_at_end: bool,
 }
 
 /// What a rule worker reports when its input ends.
@@ -84,6 +90,11 @@ pub struct RuleReport {
     pub errors: u64,
     /// The latest evaluation error, when there was one.
     pub last_error: Option<String>,
+}
+
+/// The names of a rule's alert key columns.
+fn key_names(judge: &Judge) -> Vec<String> {
+    judge.rule.layout.key.iter().map(|(n, _)| n.clone()).collect()
 }
 
 /// What a rule keeps between batches, by kind; each variant's state and handlers live in
@@ -128,6 +139,9 @@ pub(crate) struct RuleWorker {
     /// Max `ts` of the rows seen (stamps the resolutions of a retired rule).
     last_event_ms: Option<EpochMs>,
     last_merge: Instant,
+    /// The checkpoint cut under way: from how many input tables it came, and when each
+    /// table's last row arrived.
+    cut: Option<(Cut, usize, Vec<(usize, Option<EpochMs>)>)>,
 }
 
 impl RuleWorker {
@@ -146,7 +160,103 @@ impl RuleWorker {
             eval_latency: LocalLatency::new(),
             last_event_ms: None,
             last_merge: Instant::now(),
+            cut: None,
         }
+    }
+
+    /// The rule's whole state at a checkpoint's cut.
+    fn snapshot(&mut self, last_arrivals: Vec<(usize, Option<EpochMs>)>) -> RuleSnapshot {
+        let judge = &self.judge;
+        RuleSnapshot {
+            rule: judge.rule.id.clone(),
+            version: judge.rule.version.clone(),
+            table: judge.rule.info.table.clone(),
+            description: judge.rule.info.description.clone(),
+            key_columns: key_names(judge),
+            errors: judge.errors,
+            last_event_ms: self.last_event_ms,
+            judge_from: match judge.judge_from {
+                JudgeFrom::Start => JudgeFromSnapshot::Start,
+                JudgeFrom::FirstRow => JudgeFromSnapshot::FirstRow,
+                JudgeFrom::Ts(ts) => JudgeFromSnapshot::Ts(ts),
+            },
+            alerts: judge.lifecycle.snapshot(),
+            last_arrivals,
+            kind: match &mut self.state {
+                KindState::Row(_) => KindSnapshot::Row,
+                KindState::Window(windows) => KindSnapshot::Window(windows.snapshot()),
+                KindState::Session(sessions) => KindSnapshot::Session(sessions.snapshot()),
+                KindState::Devices(devices) => KindSnapshot::Devices(devices.snapshot()),
+            },
+        }
+    }
+
+    /// Takes back this rule's state from a checkpoint. A rule whose text changed while
+    /// cityops was down is treated as a hot reload: it starts with fresh windows and
+    /// sessions (judging only windows that start after its first row), takes over the
+    /// alerts when it keys them by the same columns and otherwise resolves them; a
+    /// `devices` rule keeps its devices either way.
+    pub(crate) async fn restore(&mut self, saved: RuleSnapshot) {
+        let unchanged = saved.version == self.judge.rule.version;
+        self.judge.errors = saved.errors;
+        self.last_event_ms = saved.last_event_ms;
+        if saved.key_columns == key_names(&self.judge) {
+            self.judge.lifecycle.restore(saved.alerts);
+        } else {
+            let mut old = Lifecycle::new(&self.judge.rule.id, self.judge.rule.policy);
+            old.restore(saved.alerts);
+            let event_ms = saved.last_event_ms.unwrap_or_else(wall_now_ms);
+            let step = CleanStep {
+                window: None,
+                detected_ms: self.judge.detected(event_ms),
+                arrived_ns: self.judge.ctx.metrics.now_ns(),
+            };
+            for t in old.retire(step) {
+                self.judge.emit(t).await;
+            }
+        }
+        if !unchanged {
+            tracing::info!(rule = %saved.rule, "the rule changed while cityops was down: it starts with fresh windows");
+            self.judge.judge_from = JudgeFrom::FirstRow;
+            if let (KindState::Devices(devices), KindSnapshot::Devices(saved)) = (&mut self.state, saved.kind) {
+                devices.restore(saved);
+            }
+            return;
+        }
+        self.judge.judge_from = match saved.judge_from {
+            JudgeFromSnapshot::Start => JudgeFrom::Start,
+            JudgeFromSnapshot::FirstRow => JudgeFrom::FirstRow,
+            JudgeFromSnapshot::Ts(ts) => JudgeFrom::Ts(ts),
+        };
+        match (&mut self.state, saved.kind) {
+            (KindState::Window(windows), KindSnapshot::Window(saved)) => windows.restore(saved),
+            (KindState::Session(sessions), KindSnapshot::Session(saved)) => sessions.restore(saved),
+            (KindState::Devices(devices), KindSnapshot::Devices(saved)) => devices.restore(saved),
+            _ => {}
+        }
+        self.note_state();
+    }
+
+    /// A checkpoint's cut came from one input table; once it came from all of them, the
+    /// snapshot goes to the sink thread behind every warning emitted before the cut.
+    async fn on_cut(&mut self, cut: Cut, table: usize, last_arrival_ms: Option<EpochMs>, rules: Arc<[String]>) {
+        let (_, seen, arrivals) = match &mut self.cut {
+            Some(pending) if pending.0 == cut => pending,
+            other => other.insert((cut, 0, Vec::new())),
+        };
+        *seen += 1;
+        arrivals.push((table, last_arrival_ms));
+        if *seen < self.judge.ctx.inputs {
+            return;
+        }
+        let arrivals = self.cut.take().map(|(_, _, a)| a).unwrap_or_default();
+        let snapshot = Box::new(self.snapshot(arrivals));
+        let _ = self
+            .judge
+            .ctx
+            .warnings
+            .send(Notice::Snapshot { cut, rules, snapshot })
+            .await;
     }
 
     /// Takes over from this rule's previous version, which has drained its input: its
@@ -155,16 +265,7 @@ impl RuleWorker {
     /// Window and session state is not carried: the plan changed, so this version judges
     /// only windows that start after it took over.
     pub(crate) async fn take_over(&mut self, mut previous: RuleWorker) {
-        let key_names = |w: &RuleWorker| {
-            w.judge
-                .rule
-                .layout
-                .key
-                .iter()
-                .map(|(n, _)| n.clone())
-                .collect::<Vec<_>>()
-        };
-        if key_names(self) == key_names(&previous) {
+        if key_names(&self.judge) == key_names(&previous.judge) {
             let old = &mut previous.judge;
             let fresh = Lifecycle::new(&old.rule.id, old.rule.policy);
             self.judge.lifecycle.adopt(std::mem::replace(&mut old.lifecycle, fresh));
@@ -235,6 +336,19 @@ impl RuleWorker {
         let mut ends = 0;
         while let Some(event) = rx.recv().await {
             match event {
+                TableEvent::Batch(batch) if batch.rebuild => {
+                    if let KindState::Window(windows) = &mut self.state
+                        && let Err(e) = windows.refill(&mut self.judge, &batch)
+                    {
+                        self.judge.fail(&e);
+                    }
+                }
+                TableEvent::Barrier {
+                    cut,
+                    table,
+                    last_arrival_ms,
+                    rules,
+                } => self.on_cut(cut, table, last_arrival_ms, rules).await,
                 TableEvent::Batch(batch) => {
                     let started = Instant::now();
                     self.observe_times(&batch.batch);
@@ -280,6 +394,7 @@ impl RuleWorker {
                     }
                     let judge = &mut self.judge;
                     match &mut self.state {
+                        _ if !judge.ctx.close_at_end => {}
                         KindState::Row(_) | KindState::Devices(_) => {}
                         KindState::Window(windows) => windows.on_end(judge, arrived_ns).await,
                         KindState::Session(sessions) => sessions.on_end(judge, arrived_ns).await,

@@ -14,6 +14,7 @@ use crate::flow::TableBatch;
 use crate::metrics::Stage;
 use crate::rules::compile::EngineColumns;
 use crate::rules::output::key_of;
+use crate::state::snapshot::SessionsSnapshot;
 use crate::time::EpochMs;
 use crate::window::{ClosedSession, RowKey, Sessions, idle_event_ms};
 
@@ -29,6 +30,16 @@ impl SessionState {
         SessionState {
             sessions: Sessions::new(gap_ms, lateness_ms, key),
         }
+    }
+
+    /// The open sessions with their rows, as checkpoint data.
+    pub(super) fn snapshot(&self) -> SessionsSnapshot {
+        self.sessions.snapshot()
+    }
+
+    /// Takes back a checkpoint's sessions.
+    pub(super) fn restore(&mut self, saved: SessionsSnapshot) {
+        self.sessions.restore(saved);
     }
 
     /// How many sessions are open.

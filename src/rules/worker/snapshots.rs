@@ -11,6 +11,7 @@ use crate::alert::lifecycle::{AlertKey, CleanStep};
 use crate::flow::TableBatch;
 use crate::rules::devices::{DeviceWatch, Snapshot};
 use crate::schema::TABLE_NAME;
+use crate::state::snapshot::DevicesSnapshot;
 use crate::time::EpochMs;
 
 /// A `devices` rule's state: the devices seen on each watched table and when. A new
@@ -24,6 +25,16 @@ impl DevicesState {
         DevicesState {
             watch: DeviceWatch::new(table_names),
         }
+    }
+
+    /// The devices' last-seen times, as checkpoint data.
+    pub(super) fn snapshot(&self) -> DevicesSnapshot {
+        self.watch.save()
+    }
+
+    /// Takes back a checkpoint's devices.
+    pub(super) fn restore(&mut self, saved: DevicesSnapshot) {
+        self.watch.restore(saved);
     }
 
     /// How many devices are watched.

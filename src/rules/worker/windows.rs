@@ -3,7 +3,7 @@
 //! rows arrive and driven on the rule's own task; when the watermark passes a window's end
 //! its stream is ended and its rows judged.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,6 +24,7 @@ use crate::alert::lifecycle::CleanStep;
 use crate::flow::TableBatch;
 use crate::metrics::Stage;
 use crate::rules::compile::{CompiledRule, EngineColumns};
+use crate::state::snapshot::{OpenWindowSnapshot, WindowsSnapshot};
 use crate::time::EpochMs;
 use crate::window::{WindowClock, WindowSpec, idle_event_ms};
 
@@ -36,6 +37,12 @@ pub(super) struct WindowState {
     judged_through: Option<EpochMs>,
     /// Max `ts` of the rows themselves (idle advances excluded), the base of idle time.
     row_max_ts: Option<EpochMs>,
+    /// Per open window (by end), the log position of the first message whose rows reached
+    /// it: where recovery starts refilling it. Entries of closed windows are pruned at
+    /// each snapshot.
+    first_seqs: HashMap<EpochMs, u64>,
+    /// After a recovery: the windows (by end) that recovery is refilling from the log.
+    refilling: BTreeSet<EpochMs>,
 }
 
 impl WindowState {
@@ -45,7 +52,84 @@ impl WindowState {
             open: BTreeMap::new(),
             judged_through: None,
             row_max_ts: None,
+            first_seqs: HashMap::new(),
+            refilling: BTreeSet::new(),
         }
+    }
+
+    /// The clock and the open windows, as checkpoint data.
+    pub(super) fn snapshot(&mut self) -> WindowsSnapshot {
+        let open = &self.open;
+        self.first_seqs.retain(|end, _| open.contains_key(end));
+        WindowsSnapshot {
+            max_ts: self.clock.max_ts(),
+            closed_through: self.clock.closed_through(),
+            judged_through: self.judged_through,
+            row_max_ts: self.row_max_ts,
+            open: self
+                .open
+                .keys()
+                .map(|end| OpenWindowSnapshot {
+                    end: *end,
+                    first_seq: self.first_seqs.get(end).copied(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Takes back a checkpoint: the clock, and the open windows, empty until recovery
+    /// refills them from the log (`refill`).
+    pub(super) fn restore(&mut self, saved: WindowsSnapshot) {
+        self.clock.restore(saved.max_ts, saved.closed_through);
+        self.judged_through = saved.judged_through;
+        self.row_max_ts = saved.row_max_ts;
+        self.open = saved.open.iter().map(|w| (w.end, OpenWindow::Idle)).collect();
+        self.first_seqs = saved
+            .open
+            .iter()
+            .filter_map(|w| w.first_seq.map(|seq| (w.end, seq)))
+            .collect();
+        self.refilling = self.first_seqs.keys().copied().collect();
+    }
+
+    /// Feeds a batch that recovery reads again from the log into the windows it is
+    /// refilling: a row goes to each of those windows holding its `ts` (when it passes the
+    /// WHERE clause), exactly as the run before the crash fed it, since none of those
+    /// windows had closed. Nothing else moves: the clock and the alerts are the checkpoint's.
+    pub(super) fn refill(&mut self, judge: &mut Judge, input: &TableBatch) -> Result<(), DataFusionError> {
+        if self.refilling.is_empty() {
+            return Ok(());
+        }
+        let batch = &input.batch;
+        let ts = batch.column(0).as_primitive::<TimestampMillisecondType>();
+        let passing = judge.rule.passing(batch)?;
+        let spec = self.clock.spec();
+        let mut rows_of: BTreeMap<EpochMs, Vec<u32>> = BTreeMap::new();
+        for (i, &t) in ts.values().iter().enumerate() {
+            if passing.as_ref().is_some_and(|mask| !mask.value(i)) {
+                continue;
+            }
+            for end in spec.ends_of(t).filter(|end| self.refilling.contains(end)) {
+                rows_of.entry(end).or_default().push(i as u32);
+            }
+        }
+        for (end, rows) in rows_of {
+            let (start, end) = spec.window_ending_at(end);
+            if !judge.judge_from.covers(start, 0) {
+                continue;
+            }
+            let Some(window) = self.open.get_mut(&end) else {
+                continue;
+            };
+            let rows = (rows.len() < batch.num_rows()).then(|| UInt32Array::from(rows));
+            window.feed(
+                &judge.rule,
+                judge
+                    .rule
+                    .input_of(batch, rows.as_ref(), EngineColumns::Window { start, end })?,
+            )?;
+        }
+        Ok(())
     }
 
     /// How many windows are open.
@@ -56,6 +140,8 @@ impl WindowState {
     /// Routes a batch's passing rows to their windows and feeds them; judges the windows
     /// the batch's event time closed.
     pub(super) async fn on_batch(&mut self, judge: &mut Judge, input: &TableBatch) -> Result<(), DataFusionError> {
+        // Recovery has refilled the windows: from here on the stream is live.
+        self.refilling.clear();
         let batch = &input.batch;
         let ts = batch.column(0).as_primitive::<TimestampMillisecondType>();
         // Rows failing the WHERE clause still move event time, but are fed to no window.
@@ -78,6 +164,7 @@ impl WindowState {
             if rows.is_empty() {
                 continue;
             }
+            self.first_seqs.entry(end).or_insert(input.first_seq);
             let rows = (rows.len() < batch.num_rows()).then(|| UInt32Array::from(rows));
             let (start, end) = spec.window_ending_at(end);
             window.feed(
