@@ -190,7 +190,7 @@ fn render_state(out: &mut String, metrics: &Metrics) {
     if !s.enabled.load(Relaxed) {
         return;
     }
-    let series: [(&str, &str, &str, u64); 16] = [
+    let series: [(&str, &str, &str, u64); 17] = [
         (
             "cityops_state_log_bytes",
             "gauge",
@@ -280,6 +280,12 @@ fn render_state(out: &mut String, metrics: &Metrics) {
             "counter",
             "Retained alert states fixed at start (stale cleared, missing published)",
             s.retained_cleared.load(Relaxed) + s.retained_published.load(Relaxed),
+        ),
+        (
+            "cityops_state_redeliveries_skipped_total",
+            "counter",
+            "Messages the broker sent again that the log already held",
+            s.redeliveries_skipped.load(Relaxed),
         ),
         (
             "cityops_mqtt_sessions_lost_total",

@@ -367,6 +367,7 @@ async fn poll_loop(
                         awaiting += usize::from(ack.is_some());
                         let item = match ack {
                             Some(ack) if ack.publish.dup && recent.contains(fingerprint) => {
+                                metrics.state.redeliveries_skipped.fetch_add(1, Ordering::Relaxed);
                                 tracing::debug!(topic = %msg.topic, "mqtt: a redelivered message the log already holds; acked, not logged again");
                                 Intake::AckOnly(ack)
                             }

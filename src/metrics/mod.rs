@@ -190,6 +190,8 @@ pub struct StateMetrics {
     pub refilled_messages: AtomicU64,
     /// Notifications recovery computed again that the sinks already had (not re-sent).
     pub resends_skipped: AtomicU64,
+    /// Messages the broker sent again that the log already held (acked, not logged twice).
+    pub redeliveries_skipped: AtomicU64,
     /// Retained alert states fixed at start: stale ones cleared, missing ones published.
     pub retained_cleared: AtomicU64,
     pub retained_published: AtomicU64,

@@ -383,6 +383,21 @@ mod tests {
     }
 
     #[test]
+    fn a_full_disk_fails_the_commit_and_nothing_counts_as_durable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The segment is /dev/full: every write fails with "no space left on device".
+        std::os::unix::fs::symlink("/dev/full", dir.path().join(format!("{:020}.wal", 1))).expect("symlink");
+        let mut log = LogWriter::create(dir.path(), 1).expect("created");
+        log.append_message(1, 1, "city/a/water/w1", b"{}");
+        let error = log.commit().expect_err("the disk is full");
+        assert_eq!(error.raw_os_error(), Some(28), "ENOSPC: {error}");
+        // Still waiting to be written: the caller retries and acks nothing meanwhile.
+        assert!(log.pending_bytes() > 0);
+        assert_eq!(log.committed, 0);
+        assert!(log.commit().is_err());
+    }
+
+    #[test]
     fn segments_before_a_position_are_deleted_but_never_the_one_holding_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         for first in [1u64, 10, 20] {
