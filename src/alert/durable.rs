@@ -112,7 +112,9 @@ impl Durable {
         if self.unconfirmed.is_empty() {
             return Ok(true);
         }
-        let confirmed = sinks.iter_mut().fold(true, |all, sink| sink.settle() && all);
+        // Every sink settles, even after one could not.
+        let settled: Vec<bool> = sinks.iter_mut().map(|sink| sink.settle()).collect();
+        let confirmed = settled.iter().all(|ok| *ok);
         if confirmed {
             self.deliveries
                 .record(std::mem::take(&mut self.unconfirmed))

@@ -153,15 +153,15 @@ impl MqttSink {
         }
         let (mut cleared, mut published) = (0, 0);
         for (topic, alert) in &shown {
-            if alert.is_some() && !wanted.contains_key(topic) {
-                if self
+            if alert.is_some()
+                && !wanted.contains_key(topic)
+                && self
                     .client
                     .publish(topic.clone(), QoS::AtLeastOnce, true, Vec::new())
                     .is_ok()
-                {
-                    self.published += 1;
-                    cleared += 1;
-                }
+            {
+                self.published += 1;
+                cleared += 1;
             }
         }
         for (topic, warning) in &wanted {

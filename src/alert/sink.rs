@@ -23,8 +23,10 @@ use crate::flow::Cut;
 use crate::metrics::{Metrics, Stage};
 use crate::state::snapshot::RuleSnapshot;
 
-/// What the rule stage sends the sink thread, in order.
+/// What the rule stage sends the sink thread, in order. Warnings go by value (they are the
+/// common item; a box each would cost an allocation), snapshots boxed.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Notice {
     Warning(Warning),
     /// A rule's state at a checkpoint's cut; every warning the rule emitted before the cut

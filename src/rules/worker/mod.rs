@@ -139,9 +139,17 @@ pub(crate) struct RuleWorker {
     /// Max `ts` of the rows seen (stamps the resolutions of a retired rule).
     last_event_ms: Option<EpochMs>,
     last_merge: Instant,
-    /// The checkpoint cut under way: from how many input tables it came, and when each
-    /// table's last row arrived.
-    cut: Option<(Cut, usize, Vec<(usize, Option<EpochMs>)>)>,
+    /// The checkpoint cut under way, until it came from every input table.
+    cut: Option<PendingCut>,
+}
+
+/// A checkpoint's cut as it comes in from a rule's input tables.
+struct PendingCut {
+    cut: Cut,
+    /// From how many tables it came so far.
+    seen: usize,
+    /// When each of those tables' last row arrived.
+    arrivals: Vec<(usize, Option<EpochMs>)>,
 }
 
 impl RuleWorker {
@@ -240,16 +248,20 @@ impl RuleWorker {
     /// A checkpoint's cut came from one input table; once it came from all of them, the
     /// snapshot goes to the sink thread behind every warning emitted before the cut.
     async fn on_cut(&mut self, cut: Cut, table: usize, last_arrival_ms: Option<EpochMs>, rules: Arc<[String]>) {
-        let (_, seen, arrivals) = match &mut self.cut {
-            Some(pending) if pending.0 == cut => pending,
-            other => other.insert((cut, 0, Vec::new())),
+        let pending = match &mut self.cut {
+            Some(pending) if pending.cut == cut => pending,
+            other => other.insert(PendingCut {
+                cut,
+                seen: 0,
+                arrivals: Vec::new(),
+            }),
         };
-        *seen += 1;
-        arrivals.push((table, last_arrival_ms));
-        if *seen < self.judge.ctx.inputs {
+        pending.seen += 1;
+        pending.arrivals.push((table, last_arrival_ms));
+        if pending.seen < self.judge.ctx.inputs {
             return;
         }
-        let arrivals = self.cut.take().map(|(_, _, a)| a).unwrap_or_default();
+        let arrivals = self.cut.take().map(|p| p.arrivals).unwrap_or_default();
         let snapshot = Box::new(self.snapshot(arrivals));
         let _ = self
             .judge
