@@ -55,6 +55,47 @@ pub struct Summary {
     pub webhook_spooled: u64,
     pub readings_per_second: f64,
     pub stages: Vec<StageLatency>,
+    /// The durable state, when the run kept it.
+    pub state: Option<StateSummary>,
+}
+
+/// What the durable state did in a run (`--state`).
+#[derive(Debug, Clone, Serialize)]
+pub struct StateSummary {
+    pub checkpoints: u64,
+    pub checkpoint_failures: u64,
+    pub last_checkpoint_bytes: u64,
+    pub last_checkpoint_ms: f64,
+    pub log_bytes: u64,
+    pub log_commits: u64,
+    /// From the start until the first checkpoint after the log's replay (the state current).
+    pub recovery_ms: u64,
+    pub recovered_messages: u64,
+    pub refilled_messages: u64,
+    pub resends_skipped: u64,
+    pub redeliveries_skipped: u64,
+    pub sessions_lost: u64,
+}
+
+impl StateSummary {
+    fn collect(metrics: &Metrics) -> Option<Self> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &metrics.state;
+        s.enabled.load(Relaxed).then(|| StateSummary {
+            checkpoints: s.checkpoints.load(Relaxed),
+            checkpoint_failures: s.checkpoint_failures.load(Relaxed),
+            last_checkpoint_bytes: s.last_checkpoint_bytes.load(Relaxed),
+            last_checkpoint_ms: s.last_checkpoint_us.load(Relaxed) as f64 / 1_000.0,
+            log_bytes: s.log_bytes.load(Relaxed),
+            log_commits: s.log_commits.load(Relaxed),
+            recovery_ms: s.recovery_ms.load(Relaxed),
+            recovered_messages: s.recovered_messages.load(Relaxed),
+            refilled_messages: s.refilled_messages.load(Relaxed),
+            resends_skipped: s.resends_skipped.load(Relaxed),
+            redeliveries_skipped: s.redeliveries_skipped.load(Relaxed),
+            sessions_lost: s.session_lost.load(Relaxed),
+        })
+    }
 }
 
 impl Summary {
@@ -124,6 +165,7 @@ impl Summary {
                 0.0
             },
             stages,
+            state: StateSummary::collect(metrics),
         }
     }
 }
@@ -186,6 +228,27 @@ impl fmt::Display for Summary {
         }
         if self.sink_errors > 0 {
             writeln!(f, "sink errors          {:>12}", self.sink_errors)?;
+        }
+        if let Some(state) = &self.state {
+            writeln!(
+                f,
+                "state                {:>12}   checkpoints (last {:.1} MiB in {:.1} ms; {} skipped), log {:.1} MiB in {} commits",
+                state.checkpoints,
+                state.last_checkpoint_bytes as f64 / 1_048_576.0,
+                state.last_checkpoint_ms,
+                state.checkpoint_failures,
+                state.log_bytes as f64 / 1_048_576.0,
+                state.log_commits
+            )?;
+            writeln!(
+                f,
+                "  recovery           {:>12} ms  ({} replayed, {} refilled, {} re-sends skipped, {} sessions lost)",
+                state.recovery_ms,
+                state.recovered_messages,
+                state.refilled_messages,
+                state.resends_skipped,
+                state.sessions_lost
+            )?;
         }
         writeln!(f, "wall time            {:>12.3} s", self.wall_seconds)?;
         writeln!(f, "throughput           {:>12.0} readings/s", self.readings_per_second)?;

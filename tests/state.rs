@@ -443,6 +443,11 @@ impl Drop for ForgetfulMosquitto {
 
 /// A live run with state for about a second; returns how many lost sessions it saw.
 fn live_second(s: &Scenario, port: u16) -> u64 {
+    live_second_with(s, port, SinkConfig::default())
+}
+
+/// As `live_second`, with these sinks.
+fn live_second_with(s: &Scenario, port: u16, sinks: SinkConfig) -> u64 {
     let mut config = Config::default();
     config.rules.dir = s.path("queries");
     config.mqtt.client_id = "cityops-session-test".to_string();
@@ -458,7 +463,7 @@ fn live_second(s: &Scenario, port: u16) -> u64 {
     let options = RunOptions {
         clock: DetectionClock::Wall,
         speed: Speed::Max,
-        sinks: SinkConfig::default(),
+        sinks,
         stop: Some(stop),
         metrics: Some(std::sync::Arc::clone(&metrics)),
         state: Some(StateOptions {
@@ -490,4 +495,68 @@ fn a_broker_that_lost_the_session_is_detected_and_counted() {
     // Restarted without persistence, it has forgotten it.
     let _broker = broker.restart();
     assert_eq!(live_second(&s, port), 1, "the lost session is counted");
+}
+
+/// The retained messages under `filter`, as (topic, payload), read for about a second.
+fn retained(port: u16, filter: &str) -> Vec<(String, Vec<u8>)> {
+    let mut options = rumqttc::MqttOptions::new("state-test-reader", "127.0.0.1", port);
+    options.set_clean_session(true);
+    let (client, mut connection) = rumqttc::Client::new(options, 64);
+    client.subscribe(filter, rumqttc::QoS::AtLeastOnce).unwrap();
+    let mut found = Vec::new();
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        if let Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) =
+            connection.recv_timeout(Duration::from_millis(100))
+            && p.retain
+            && !p.payload.is_empty()
+        {
+            found.push((p.topic.clone(), p.payload.to_vec()));
+        }
+    }
+    found
+}
+
+#[test]
+fn a_stale_retained_state_is_cleared_at_the_first_checkpoint() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let Some(_broker) = ForgetfulMosquitto::start(tempfile::tempdir().unwrap(), port) else {
+        println!("skipped: no mosquitto binary (.ci/run installs it)");
+        return;
+    };
+    // A state a crashed run without state left behind: firing forever.
+    let mut options = rumqttc::MqttOptions::new("state-test-ghost", "127.0.0.1", port);
+    options.set_clean_session(true);
+    let (client, mut connection) = rumqttc::Client::new(options, 8);
+    let ghost = json!({"alert_id": "0000000000000000", "status": "firing"}).to_string();
+    client
+        .publish("heal/state/high/xicheng/d9", rumqttc::QoS::AtLeastOnce, true, ghost)
+        .unwrap();
+    for event in connection.iter() {
+        if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) = event {
+            break;
+        }
+    }
+    assert_eq!(retained(port, "heal/state/#").len(), 1, "the stale state is there");
+
+    let s = Scenario::new();
+    s.rule("high", HIGH);
+    let url: cityops::BrokerUrl = format!("mqtt://127.0.0.1:{port}").parse().unwrap();
+    let mut mqtt = Config::default().mqtt;
+    mqtt.client_id = "cityops-heal".to_string();
+    mqtt.warnings_prefix = "heal".to_string();
+    let sinks = SinkConfig {
+        mqtt: Some((url, mqtt)),
+        ..SinkConfig::default()
+    };
+    live_second_with(&s, port, sinks);
+    assert_eq!(
+        retained(port, "heal/state/#"),
+        Vec::new(),
+        "the stale state was cleared"
+    );
 }

@@ -267,12 +267,15 @@ async fn poll_loop(
     let delay = Duration::from_millis(source.config.ack_delay.0.max(0) as u64);
     let mut acks = PendingAcks::new(batch, delay);
     let mut bursts = Bursts::new(handoff);
+    // With the log: the messages of the current socket read, handed over together.
+    let mut read: Vec<Intake> = Vec::new();
     while !ending.load(Ordering::Relaxed) {
         let read_consumed = eventloop.state.events.is_empty();
         if read_consumed {
             // The last read is consumed: its messages go to the pipeline, then the acks out
             // if they are due.
             bursts.flush(handoff)?;
+            hand_over(&intake, &mut read)?;
             if acks.due(Instant::now()) {
                 send_acks(client, eventloop, &mut acks).await;
             }
@@ -361,7 +364,7 @@ async fn poll_loop(
                 let ack = (publish.qos != QoS::AtMostOnce).then_some(publish);
                 match &intake {
                     // Acked once the log has it (the log stage hands the ack back).
-                    Some(intake) => {
+                    Some(_) => {
                         let fingerprint = RecentMessages::fingerprint(&msg.topic, &msg.payload);
                         let ack = ack.map(|publish| Ack { connection, publish });
                         awaiting += usize::from(ack.is_some());
@@ -377,7 +380,7 @@ async fn poll_loop(
                                 Intake::Message(msg, ack)
                             }
                         };
-                        intake.send(item).map_err(|_| Closed)?;
+                        read.push(item);
                     }
                     None => {
                         metrics.messages_in.fetch_add(1, Ordering::Relaxed);
@@ -406,6 +409,7 @@ async fn poll_loop(
                 // What was read before the loss is genuine and goes on; its acks cannot
                 // travel on the next connection, so the broker redelivers those messages.
                 bursts.flush(handoff)?;
+                hand_over(&intake, &mut read)?;
                 acks.clear();
                 connection += 1;
                 if lost_at.is_none() {
@@ -419,6 +423,7 @@ async fn poll_loop(
     }
     // Ending: what was read goes in, and its acks go out ahead of the queued disconnect.
     bursts.flush(handoff)?;
+    hand_over(&intake, &mut read)?;
     if let Some(committed) = committed {
         // Everything handed to the log is acked once durable (the log stage runs on).
         drop(intake);
@@ -437,6 +442,14 @@ async fn poll_loop(
         send_acks(client, eventloop, &mut acks).await;
     }
     Ok(())
+}
+
+/// Hands the messages of one socket read to the log stage in one piece.
+fn hand_over(intake: &Option<crossbeam_channel::Sender<Intake>>, read: &mut Vec<Intake>) -> Result<(), Closed> {
+    match intake {
+        Some(intake) if !read.is_empty() => intake.send(Intake::Batch(std::mem::take(read))).map_err(|_| Closed),
+        _ => Ok(()),
+    }
 }
 
 /// Queues the acks the log made durable that belong to this connection; those of an

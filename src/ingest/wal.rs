@@ -46,6 +46,9 @@ pub(crate) enum Intake {
     /// Take a checkpoint now, after everything handed over so far (recovery's end, and
     /// a clean stop).
     Checkpoint,
+    /// What one socket read brought, in order: one queue operation and at most one
+    /// wake-up of the log stage for the lot.
+    Batch(Vec<Intake>),
 }
 
 /// A replayed fixture logs its messages too.
@@ -60,7 +63,7 @@ impl Downstream for Sender<Intake> {
 }
 
 /// Items the intake's queue holds before the source waits.
-pub(crate) const INTAKE_QUEUE: usize = 16_384;
+pub(crate) const INTAKE_QUEUE: usize = 4_096;
 /// The most messages (and bytes) one group commit takes.
 const MAX_GROUP: usize = 8_192;
 const MAX_GROUP_BYTES: usize = 16 * 1024 * 1024;
@@ -141,15 +144,11 @@ impl Stage {
             };
             let mut group = Vec::new();
             let mut wants_cut = false;
-            if let Some(mut item) = first {
-                self.append(&mut item, &mut wants_cut);
-                group.push(item);
+            if let Some(item) = first {
+                self.take(item, &mut group, &mut wants_cut);
                 while group.len() < MAX_GROUP && self.writer.pending_bytes() < MAX_GROUP_BYTES {
                     match rx.try_recv() {
-                        Ok(mut item) => {
-                            self.append(&mut item, &mut wants_cut);
-                            group.push(item);
-                        }
+                        Ok(item) => self.take(item, &mut group, &mut wants_cut),
                         Err(_) => break,
                     }
                 }
@@ -166,6 +165,18 @@ impl Stage {
         Ok(())
     }
 
+    /// Adds an item (or each item of a batch) to the group, appending it to the log buffer.
+    fn take(&mut self, item: Intake, group: &mut Vec<Intake>, wants_cut: &mut bool) {
+        let items = match item {
+            Intake::Batch(items) => items,
+            single => vec![single],
+        };
+        for mut item in items {
+            self.append(&mut item, wants_cut);
+            group.push(item);
+        }
+    }
+
     /// Appends one item to the log buffer (a message gets its log position).
     fn append(&mut self, item: &mut Intake, wants_cut: &mut bool) {
         match item {
@@ -178,7 +189,7 @@ impl Stage {
             Intake::Tick(now_ms) => {
                 self.writer.append_tick(*now_ms);
             }
-            Intake::AckOnly(_) => {}
+            Intake::AckOnly(_) | Intake::Batch(_) => {}
             Intake::Checkpoint => *wants_cut = true,
         }
     }
@@ -230,7 +241,7 @@ impl Stage {
                     self.handoff.broadcast(|| Ingest::Tick { now_ms })?;
                 }
                 Intake::AckOnly(ack) => acks.push(ack),
-                Intake::Checkpoint => {}
+                Intake::Checkpoint | Intake::Batch(_) => {}
             }
         }
         self.bursts.flush(&self.handoff)?;
