@@ -132,6 +132,29 @@ impl Durable {
         sinks: &mut [Box<dyn Sink>],
     ) -> Result<(), SinkError> {
         self.after_cut.insert(snapshot.rule.clone(), cut.checkpoint);
+        // A checkpoint still missing snapshots three cuts later never completes (a rule's
+        // task died): it is dropped, loudly, rather than held.
+        let stale: Vec<u64> = self
+            .assembling
+            .keys()
+            .copied()
+            .filter(|number| number + 3 <= cut.checkpoint)
+            .collect();
+        for number in stale {
+            if let Some(dropped) = self.assembling.remove(&number) {
+                let missing: Vec<&String> = dropped
+                    .expected
+                    .iter()
+                    .filter(|id| !dropped.rules.iter().any(|r| &r.rule == *id))
+                    .collect();
+                self.metrics.state.checkpoint_failures.fetch_add(1, Relaxed);
+                tracing::error!(
+                    checkpoint = number,
+                    ?missing,
+                    "checkpoint abandoned: these rules sent no state"
+                );
+            }
+        }
         let assembly = self.assembling.entry(cut.checkpoint).or_insert_with(|| Assembly {
             cut,
             expected: Arc::clone(expected),
