@@ -26,7 +26,7 @@ pub(crate) fn start(
         std::fs::create_dir_all(parent)?;
     }
     let file = if append {
-        std::fs::OpenOptions::new().create(true).append(true).open(path)?
+        crate::state::open_appending_lines(path)?
     } else {
         File::create(path)?
     };

@@ -151,9 +151,12 @@ impl RuleFanout {
                 queues.push(queue.clone());
             }
         }
-        let mut rules = self.rules.to_vec();
-        rules.push(rule.to_string());
-        self.rules = Arc::from(rules);
+        // A rule that reads no table gets no cut, so a checkpoint must not wait for it.
+        if !tables.is_empty() {
+            let mut rules = self.rules.to_vec();
+            rules.push(rule.to_string());
+            self.rules = Arc::from(rules);
+        }
     }
 
     /// The ids of every rule with a queue here.

@@ -337,6 +337,7 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
     let handoff = Arc::new(handoff);
 
     // Hot reload watches the rule files while the source runs.
+    let checkpoint_after: CheckpointAfter = Arc::default();
     let interval = config.rules.reload_interval.0;
     let watcher = if interval > 0 {
         let reloader = Reloader::new(
@@ -344,7 +345,7 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
             catalog.clone(),
             engine.clone(),
             Arc::clone(&rule_set),
-            reroute_through(Arc::clone(&handoff)),
+            reroute_through(Arc::clone(&handoff), Arc::clone(&checkpoint_after)),
             Arc::clone(&metrics),
             runtime.handle().clone(),
         );
@@ -368,6 +369,7 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
         Some(state) => {
             let live_mqtt = matches!(options.fixture, Source::Mqtt(_));
             let recovered = recover(&state, &handoff, &metrics, live_mqtt)?;
+            *checkpoint_after.lock() = Some(recovered.intake.clone());
             let mut intake = recovered.intake.clone();
             let sourced = match &options.fixture {
                 Source::Mqtt(source) => {
@@ -394,6 +396,7 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
             let _ = intake.send(Intake::Checkpoint);
             drop(intake);
             drop(recovered.intake);
+            checkpoint_after.lock().take();
             recovered.stage.finish().map_err(|_| RunError::DecodeStopped)?;
             sourced
         }
@@ -443,9 +446,20 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
 
 /// How the rule watcher hands a new fan-out to the decode workers: in-band on every queue,
 /// so each table switches at one exact point of its stream.
-fn reroute_through(handoff: Arc<Handoff>) -> PublishFanout {
-    Box::new(move |fanout| handoff.broadcast(|| Ingest::Reroute(Arc::clone(&fanout))))
+/// With state, a checkpoint follows every reroute at once: the log holds messages, not rule
+/// versions, so a recovery must not replay across a reload.
+fn reroute_through(handoff: Arc<Handoff>, checkpoint_after: CheckpointAfter) -> PublishFanout {
+    Box::new(move |fanout| {
+        handoff.broadcast(|| Ingest::Reroute(Arc::clone(&fanout)))?;
+        if let Some(intake) = checkpoint_after.lock().as_ref() {
+            let _ = intake.send(Intake::Checkpoint);
+        }
+        Ok(())
+    })
 }
+
+/// Where a reroute asks for a checkpoint (the log stage's queue, once recovery started it).
+type CheckpointAfter = Arc<parking_lot::Mutex<Option<crossbeam_channel::Sender<Intake>>>>;
 
 /// Reads the live broker until the source ends.
 fn from_broker(
@@ -507,6 +521,16 @@ fn open_state(options: &StateOptions) -> Result<OpenState, RunError> {
         .chain(checkpoint.as_ref().map(|c| c.number))
         .max()
         .unwrap_or(0);
+    if !problems.is_empty() {
+        // The manifest keeps only what was usable, so the next fallback is a good one.
+        let usable = checkpoint.as_ref().map_or(0, |c| c.number);
+        if let Ok(mut manifest) = checkpoint::Manifest::read(&dir.checkpoint_dir()) {
+            manifest.checkpoints.retain(|c| c.number <= usable);
+            if let Ok(json) = serde_json::to_vec_pretty(&manifest) {
+                let _ = checkpoint::write_durably(&dir.checkpoint_dir(), "MANIFEST.json", &json);
+            }
+        }
+    }
     Ok(OpenState {
         dir,
         checkpoint,

@@ -115,12 +115,17 @@ impl Durable {
         // Every sink settles, even after one could not.
         let settled: Vec<bool> = sinks.iter_mut().map(|sink| sink.settle()).collect();
         let confirmed = settled.iter().all(|ok| *ok);
-        if confirmed {
-            self.deliveries
-                .record(std::mem::take(&mut self.unconfirmed))
-                .map_err(SinkError::Write)?;
+        if !confirmed {
+            return Ok(false);
         }
-        Ok(confirmed)
+        // A record that cannot be written (a full disk) leaves the notifications unrecorded,
+        // to be recorded at the next settle; the sinks go on.
+        if let Err(e) = self.deliveries.record(self.unconfirmed.iter().cloned()) {
+            tracing::error!(error = %e, "the delivery record cannot be written (is the disk full?); a recovery now would send these notifications again, with their identities");
+            return Ok(false);
+        }
+        self.unconfirmed.clear();
+        Ok(true)
     }
 
     /// Takes one rule's snapshot; writes the checkpoint once every rule's is in.

@@ -46,6 +46,10 @@ pub(crate) struct MqttSink {
     retained: Retained,
     /// Whether the broker granted the reconcile's subscription.
     subscribed: Arc<AtomicBool>,
+    /// Set by the connection thread when a reconnect finds the session gone.
+    session_lost: Arc<AtomicBool>,
+    /// Copies of the publishes the broker may not have acked yet: (topic, payload, retain).
+    unacked: Vec<(String, Vec<u8>, bool)>,
 }
 
 impl MqttSink {
@@ -59,6 +63,9 @@ impl MqttSink {
         let retained: Retained = Arc::default();
         let subscribed = Arc::new(AtomicBool::new(false));
         let (listening, granted) = (Arc::clone(&retained), Arc::clone(&subscribed));
+        let session_lost = Arc::new(AtomicBool::new(false));
+        let lost = Arc::clone(&session_lost);
+        let mut connected_before = false;
         let host = url.host.clone();
         let connection = std::thread::Builder::new()
             .name("mqtt-warnings".to_string())
@@ -69,7 +76,14 @@ impl MqttSink {
                         Ok(Event::Incoming(Packet::PubAck(_))) => {
                             acks.fetch_add(1, Ordering::Relaxed);
                         }
-                        Ok(Event::Incoming(Packet::ConnAck(_))) => backoff = Duration::from_millis(100),
+                        Ok(Event::Incoming(Packet::ConnAck(connack))) => {
+                            backoff = Duration::from_millis(100);
+                            // Without the session, rumqttc drops what was in flight.
+                            if connected_before && !connack.session_present {
+                                lost.store(true, Ordering::Relaxed);
+                            }
+                            connected_before = true;
+                        }
                         Ok(Event::Incoming(Packet::SubAck(_))) => granted.store(true, Ordering::Relaxed),
                         Ok(Event::Incoming(Packet::Publish(p))) if p.retain => {
                             if let Some(seen) = listening.lock().as_mut() {
@@ -99,13 +113,18 @@ impl MqttSink {
             metrics,
             retained,
             subscribed,
+            session_lost,
+            unacked: Vec::new(),
         })
     }
 
     /// Waits (up to `wait`) until the broker has acknowledged every publish so far.
-    fn wait_for_acks(&self, wait: Duration) -> bool {
+    fn wait_for_acks(&mut self, wait: Duration) -> bool {
         let started = Instant::now();
         while self.acked.load(Ordering::Relaxed) < self.published {
+            if self.session_lost.swap(false, Ordering::Relaxed) {
+                self.publish_again();
+            }
             if started.elapsed() >= wait {
                 return false;
             }
@@ -153,14 +172,7 @@ impl MqttSink {
         }
         let (mut cleared, mut published) = (0, 0);
         for (topic, alert) in &shown {
-            if alert.is_some()
-                && !wanted.contains_key(topic)
-                && self
-                    .client
-                    .publish(topic.clone(), QoS::AtLeastOnce, true, Vec::new())
-                    .is_ok()
-            {
-                self.published += 1;
+            if alert.is_some() && !wanted.contains_key(topic) && self.send(topic.clone(), Vec::new(), true).is_ok() {
                 cleared += 1;
             }
         }
@@ -168,9 +180,8 @@ impl MqttSink {
             let current = shown.get(topic).cloned().flatten();
             if current.as_deref() != Some(warning.alert_id.as_str())
                 && let Ok(json) = serde_json::to_vec(warning)
-                && self.client.publish(topic.clone(), QoS::AtLeastOnce, true, json).is_ok()
+                && self.send(topic.clone(), json, true).is_ok()
             {
-                self.published += 1;
                 published += 1;
             }
         }
@@ -187,18 +198,42 @@ impl MqttSink {
             warning.level.as_str(),
             topic_safe(&warning.rule)
         );
-        self.client
-            .publish(topic, QoS::AtLeastOnce, false, json.clone())
-            .map_err(|e| e.to_string())?;
         let state = match warning.status {
-            WarningStatus::Firing => json,
+            WarningStatus::Firing => json.clone(),
             WarningStatus::Resolved => Vec::new(),
         };
+        self.send(topic, json, false)?;
+        self.send(state_topic(&self.prefix, warning), state, true)
+    }
+
+    /// Publishes at QoS 1, keeping a copy until the broker has acked everything so far.
+    fn send(&mut self, topic: String, payload: Vec<u8>, retain: bool) -> Result<(), String> {
+        if self.acked.load(Ordering::Relaxed) >= self.published {
+            self.unacked.clear();
+        }
         self.client
-            .publish(state_topic(&self.prefix, warning), QoS::AtLeastOnce, true, state)
+            .publish(topic.clone(), QoS::AtLeastOnce, retain, payload.clone())
             .map_err(|e| e.to_string())?;
-        self.published += 2;
+        self.unacked.push((topic, payload, retain));
+        self.published += 1;
         Ok(())
+    }
+
+    /// The broker lost the sink's session (and rumqttc dropped what was in flight): what it
+    /// had not acked is published again, and the count starts over.
+    fn publish_again(&mut self) {
+        let again = std::mem::take(&mut self.unacked);
+        tracing::warn!(
+            publishes = again.len(),
+            "warning sink: the broker lost the session; publishing again what it had not acknowledged"
+        );
+        self.published = self.acked.load(Ordering::Relaxed);
+        for (topic, payload, retain) in again {
+            if let Err(e) = self.send(topic, payload, retain) {
+                self.metrics.sink_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "warning sink: mqtt publish failed");
+            }
+        }
     }
 
     /// Waits (up to 30 s) for the broker to acknowledge every publish, then disconnects.

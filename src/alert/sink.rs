@@ -244,7 +244,7 @@ impl JsonLinesSink {
             std::fs::create_dir_all(parent).map_err(open_error)?;
         }
         let file = if append {
-            std::fs::OpenOptions::new().create(true).append(true).open(path)
+            crate::state::open_appending_lines(path)
         } else {
             File::create(path)
         }

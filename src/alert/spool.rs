@@ -57,12 +57,21 @@ impl Spool {
         let seq = self.next_seq;
         let path = self.dir.join(format!("{seq:016}.json"));
         let temporary = self.dir.join(format!(".{seq:016}.tmp"));
-        fs::write(&temporary, payload)?;
+        let mut file = fs::File::create(&temporary)?;
+        std::io::Write::write_all(&mut file, payload)?;
+        // Synced before the rename: a spooled warning survives a machine crash too.
+        file.sync_data()?;
+        drop(file);
         fs::rename(&temporary, &path)?;
         self.next_seq += 1;
         self.bytes += size;
         self.pending.push_back((seq, path, size));
         Ok(true)
+    }
+
+    /// Makes the names of the files spooled so far durable (the directory synced).
+    pub(crate) fn sync(&self) -> io::Result<()> {
+        fs::File::open(&self.dir)?.sync_all()
     }
 
     /// The oldest payload, with its path for `remove`.

@@ -251,6 +251,14 @@ impl Sink for WebhookSink {
         Ok(())
     }
 
+    fn settle(&mut self) -> bool {
+        // Spooled is delivered as far as a crash goes: the spool is sent by the next run.
+        match self.spool.lock() {
+            Ok(spool) => spool.sync().is_ok(),
+            Err(_) => false,
+        }
+    }
+
     fn close(self: Box<Self>) -> Result<(), SinkError> {
         WebhookSink::close(*self);
         Ok(())

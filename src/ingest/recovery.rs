@@ -52,6 +52,7 @@ pub(crate) fn replay_log(
                 received_ms,
                 topic,
                 payload,
+                recorded_invalid,
             } => {
                 if rebuild {
                     replayed.refilled += 1;
@@ -63,7 +64,7 @@ pub(crate) fn replay_log(
                     at_ms,
                     topic,
                     payload,
-                    recorded_invalid: false,
+                    recorded_invalid,
                     arrived_ns: metrics.now_ns(),
                     received_ms,
                     seq,

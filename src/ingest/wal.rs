@@ -24,6 +24,7 @@ use crate::flow::{Closed, Cut, Ingest, Message};
 use crate::metrics::Metrics;
 use crate::queue::{Bursts, Handoff};
 use crate::state::log::LogWriter;
+use crate::time::wall_now_ms;
 
 /// A publish to acknowledge, on the connection it came on (an ack must never travel on a
 /// later connection, where its packet id names another message).
@@ -181,9 +182,18 @@ impl Stage {
     fn append(&mut self, item: &mut Intake, wants_cut: &mut bool) {
         match item {
             Intake::Message(msg, _) => {
-                msg.seq = self
-                    .writer
-                    .append_message(msg.at_ms, msg.received_ms, &msg.topic, &msg.payload);
+                // "Now" for readings too far ahead is fixed when the message is logged, so a
+                // replay of the log judges it as this run does.
+                if msg.received_ms == 0 {
+                    msg.received_ms = wall_now_ms();
+                }
+                msg.seq = self.writer.append_message(
+                    msg.at_ms,
+                    msg.received_ms,
+                    &msg.topic,
+                    &msg.payload,
+                    msg.recorded_invalid,
+                );
                 self.settings.messages_before += 1;
             }
             Intake::Tick(now_ms) => {

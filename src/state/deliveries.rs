@@ -63,12 +63,18 @@ impl Deliveries {
 
     /// Notes delivered notifications (written now; durable at the next `sync`).
     pub(crate) fn record(&mut self, delivered: impl IntoIterator<Item = (Identity, u64)>) -> io::Result<()> {
+        let delivered: Vec<(Identity, u64)> = delivered.into_iter().collect();
+        let mut text = String::new();
+        for ((id, number), after) in &delivered {
+            text.push_str(&format!("{id} {number} {after}\n"));
+        }
+        self.file.write_all(text.as_bytes())?;
+        self.file.flush()?;
         for (id, after) in delivered {
-            writeln!(self.file, "{} {} {after}", id.0, id.1)?;
             self.delivered.insert(id.clone());
             self.lines.push((id, after));
         }
-        self.file.flush()
+        Ok(())
     }
 
     /// Forgets notifications from before checkpoint `oldest_kept`'s cut: no recovery

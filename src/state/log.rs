@@ -21,6 +21,8 @@ const HEADER: usize = 8;
 const MAX_BODY: u32 = 64 * 1024 * 1024;
 const KIND_MESSAGE: u8 = 1;
 const KIND_TICK: u8 = 2;
+/// A recorded payload that was not JSON (a fixture's `raw`): dead-lettered on replay too.
+const KIND_RAW_MESSAGE: u8 = 3;
 
 /// One record of the log.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +33,7 @@ pub(crate) enum Record {
         received_ms: i64,
         topic: String,
         payload: bytes::Bytes,
+        recorded_invalid: bool,
     },
     Tick {
         seq: u64,
@@ -131,10 +134,22 @@ impl LogWriter {
     }
 
     /// Appends a message; returns its sequence number. Nothing is durable before `commit`.
-    pub(crate) fn append_message(&mut self, at_ms: i64, received_ms: i64, topic: &str, payload: &[u8]) -> u64 {
+    pub(crate) fn append_message(
+        &mut self,
+        at_ms: i64,
+        received_ms: i64,
+        topic: &str,
+        payload: &[u8],
+        recorded_invalid: bool,
+    ) -> u64 {
         let topic = &topic.as_bytes()[..topic.len().min(u16::MAX as usize)];
         let body_len = 1 + 8 + 8 + 8 + 2 + topic.len() + payload.len();
-        let seq = self.start_record(KIND_MESSAGE, body_len, at_ms);
+        let kind = if recorded_invalid {
+            KIND_RAW_MESSAGE
+        } else {
+            KIND_MESSAGE
+        };
+        let seq = self.start_record(kind, body_len, at_ms);
         self.buffer.extend_from_slice(&received_ms.to_le_bytes());
         self.buffer.extend_from_slice(&(topic.len() as u16).to_le_bytes());
         self.buffer.extend_from_slice(topic);
@@ -248,10 +263,23 @@ pub(crate) fn read_from<E>(
                         return Ok(Err(e));
                     }
                 }
+                None if index + 1 < all.len() => {
+                    // Only the last segment can end in a torn write: damage before it would
+                    // drop acknowledged messages, so recovery stops and says where.
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "log segment {} is damaged at byte {offset} (record {expected}), before the last segment; refusing to drop the acknowledged messages after it",
+                            path.display()
+                        ),
+                    ));
+                }
                 None => {
                     report.cut_bytes += (bytes.len() - offset) as u64;
                     report.cut_segment = Some(path.clone());
-                    OpenOptions::new().write(true).open(path)?.set_len(offset as u64)?;
+                    let file = OpenOptions::new().write(true).open(path)?;
+                    file.set_len(offset as u64)?;
+                    file.sync_all()?;
                     broken_at = Some(index);
                     break;
                 }
@@ -290,7 +318,7 @@ fn decode(bytes: &[u8], expected_seq: u64) -> Option<(Record, usize)> {
     }
     let record = match kind {
         KIND_TICK => Record::Tick { seq, now_ms: time },
-        KIND_MESSAGE => {
+        KIND_MESSAGE | KIND_RAW_MESSAGE => {
             let received_ms = i64::from_le_bytes(body.get(17..25)?.try_into().ok()?);
             let topic_len = u16::from_le_bytes(body.get(25..27)?.try_into().ok()?) as usize;
             let topic = std::str::from_utf8(body.get(27..27 + topic_len)?).ok()?.to_string();
@@ -301,6 +329,7 @@ fn decode(bytes: &[u8], expected_seq: u64) -> Option<(Record, usize)> {
                 received_ms,
                 topic,
                 payload,
+                recorded_invalid: kind == KIND_RAW_MESSAGE,
             }
         }
         _ => return None,
@@ -327,9 +356,9 @@ mod tests {
     fn records_come_back_in_order_from_any_position() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut log = LogWriter::create(dir.path(), 1).expect("created");
-        assert_eq!(log.append_message(100, 7, "city/a/water/w1", br#"{"ts":1}"#), 1);
+        assert_eq!(log.append_message(100, 7, "city/a/water/w1", br#"{"ts":1}"#, false), 1);
         assert_eq!(log.append_tick(1_000), 2);
-        assert_eq!(log.append_message(1_001, 8, "city/a/gas/g1", b"not json"), 3);
+        assert_eq!(log.append_message(1_001, 8, "city/a/gas/g1", b"not json", true), 3);
         assert_eq!(log.commit().expect("committed"), 3);
         let (records, report) = read_all(dir.path(), 1);
         assert_eq!(records.len(), 3);
@@ -340,7 +369,8 @@ mod tests {
                 at_ms: 100,
                 received_ms: 7,
                 topic: "city/a/water/w1".to_string(),
-                payload: bytes::Bytes::from_static(br#"{"ts":1}"#)
+                payload: bytes::Bytes::from_static(br#"{"ts":1}"#),
+                recorded_invalid: false,
             }
         );
         assert_eq!(records[1], Record::Tick { seq: 2, now_ms: 1_000 });
@@ -353,8 +383,8 @@ mod tests {
     fn a_torn_tail_is_cut_at_the_last_whole_record_and_appends_go_on_after_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut log = LogWriter::create(dir.path(), 1).expect("created");
-        log.append_message(1, 1, "city/a/water/w1", b"{}");
-        log.append_message(2, 2, "city/a/water/w1", b"{}");
+        log.append_message(1, 1, "city/a/water/w1", b"{}", false);
+        log.append_message(2, 2, "city/a/water/w1", b"{}", false);
         log.commit().expect("committed");
         drop(log);
         let (_, path) = segments(dir.path()).expect("listed").remove(0);
@@ -388,7 +418,7 @@ mod tests {
         // The segment is /dev/full: every write fails with "no space left on device".
         std::os::unix::fs::symlink("/dev/full", dir.path().join(format!("{:020}.wal", 1))).expect("symlink");
         let mut log = LogWriter::create(dir.path(), 1).expect("created");
-        log.append_message(1, 1, "city/a/water/w1", b"{}");
+        log.append_message(1, 1, "city/a/water/w1", b"{}", false);
         let error = log.commit().expect_err("the disk is full");
         assert_eq!(error.raw_os_error(), Some(28), "ENOSPC: {error}");
         // Still waiting to be written: the caller retries and acks nothing meanwhile.

@@ -121,9 +121,34 @@ impl StateDir {
     }
 }
 
+/// Opens a JSON Lines file to append to, after a crash that may have left half a line at its
+/// end: that half is cut, so the next line starts whole.
+pub(crate) fn open_appending_lines(path: &Path) -> io::Result<File> {
+    let file = File::options().create(true).read(true).append(true).open(path)?;
+    let bytes = fs::read(path)?;
+    if let Some(last) = bytes.iter().rposition(|b| *b == b'\n') {
+        if last + 1 < bytes.len() {
+            file.set_len(last as u64 + 1)?;
+        }
+    } else if !bytes.is_empty() {
+        file.set_len(0)?;
+    }
+    Ok(file)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_half_written_last_line_is_cut_before_appending() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("w.jsonl");
+        fs::write(&path, "{\"a\":1}\n{\"a\":").expect("written");
+        let mut file = open_appending_lines(&path).expect("opens");
+        std::io::Write::write_all(&mut file, b"{\"a\":2}\n").expect("appends");
+        assert_eq!(fs::read_to_string(&path).expect("read"), "{\"a\":1}\n{\"a\":2}\n");
+    }
 
     #[test]
     fn a_directory_of_another_format_or_in_use_is_refused() {

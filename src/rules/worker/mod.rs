@@ -14,6 +14,7 @@
 //! Rows failing the rule's WHERE clause are dropped before any plan sees them. A failing
 //! evaluation is counted and reported; the rule and the others go on.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -139,13 +140,14 @@ pub(crate) struct RuleWorker {
     /// Max `ts` of the rows seen (stamps the resolutions of a retired rule).
     last_event_ms: Option<EpochMs>,
     last_merge: Instant,
-    /// The checkpoint cut under way, until it came from every input table.
-    cut: Option<PendingCut>,
+    /// Checkpoint cuts under way (by number), until each came from every input table: a
+    /// rule reading several tables may see the next cut from one table before this one
+    /// from another.
+    cuts: BTreeMap<u64, PendingCut>,
 }
 
 /// A checkpoint's cut as it comes in from a rule's input tables.
 struct PendingCut {
-    cut: Cut,
     /// From how many tables it came so far.
     seen: usize,
     /// When each of those tables' last row arrived.
@@ -168,7 +170,7 @@ impl RuleWorker {
             eval_latency: LocalLatency::new(),
             last_event_ms: None,
             last_merge: Instant::now(),
-            cut: None,
+            cuts: BTreeMap::new(),
         }
     }
 
@@ -248,20 +250,20 @@ impl RuleWorker {
     /// A checkpoint's cut came from one input table; once it came from all of them, the
     /// snapshot goes to the sink thread behind every warning emitted before the cut.
     async fn on_cut(&mut self, cut: Cut, table: usize, last_arrival_ms: Option<EpochMs>, rules: Arc<[String]>) {
-        let pending = match &mut self.cut {
-            Some(pending) if pending.cut == cut => pending,
-            other => other.insert(PendingCut {
-                cut,
-                seen: 0,
-                arrivals: Vec::new(),
-            }),
-        };
+        let pending = self.cuts.entry(cut.checkpoint).or_insert_with(|| PendingCut {
+            seen: 0,
+            arrivals: Vec::new(),
+        });
         pending.seen += 1;
         pending.arrivals.push((table, last_arrival_ms));
         if pending.seen < self.judge.ctx.inputs {
             return;
         }
-        let arrivals = self.cut.take().map(|p| p.arrivals).unwrap_or_default();
+        let arrivals = self
+            .cuts
+            .remove(&cut.checkpoint)
+            .map(|p| p.arrivals)
+            .unwrap_or_default();
         let snapshot = Box::new(self.snapshot(arrivals));
         let _ = self
             .judge
