@@ -122,3 +122,48 @@ fn a_token_is_required_when_configured_and_for_non_loopback_addresses() {
         other => panic!("expected a refusal, got {:?}", other.map(|o| o.summary.messages_in)),
     }
 }
+
+#[test]
+fn with_state_metrics_and_stats_show_checkpoints_and_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = cityops::pipeline::StateOptions {
+        dir: dir.path().join("state"),
+        checkpoint_interval: Duration::from_secs(60),
+    };
+    // First run: one reading, ended cleanly (a checkpoint at start and one at the end).
+    let addr = free_addr();
+    let (source, messages) = crossbeam_channel::unbounded();
+    let run = start(RunOptions {
+        state: Some(state.clone()),
+        ..options(&addr, None, Source::Channel(messages), &dir)
+    });
+    source
+        .send(message(
+            "gas-1",
+            r#"{"ts": 1768435200000, "kind": "gas_lel", "value": 2.0}"#,
+        ))
+        .unwrap();
+    // The checkpoint taken right after the (empty) recovery.
+    let page = page_with(&addr, None, "cityops_state_checkpoints_total 1");
+    assert!(page.contains("\ncityops_state_log_stalled 0\n"), "{page}");
+    drop(source);
+    run.join().unwrap();
+
+    // Second run on the same directory: it recovers, and says so on /api/stats.
+    let addr = free_addr();
+    let (source, messages) = crossbeam_channel::unbounded();
+    let run = start(RunOptions {
+        state: Some(state),
+        ..options(&addr, None, Source::Channel(messages), &dir)
+    });
+    page_with(&addr, None, "cityops_state_checkpoints_total 1");
+    let mut response = ureq::get(format!("http://{addr}/api/stats")).call().unwrap();
+    let stats: serde_json::Value = serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+    let state = &stats["state"];
+    assert_eq!(state["checkpoints"], 1, "{stats}");
+    assert!(state["last_checkpoint_bytes"].as_u64().unwrap() > 0, "{stats}");
+    assert!(state["last_checkpoint_ms"].as_u64().unwrap() > 0, "{stats}");
+    assert_eq!(state["sessions_lost"], 0);
+    drop(source);
+    run.join().unwrap();
+}
