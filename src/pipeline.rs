@@ -368,7 +368,7 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
         },
         Some(state) => {
             let live_mqtt = matches!(options.fixture, Source::Mqtt(_));
-            let recovered = recover(&state, &handoff, &metrics, live_mqtt)?;
+            let recovered = recover(&state, &handoff, &metrics, live_mqtt, &shutdown)?;
             *checkpoint_after.lock() = Some(recovered.intake.clone());
             let mut intake = recovered.intake.clone();
             let sourced = match &options.fixture {
@@ -392,6 +392,9 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
                     recovered.messages,
                 ),
             };
+            // The source has ended (a stop, its idle exit, its fixture's end): a log that
+            // cannot be written must not hold the run up.
+            shutdown.request();
             // A clean stop leaves a checkpoint behind: the next start replays nothing.
             let _ = intake.send(Intake::Checkpoint);
             drop(intake);
@@ -556,6 +559,7 @@ fn recover(
     handoff: &Arc<Handoff>,
     metrics: &Arc<Metrics>,
     live_mqtt: bool,
+    stop: &Shutdown,
 ) -> Result<Recovered, RunError> {
     let started = Instant::now();
     let log_dir = state.dir.log_dir();
@@ -617,6 +621,7 @@ fn recover(
         live_mqtt.then_some(ack_tx),
         settings,
         Arc::clone(metrics),
+        stop.clone(),
     )
     .map_err(io("starting the log stage"))?;
     // The first checkpoint of the run: it also sets the receivers' view straight.

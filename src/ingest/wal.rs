@@ -9,7 +9,8 @@
 //!
 //! A failed write (a full disk) is retried every second, loudly: meanwhile nothing is passed
 //! on and nothing acked, the source stops reading when this stage's queue is full, and the
-//! broker holds the backlog.
+//! broker holds the backlog. A stop requested meanwhile ends the retries: what the log could
+//! not take is dropped unacknowledged.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -23,6 +24,7 @@ use super::replay::Downstream;
 use crate::flow::{Closed, Cut, Ingest, Message};
 use crate::metrics::Metrics;
 use crate::queue::{Bursts, Handoff};
+use crate::shutdown::Shutdown;
 use crate::state::log::LogWriter;
 use crate::time::wall_now_ms;
 
@@ -98,6 +100,7 @@ impl WalStage {
         acks: Option<AckSender>,
         settings: WalSettings,
         metrics: Arc<Metrics>,
+        stop: Shutdown,
     ) -> std::io::Result<(Sender<Intake>, WalStage)> {
         let (tx, rx) = crossbeam_channel::bounded(INTAKE_QUEUE);
         let last_cut_seq = writer.next_seq() - 1;
@@ -110,6 +113,7 @@ impl WalStage {
                 settings,
                 metrics,
                 last_cut_seq,
+                stop,
             };
             stage.run(&rx)
         })?;
@@ -131,6 +135,8 @@ struct Stage {
     metrics: Arc<Metrics>,
     /// The log position the last cut covered.
     last_cut_seq: u64,
+    /// The run's stop: a log that cannot be written gives up once it is requested.
+    stop: Shutdown,
 }
 
 impl Stage {
@@ -154,7 +160,13 @@ impl Stage {
                     }
                 }
             }
-            self.commit();
+            if !self.commit() {
+                // Stopped while the disk refuses the log: nothing more is passed on or acked
+                // (the broker sends it all again); what still comes is taken and dropped, so
+                // the source is never left waiting.
+                for _ in rx.iter() {}
+                return Ok(());
+            }
             self.pass_on(group)?;
             let now = Instant::now();
             if wants_cut || now >= due {
@@ -204,10 +216,11 @@ impl Stage {
         }
     }
 
-    /// Makes the appended records durable, retrying (loudly) until the disk takes them.
-    fn commit(&mut self) {
+    /// Makes the appended records durable, retrying (loudly) until the disk takes them;
+    /// false when the run was stopped before it did.
+    fn commit(&mut self) -> bool {
         if self.writer.pending_bytes() == 0 {
-            return;
+            return true;
         }
         let state = &self.metrics.state;
         let mut failing_since: Option<Instant> = None;
@@ -223,6 +236,12 @@ impl Stage {
                         stalled_s = since.elapsed().as_secs(),
                         "the write-ahead log cannot be written (is the disk full?): no message is acknowledged until it can; the broker holds the backlog. Free space on the state directory's disk"
                     );
+                    if self.stop.is_requested() {
+                        tracing::error!(
+                            "stopping with messages the log could not take: they are not acknowledged, and the broker sends them again"
+                        );
+                        return false;
+                    }
                     std::thread::sleep(RETRY_EVERY);
                 }
             }
@@ -232,6 +251,7 @@ impl Stage {
         }
         state.log_stalled.store(false, Relaxed);
         state.log_commits.fetch_add(1, Relaxed);
+        true
     }
 
     /// Passes a durable group on in log order and hands its acks back.
