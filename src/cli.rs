@@ -172,7 +172,7 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub(crate) summary_json: Option<PathBuf>,
     /// Read live from this broker (mqtt://host:1883, mqtts://host:8883) instead of a fixture;
-    /// ends on Ctrl-C. Credentials: [mqtt] in the config or CITYOPS_MQTT_USERNAME/PASSWORD.
+    /// ends on Ctrl-C or SIGTERM (cleanly: queued work finished, sinks flushed, summary printed). Credentials: [mqtt] in the config or CITYOPS_MQTT_USERNAME/PASSWORD.
     #[arg(long, value_name = "URL", conflicts_with = "replay")]
     pub(crate) mqtt: Option<String>,
     /// Live: subscription QoS (default: [mqtt] qos of the config, 1).

@@ -152,7 +152,7 @@ fn run(args: RunArgs) -> Result<(), CliError> {
     let (fixture, clock) = match (source, args.replay) {
         (Some(live), _) => {
             eprintln!(
-                "cityops: reading mqtt://{}:{} ({}) with rules from {}; Ctrl-C ends the run",
+                "cityops: reading mqtt://{}:{} ({}) with rules from {}; Ctrl-C or SIGTERM ends the run",
                 live.url.host,
                 live.url.port,
                 live.filters.join(", "),
@@ -294,25 +294,38 @@ fn replay_to_mqtt(args: ReplayArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// A shutdown handle set by the first Ctrl-C (a second one ends the process the usual way).
+/// A shutdown handle set by the first Ctrl-C or SIGTERM (a second one of either ends the process).
 fn shutdown_on_ctrl_c() -> Shutdown {
     let shutdown = Shutdown::new();
     let handle = shutdown.clone();
-    let watcher = std::thread::Builder::new().name("ctrl-c".to_string()).spawn(move || {
+    let watcher = std::thread::Builder::new().name("signals".to_string()).spawn(move || {
         let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
             return;
         };
-        if runtime.block_on(tokio::signal::ctrl_c()).is_ok() {
-            eprintln!("cityops: stopping (Ctrl-C again to abort)");
-            handle.request();
-            let _ = runtime.block_on(tokio::signal::ctrl_c());
-            std::process::exit(130);
-        }
+        // SIGINT (Ctrl-C) or SIGTERM (`systemctl stop`, Docker, Kubernetes): a clean stop;
+        // a second one of either aborts.
+        let Some(name) = runtime.block_on(stop_signal()) else {
+            return;
+        };
+        eprintln!("cityops: stopping on {name} (again to abort)");
+        handle.request();
+        let again = runtime.block_on(stop_signal());
+        std::process::exit(if again == Some("SIGTERM") { 143 } else { 130 });
     });
     if let Err(e) = watcher {
-        eprintln!("warning: Ctrl-C will abort instead of stopping cleanly: {e}");
+        eprintln!("warning: Ctrl-C and SIGTERM will abort instead of stopping cleanly: {e}");
     }
     shutdown
+}
+
+/// Waits for SIGINT or SIGTERM; `None` when neither can be watched.
+async fn stop_signal() -> Option<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).ok()?;
+    tokio::select! {
+        interrupted = tokio::signal::ctrl_c() => interrupted.ok().map(|()| "SIGINT"),
+        _ = terminate.recv() => Some("SIGTERM"),
+    }
 }
 
 fn generate(args: GenArgs) -> Result<(), CliError> {

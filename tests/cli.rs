@@ -290,3 +290,48 @@ fn bench_scores_a_generated_city_against_its_labels() {
     assert_eq!(score["missed"], serde_json::json!([]));
     assert_eq!(score["unexpected"], serde_json::json!([]));
 }
+
+#[test]
+fn sigterm_stops_a_live_run_cleanly_with_its_summary() {
+    // A broker that never answers: the run keeps reconnecting until it is told to stop.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = cityops()
+        .args([
+            "run",
+            "--no-http",
+            "--quiet",
+            "--mqtt",
+            &format!("mqtt://127.0.0.1:{port}"),
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starts");
+    std::thread::sleep(std::time::Duration::from_millis(1_500));
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "no clean stop on SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stderr.contains("stopping on SIGTERM"), "{stderr}");
+    assert!(stdout.contains("cityops summary"), "{stdout}");
+}
