@@ -6,6 +6,11 @@
 //! is in a decode queue, and acks go out in batches (`acks`). A lost connection is retried
 //! with exponential backoff; every connect resubscribes; outages are logged and counted.
 //! Clock ticks go to the decode workers every second of wall time so silent tables advance.
+//!
+//! With state (`Logged`), each socket read goes to the log stage (`wal`) instead, and so do
+//! the ticks; a message is acked once the log has made it durable, on the connection it came
+//! on. A redelivery of a message the log already holds is acked and not logged again, and a
+//! connect that finds the expected session gone is reported.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
