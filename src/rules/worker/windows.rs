@@ -121,13 +121,7 @@ impl WindowState {
             let Some(window) = self.open.get_mut(&end) else {
                 continue;
             };
-            let rows = (rows.len() < batch.num_rows()).then(|| UInt32Array::from(rows));
-            window.feed(
-                &judge.rule,
-                judge
-                    .rule
-                    .input_of(batch, rows.as_ref(), EngineColumns::Window { start, end })?,
-            )?;
+            window.feed_rows(&judge.rule, batch, rows, (start, end))?;
         }
         Ok(())
     }
@@ -165,14 +159,7 @@ impl WindowState {
                 continue;
             }
             self.first_seqs.entry(end).or_insert(input.first_seq);
-            let rows = (rows.len() < batch.num_rows()).then(|| UInt32Array::from(rows));
-            let (start, end) = spec.window_ending_at(end);
-            window.feed(
-                &judge.rule,
-                judge
-                    .rule
-                    .input_of(batch, rows.as_ref(), EngineColumns::Window { start, end })?,
-            )?;
+            window.feed_rows(&judge.rule, batch, rows, spec.window_ending_at(end))?;
         }
         judge.dead_letter_late(input, &routing.late);
         for advance in routing.advances {
@@ -278,6 +265,22 @@ enum OpenWindow {
 }
 
 impl OpenWindow {
+    /// Feeds the rows `rows` of `batch` (all of them when that is every row), with the
+    /// window's bounds as engine columns.
+    fn feed_rows(
+        &mut self,
+        rule: &Arc<CompiledRule>,
+        batch: &RecordBatch,
+        rows: Vec<u32>,
+        (start, end): (EpochMs, EpochMs),
+    ) -> Result<(), DataFusionError> {
+        let rows = (rows.len() < batch.num_rows()).then(|| UInt32Array::from(rows));
+        self.feed(
+            rule,
+            rule.input_of(batch, rows.as_ref(), EngineColumns::Window { start, end })?,
+        )
+    }
+
     /// Feeds one batch and lets the plan fold in what it has been fed.
     fn feed(&mut self, rule: &Arc<CompiledRule>, batch: RecordBatch) -> Result<(), DataFusionError> {
         if matches!(self, OpenWindow::Idle) {
