@@ -194,3 +194,46 @@ GROUP BY session(ts, INTERVAL '2' MINUTES), device_id",
         .collect();
     assert_eq!(fired, ["Firing \"supplier1\"", "Firing \"supplier2\""]);
 }
+
+#[test]
+fn session_keyed_by_its_window_gives_one_alert_per_session() {
+    // The same SESSION example, with each session its own alert: the GROUP BY column keeps
+    // sessions apart, `window_start, window_end` in the key tell them apart as alerts.
+    let s = Scenario::new();
+    s.rule(
+        "bids",
+        "-- key: device_id, window_start, window_end
+SELECT window_start, window_end, device_id, sum(value) AS total_price FROM sensor
+GROUP BY session(ts, INTERVAL '2' MINUTES), device_id",
+    );
+    let outcome = s.run(&bids(&s), |_| {});
+    let hhmm = |v: &serde_json::Value| v.as_str().map(|t| t[11..16].to_string()).unwrap_or_default();
+    let notices: Vec<String> = outcome
+        .warnings
+        .iter()
+        .map(|w| {
+            format!(
+                "{:?} {} {}-{} {}",
+                w.status,
+                w.key["device_id"].as_str().unwrap_or_default(),
+                hhmm(&w.key["window_start"]),
+                hhmm(&w.key["window_end"]),
+                w.values.get("total_price").and_then(|v| v.as_f64()).unwrap_or(f64::NAN),
+            )
+        })
+        .collect();
+    // Sessions close in event time; a supplier's next session resolves its previous one.
+    assert_eq!(
+        notices,
+        [
+            "Firing supplier1 08:05-08:09 6",
+            "Firing supplier2 08:09-08:13 8",
+            "Firing supplier1 08:13-08:15 1",
+            "Resolved supplier1 08:05-08:09 6",
+            "Firing supplier2 08:17-08:19 6",
+            "Resolved supplier2 08:09-08:13 8",
+        ]
+    );
+    let ids: std::collections::BTreeSet<&str> = outcome.warnings.iter().map(|w| w.alert_id.as_str()).collect();
+    assert_eq!(ids.len(), 4, "one alert per session");
+}

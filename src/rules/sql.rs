@@ -172,11 +172,19 @@ pub(crate) fn analyze(path: &Path, text: &str, key: Option<&[String]>) -> Result
         group_columns = vec![TABLE_NAME.to_string(), DEVICE_ID.to_string()];
     }
     let mut hidden_columns = Vec::new();
-    let wanted: Vec<String> = match (window.is_some() || snapshot, key) {
+    let mut wanted: Vec<String> = match (window.is_some() || snapshot, key) {
         (true, Some(k)) => k.to_vec(),
         (true, None) => group_columns.clone(),
         (false, _) => vec![ROW_INDEX.to_string()],
     };
+    // A session's result rows are matched to their session by its GROUP BY columns.
+    if matches!(window, Some(Windowing::Session { .. })) {
+        for column in &group_columns {
+            if !wanted.contains(column) {
+                wanted.push(column.clone());
+            }
+        }
+    }
     for column in wanted {
         if !wildcard && !output_names.contains(&column) {
             select

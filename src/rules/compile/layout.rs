@@ -1,6 +1,6 @@
 //! Where the parts of an alert are in a rule's planned output: the alert key, the `level`
-//! and the reported values (`OutputLayout`), and for session rules the key's columns in the
-//! input, which partition the sessions. Key columns are resolved by one function,
+//! and the reported values (`OutputLayout`), and for session rules the GROUP BY columns that
+//! partition the sessions (`SessionKey`). Key columns are resolved by one function,
 //! `resolve_key`, whichever schema they are looked up in.
 
 use std::path::Path;
@@ -126,27 +126,75 @@ pub(super) fn output_layout(
     })
 }
 
-/// A session rule's key must be plain table columns: sessions are tracked per key value
-/// before aggregation.
+/// How a session rule keeps sessions apart: by its GROUP BY columns (Flink's PARTITION BY).
+/// Its alert key may add `window_start`/`window_end` so each session is its own alert.
+#[derive(Debug, Clone, Default)]
+pub struct SessionKey {
+    /// The GROUP BY columns' positions in the table: rows are routed to sessions by these.
+    pub input: Vec<(String, usize)>,
+    /// Their positions in the rule's output: result rows are matched to sessions by these.
+    pub output: Vec<(String, usize)>,
+    /// Their positions among the alert key's fields: an alert belongs to one partition.
+    pub in_alert_key: Vec<usize>,
+}
+
+impl SessionKey {
+    /// Whether the alert key is the partition itself (one alert per GROUP BY value).
+    pub fn is_alert_key(&self, layout: &OutputLayout) -> bool {
+        layout.key.len() == self.input.len() && self.in_alert_key.iter().enumerate().all(|(i, k)| i == *k)
+    }
+}
+
+/// A session rule's partition: its GROUP BY columns, which must be plain table columns (the
+/// sessions are tracked per value before aggregation) and part of the alert key (each alert
+/// belongs to one partition's sessions).
 pub(super) fn session_key(
     rule: &RuleFile,
+    analyzed: &AnalyzedSql,
     table: &TableDef,
     layout: &OutputLayout,
+    output: &SchemaRef,
     start: (u64, u64),
-) -> Result<Vec<(String, usize)>, Vec<Problem>> {
-    let names = layout.key.iter().map(|(name, _)| name.clone());
-    resolve_key(
-        names,
+) -> Result<SessionKey, Vec<Problem>> {
+    let names = &analyzed.group_columns;
+    let input = resolve_key(
+        names.iter().cloned(),
         |name| table.column_index(name),
         &rule.path,
         start,
         |name| {
             format!(
-                "session windows are kept per key, so key column `{name}` must be a column of table `{}`",
+                "sessions are kept per GROUP BY column, so `{name}` must be a column of table `{}`",
                 table.name
             )
         },
-    )
+    )?;
+    let output = resolve_key(
+        names.iter().cloned(),
+        |name| output.index_of(name).ok(),
+        &rule.path,
+        start,
+        |name| format!("internal: GROUP BY column `{name}` is not in the rule's output"),
+    )?;
+    let in_alert_key = resolve_key(
+        names.iter().cloned(),
+        |name| layout.key.iter().position(|(k, _)| k == name),
+        &rule.path,
+        start,
+        |name| {
+            format!(
+                "a session rule's key must include its GROUP BY column `{name}` (add `window_start, window_end` to make each session its own alert)"
+            )
+        },
+    )?
+    .into_iter()
+    .map(|(_, i)| i)
+    .collect();
+    Ok(SessionKey {
+        input,
+        output,
+        in_alert_key,
+    })
 }
 
 /// Each key column name with its position (`position`); the first name without one is a

@@ -36,7 +36,7 @@ mod policy;
 mod sandbox;
 
 pub use execution::EngineColumns;
-pub(crate) use layout::OutputLayout;
+pub(crate) use layout::{OutputLayout, SessionKey};
 
 use diagnostics::{df_problem, unknown_table};
 use layout::{output_layout, session_key};
@@ -89,8 +89,8 @@ pub struct CompiledRule {
     /// and of the engine's (`window_start`, …), in table order then engine order.
     pub feed_schema: SchemaRef,
     pub layout: OutputLayout,
-    /// Session rules: the key columns in the input, which partition the sessions.
-    pub session_key: Vec<(String, usize)>,
+    /// Session rules: the GROUP BY columns, which partition the sessions.
+    pub session_key: SessionKey,
     /// FNV-1a of the rule's text, to tell versions apart.
     pub version: String,
     plan: Arc<dyn ExecutionPlan>,
@@ -216,8 +216,8 @@ pub async fn compile(
         _ => narrow_leaf(plan, feed, feed_schema).map_err(planning_failed)?,
     };
     let session_key = match (kind, table_def) {
-        (RuleKind::Session { .. }, Some(def)) => session_key(rule, def, &layout, start)?,
-        _ => Vec::new(),
+        (RuleKind::Session { .. }, Some(def)) => session_key(rule, &analyzed, def, &layout, &plan.schema(), start)?,
+        _ => SessionKey::default(),
     };
 
     let watched = match kind {

@@ -2,6 +2,7 @@
 //! closed sessions are evaluated together, one plan execution per set of distinct keys.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -9,7 +10,7 @@ use datafusion::error::DataFusionError;
 use datafusion::physical_plan::common::collect;
 
 use super::judge::{Found, Judge};
-use crate::alert::lifecycle::CleanStep;
+use crate::alert::lifecycle::{AlertKey, CleanStep};
 use crate::flow::TableBatch;
 use crate::metrics::Stage;
 use crate::rules::compile::EngineColumns;
@@ -25,7 +26,7 @@ pub(super) struct SessionState {
 
 impl SessionState {
     pub(super) fn new(gap_ms: EpochMs, lateness_ms: EpochMs, key_columns: Vec<(String, usize)>) -> Self {
-        // Rows share a session when their alert keys are equal.
+        // Rows share a session when their GROUP BY values are equal.
         let key: RowKey = Box::new(move |batch, row| key_of(batch, row, &key_columns).id);
         SessionState {
             sessions: Sessions::new(gap_ms, lateness_ms, key),
@@ -137,45 +138,59 @@ async fn judge_sessions(
             .ctx
             .metrics
             .record(Stage::WindowClose, started.elapsed().as_nanos() as u64);
+        // Result rows go to their session by its GROUP BY values (one session per key here).
+        let rule = Arc::clone(&judge.rule);
+        let partition = &rule.session_key;
         let mut rows_by_key: HashMap<String, Vec<(usize, usize)>> = HashMap::new();
         for (b, out) in output.iter().enumerate() {
             for r in 0..out.num_rows() {
                 rows_by_key
-                    .entry(key_of(out, r, &judge.rule.layout.key).id)
+                    .entry(key_of(out, r, &partition.output).id)
                     .or_default()
                     .push((b, r));
             }
         }
+        let one_alert_per_partition = partition.is_alert_key(&rule.layout);
         for (session, arrived_ns) in group {
             judge.health.evaluated(session.end);
             let window = Some((session.start, session.end));
             let detected_ms = judge.detected(session.event_ms);
             let rows = rows_by_key.remove(&session.key_id);
             judge.capture(session.start, session.end, rows.iter().flatten().copied(), &output);
-            match rows {
-                Some(rows) => {
-                    for (b, r) in rows {
-                        let found = Found {
-                            window,
-                            event_ms: session.start,
-                            detected_ms,
-                            arrived_ns,
-                        };
-                        judge.breach_row(&output[b], r, found).await;
-                    }
+            let mut breached = HashSet::new();
+            for (b, r) in rows.into_iter().flatten() {
+                let found = Found {
+                    window,
+                    event_ms: session.start,
+                    detected_ms,
+                    arrived_ns,
+                };
+                breached.insert(judge.breach_row(&output[b], r, found).await);
+            }
+            let step = CleanStep {
+                window,
+                detected_ms,
+                arrived_ns,
+            };
+            // A clean step for the partition's alerts this session did not breach: its own
+            // alert, or (keyed by window) the alerts of its earlier sessions.
+            let cleaned = if one_alert_per_partition {
+                match breached.is_empty() {
+                    true => judge.lifecycle.clean(&session.key_id, step).into_iter().collect(),
+                    false => Vec::new(),
                 }
-                None => {
-                    if let Some(t) = judge.lifecycle.clean(
-                        &session.key_id,
-                        CleanStep {
-                            window,
-                            detected_ms,
-                            arrived_ns,
-                        },
-                    ) {
-                        judge.emit(t).await;
-                    }
-                }
+            } else {
+                let in_partition = |key: &AlertKey| {
+                    let fields = partition
+                        .in_alert_key
+                        .iter()
+                        .filter_map(|&i| key.fields.get(i).cloned());
+                    AlertKey::new(fields.collect()).id == session.key_id
+                };
+                judge.lifecycle.clean_where(&breached, step, in_partition)
+            };
+            for transition in cleaned {
+                judge.emit(transition).await;
             }
         }
     }
