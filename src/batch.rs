@@ -11,7 +11,7 @@ use datafusion::arrow::array::{ArrayRef, Float64Builder, StringBuilder, Timestam
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 
-use crate::flow::{Message, TableBatch};
+use crate::flow::{LateRows, Message, TableBatch};
 use crate::schema::{ColumnType, TableDef, UTC};
 use crate::time::EpochMs;
 
@@ -157,6 +157,7 @@ impl TableBatcher {
             topics: renew_text(&mut self.topics, rows, room).finish(),
             first_seq: self.first_seq,
             rebuild: self.rebuild,
+            late: LateRows::default(),
         })
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use cityops::Speed;
+use cityops::{LogFormat, Speed};
 
 #[derive(Parser)]
 #[command(
@@ -16,6 +16,10 @@ use cityops::Speed;
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,
+    /// Log lines on stderr as readable text or one JSON object per line (for log shippers;
+    /// overrides `[log] format` of the config).
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    pub(crate) log_format: Option<LogFormat>,
 }
 
 #[derive(Subcommand)]

@@ -28,7 +28,7 @@ rule_memory_limit_mb = 256 # memory one rule's evaluations may hold
 pattern = "city/{district}/{table}/{device_id}"
 
 [mqtt]
-client_id = "cityops"      # the live source's id (the sink adds "-warnings")
+client_id = ""             # the live source's id (the sink adds "-warnings"); "" = cityops-<host>-<hash of the state dir>
 qos = 1                    # subscription QoS: 1 = at least once, acked once in the pipeline
 clean_session = false      # keep the session (and queued QoS 1 messages) across reconnects
 keep_alive = "30s"
@@ -48,6 +48,11 @@ spool_max_mb = 64          # a full spool is counted and logged
 timeout = "5s"             # per request
 max_backoff = "30s"        # retries back off exponentially up to this
 drain_on_exit = "5s"       # at the end of a run, keep trying this long; the rest stays spooled
+resend_interval = "1m"     # alertmanager format: firing alerts are sent again this often, with endsAt 4 intervals ahead
+
+[dead_letters]
+max_file_mb = 64           # the dead-letter file is rotated at this size (FILE -> FILE.1 -> FILE.2 ...)
+max_files = 5              # rotated files kept beside the live one; older ones are deleted (counters stay exact)
 
 [http]
 bind = ""                  # e.g. "127.0.0.1:9900": serve /metrics while running ("" = off)
@@ -56,6 +61,9 @@ bind = ""                  # e.g. "127.0.0.1:9900": serve /metrics while running
 [rules]
 dir = "queries"
 reload_interval = "1s"     # how often `run` checks the rules for changes ("0s" = never)
+
+[log]
+format = "text"            # or "json": one object per line (or --log-format json)
 
 [state]
 # dir = "cityops-state"    # keep durable state here (or --state DIR): nothing is lost across a crash
@@ -93,6 +101,10 @@ pub struct Config {
     pub http: HttpConfig,
     #[serde(default)]
     pub state: StateConfig,
+    #[serde(default)]
+    pub dead_letters: DeadLettersConfig,
+    #[serde(default)]
+    pub log: LogConfig,
     /// Extra columns per table, or whole new tables: `[tables.water] nitrate_mg_l = "float"`.
     #[serde(default)]
     pub tables: BTreeMap<String, BTreeMap<String, ColumnType>>,
@@ -170,10 +182,21 @@ pub struct MqttConfig {
     pub warnings_prefix: String,
 }
 
+impl MqttConfig {
+    /// The id other connections derive theirs from (`<id>-warnings`, `<id>-replay`): the
+    /// configured or settled id, else "cityops".
+    pub fn base_client_id(&self) -> &str {
+        match self.client_id.is_empty() {
+            true => "cityops",
+            false => &self.client_id,
+        }
+    }
+}
+
 impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
-            client_id: "cityops".to_string(),
+            client_id: String::new(),
             qos: 1,
             clean_session: false,
             keep_alive: DurationMs(30_000),
@@ -213,6 +236,9 @@ pub struct WebhookConfig {
     pub timeout: DurationMs,
     pub max_backoff: DurationMs,
     pub drain_on_exit: DurationMs,
+    /// Alertmanager format: how often firing alerts are sent again (`endsAt` is four of
+    /// these ahead, so Alertmanager keeps them active while they fire).
+    pub resend_interval: DurationMs,
 }
 
 /// The body a webhook receives.
@@ -235,6 +261,7 @@ impl Default for WebhookConfig {
             timeout: DurationMs(5_000),
             max_backoff: DurationMs(30_000),
             drain_on_exit: DurationMs(5_000),
+            resend_interval: DurationMs(60_000),
         }
     }
 }
@@ -255,6 +282,39 @@ impl Default for StateConfig {
             checkpoint_interval: DurationMs(10_000),
         }
     }
+}
+
+/// The dead-letter file's rotation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeadLettersConfig {
+    pub max_file_mb: u64,
+    pub max_files: usize,
+}
+
+impl Default for DeadLettersConfig {
+    fn default() -> Self {
+        DeadLettersConfig {
+            max_file_mb: 64,
+            max_files: 5,
+        }
+    }
+}
+
+/// How log lines are written (stderr).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+/// Readable text, or one JSON object per line for log shippers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// Where the rules live.
@@ -326,6 +386,12 @@ impl Config {
         if self.state.checkpoint_interval.0 <= 0 {
             problems.push("state.checkpoint_interval must be longer than 0".to_string());
         }
+        if self.webhook.resend_interval.0 <= 0 {
+            problems.push("webhook.resend_interval must be longer than 0".to_string());
+        }
+        if self.dead_letters.max_file_mb == 0 {
+            problems.push("dead_letters.max_file_mb must be at least 1".to_string());
+        }
         if e.batch_rows == 0 {
             problems.push("engine.batch_rows must be at least 1".to_string());
         }
@@ -347,6 +413,22 @@ impl Config {
         problems
     }
 
+    /// Fills in `mqtt.client_id` when it is empty with `cityops-<host>-<8 hex>`: the host name
+    /// and a hash of the state directory (or, without one, of the working directory). Two
+    /// instances on one broker then never share an id (the broker would keep disconnecting
+    /// one for the other), and an instance keeps its id, so its broker session, across
+    /// restarts.
+    pub fn settle_client_id(&mut self) {
+        if !self.mqtt.client_id.is_empty() {
+            return;
+        }
+        let place = match &self.state.dir {
+            Some(dir) => std::path::absolute(dir).unwrap_or_else(|_| dir.clone()),
+            None => std::env::current_dir().unwrap_or_default(),
+        };
+        self.mqtt.client_id = derived_client_id(&host_name(), &place);
+    }
+
     /// The tables of this deployment.
     pub fn catalog(&self) -> Catalog {
         // `problems()` already validated the tables, so this cannot fail after `parse`.
@@ -354,9 +436,59 @@ impl Config {
     }
 }
 
+/// `cityops-<host>-<crc32 of host and place>`: readable, stable, distinct per place.
+fn derived_client_id(host: &str, place: &Path) -> String {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(host.as_bytes());
+    hasher.update(&[0]);
+    hasher.update(place.as_os_str().as_encoded_bytes());
+    let host: String = host
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+        .take(24)
+        .collect();
+    format!("cityops-{host}-{:08x}", hasher.finalize())
+}
+
+/// This machine's host name (Linux), else `$HOSTNAME`, else "host".
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "host".to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn derived_client_ids_are_stable_and_differ_by_place() {
+        let a = derived_client_id("ops-1", Path::new("/var/lib/cityops/a"));
+        assert_eq!(a, derived_client_id("ops-1", Path::new("/var/lib/cityops/a")));
+        assert_ne!(a, derived_client_id("ops-1", Path::new("/var/lib/cityops/b")));
+        assert_ne!(a, derived_client_id("ops-2", Path::new("/var/lib/cityops/a")));
+        assert!(a.starts_with("cityops-ops-1-"), "{a}");
+        assert_eq!(a.len(), "cityops-ops-1-".len() + 8);
+        let odd = derived_client_id("a.b_c", Path::new("/x"));
+        assert!(odd.starts_with("cityops-a-b-c-"), "{odd}");
+    }
+
+    #[test]
+    fn a_configured_client_id_is_kept() {
+        let mut config = Config::parse("[mqtt]\nclient_id = \"plant-7\"\n", Path::new("x.toml")).unwrap();
+        config.settle_client_id();
+        assert_eq!(config.mqtt.client_id, "plant-7");
+        let mut config = Config::default();
+        config.settle_client_id();
+        assert!(
+            config.mqtt.client_id.starts_with("cityops-"),
+            "{}",
+            config.mqtt.client_id
+        );
+    }
 
     #[test]
     fn embedded_defaults_parse_to_the_default_values() {

@@ -96,6 +96,71 @@ pub struct TableBatch {
     pub first_seq: u64,
     /// Rows fed again by recovery to refill open windows (see `Message::rebuild`).
     pub rebuild: bool,
+    /// The rows rules found late, dead-lettered once each when the batch is dropped.
+    pub late: LateRows,
+}
+
+impl Drop for TableBatch {
+    /// The last rule let go of the batch: its late rows are dead-lettered, once each.
+    fn drop(&mut self) {
+        let rows = self.late.take();
+        if let (false, Some(out)) = (rows.is_empty(), self.late.out.take()) {
+            out.dead_letter(self, rows);
+        }
+    }
+}
+
+/// Where a batch's late rows go once every rule has let go of the batch.
+pub trait LateRowsOut: Send + Sync {
+    /// `rows`: each late row's position with the rules it was late for, in row order.
+    fn dead_letter(&self, batch: &TableBatch, rows: Vec<(u32, Vec<String>)>);
+}
+
+/// The rows of one batch that rules found late. Each rule reading the batch marks its own;
+/// the batch's drop hands them on grouped by row, so a row late for six rules is one dead
+/// letter naming the six (the per-rule counts are kept by the rules).
+#[derive(Default)]
+pub struct LateRows {
+    marked: std::sync::Mutex<Vec<(u32, String)>>,
+    out: Option<Arc<dyn LateRowsOut>>,
+}
+
+impl LateRows {
+    pub fn new(out: Arc<dyn LateRowsOut>) -> Self {
+        LateRows {
+            marked: std::sync::Mutex::new(Vec::new()),
+            out: Some(out),
+        }
+    }
+
+    /// `rows` (positions in the batch) were late for `rule`.
+    pub fn mark(&self, rows: &[u32], rule: &str) {
+        let mut marked = self.marked.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        marked.extend(rows.iter().map(|&row| (row, rule.to_string())));
+    }
+
+    /// The marked rows, each with its rules (sorted), in row order.
+    fn take(&mut self) -> Vec<(u32, Vec<String>)> {
+        let marked = self.marked.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut marked = std::mem::take(marked);
+        marked.sort();
+        let mut rows: Vec<(u32, Vec<String>)> = Vec::new();
+        for (row, rule) in marked {
+            match rows.last_mut() {
+                Some((last, rules)) if *last == row => rules.push(rule),
+                _ => rows.push((row, vec![rule])),
+            }
+        }
+        rows
+    }
+}
+
+impl std::fmt::Debug for LateRows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LateRows")
+            .field("out", &self.out.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the rule stage receives for a table, in arrival order.
@@ -254,9 +319,9 @@ pub struct DeadLetter {
     pub topic: String,
     /// Virtual arrival time of the message.
     pub at: i64,
-    /// The rule for which the row was late; absent for decode rejections.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rule: Option<String>,
+    /// The rules for which the row was late; absent for decode rejections.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<String>,
     /// The row (or the payload text when it was not JSON, truncated when oversized).
     pub payload: Value,
 }

@@ -49,12 +49,12 @@ mod topic;
 mod window;
 
 // What the command line, the tests and the benches use, by stage.
+pub use alert::alertmanager::alertmanager_body;
 pub use alert::sink::{SinkConfig, SinkError};
 pub use alert::warning::{Warning, WarningStatus};
-pub use alert::webhook::alertmanager_body;
 pub use batch::{Batchers, TableBatcher};
 pub use broker::{BrokerUrl, qos as mqtt_qos};
-pub use config::{Config, DurationMs, EngineConfig, MqttConfig, StateConfig};
+pub use config::{Config, DurationMs, EngineConfig, LogFormat, MqttConfig, StateConfig};
 pub use flow::{DeadLetter, Message, Reason};
 pub use http::live::LiveState;
 pub use http::{AppState, router};
@@ -64,6 +64,7 @@ pub use ingest::mqtt::MqttSource;
 pub use ingest::replay::Speed;
 pub use level::Level;
 pub use metrics::{Metrics, RuleHealthView};
+pub use rules::bundled::{SHIPPED_RULES, shipped_rules_dir};
 pub use rules::compile::{EngineColumns, compile};
 pub use rules::loader::parse_rule;
 pub use rules::problem::{Problem, Severity};

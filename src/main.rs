@@ -11,7 +11,8 @@ use cityops::pipeline::{self, RunError, RunOptions, Source, StateOptions};
 use cityops::time::{parse_duration_ms, parse_ts_text};
 use cityops::tools;
 use cityops::{
-    BrokerUrl, Config, DetectionClock, FixtureReader, MqttConfig, MqttSource, Severity, Shutdown, SinkConfig, mqtt_qos,
+    BrokerUrl, Config, DetectionClock, FixtureReader, LogFormat, MqttConfig, MqttSource, Severity, Shutdown,
+    SinkConfig, mqtt_qos, shipped_rules_dir,
 };
 
 mod cli;
@@ -22,14 +23,8 @@ use cli::{BenchArgs, CheckArgs, Cli, Command, GenArgs, RecordArgs, ReplayArgs, R
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("cityops=info,warn")),
-        )
-        .init();
     let cli = Cli::parse();
+    init_logging(log_format(&cli));
     let done = match cli.command {
         Command::Run(args) => run(args),
         Command::Check(args) => check(args),
@@ -47,6 +42,32 @@ fn main() -> ExitCode {
             }
             ExitCode::from(e.code)
         }
+    }
+}
+
+/// The log format: `--log-format`, else the `run` config's `[log] format`, else text.
+fn log_format(cli: &Cli) -> LogFormat {
+    if let Some(format) = cli.log_format {
+        return format;
+    }
+    match &cli.command {
+        // A config that does not load is reported by the command itself.
+        Command::Run(args) => Config::load(args.config.as_deref()).map_or(LogFormat::Text, |c| c.log.format),
+        _ => LogFormat::Text,
+    }
+}
+
+/// Log lines go to stderr, filtered by `RUST_LOG` (default: cityops at info, the rest at warn).
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("cityops=info,warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).with_current_span(false).init(),
     }
 }
 
@@ -112,6 +133,10 @@ fn load_config(path: Option<&PathBuf>, queries: Option<PathBuf>) -> Result<Confi
 
 fn run(args: RunArgs) -> Result<(), CliError> {
     let mut config = load_config(args.config.as_ref(), args.queries.clone())?;
+    if let Some(dir) = &args.state {
+        config.state.dir = Some(dir.clone());
+    }
+    config.settle_client_id();
     if let Some(bind) = &args.http {
         config.http.bind = bind.clone();
     }
@@ -122,6 +147,16 @@ fn run(args: RunArgs) -> Result<(), CliError> {
         config.http.bind = DEMO_HTTP.to_string();
         config.http.any_port_if_taken = true;
     }
+    // The demo carries its rules: without a rules directory here, the shipped ones run.
+    let shipped_rules = match demo && args.queries.is_none() && !config.rules.dir.exists() {
+        true => {
+            let dir =
+                shipped_rules_dir().map_err(|e| CliError::failure(format!("cannot write the shipped rules: {e}")))?;
+            config.rules.dir = dir.clone();
+            Some(dir)
+        }
+        false => None,
+    };
     let source = live_source(&args, &config).map_err(CliError::invalid)?;
     let warnings_mqtt = match &args.warnings_mqtt {
         Some(url) => {
@@ -137,26 +172,23 @@ fn run(args: RunArgs) -> Result<(), CliError> {
         webhook.url = args.webhook.clone();
     }
     let webhook = webhook.url.is_some().then_some(webhook);
-    if let Some(dir) = &args.state {
-        config.state.dir = Some(dir.clone());
-    }
     let state = config.state.dir.clone().map(|dir| StateOptions {
         dir,
         checkpoint_interval: std::time::Duration::from_millis(config.state.checkpoint_interval.0.max(1) as u64),
     });
     if source.is_some() && state.is_none() {
-        eprintln!(
-            "cityops: this run keeps no state: a restart loses open windows and firing alerts, and messages acked but not yet judged (use --state DIR)"
+        tracing::warn!(
+            "this run keeps no state: a restart loses open windows and firing alerts, and messages acked but not yet judged; use --state DIR"
         );
     }
     let (fixture, clock) = match (source, args.replay) {
         (Some(live), _) => {
-            eprintln!(
-                "cityops: reading mqtt://{}:{} ({}) with rules from {}; Ctrl-C or SIGTERM ends the run",
-                live.url.host,
-                live.url.port,
-                live.filters.join(", "),
-                config.rules.dir.display()
+            tracing::info!(
+                broker = %format!("mqtt://{}:{}", live.url.host, live.url.port),
+                filters = %live.filters.join(", "),
+                client_id = %live.config.client_id,
+                rules = %config.rules.dir.display(),
+                "reading live telemetry; Ctrl-C or SIGTERM ends the run"
             );
             (Source::Mqtt(Box::new(live)), DetectionClock::Wall)
         }
@@ -165,11 +197,11 @@ fn run(args: RunArgs) -> Result<(), CliError> {
                 Some(path) => path.display().to_string(),
                 None => "the demo city (fixtures/demo, embedded)".to_string(),
             };
-            eprintln!(
-                "cityops: replaying {shown} at {} speed with rules from {}",
-                args.speed,
-                config.rules.dir.display()
-            );
+            let rules = match shipped_rules.is_some() {
+                true => "the shipped rules (built in)".to_string(),
+                false => config.rules.dir.display().to_string(),
+            };
+            tracing::info!(speed = %args.speed, "replaying {shown} with rules from {rules}");
             (replay.map_or(Source::Demo, Source::File), DetectionClock::EventTime)
         }
     };
@@ -193,7 +225,11 @@ fn run(args: RunArgs) -> Result<(), CliError> {
         metrics: None,
         state,
     };
-    let outcome = pipeline::run(options)?;
+    let outcome = pipeline::run(options);
+    if let Some(dir) = shipped_rules {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let outcome = outcome?;
     for warning in &outcome.rule_warnings {
         eprintln!("{warning}");
     }
@@ -265,7 +301,8 @@ fn record(args: RecordArgs) -> Result<(), CliError> {
 }
 
 fn replay_to_mqtt(args: ReplayArgs) -> Result<(), CliError> {
-    let config = load_config(args.config.as_ref(), None)?;
+    let mut config = load_config(args.config.as_ref(), None)?;
+    config.settle_client_id();
     let (url, qos) = args
         .to_mqtt
         .parse::<BrokerUrl>()
@@ -307,13 +344,15 @@ fn shutdown_on_ctrl_c() -> Shutdown {
         let Some(name) = runtime.block_on(stop_signal()) else {
             return;
         };
-        eprintln!("cityops: stopping on {name} (again to abort)");
+        tracing::info!(
+            "stopping on {name}: input closed, queued work finishing, sinks flushing (send it again to abort)"
+        );
         handle.request();
         let again = runtime.block_on(stop_signal());
         std::process::exit(if again == Some("SIGTERM") { 143 } else { 130 });
     });
     if let Err(e) = watcher {
-        eprintln!("warning: Ctrl-C and SIGTERM will abort instead of stopping cleanly: {e}");
+        tracing::warn!(error = %e, "Ctrl-C and SIGTERM will abort instead of stopping cleanly: the signal watcher could not start; run with --state DIR so that an abort loses nothing");
     }
     shutdown
 }

@@ -34,6 +34,8 @@ pub struct Summary {
     pub rejected_by_reason: Vec<(String, u64)>,
     /// (table, rule, rows) for rows that came after their windows closed.
     pub late_by_rule: Vec<(String, String, u64)>,
+    /// Late rows dead-lettered: each once, however many rules it was late for.
+    pub late_dead_letters: u64,
     pub windows_closed: u64,
     pub warnings_by_level: Vec<(String, u64)>,
     pub resolved: u64,
@@ -44,6 +46,8 @@ pub struct Summary {
     pub reloads_rejected: u64,
     /// Live MQTT source: failed connects and dropped connections, and the time spent down.
     pub mqtt_connection_errors: u64,
+    /// Connections another client with the same client id took over.
+    pub mqtt_takeovers: u64,
     pub mqtt_outage_ms: u64,
     /// Warnings a sink could not deliver.
     pub sink_errors: u64,
@@ -53,6 +57,8 @@ pub struct Summary {
     pub webhook_refused: u64,
     pub webhook_spool_full: u64,
     pub webhook_spooled: u64,
+    /// Alertmanager format: firing alerts sent again to keep them active there.
+    pub webhook_resent: u64,
     pub readings_per_second: f64,
     pub stages: Vec<StageLatency>,
     /// The durable state, when the run kept it.
@@ -140,6 +146,7 @@ impl Summary {
                 .filter(|(_, n)| *n > 0)
                 .collect(),
             late_by_rule: metrics.late().into_iter().map(|((t, r), n)| (t, r, n)).collect(),
+            late_dead_letters: metrics.rejected(Reason::Late),
             windows_closed: metrics.windows_closed.load(Relaxed),
             warnings_by_level: Level::ALL
                 .iter()
@@ -152,6 +159,7 @@ impl Summary {
             rules_reloaded: metrics.rules_reloaded.load(Relaxed),
             reloads_rejected: metrics.reloads_rejected.load(Relaxed),
             mqtt_connection_errors: metrics.mqtt_connection_errors.load(Relaxed),
+            mqtt_takeovers: metrics.mqtt_takeovers.load(Relaxed),
             mqtt_outage_ms: metrics.mqtt_outage_ms.load(Relaxed),
             sink_errors: metrics.sink_errors.load(Relaxed),
             webhook_delivered: metrics.webhook_delivered.load(Relaxed),
@@ -159,6 +167,7 @@ impl Summary {
             webhook_refused: metrics.webhook_refused.load(Relaxed),
             webhook_spool_full: metrics.webhook_spool_full.load(Relaxed),
             webhook_spooled: metrics.webhook_spooled.load(Relaxed),
+            webhook_resent: metrics.webhook_resent.load(Relaxed),
             readings_per_second: if wall_seconds > 0.0 {
                 (accepted + rejected) as f64 / wall_seconds
             } else {
@@ -185,7 +194,11 @@ impl fmt::Display for Summary {
             writeln!(f, "    {reason:<18} {n:>10}")?;
         }
         let late: u64 = self.late_by_rule.iter().map(|(_, _, n)| n).sum();
-        writeln!(f, "late rows (per rule) {late:>12}")?;
+        writeln!(
+            f,
+            "late rows (per rule) {late:>12}   ({} dead-lettered, once each)",
+            self.late_dead_letters
+        )?;
         for (table, rule, n) in &self.late_by_rule {
             writeln!(f, "    {:<30} {n:>6}", format!("{table}/{rule}"))?;
         }
@@ -211,15 +224,16 @@ impl fmt::Display for Summary {
         if self.mqtt_connection_errors > 0 {
             writeln!(
                 f,
-                "mqtt connection errs {:>12}   ({} ms disconnected)",
-                self.mqtt_connection_errors, self.mqtt_outage_ms
+                "mqtt connection errs {:>12}   ({} ms disconnected, {} taken over by a client with the same id)",
+                self.mqtt_connection_errors, self.mqtt_outage_ms, self.mqtt_takeovers
             )?;
         }
         if self.webhook_delivered + self.webhook_retries + self.webhook_spooled + self.webhook_spool_full > 0 {
             writeln!(
                 f,
-                "webhook delivered    {:>12}   ({} retries, {} refused, {} spool full, {} left spooled)",
+                "webhook delivered    {:>12}   ({} re-sent, {} retries, {} refused, {} spool full, {} left spooled)",
                 self.webhook_delivered,
+                self.webhook_resent,
                 self.webhook_retries,
                 self.webhook_refused,
                 self.webhook_spool_full,

@@ -291,47 +291,236 @@ fn bench_scores_a_generated_city_against_its_labels() {
     assert_eq!(score["unexpected"], serde_json::json!([]));
 }
 
-#[test]
-fn sigterm_stops_a_live_run_cleanly_with_its_summary() {
-    // A broker that never answers: the run keeps reconnecting until it is told to stop.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+/// A live run on the in-process broker with three sinks (stdout, JSON Lines, MQTT) is
+/// stopped by `signal` while warnings flow: it exits 0 with its summary, and every sink
+/// holds every warning the summary counts.
+fn a_signal_stops_a_live_run_with_every_sink_flushed(signal: &str) {
+    use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+    use std::io::BufRead;
+    use std::time::{Duration, Instant};
+
+    let broker = common::rumqttd();
+    let s = Scenario::new();
+    let district = format!("sig{}{}", signal.to_lowercase(), std::process::id());
+    let config = s.path("cityops.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[mqtt]\nclient_id = \"{district}\"\nfilters = [\"city/{district}/+/+\"]\nwarnings_prefix = \"{district}-warnings\"\n"
+        ),
+    )
+    .unwrap();
+    let url = format!("mqtt://{broker}");
+    // What the MQTT sink publishes, counted by a subscriber of its own.
+    let mut options = MqttOptions::new(format!("{district}-watch"), broker.ip().to_string(), broker.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    let (watcher, mut watching) = Client::new(options, 100);
+    watcher
+        .subscribe(format!("{district}-warnings/+/+"), QoS::AtLeastOnce)
+        .unwrap();
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = std::sync::Arc::clone(&received);
+    std::thread::spawn(move || {
+        for event in watching.iter() {
+            match event {
+                Ok(Event::Incoming(Packet::Publish(p))) if !p.topic.contains("/state/") => {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                _ => {}
+            }
+        }
+    });
+
     let mut child = cityops()
-        .args([
-            "run",
-            "--no-http",
-            "--quiet",
-            "--mqtt",
-            &format!("mqtt://127.0.0.1:{port}"),
-        ])
+        .args(["run", "--no-http", "--config"])
+        .arg(&config)
+        .args(["--mqtt", &url, "--warnings-mqtt", &url, "--jsonl"])
+        .arg(s.path("warnings.jsonl"))
+        .arg("--summary-json")
+        .arg(s.path("summary.json"))
+        .arg("--dead-letter")
+        .arg(s.path("dead.jsonl"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("starts");
-    std::thread::sleep(std::time::Duration::from_millis(1_500));
+    // Connected once the source logs it.
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    while !log.contains("mqtt connected") {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "cityops ended early: {log}");
+        log.push_str(&line);
+    }
+    let drain = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+        rest
+    });
+    // 200 gas detectors at 60 %LEL: each fires red at once. The signal comes while they flow.
+    let mut options = MqttOptions::new(format!("{district}-pub"), broker.ip().to_string(), broker.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    let (publisher, mut publishing) = Client::new(options, 1_000);
+    std::thread::spawn(move || for _ in publishing.iter() {});
+    let now = cityops::time::wall_now_ms();
+    for device in 0..200 {
+        let payload = json!({"ts": now, "kind": "gas_lel", "value": 60.0, "unit": "%LEL"}).to_string();
+        publisher
+            .publish(
+                format!("city/{district}/sensor/g{device:03}"),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .unwrap();
+    }
+    let started = Instant::now();
+    while read_jsonl(&s.path("warnings.jsonl")).is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(20), "no warning came");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args([&format!("-{signal}"), &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     while child.try_wait().unwrap().is_none() {
         assert!(
-            started.elapsed() < std::time::Duration::from_secs(20),
-            "no clean stop on SIGTERM"
+            started.elapsed() < Duration::from_secs(20),
+            "no clean stop on SIG{signal}"
         );
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20));
     }
     let out = child.wait_with_output().unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
-    assert!(stderr.contains("stopping on SIGTERM"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    log.push_str(&drain.join().unwrap());
+    assert_eq!(out.status.code(), Some(0), "{stdout}{log}");
+    assert!(log.contains(&format!("stopping on SIG{signal}")), "{log}");
     assert!(stdout.contains("cityops summary"), "{stdout}");
+
+    // Every sink has every warning the run counted.
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.path("summary.json")).expect("summary.json")).unwrap();
+    let fired: u64 = summary["warnings_by_level"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|pair| pair[1].as_u64().unwrap())
+        .sum();
+    assert!(fired >= 1, "{summary}");
+    let in_file = read_jsonl(&s.path("warnings.jsonl")).len() as u64;
+    let on_stdout = stdout.lines().filter(|l| l.contains("gas_lel_high")).count() as u64;
+    assert_eq!(in_file, fired, "JSON Lines sink");
+    assert_eq!(on_stdout, fired, "stdout sink: {stdout}");
+    let started = Instant::now();
+    while received.load(std::sync::atomic::Ordering::SeqCst) < fired {
+        assert!(started.elapsed() < Duration::from_secs(10), "MQTT sink");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), fired, "MQTT sink");
+}
+
+#[test]
+fn sigterm_stops_a_live_run_with_every_sink_flushed() {
+    a_signal_stops_a_live_run_with_every_sink_flushed("TERM");
+}
+
+#[test]
+fn sigint_stops_a_live_run_with_every_sink_flushed() {
+    a_signal_stops_a_live_run_with_every_sink_flushed("INT");
+}
+
+/// Two instances configured with one client id on one broker: each connect throws the other
+/// off. Both must say so plainly within seconds, once, and back off instead of flapping.
+#[test]
+fn two_instances_with_one_client_id_report_the_takeover_and_back_off() {
+    use std::time::{Duration, Instant};
+
+    let broker = common::rumqttd();
+    let s = Scenario::new();
+    let id = format!("twin-{}", std::process::id());
+    let config = s.path("cityops.toml");
+    std::fs::write(
+        &config,
+        format!("[mqtt]\nclient_id = \"{id}\"\nfilters = [\"city/{id}/+/+\"]\n"),
+    )
+    .unwrap();
+    let start = |name: &str| {
+        cityops()
+            .args(["run", "--no-http", "--quiet", "--config"])
+            .arg(&config)
+            .args(["--queries", concat!(env!("CARGO_MANIFEST_DIR"), "/queries")])
+            .args(["--mqtt", &format!("mqtt://{broker}"), "--dead-letter"])
+            .arg(s.path(&format!("{name}-dead.jsonl")))
+            .arg("--summary-json")
+            .arg(s.path(&format!("{name}-summary.json")))
+            .current_dir(s.dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("starts")
+    };
+    let twins = [start("a"), start("b")];
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(12));
+    for twin in &twins {
+        let status = Command::new("kill")
+            .args(["-TERM", &twin.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let mut reports = Vec::new();
+    let mut errors = 0;
+    for (twin, name) in twins.into_iter().zip(["a", "b"]) {
+        let out = twin.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        reports.push(stderr.matches("session takeover").count());
+        let summary: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(s.path(&format!("{name}-summary.json"))).unwrap()).unwrap();
+        errors += summary["mqtt_connection_errors"].as_u64().unwrap();
+        assert!(
+            stderr.lines().filter(|l| l.contains("mqtt connection lost")).count() <= 2,
+            "the loss is not logged at every flap: {stderr}"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(20));
+    // Reported by at least one twin (whichever is thrown off), and once per twin at most.
+    assert!(reports.iter().sum::<usize>() >= 1, "{reports:?}");
+    assert!(reports.iter().all(|n| *n <= 1), "{reports:?}");
+    // Without the backoff: a reconnect every 100 ms each, ~240 in 12 s.
+    assert!(errors <= 24, "{errors} connection errors in 12 s: still flapping");
+}
+
+#[test]
+fn the_demo_runs_from_an_empty_directory_with_its_shipped_rules() {
+    let empty = tempfile::tempdir().unwrap();
+    let output = cityops()
+        .args(["run", "--no-http", "--quiet", "--jsonl", "warnings.jsonl"])
+        .current_dir(empty.path())
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("the shipped rules (built in)"), "{stderr}");
+    // The same warnings as the demo run inside the repository.
+    let warnings = read_jsonl(&empty.path().join("warnings.jsonl"));
+    let golden = read_jsonl(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/golden/demo-warnings.jsonl"
+    )));
+    let identities = |warnings: &[serde_json::Value]| {
+        let mut ids: Vec<String> = warnings
+            .iter()
+            .map(|w| format!("{} {} {}", w["alert_id"], w["status"], w["transition"]))
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(identities(&warnings), identities(&golden));
 }

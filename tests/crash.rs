@@ -7,7 +7,7 @@
 //! own, and write to every sink: JSON Lines, a webhook receiver and the MQTT warning topics.
 //! The baseline runs once, uninterrupted. The crash run is killed twice while live (delays
 //! drawn from a seeded PRNG, printed; `CITYOPS_CRASH_SEED` repeats them) and once in the
-//! middle of its recovery (after `cityops: recovering from`, before `cityops: recovered in`);
+//! middle of its recovery (after `recovering from`, before `recovered in`);
 //! messages published while it is dead wait in its persistent broker session. A final start
 //! runs until its idle exit. Both runs use `--state`, so the end of input closes no windows
 //! and the two must agree exactly. For each sink, with a notification's identity being
@@ -48,9 +48,9 @@ const QUERIES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/queries");
 /// Logged (tracing, info) when the live source's first connection is acknowledged.
 const CONNECTED: &str = "mqtt connected";
 /// Printed on stderr before a start with state replays its log...
-const RECOVERING: &str = "cityops: recovering from";
+const RECOVERING: &str = "recovering from";
 /// ...and once it has.
-const RECOVERED: &str = "cityops: recovered in";
+const RECOVERED: &str = "recovered in";
 
 /// The kill points' seed unless `CITYOPS_CRASH_SEED` gives another (decimal or 0x hex).
 const DEFAULT_SEED: u64 = 0x5eed_c1a5_0b5e_0001;

@@ -133,12 +133,55 @@ SELECT device_id, count(*) AS n FROM water GROUP BY tumble(ts, INTERVAL '1 minut
             ("water".to_string(), "quiet".to_string(), 1)
         ]
     );
+    // One dead letter per late row, naming every rule it was late for.
     let late: Vec<Value> = s.dead_letters().into_iter().filter(|d| d["reason"] == "late").collect();
-    assert_eq!(late.len(), 3);
-    assert_eq!(late.iter().filter(|d| d["rule"] == "busy").count(), 2);
+    let rules: Vec<&Value> = late.iter().map(|d| &d["rules"]).collect();
+    assert_eq!(rules, [&json!(["busy"]), &json!(["busy", "quiet"])]);
+    assert_eq!(late[0]["at"], 3_000);
+    assert_eq!(late[1]["at"], 5_000);
     assert_eq!(late[0]["payload"]["device_id"], "w1");
+    assert_eq!(outcome.summary.late_dead_letters, 2);
     assert_eq!(
         outcome.summary.readings_accepted, 6,
         "late rows were accepted by decode; lateness is per rule"
     );
+}
+
+#[test]
+fn the_dead_letter_file_rotates_by_size_with_bounded_files_and_exact_counts() {
+    let s = Scenario::new();
+    s.rule("busy", COUNT_RULE);
+    // 12,000 readings a device sends as text where numbers belong: ~4 MB of dead letters.
+    let lines: Vec<String> = (0..12_000)
+        .map(|i| {
+            json!({"at": i, "topic": "city/a/water/w1",
+                   "payload": {"ts": T0 + i, "kind": "pressure", "pressure_mpa": format!("broken-{i:05}-{}", "x".repeat(200))}})
+            .to_string()
+        })
+        .collect();
+    let outcome = s.run(&s.raw_fixture(&lines), |config| {
+        config.dead_letters.max_file_mb = 1;
+        config.dead_letters.max_files = 2;
+    });
+    assert_eq!(outcome.summary.readings_rejected, 12_000, "every rejection counted");
+    let file = |suffix: &str| s.path(&format!("dead-letters.jsonl{suffix}"));
+    assert!(!file(".3").exists(), "no more than two rotated files are kept");
+    let mut kept = 0;
+    for suffix in ["", ".1", ".2"] {
+        let size = std::fs::metadata(file(suffix))
+            .expect("the live file and two rotated ones")
+            .len();
+        assert!(size <= 1024 * 1024, "{suffix}: {size} bytes");
+        let letters = common::read_jsonl(&file(suffix));
+        assert!(letters.iter().all(|d| d["reason"] == "wrong_type"), "whole lines only");
+        kept += letters.len();
+    }
+    // The newest letters are kept, in order, and the oldest rotated away.
+    let newest = common::read_jsonl(&file(""));
+    let last = newest.last().expect("a dead letter in the live file");
+    assert!(
+        last["detail"].as_str().unwrap_or_default().contains("pressure_mpa"),
+        "{last}"
+    );
+    assert!(kept < 12_000 && kept > 4_000, "{kept} letters kept");
 }

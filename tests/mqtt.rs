@@ -20,55 +20,17 @@ use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cityops::pipeline::{self, RunOptions, RunOutcome, Source};
 use cityops::{BrokerUrl, Config, FixtureReader, Metrics, MqttSource, SinkConfig};
-use common::sorted;
+use common::{rumqttd, sorted};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 
 /// How far the test publisher may run ahead of the pipeline.
 const AHEAD: u64 = 100;
-
-/// The in-process rumqttd, started once per test binary.
-fn rumqttd() -> SocketAddr {
-    static BROKER: OnceLock<SocketAddr> = OnceLock::new();
-    *BROKER.get_or_init(|| {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let toml = format!(
-            r#"
-id = 0
-[router]
-id = 0
-max_connections = 100
-max_outgoing_packet_count = 200
-max_segment_size = 104857600
-max_segment_count = 10
-[v4.1]
-name = "v4-1"
-listen = "127.0.0.1:{port}"
-next_connection_delay_ms = 1
-[v4.1.connections]
-connection_timeout_ms = 60000
-max_payload_size = 1048576
-max_inflight_count = 100
-dynamic_filters = true
-"#
-        );
-        let config: rumqttd::Config = toml::from_str(&toml).expect("rumqttd config");
-        let mut broker = rumqttd::Broker::new(config);
-        std::thread::spawn(move || broker.start().expect("rumqttd runs"));
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let started = Instant::now();
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(10), "rumqttd did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        addr
-    })
-}
 
 /// Every broker to test against: rumqttd, plus Mosquitto when CI provides it.
 pub fn brokers() -> Vec<(&'static str, SocketAddr)> {

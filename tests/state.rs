@@ -238,7 +238,7 @@ fn kill_and_compare(s: &Scenario, seed: u64, kill_window_ms: (u64, u64), command
         }
     }
     let stderr = finish(command(&state, &jsonl));
-    assert!(stderr.contains("cityops: recovered in"), "{stderr}");
+    assert!(stderr.contains("recovered in"), "{stderr}");
     let (got, duplicates) = by_identity(&jsonl);
     println!("killed after {kills:?}; {duplicates} notification(s) delivered twice with the same identity");
     let missing: Vec<_> = expected.keys().filter(|k| !got.contains_key(*k)).collect();

@@ -121,7 +121,7 @@ impl Durable {
         // A record that cannot be written (a full disk) leaves the notifications unrecorded,
         // to be recorded at the next settle; the sinks go on.
         if let Err(e) = self.deliveries.record(self.unconfirmed.iter().cloned()) {
-            tracing::error!(error = %e, "the delivery record cannot be written (is the disk full?); a recovery now would send these notifications again, with their identities");
+            tracing::error!(error = %e, "the delivery record cannot be written (is the disk full?); a recovery now would send these notifications again, with their identities: free space on the state directory's disk");
             return Ok(false);
         }
         self.unconfirmed.clear();
@@ -156,7 +156,7 @@ impl Durable {
                 tracing::error!(
                     checkpoint = number,
                     ?missing,
-                    "checkpoint abandoned: these rules sent no state"
+                    "checkpoint abandoned: these rules sent no state (their task likely died: look for their panic or error above, then restart cityops)"
                 );
             }
         }
@@ -190,7 +190,7 @@ impl Durable {
             metrics.checkpoint_failures.fetch_add(1, Relaxed);
             tracing::warn!(
                 checkpoint = assembly.cut.checkpoint,
-                "checkpoint skipped: a sink has not confirmed its warnings (is its receiver down?); the next one tries again"
+                "checkpoint skipped: a sink has not confirmed its warnings; the next one tries again (check that the --warnings-mqtt broker is up, and the --jsonl and webhook.spool_dir disks have space)"
             );
             return Ok(());
         }
@@ -211,7 +211,7 @@ impl Durable {
         }
         if let Err(e) = self.deliveries.sync() {
             metrics.checkpoint_failures.fetch_add(1, Relaxed);
-            tracing::error!(error = %e, "checkpoint skipped: the delivery record cannot be synced");
+            tracing::error!(error = %e, "checkpoint skipped: the delivery record cannot be synced; the next one tries again (free space on the state directory's disk and check it for I/O errors)");
             return Ok(());
         }
         let mut rules = assembly.rules;
@@ -228,19 +228,19 @@ impl Durable {
             Ok(manifest) => manifest,
             Err(e) => {
                 metrics.checkpoint_failures.fetch_add(1, Relaxed);
-                tracing::error!(error = %e, "checkpoint not written (is the disk full?); the previous one still holds");
+                tracing::error!(error = %e, "checkpoint not written (is the disk full?); the previous one still holds; free space on the state directory's disk");
                 return Ok(());
             }
         };
         if let Some(oldest) = manifest.checkpoints.first()
             && let Err(e) = self.deliveries.prune(oldest.number)
         {
-            tracing::warn!(error = %e, "the delivery record could not be pruned; it is pruned at the next checkpoint");
+            tracing::warn!(error = %e, "the delivery record could not be pruned; it is pruned at the next checkpoint (if this repeats, check free space and permissions in the state directory)");
         }
         if let Some(from) = manifest.keep_log_from()
             && let Err(e) = log::delete_before(&self.log_dir, from)
         {
-            tracing::warn!(error = %e, "old log segments could not be deleted; they are tried again at the next checkpoint");
+            tracing::warn!(error = %e, "old log segments could not be deleted; they are tried again at the next checkpoint (if this repeats, check permissions on log/ in the state directory)");
         }
         let newest = manifest.newest().cloned();
         metrics.checkpoints.fetch_add(1, Relaxed);

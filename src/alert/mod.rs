@@ -1,7 +1,9 @@
 //! Warnings: the alert lifecycle (pending → firing → resolved), the warning JSON of
 //! DESIGN.md, and the sinks that deliver it (one `Sink` trait; stdout, JSON Lines, MQTT,
-//! webhook, and the dashboard's feed, which `http` implements).
+//! webhook, and the dashboard's feed, which `http` implements). `alertmanager` keeps the
+//! webhook's Alertmanager receiver seeing each firing alert as active until it resolves.
 
+pub(crate) mod alertmanager;
 pub(crate) mod durable;
 pub(crate) mod lifecycle;
 pub(crate) mod mqtt_sink;

@@ -54,7 +54,7 @@ pub(crate) struct MqttSink {
 
 impl MqttSink {
     pub(crate) fn connect(url: &BrokerUrl, config: &MqttConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
-        let client_id = format!("{}-warnings", config.client_id);
+        let client_id = format!("{}-warnings", config.base_client_id());
         let options = broker::options(url, config, &client_id)?;
         let (client, mut connection) = Client::new(options, 1024);
         let acked = Arc::new(AtomicU64::new(0));
@@ -95,7 +95,7 @@ impl MqttSink {
                             if stopping.load(Ordering::Relaxed) {
                                 break;
                             }
-                            tracing::warn!(broker = %host, error = %e, "warning sink: mqtt connection lost; retrying");
+                            tracing::warn!(broker = %host, error = %e, "warning sink: mqtt connection lost; retrying (check that the --warnings-mqtt broker is up and reachable and the mqtt credentials are right)");
                             std::thread::sleep(backoff);
                             backoff = (backoff * 2).min(Duration::from_secs(5));
                         }
@@ -140,7 +140,7 @@ impl MqttSink {
         *self.retained.lock() = Some(Vec::new());
         self.subscribed.store(false, Ordering::Relaxed);
         if let Err(e) = self.client.subscribe(&filter, QoS::AtLeastOnce) {
-            tracing::warn!(error = %e, "warning sink: cannot read the retained states to reconcile them");
+            tracing::warn!(error = %e, "warning sink: cannot read the retained states to reconcile them; they are left as they are (check that mqtt.warnings_prefix has no + or #)");
             *self.retained.lock() = None;
             return (0, 0);
         }
@@ -225,13 +225,13 @@ impl MqttSink {
         let again = std::mem::take(&mut self.unacked);
         tracing::warn!(
             publishes = again.len(),
-            "warning sink: the broker lost the session; publishing again what it had not acknowledged"
+            "warning sink: the broker lost the session; publishing again what it had not acknowledged (give the broker persistence and a session expiry longer than any outage)"
         );
         self.published = self.acked.load(Ordering::Relaxed);
         for (topic, payload, retain) in again {
             if let Err(e) = self.send(topic, payload, retain) {
                 self.metrics.sink_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, "warning sink: mqtt publish failed");
+                tracing::error!(error = %e, "warning sink: mqtt publish failed; the warning is not published (check that mqtt.warnings_prefix has no + or #)");
             }
         }
     }
@@ -246,7 +246,7 @@ impl MqttSink {
         if unacked > 0 {
             tracing::warn!(
                 unacked,
-                "warning sink: closing with publishes the broker has not acknowledged"
+                "warning sink: closing with publishes the broker has not acknowledged; they may be lost (check that the --warnings-mqtt broker is up and reachable)"
             );
         }
         self.stop.store(true, Ordering::Relaxed);
@@ -260,7 +260,7 @@ impl Sink for MqttSink {
         if let Err(e) = self.publish(warning) {
             // Only a closed client fails here (the connection retries by itself).
             self.metrics.sink_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %e, alert = %warning.alert_id, "warning sink: mqtt publish failed");
+            tracing::error!(error = %e, alert = %warning.alert_id, "warning sink: mqtt publish failed; the warning is not published (check that mqtt.warnings_prefix has no + or #)");
         }
         Ok(())
     }

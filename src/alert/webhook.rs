@@ -4,7 +4,9 @@
 //! detection and never loses a warning: delivery retries the oldest one with exponential
 //! backoff, in order, and a later cityops run sends what an earlier one left. A full spool
 //! is counted and logged; a receiver that refuses a warning (4xx other than 408/429) has it
-//! moved to `rejected/` and counted.
+//! moved to `rejected/` and counted. With the Alertmanager format the delivery thread also
+//! keeps the receiver's firing alerts active (`alertmanager::ActiveAlerts`): each is sent
+//! with an `endsAt` ahead and sent again every `resend_interval` until it resolves.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -12,14 +14,14 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use serde_json::{Value, json};
-
+use super::alertmanager::{ActiveAlerts, alertmanager_body};
 use super::sink::{Sink, SinkError};
 use super::spool::Spool;
-use super::warning::{Warning, WarningStatus};
+use super::warning::Warning;
 use crate::config::{WebhookConfig, WebhookFormat};
 use crate::metrics::Metrics;
+use crate::time::wall_now_ms;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -37,6 +39,8 @@ enum Wake {
     New,
     /// Deliver what is spooled until this instant, then stop.
     DrainUntil(Instant),
+    /// What fires after a recovery, which an earlier run sent (Alertmanager: re-sent).
+    Firing(Vec<Warning>),
 }
 
 impl WebhookSink {
@@ -66,6 +70,9 @@ impl WebhookSink {
             rejected_dir: config.spool_dir.join("rejected"),
             max_backoff: Duration::from_millis(config.max_backoff.0.max(100) as u64),
             metrics: Arc::clone(&metrics),
+            active: (config.format == WebhookFormat::Alertmanager)
+                .then(|| ActiveAlerts::new(Duration::from_millis(config.resend_interval.0.max(1) as u64))),
+            resend_failing: false,
         };
         let delivery = std::thread::Builder::new()
             .name("webhook".to_string())
@@ -100,11 +107,11 @@ impl WebhookSink {
             }
             Ok(false) => {
                 self.metrics.webhook_spool_full.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(alert = %warning.alert_id, rule = %warning.rule, "webhook spool full: this warning is not sent by webhook");
+                tracing::error!(alert = %warning.alert_id, rule = %warning.rule, "webhook spool full: this warning is not sent by webhook (bring the receiver back up, or raise webhook.spool_max_mb)");
             }
             Err(e) => {
                 self.metrics.sink_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(alert = %warning.alert_id, error = %e, "webhook spool write failed");
+                tracing::error!(alert = %warning.alert_id, error = %e, "webhook spool write failed; this warning is not sent by webhook (free disk space under webhook.spool_dir and check its permissions)");
             }
         }
     }
@@ -118,7 +125,7 @@ impl WebhookSink {
         if left > 0 {
             tracing::warn!(
                 left,
-                "webhook: receiver not reached; warnings stay spooled for the next run"
+                "webhook: receiver not reached; warnings stay spooled for the next run (check the receiver at webhook.url, or raise webhook.drain_on_exit)"
             );
         }
     }
@@ -131,6 +138,10 @@ struct Delivery {
     rejected_dir: std::path::PathBuf,
     max_backoff: Duration,
     metrics: Arc<Metrics>,
+    /// Alertmanager format: the alerts it holds as firing, re-sent each interval.
+    active: Option<ActiveAlerts>,
+    /// Whether the last re-send failed (logged once until one succeeds).
+    resend_failing: bool,
 }
 
 /// What one POST came to.
@@ -143,10 +154,20 @@ enum Sent {
 }
 
 impl Delivery {
-    fn run(self, woken: &Receiver<Wake>) {
+    fn run(mut self, woken: &Receiver<Wake>) {
         let mut backoff = MIN_BACKOFF;
         let mut deadline: Option<Instant> = None;
+        let mut next_resend = self.active.as_ref().map(|a| Instant::now() + a.interval());
         loop {
+            // Alertmanager: the active alerts go again when due (not while the receiver is
+            // failing: the spooled warning's retries find out when it is back).
+            if let (Some(at), Some(active)) = (next_resend, &self.active)
+                && backoff == MIN_BACKOFF
+                && Instant::now() >= at
+            {
+                next_resend = Some(Instant::now() + active.interval());
+                self.resend();
+            }
             let next = match self.spool.lock() {
                 Ok(spool) => spool.oldest(),
                 Err(_) => return,
@@ -157,35 +178,47 @@ impl Delivery {
                     if deadline.is_some() {
                         return;
                     }
-                    match woken.recv() {
-                        Ok(Wake::New) => continue,
-                        Ok(Wake::DrainUntil(until)) => {
-                            deadline = Some(until);
-                            continue;
-                        }
-                        Err(_) => return,
+                    // Idle: wait for a warning, or until the next re-send is due.
+                    let woke = match next_resend.filter(|_| self.active.as_ref().is_some_and(|a| !a.is_empty())) {
+                        Some(at) => match woken.recv_deadline(at) {
+                            Err(RecvTimeoutError::Timeout) => continue,
+                            other => other.map_err(|_| ()),
+                        },
+                        None => woken.recv().map_err(|_| ()),
+                    };
+                    match woke {
+                        Ok(wake) => self.on_wake(wake, &mut deadline),
+                        Err(()) => return,
                     }
+                    continue;
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "webhook: cannot read the spool");
+                    tracing::error!(error = %e, "webhook: cannot read the spool; webhook delivery stops for this run (check that the files in webhook.spool_dir are readable, then restart)");
                     return;
                 }
             };
-            match self.post(&body) {
+            let sent = match &self.active {
+                Some(active) => active.prepare(&body, wall_now_ms()),
+                None => body.clone(),
+            };
+            match self.post(&sent) {
                 Sent::Delivered => {
                     backoff = MIN_BACKOFF;
+                    if let Some(active) = self.active.as_mut() {
+                        active.delivered(&body);
+                    }
                     self.metrics.webhook_delivered.fetch_add(1, Ordering::Relaxed);
                     self.done(&path, None);
                 }
                 Sent::Refused(status) => {
                     self.metrics.webhook_refused.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(status, file = %path.display(), "webhook: receiver refused a warning; kept in rejected/");
+                    tracing::error!(status, file = %path.display(), "webhook: receiver refused a warning; kept in rejected/ (check webhook.url, webhook.format and the receiver's access rules)");
                     self.done(&path, Some(&self.rejected_dir));
                 }
                 Sent::Retry(why) => {
                     self.metrics.webhook_retries.fetch_add(1, Ordering::Relaxed);
                     if backoff == MIN_BACKOFF {
-                        tracing::warn!(url = %self.url, error = %why, "webhook: delivery failed; retrying with backoff");
+                        tracing::warn!(url = %self.url, error = %why, "webhook: delivery failed; retrying with backoff (check that the receiver at `url` is up and reachable)");
                     }
                     // Sleep, but wake for a drain request or its deadline.
                     let wait = match deadline {
@@ -193,14 +226,51 @@ impl Delivery {
                         None => backoff,
                     };
                     match woken.recv_timeout(wait) {
-                        Ok(Wake::DrainUntil(until)) => deadline = Some(until),
-                        Ok(Wake::New) | Err(RecvTimeoutError::Timeout) => {}
+                        Ok(wake) => self.on_wake(wake, &mut deadline),
+                        Err(RecvTimeoutError::Timeout) => {}
                         Err(RecvTimeoutError::Disconnected) => deadline = deadline.or(Some(Instant::now())),
                     }
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         return;
                     }
                     backoff = (backoff * 2).min(self.max_backoff);
+                }
+            }
+        }
+    }
+
+    fn on_wake(&mut self, wake: Wake, deadline: &mut Option<Instant>) {
+        match wake {
+            Wake::New => {}
+            Wake::DrainUntil(until) => *deadline = Some(until),
+            Wake::Firing(firing) => {
+                if let Some(active) = self.active.as_mut() {
+                    active.adopt(&firing);
+                }
+            }
+        }
+    }
+
+    /// Sends every active alert again with a fresh `endsAt` (one POST).
+    fn resend(&mut self) {
+        let Some((body, n)) = self.active.as_ref().and_then(|a| a.resend_body(wall_now_ms())) else {
+            return;
+        };
+        match self.post(&body) {
+            Sent::Delivered => {
+                self.metrics.webhook_resent.fetch_add(n as u64, Ordering::Relaxed);
+                self.resend_failing = false;
+            }
+            Sent::Retry(why) => {
+                self.metrics.webhook_retries.fetch_add(1, Ordering::Relaxed);
+                if !std::mem::replace(&mut self.resend_failing, true) {
+                    tracing::warn!(url = %self.url, error = %why, alerts = n, "webhook: re-sending the firing alerts failed; trying again next interval (check that Alertmanager at `url` is up; alerts expire there if it stays down past their endsAt)");
+                }
+            }
+            Sent::Refused(status) => {
+                self.metrics.webhook_refused.fetch_add(1, Ordering::Relaxed);
+                if !std::mem::replace(&mut self.resend_failing, true) {
+                    tracing::error!(url = %self.url, status, alerts = n, "webhook: the receiver refused the re-sent firing alerts (check webhook.url and webhook.format)");
                 }
             }
         }
@@ -235,7 +305,7 @@ impl Delivery {
         }
         if let Ok(mut spool) = self.spool.lock() {
             if let Err(e) = spool.remove(path) {
-                tracing::error!(error = %e, "webhook: cannot remove a delivered warning from the spool");
+                tracing::error!(error = %e, "webhook: cannot remove a delivered warning from the spool; the next run sends it again (check permissions on webhook.spool_dir)");
             }
             self.metrics
                 .webhook_spooled
@@ -259,36 +329,16 @@ impl Sink for WebhookSink {
         }
     }
 
+    /// Alertmanager: the alerts firing after a recovery are kept active there (an earlier
+    /// run sent them).
+    fn reconcile(&mut self, firing: &[Warning]) {
+        if self.format == WebhookFormat::Alertmanager {
+            let _ = self.wake.send(Wake::Firing(firing.to_vec()));
+        }
+    }
+
     fn close(self: Box<Self>) -> Result<(), SinkError> {
         WebhookSink::close(*self);
         Ok(())
     }
-}
-
-/// One alert in Alertmanager's `POST /api/v2/alerts` shape.
-pub fn alertmanager_body(warning: &Warning) -> Value {
-    let mut labels = serde_json::Map::new();
-    labels.insert("alertname".to_string(), json!(warning.rule));
-    labels.insert("severity".to_string(), json!(warning.level.as_str()));
-    labels.insert("table".to_string(), json!(warning.table));
-    for (name, value) in &warning.key {
-        let text = match value {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        labels.insert(name.clone(), json!(text));
-    }
-    let mut alert = json!({
-        "labels": labels,
-        "annotations": {
-            "description": warning.description,
-            "alert_id": warning.alert_id,
-            "values": Value::Object(warning.values.clone()).to_string(),
-        },
-        "startsAt": warning.first_breach,
-    });
-    if warning.status == WarningStatus::Resolved {
-        alert["endsAt"] = json!(warning.detected_at);
-    }
-    json!([alert])
 }

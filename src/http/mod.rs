@@ -3,10 +3,10 @@
 //! recent history), `/api/rules` (each rule's version, last evaluation, rows in, breaches,
 //! errors and state size), `/api/stats` (counters, queue depths, latency per stage), `/events`
 //! (server-sent events: each warning, and stats every second with the detection latency
-//! of that second), `/metrics` (Prometheus)
-//! and `/health`. It binds to loopback unless told otherwise; a non-loopback address needs
+//! of that second), `/metrics` (Prometheus), and `/health`, `/health/live`, `/health/ready`
+//! for supervisors. It binds to loopback unless told otherwise; a non-loopback address needs
 //! a bearer token (`[http] token` or `CITYOPS_HTTP_TOKEN`), and with a token every route
-//! but `/health` requires it (`Authorization: Bearer …`, or `?token=` for the page and
+//! but the health ones requires it (`Authorization: Bearer …`, or `?token=` for the page and
 //! its event stream, which browsers cannot give headers). `live` keeps what the dashboard
 //! shows (fed by its `DashboardFeed` sink); `prometheus` renders `/metrics`.
 
@@ -75,7 +75,39 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/events", get(events))
         .route("/metrics", get(metrics_page))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    guarded.route("/health", get(|| async { "ok\n" })).with_state(state)
+    guarded
+        .route("/health", get(health))
+        .route("/health/live", get(|| async { "ok\n" }))
+        .route("/health/ready", get(ready))
+        .with_state(state)
+}
+
+/// Liveness and readiness together, always 200 while the process answers (a supervisor's
+/// liveness probe): `{"live": true, "ready": …, "checks": {…}}`.
+async fn health(State(state): State<AppState>) -> Response {
+    let (ready, checks) = state.metrics.ready();
+    axum::Json(json!({"live": true, "ready": ready, "checks": checks_json(&checks)})).into_response()
+}
+
+/// Readiness (a load balancer's or supervisor's readiness probe): 200 when the rules are
+/// loaded, recovery is done and a live source is connected and subscribed; else 503, with
+/// the checks that fail.
+async fn ready(State(state): State<AppState>) -> Response {
+    let (ready, checks) = state.metrics.ready();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(json!({"ready": ready, "checks": checks_json(&checks)})),
+    )
+        .into_response()
+}
+
+fn checks_json(checks: &[(&str, bool)]) -> serde_json::Value {
+    checks.iter().map(|(name, ok)| (name.to_string(), json!(ok))).collect()
 }
 
 /// The HTTP side could not start.
@@ -126,11 +158,11 @@ pub(crate) fn start(
             })
             .await;
         if let Err(e) = served {
-            tracing::error!(error = %e, "http server failed");
+            tracing::error!(error = %e, "http server failed; the dashboard and /metrics are down for the rest of the run (restart cityops to serve them again)");
         }
     });
-    eprintln!(
-        "cityops: dashboard on http://{addr}/{query} (also /api/warnings, /api/rules, /api/stats, /events, /metrics)"
+    tracing::info!(
+        "dashboard on http://{addr}/{query} (also /api/warnings, /api/rules, /api/stats, /events, /metrics, /health/live, /health/ready)"
     );
     Ok(HttpServer { stop: Some(stop) })
 }

@@ -14,7 +14,7 @@ use crate::metrics::{Metrics, RuleHealthView, Stage};
 /// Renders every metric.
 pub(crate) fn render(metrics: &Metrics) -> String {
     let mut out = String::new();
-    let counters: [(&str, &str, u64); 14] = [
+    let counters: [(&str, &str, u64); 16] = [
         (
             "cityops_messages_in_total",
             "Messages taken from the source",
@@ -61,6 +61,11 @@ pub(crate) fn render(metrics: &Metrics) -> String {
             metrics.mqtt_connection_errors.load(Relaxed),
         ),
         (
+            "cityops_mqtt_takeovers_total",
+            "MQTT source connections closed right after they were accepted, again and again (another client uses the same client id)",
+            metrics.mqtt_takeovers.load(Relaxed),
+        ),
+        (
             "cityops_mqtt_outage_milliseconds_total",
             "Time the MQTT source spent disconnected",
             metrics.mqtt_outage_ms.load(Relaxed),
@@ -74,6 +79,11 @@ pub(crate) fn render(metrics: &Metrics) -> String {
             "cityops_webhook_delivered_total",
             "Warnings the webhook receiver accepted",
             metrics.webhook_delivered.load(Relaxed),
+        ),
+        (
+            "cityops_webhook_resent_total",
+            "Firing alerts sent to Alertmanager again so it keeps them active",
+            metrics.webhook_resent.load(Relaxed),
         ),
         (
             "cityops_webhook_retries_total",
@@ -101,6 +111,11 @@ pub(crate) fn render(metrics: &Metrics) -> String {
             metrics.rejected(*reason)
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP cityops_late_dead_letters_total Late rows dead-lettered, each once whatever the rules it was late for\n# TYPE cityops_late_dead_letters_total counter\ncityops_late_dead_letters_total {}",
+        metrics.rejected(Reason::Late)
+    );
     let _ = writeln!(
         out,
         "# HELP cityops_late_rows_total Rows behind the watermark, by table and rule\n# TYPE cityops_late_rows_total counter"

@@ -77,7 +77,7 @@ impl Decoder {
             detail,
             topic: msg.topic.clone(),
             at: msg.at_ms,
-            rule: None,
+            rules: Vec::new(),
             payload: Value::String(kept_text(&msg.payload)),
         };
         let rejected_whole = Outcome {
@@ -142,7 +142,7 @@ impl Decoder {
                     detail,
                     topic: msg.topic.clone(),
                     at: msg.at_ms,
-                    rule: None,
+                    rules: Vec::new(),
                     payload: row.clone(),
                 });
             }

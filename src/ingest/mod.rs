@@ -1,7 +1,8 @@
 //! Getting telemetry in: the sources (the live MQTT subscription with its QoS 1 acks, and
 //! fixture replay), and the decode stage that turns payloads into typed rows (`scan`, its
 //! allocation-free fast path; `decode`, which explains every rejection) and runs on the
-//! decode `worker` threads. Sources never decode; the decoder never does I/O.
+//! decode `worker` threads. Sources never decode; the decoder never does I/O. `takeover`
+//! tells the MQTT source when another client keeps taking its client id.
 
 pub(crate) mod acks;
 pub(crate) mod decode;
@@ -10,5 +11,6 @@ pub(crate) mod mqtt;
 pub(crate) mod recovery;
 pub(crate) mod replay;
 pub(crate) mod scan;
+pub(crate) mod takeover;
 pub(crate) mod wal;
 pub(crate) mod worker;

@@ -19,6 +19,7 @@ use rumqttc::{AsyncClient, Event, Packet, PubAck, QoS, SubscribeFilter, Subscrib
 
 use super::acks::PendingAcks;
 use super::replay::TICK_MS;
+use super::takeover::{Dropped, TakeoverWatch};
 use super::wal::{Ack, Intake};
 use crate::broker::{self, BrokerUrl};
 use crate::config::{Config, MqttConfig};
@@ -31,6 +32,8 @@ use crate::topic::TopicPattern;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Reconnects slow down to this while another client keeps taking the client id.
+const TAKEOVER_BACKOFF: Duration = Duration::from_secs(30);
 /// How often the source looks at the clock (ticks, stop conditions) while the broker is quiet.
 const POLL_CLOCK: Duration = Duration::from_millis(100);
 
@@ -63,9 +66,11 @@ impl MqttSource {
         } else {
             config.mqtt.filters.clone()
         };
+        let mut settled = config.clone();
+        settled.settle_client_id();
         Ok(MqttSource {
             url,
-            config: config.mqtt.clone(),
+            config: settled.mqtt,
             filters,
             max_messages: None,
             idle_exit: None,
@@ -215,7 +220,7 @@ pub(crate) fn subscribe(
         ));
         finished.store(true, Ordering::Relaxed);
         if let Err(e) = clock {
-            tracing::error!(error = %e, "could not start the mqtt clock thread");
+            tracing::error!(error = %e, "could not start the mqtt clock thread (the system is out of threads or memory: raise the process limit, ulimit -u, or free memory, then restart)");
         }
         metrics.mqtt_connected.store(false, Ordering::Relaxed);
         let (n, first, last) = (
@@ -258,6 +263,7 @@ async fn poll_loop(
     let mut awaiting: usize = 0;
     let mut backoff = MIN_BACKOFF;
     let mut lost_at: Option<Instant> = None;
+    let mut takeover = TakeoverWatch::default();
     // A reconnect expects the session back too (with `clean_session = false`).
     let mut expects_session = expects_session && !source.config.clean_session;
     // Acks of messages already in the pipeline. They go out together, in order, once a batch
@@ -323,7 +329,10 @@ async fn poll_loop(
                 }
                 expects_session = !source.config.clean_session;
                 metrics.mqtt_connected.store(true, Ordering::Relaxed);
+                takeover.connected(Instant::now());
                 match lost_at.take() {
+                    // While a takeover goes on, its report says it all.
+                    Some(_) if takeover.suspected() => {}
                     Some(at) => {
                         let outage = at.elapsed();
                         metrics
@@ -335,10 +344,9 @@ async fn poll_loop(
                         tracing::info!(broker = %source.url.host, port = source.url.port, filters = ?source.filters, "mqtt connected")
                     }
                 }
-                backoff = MIN_BACKOFF;
                 // Subscribing on every connect covers brokers that lost the session.
                 if let Err(e) = client.try_subscribe_many(filters.to_vec()) {
-                    tracing::error!(error = %e, "mqtt subscribe could not be queued");
+                    tracing::error!(error = %e, "mqtt subscribe could not be queued; no messages arrive until the next reconnect (check mqtt.filters for malformed wildcards, or restart cityops)");
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
@@ -347,7 +355,7 @@ async fn poll_loop(
                     .iter()
                     .any(|c| matches!(c, SubscribeReasonCode::Failure))
                 {
-                    tracing::error!(codes = ?ack.return_codes, "the broker refused a subscription");
+                    tracing::error!(codes = ?ack.return_codes, "the broker refused a subscription (check the broker's ACL for this user and the filters in mqtt.filters or topics.pattern)");
                 } else {
                     metrics.mqtt_subscribed.store(true, Ordering::Relaxed);
                 }
@@ -417,12 +425,35 @@ async fn poll_loop(
                 hand_over(&intake, &mut read)?;
                 acks.clear();
                 connection += 1;
+                let dropped = takeover.dropped(Instant::now());
+                if dropped == Dropped::Ordinary {
+                    backoff = MIN_BACKOFF;
+                }
+                if let Dropped::Takeover { report, cuts } = dropped {
+                    metrics.mqtt_takeovers.fetch_add(1, Ordering::Relaxed);
+                    if report {
+                        tracing::error!(
+                            broker = %source.url.host,
+                            client_id = %source.config.client_id,
+                            cuts,
+                            "mqtt: the broker keeps closing this connection right after accepting it: another client is connected with the same client id (a session takeover), and each connect throws the other off. Give every instance its own `[mqtt] client_id`, or leave it empty for a per-instance id (host and state dir); meanwhile cityops reconnects at most every {}s",
+                            TAKEOVER_BACKOFF.as_secs()
+                        );
+                    }
+                }
                 if lost_at.is_none() {
                     lost_at = Some(Instant::now());
-                    tracing::warn!(broker = %source.url.host, error = %e, "mqtt connection lost; reconnecting with backoff");
+                    if !takeover.suspected() {
+                        tracing::warn!(broker = %source.url.host, error = %e, "mqtt connection lost; reconnecting with backoff (check that the --mqtt broker is up and reachable and the mqtt credentials are right)");
+                    }
                 }
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                let most = if takeover.suspected() {
+                    TAKEOVER_BACKOFF
+                } else {
+                    MAX_BACKOFF
+                };
+                backoff = (backoff * 2).min(most);
             }
         }
     }
@@ -482,11 +513,11 @@ async fn send_acks(client: &AsyncClient, eventloop: &mut rumqttc::EventLoop, ack
         if !written {
             tracing::warn!(
                 pkid = publish.pkid,
-                "mqtt ack could not be sent; the broker will redeliver"
+                "mqtt ack could not be sent; the broker will redeliver (the connection dropped; if this repeats, check the network to the broker)"
             );
         }
     }
     if let Err(e) = network.flush().await {
-        tracing::warn!(error = %e, "mqtt acks could not be flushed; the broker will redeliver");
+        tracing::warn!(error = %e, "mqtt acks could not be flushed; the broker will redeliver (the connection dropped; if this repeats, check the network to the broker)");
     }
 }

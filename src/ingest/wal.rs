@@ -238,7 +238,7 @@ impl Stage {
                     );
                     if self.stop.is_requested() {
                         tracing::error!(
-                            "stopping with messages the log could not take: they are not acknowledged, and the broker sends them again"
+                            "stopping with messages the log could not take: they are not acknowledged, and the broker sends them again (free space on the state directory's disk before restarting)"
                         );
                         return false;
                     }

@@ -15,7 +15,8 @@ use tokio::sync::mpsc;
 
 use super::decode::Decoder;
 use crate::batch::{Batchers, TableBatcher};
-use crate::flow::{Cut, DeadLetter, Ingest, Message, RuleFanout, TableEvent};
+use crate::deadletter::LateLetters;
+use crate::flow::{Cut, DeadLetter, Ingest, LateRows, LateRowsOut, Message, RuleFanout, TableEvent};
 use crate::metrics::{LocalLatency, MERGE_EVERY, Metrics, Stage};
 use crate::schema::Catalog;
 use crate::time::{EpochMs, wall_now_ms};
@@ -56,6 +57,8 @@ pub(crate) struct DecodeWorker {
     /// Whether the messages now coming refill windows in recovery (`Message::rebuild`).
     rebuilding: bool,
     dead_letters: Sender<DeadLetter>,
+    /// Where the rows rules find late go, once each (every batch carries it).
+    late_rows: Arc<dyn LateRowsOut>,
     metrics: Arc<Metrics>,
     settings: DecodeSettings,
     /// Virtual arrival of each owned table's latest row.
@@ -107,6 +110,10 @@ impl DecodeWorker {
             rules: fanout.rules(),
             rebuilding: false,
             tables,
+            late_rows: Arc::new(LateLetters {
+                dead_letters: dead_letters.clone(),
+                metrics: Arc::clone(&metrics),
+            }),
             dead_letters,
             metrics,
             settings,
@@ -340,13 +347,14 @@ impl DecodeWorker {
         }
         let lingered = batcher.started().map(|s| s.elapsed().as_nanos() as u64).unwrap_or(0);
         match batcher.flush() {
-            Ok(batch) => {
+            Ok(mut batch) => {
+                batch.late = LateRows::new(Arc::clone(&self.late_rows));
                 self.metrics.record(Stage::BatchLinger, lingered);
                 self.send(table, TableEvent::Batch(Arc::new(batch)));
             }
             Err(e) => {
                 // Builders follow the table schema, so this is an internal fault: say so loudly.
-                tracing::error!(table, error = %e, "could not build a batch; its rows are lost");
+                tracing::error!(table, error = %e, "could not build a batch; its rows are lost (an internal fault: report it as a bug with this error)");
             }
         }
         self.publish_accepted();

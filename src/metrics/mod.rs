@@ -144,12 +144,19 @@ pub struct Metrics {
     pub webhook_retries: AtomicU64,
     pub webhook_refused: AtomicU64,
     pub webhook_spool_full: AtomicU64,
+    /// Alertmanager format: firing alerts sent again so the receiver keeps them active.
+    pub webhook_resent: AtomicU64,
+    /// What `/health/ready` checks.
+    pub readiness: Readiness,
     /// Whether the live MQTT source is connected now.
     pub mqtt_connected: AtomicBool,
     /// Whether the broker has granted the live source's subscriptions (since the last connect).
     pub mqtt_subscribed: AtomicBool,
     /// Failed connection attempts and dropped connections of the live source.
     pub mqtt_connection_errors: AtomicU64,
+    /// Connections closed right after they were accepted, again and again: another client
+    /// has the same client id.
+    pub mqtt_takeovers: AtomicU64,
     /// Total time the live source spent disconnected, in ms.
     pub mqtt_outage_ms: AtomicU64,
     /// Rule versions swapped in (or rules added or removed) by hot reload.
@@ -161,6 +168,34 @@ pub struct Metrics {
     pub rules: RuleBoard,
     /// The durable state's log, checkpoints and recovery.
     pub state: StateMetrics,
+}
+
+/// Whether the run is ready for its work, as a supervisor asks `/health/ready`: the rules
+/// are loaded, recovery from the state directory is done, and a live source is connected
+/// to its broker with its subscriptions granted. The pipeline sets them as it starts.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    pub rules_loaded: AtomicBool,
+    /// Recovery is done (set at once when the run keeps no state).
+    pub recovered: AtomicBool,
+    /// The source is a live broker, so readiness needs its connection.
+    pub live_source: AtomicBool,
+}
+
+impl Metrics {
+    /// The readiness checks by name (`broker` only for a live source), and whether all pass.
+    pub fn ready(&self) -> (bool, Vec<(&'static str, bool)>) {
+        let r = &self.readiness;
+        let mut checks = vec![
+            ("rules_loaded", r.rules_loaded.load(Ordering::Relaxed)),
+            ("recovered", r.recovered.load(Ordering::Relaxed)),
+        ];
+        if r.live_source.load(Ordering::Relaxed) {
+            let connected = self.mqtt_connected.load(Ordering::Relaxed) && self.mqtt_subscribed.load(Ordering::Relaxed);
+            checks.push(("broker_connected", connected));
+        }
+        (checks.iter().all(|(_, ok)| *ok), checks)
+    }
 }
 
 /// What the durable state did (all zero when the run keeps no state).
@@ -235,9 +270,12 @@ impl Metrics {
             webhook_retries: AtomicU64::new(0),
             webhook_refused: AtomicU64::new(0),
             webhook_spool_full: AtomicU64::new(0),
+            webhook_resent: AtomicU64::new(0),
+            readiness: Readiness::default(),
             mqtt_connected: AtomicBool::new(false),
             mqtt_subscribed: AtomicBool::new(false),
             mqtt_connection_errors: AtomicU64::new(0),
+            mqtt_takeovers: AtomicU64::new(0),
             mqtt_outage_ms: AtomicU64::new(0),
             rules_reloaded: AtomicU64::new(0),
             reloads_rejected: AtomicU64::new(0),
@@ -297,7 +335,6 @@ impl Metrics {
             .lock()
             .entry((table.to_string(), rule.to_string()))
             .or_insert(0) += n;
-        self.add_rejected(Reason::Late, n);
     }
 
     /// Late rows per (table, rule).

@@ -33,6 +33,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -213,6 +214,12 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
     let catalog = config.catalog();
     let engine = &config.engine;
     let metrics = options.metrics.clone().unwrap_or_else(|| Arc::new(Metrics::new()));
+    let readiness = &metrics.readiness;
+    readiness.rules_loaded.store(true, Ordering::Relaxed);
+    readiness.recovered.store(state.is_none(), Ordering::Relaxed);
+    readiness
+        .live_source
+        .store(matches!(options.fixture, Source::Mqtt(_)), Ordering::Relaxed);
     // What the dashboard shows; fed by the sink when an HTTP address is configured.
     let live = Arc::new(LiveState::new());
     let http = match http_addr {
@@ -235,8 +242,13 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
 
     // A run on a state directory continues the files the run before it wrote.
     let resumes = state.is_some();
-    let (dead_letters, dead_letter_writer) = deadletter::start(&options.dead_letter_path, DEAD_LETTER_QUEUE, resumes)
-        .map_err(io("opening the dead-letter file"))?;
+    let rotation = deadletter::Rotation {
+        max_bytes: config.dead_letters.max_file_mb.saturating_mul(1024 * 1024),
+        keep: config.dead_letters.max_files,
+    };
+    let (dead_letters, dead_letter_writer) =
+        deadletter::start(&options.dead_letter_path, rotation, DEAD_LETTER_QUEUE, resumes)
+            .map_err(io("opening the dead-letter file"))?;
     let (warnings_tx, warnings_rx) = mpsc::channel(WARNING_QUEUE);
     let mut sink_config = options.sinks.clone();
     sink_config.append |= resumes;
@@ -263,7 +275,6 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
         results: results_tx.clone(),
         metrics: Arc::clone(&metrics),
         warnings: warnings_tx.clone(),
-        dead_letters: dead_letters.clone(),
         clock: options.clock,
         table_name: String::new(),
         table_names,
@@ -367,6 +378,7 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
         Some(state) => {
             let live_mqtt = matches!(options.fixture, Source::Mqtt(_));
             let recovered = recover(&state, &handoff, &metrics, live_mqtt, &shutdown)?;
+            metrics.readiness.recovered.store(true, Ordering::Relaxed);
             *checkpoint_after.lock() = Some(recovered.intake.clone());
             let mut intake = recovered.intake.clone();
             let sourced = match &options.fixture {
@@ -524,7 +536,7 @@ fn replay_all(
             detail: error.to_string(),
             topic: String::new(),
             at: 0,
-            rule: None,
+            rules: Vec::new(),
             payload: serde_json::Value::Null,
         });
     };

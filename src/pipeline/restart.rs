@@ -39,7 +39,7 @@ pub(super) fn open_state(options: &StateOptions) -> Result<OpenState, RunError> 
     let dir = StateDir::open(&options.dir)?;
     let (checkpoint, problems) = checkpoint::read_newest(&dir.checkpoint_dir());
     for problem in &problems {
-        tracing::error!(dir = %options.dir.display(), "{problem}; falling back");
+        tracing::error!(dir = %options.dir.display(), "{problem}; falling back to the newest usable checkpoint (if this recurs, check the state directory's disk for errors)");
     }
     if checkpoint.is_none() {
         let log_start = log::segments(&dir.log_dir())
@@ -116,7 +116,7 @@ pub(super) fn recover(
     metrics.state.enabled.store(true, Relaxed);
     if !state.dir.fresh {
         tracing::info!(dir = %shown, checkpoint = number, covers_seq, replay_from, "recovering: replaying the log after the checkpoint");
-        eprintln!("cityops: recovering from {shown} (checkpoint {number}, log from position {replay_from})");
+        tracing::info!("recovering from {shown} (checkpoint {number}, log from position {replay_from})");
     }
     let replayed = replay_log(&log_dir, replay_from, covers_seq, handoff, metrics).map_err(|e| match e {
         RecoveryError::Closed(_) => RunError::DecodeStopped,
@@ -143,8 +143,8 @@ pub(super) fn recover(
         Ok(())
     });
     if !state.dir.fresh {
-        eprintln!(
-            "cityops: recovered in {:.3} s: {} messages refilled open windows, {} replayed after the checkpoint",
+        tracing::info!(
+            "recovered in {:.3} s: {} messages refilled open windows, {} replayed after the checkpoint",
             started.elapsed().as_secs_f64(),
             replayed.refilled,
             replayed.replayed

@@ -250,6 +250,7 @@ mod tests {
             topics: StringArray::from_iter_values(rows.iter().map(|_| "t")),
             first_seq: 0,
             rebuild: false,
+            late: Default::default(),
         }
     }
 

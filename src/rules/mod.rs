@@ -8,8 +8,10 @@
 //! `devices` keeps the `devices` table a silence rule queries; `problem` is the
 //! `path:line:col` diagnostic every step reports. `running` keeps one task per rule and
 //! builds the fan-out from tables to rule queues; `reload` watches the rule files and swaps
-//! changed rules in while the pipeline runs.
+//! changed rules in while the pipeline runs. `bundled` holds the shipped rules, built in
+//! for the demo.
 
+pub(crate) mod bundled;
 pub(crate) mod compile;
 pub(crate) mod devices;
 pub(crate) mod feed;

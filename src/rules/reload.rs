@@ -176,7 +176,9 @@ impl Reloader {
             .reloads_rejected
             .fetch_add(report.rejected.len() as u64, Ordering::Relaxed);
         for problem in &report.rejected {
-            tracing::warn!("rule change rejected, the running version goes on: {problem}");
+            tracing::warn!(
+                "rule change rejected, the running version goes on (fix the rule and save it again): {problem}"
+            );
         }
         for problem in &report.warnings {
             tracing::warn!("{problem}");

@@ -75,7 +75,7 @@ impl RuleSet {
                     match old_task.await {
                         Ok(old) => worker.take_over(old).await,
                         Err(e) => {
-                            tracing::error!(rule = %id, error = %e, "the previous version failed; starting afresh")
+                            tracing::error!(rule = %id, error = %e, "the previous version failed; starting afresh, its open windows lost (report this panic as a bug)")
                         }
                     }
                     worker.run(rx).await
@@ -95,7 +95,7 @@ impl RuleSet {
         self.retiring.push(self.runtime.spawn(async move {
             match task.await {
                 Ok(mut old) => old.retire().await,
-                Err(e) => tracing::error!(rule = %id, error = %e, "a removed rule's task failed"),
+                Err(e) => tracing::error!(rule = %id, error = %e, "a removed rule's task failed; its firing alerts were not resolved (resolve them by hand in the receivers; report this panic as a bug)"),
             }
         }));
         Some(removed.rule.version.clone())

@@ -37,7 +37,7 @@ impl Recorded {
 /// Records until `shutdown` is requested, `source.max_messages` or `source.idle_exit`.
 pub fn record(source: &MqttSource, out: &Path, shutdown: &Shutdown) -> Result<Recorded, String> {
     let qos = broker::qos(source.config.qos)?;
-    let client_id = format!("{}-record", source.config.client_id);
+    let client_id = format!("{}-record", source.config.base_client_id());
     let options = broker::options(&source.url, &source.config, &client_id)?;
     let file = File::create(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     let mut writer: Box<dyn Write> = if out.extension().is_some_and(|e| e == "zst") {
@@ -81,7 +81,7 @@ pub fn record(source: &MqttSource, out: &Path, shutdown: &Shutdown) -> Result<Re
             }
             Ok(Ok(_)) | Err(_) => {}
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "record: connection lost; reconnecting");
+                tracing::warn!(error = %e, "record: connection lost; reconnecting (check that the --mqtt broker is up and reachable and the mqtt credentials are right)");
                 std::thread::sleep(Duration::from_millis(500));
             }
         }

@@ -28,7 +28,7 @@ pub fn publish(
     qos: QoS,
     speed: Speed,
 ) -> Result<Published, String> {
-    let client_id = format!("{}-replay", config.client_id);
+    let client_id = format!("{}-replay-{}", config.base_client_id(), std::process::id());
     let mut options = broker::options(url, config, &client_id)?;
     options.set_clean_session(true);
     let (client, mut connection) = Client::new(options, 10_000);
@@ -45,7 +45,7 @@ pub fn publish(
                     Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
                     Ok(_) => {}
                     Err(e) => {
-                        tracing::warn!(error = %e, "replay: connection lost; retrying");
+                        tracing::warn!(error = %e, "replay: connection lost; retrying (check that the --to-mqtt broker is up and reachable and the mqtt credentials are right)");
                         std::thread::sleep(Duration::from_millis(200));
                     }
                 }

@@ -4,7 +4,10 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 #![allow(dead_code)]
 
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use cityops::pipeline::{self, RunOptions, RunOutcome, Source};
 use cityops::{Config, DetectionClock, SinkConfig, Speed, Warning};
@@ -169,4 +172,42 @@ pub fn steps(warnings: &[Warning], rule: &str) -> Vec<(String, String, Option<St
 /// RFC 3339 of `T0 + offset_ms`.
 pub fn at(offset_ms: i64) -> String {
     cityops::time::format_ms(T0 + offset_ms)
+}
+
+/// The in-process rumqttd, started once per test binary.
+pub fn rumqttd() -> SocketAddr {
+    static BROKER: OnceLock<SocketAddr> = OnceLock::new();
+    *BROKER.get_or_init(|| {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let toml = format!(
+            r#"
+id = 0
+[router]
+id = 0
+max_connections = 100
+max_outgoing_packet_count = 200
+max_segment_size = 104857600
+max_segment_count = 10
+[v4.1]
+name = "v4-1"
+listen = "127.0.0.1:{port}"
+next_connection_delay_ms = 1
+[v4.1.connections]
+connection_timeout_ms = 60000
+max_payload_size = 1048576
+max_inflight_count = 100
+dynamic_filters = true
+"#
+        );
+        let config: rumqttd::Config = toml::from_str(&toml).expect("rumqttd config");
+        let mut broker = rumqttd::Broker::new(config);
+        std::thread::spawn(move || broker.start().expect("rumqttd runs"));
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let started = Instant::now();
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(10), "rumqttd did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        addr
+    })
 }

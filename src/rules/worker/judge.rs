@@ -14,11 +14,11 @@ use super::{DetectionClock, WindowResult, WorkerContext};
 use crate::alert::lifecycle::{Evidence, Lifecycle, Transition};
 use crate::alert::sink::Notice;
 use crate::alert::warning::Warning;
-use crate::flow::{DeadLetter, Reason, TableBatch};
+use crate::flow::TableBatch;
 use crate::level::Level;
 use crate::metrics::{LocalLatency, RuleHealth};
 use crate::rules::compile::CompiledRule;
-use crate::rules::output::{key_of, level_of, result_json, row_json, values_of};
+use crate::rules::output::{key_of, level_of, result_json, values_of};
 use crate::time::{EpochMs, wall_now_ms};
 
 /// Judges one rule's result rows into alert transitions and reports what went wrong.
@@ -93,12 +93,13 @@ impl Judge {
         self.ctx.metrics.rule_errors.fetch_add(1, Ordering::Relaxed);
         // The first failures are logged in full; later ones are counted (see the summary).
         if self.errors <= 3 {
-            tracing::warn!(rule = %self.rule.id, error = %error.strip_backtrace(), "rule evaluation failed; the rule goes on");
+            tracing::warn!(rule = %self.rule.id, error = %error.strip_backtrace(), "rule evaluation failed; the rule goes on (fix the rule, or raise engine.rule_memory_limit_mb if the error says resources exhausted)");
         }
     }
 
-    /// Dead-letters the rows (positions in `input`) that arrived after every window of the
-    /// rule holding them had closed.
+    /// Marks the rows (positions in `input`) that arrived after every window of the rule
+    /// holding them had closed: counted here per rule, dead-lettered once per row by the
+    /// batch (`flow::LateRows`) with every rule it was late for.
     pub(super) fn dead_letter_late(&self, input: &TableBatch, late: &[u32]) {
         if late.is_empty() {
             return;
@@ -106,17 +107,7 @@ impl Judge {
         self.ctx
             .metrics
             .add_late(&self.ctx.table_name, &self.rule.id, late.len() as u64);
-        for &row in late {
-            let row = row as usize;
-            let _ = self.ctx.dead_letters.send(DeadLetter {
-                reason: Reason::Late,
-                detail: format!("every window of rule {} holding this row had closed", self.rule.id),
-                topic: input.topics.value(row).to_string(),
-                at: input.at_ms[row],
-                rule: Some(self.rule.id.clone()),
-                payload: row_json(&input.batch, row),
-            });
-        }
+        input.late.mark(late, &self.rule.id);
     }
 
     /// Sends a window's result rows to the capture, when one is attached.

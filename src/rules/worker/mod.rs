@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use super::compile::{CompiledRule, RuleKind};
 use crate::alert::lifecycle::{CleanStep, FiringAlert, Lifecycle};
 use crate::alert::sink::Notice;
-use crate::flow::{Cut, DeadLetter, TableEvent};
+use crate::flow::{Cut, TableEvent};
 use crate::metrics::{LocalLatency, MERGE_EVERY, Metrics, Stage};
 use crate::state::snapshot::{JudgeFromSnapshot, KindSnapshot, RuleSnapshot};
 use crate::time::{EpochMs, wall_now_ms};
@@ -70,7 +70,6 @@ pub(crate) struct WorkerContext {
     pub metrics: Arc<Metrics>,
     /// Warnings, and rule snapshots at checkpoints, to the sink thread.
     pub warnings: mpsc::Sender<Notice>,
-    pub dead_letters: crossbeam_channel::Sender<DeadLetter>,
     pub clock: DetectionClock,
     pub table_name: String,
     /// Names of every table (the `devices` table lists devices of all of them).
@@ -112,9 +111,11 @@ impl KindState {
         match rule.kind {
             RuleKind::Row => KindState::Row(RowState),
             RuleKind::Window(spec) => KindState::Window(WindowState::new(spec, rule.lateness_ms)),
-            RuleKind::Session { gap_ms } => {
-                KindState::Session(SessionState::new(gap_ms, rule.lateness_ms, rule.session_key.clone()))
-            }
+            RuleKind::Session { gap_ms } => KindState::Session(SessionState::new(
+                gap_ms,
+                rule.lateness_ms,
+                rule.session_key.input.clone(),
+            )),
             RuleKind::Devices => KindState::Devices(DevicesState::new(ctx.table_names.clone())),
         }
     }
