@@ -28,7 +28,7 @@ rule_memory_limit_mb = 256 # memory one rule's evaluations may hold
 pattern = "city/{district}/{table}/{device_id}"
 
 [mqtt]
-client_id = ""             # the live source's id (the sink adds "-warnings"); "" = cityops-<host>-<hash of the state dir>
+client_id = ""             # the live source's id (the sink adds "-warnings"); "" = cityops-<12 hex> per instance, kept in the state dir
 qos = 1                    # subscription QoS: 1 = at least once, acked once in the pipeline
 clean_session = false      # keep the session (and queued QoS 1 messages) across reconnects
 keep_alive = "30s"
@@ -413,20 +413,33 @@ impl Config {
         problems
     }
 
-    /// Fills in `mqtt.client_id` when it is empty with `cityops-<host>-<8 hex>`: the host name
-    /// and a hash of the state directory (or, without one, of the working directory). Two
-    /// instances on one broker then never share an id (the broker would keep disconnecting
-    /// one for the other), and an instance keeps its id, so its broker session, across
-    /// restarts.
+    /// Fills in `mqtt.client_id` when it is empty. With a state directory, the id it keeps
+    /// (`client_id`, written at the first live start) comes back whatever the host is called
+    /// now (a container's name changes on every start); a state directory from before that
+    /// file keeps the old default, `cityops`. Otherwise `cityops-<12 hex>`, a hash of the host
+    /// name and the state directory (or, without one, the working directory): two instances
+    /// on one broker never share an id (the broker would keep throwing one off), and 20
+    /// characters fit the 23 every MQTT 3.1.1 broker accepts.
     pub fn settle_client_id(&mut self) {
         if !self.mqtt.client_id.is_empty() {
             return;
         }
-        let place = match &self.state.dir {
-            Some(dir) => std::path::absolute(dir).unwrap_or_else(|_| dir.clone()),
-            None => std::env::current_dir().unwrap_or_default(),
+        let place = self
+            .state
+            .dir
+            .clone()
+            .unwrap_or_else(|| std::env::current_dir().unwrap_or_default());
+        let place = std::fs::canonicalize(&place)
+            .or_else(|_| std::path::absolute(&place))
+            .unwrap_or(place);
+        self.mqtt.client_id = match &self.state.dir {
+            Some(dir) => match std::fs::read_to_string(dir.join(CLIENT_ID_FILE)) {
+                Ok(kept) if !kept.trim().is_empty() => kept.trim().to_string(),
+                _ if dir.join("FORMAT").exists() => "cityops".to_string(),
+                _ => derived_client_id(&host_name(), &place),
+            },
+            None => derived_client_id(&host_name(), &place),
         };
-        self.mqtt.client_id = derived_client_id(&host_name(), &place);
     }
 
     /// The tables of this deployment.
@@ -436,18 +449,22 @@ impl Config {
     }
 }
 
-/// `cityops-<host>-<crc32 of host and place>`: readable, stable, distinct per place.
+/// The file of a state directory that keeps the MQTT source's client id.
+pub(crate) const CLIENT_ID_FILE: &str = "client_id";
+
+/// `cityops-<12 hex>`: FNV-1a of the host name and the place, stable and distinct per place.
 fn derived_client_id(host: &str, place: &Path) -> String {
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(host.as_bytes());
-    hasher.update(&[0]);
-    hasher.update(place.as_os_str().as_encoded_bytes());
-    let host: String = host
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
-        .take(24)
-        .collect();
-    format!("cityops-{host}-{:08x}", hasher.finalize())
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let bytes = host
+        .as_bytes()
+        .iter()
+        .chain([0u8].iter())
+        .chain(place.as_os_str().as_encoded_bytes());
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("cityops-{:012x}", hash >> 16)
 }
 
 /// This machine's host name (Linux), else `$HOSTNAME`, else "host".
@@ -465,15 +482,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn derived_client_ids_are_stable_and_differ_by_place() {
+    fn derived_client_ids_are_stable_short_and_differ_by_place() {
         let a = derived_client_id("ops-1", Path::new("/var/lib/cityops/a"));
         assert_eq!(a, derived_client_id("ops-1", Path::new("/var/lib/cityops/a")));
         assert_ne!(a, derived_client_id("ops-1", Path::new("/var/lib/cityops/b")));
         assert_ne!(a, derived_client_id("ops-2", Path::new("/var/lib/cityops/a")));
-        assert!(a.starts_with("cityops-ops-1-"), "{a}");
-        assert_eq!(a.len(), "cityops-ops-1-".len() + 8);
-        let odd = derived_client_id("a.b_c", Path::new("/x"));
-        assert!(odd.starts_with("cityops-a-b-c-"), "{odd}");
+        assert!(a.starts_with("cityops-"), "{a}");
+        assert_eq!(a.len(), 20, "{a}");
+    }
+
+    #[test]
+    fn a_state_directory_keeps_its_client_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let with_state = |dir: &Path| {
+            let mut config = Config::default();
+            config.state.dir = Some(dir.to_path_buf());
+            config.settle_client_id();
+            config.mqtt.client_id
+        };
+        // A new directory: derived; once kept, the kept one whatever the host is called.
+        assert!(with_state(&state).starts_with("cityops-"));
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::write(state.join(CLIENT_ID_FILE), "cityops-kept\n").unwrap();
+        assert_eq!(with_state(&state), "cityops-kept");
+        // A directory from before the file: the old default.
+        let older = dir.path().join("older");
+        std::fs::create_dir_all(&older).unwrap();
+        std::fs::write(older.join("FORMAT"), "cityops-state 1\n").unwrap();
+        assert_eq!(with_state(&older), "cityops");
     }
 
     #[test]

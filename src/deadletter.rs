@@ -36,15 +36,29 @@ pub(crate) fn start(
     Ok((tx, DeadLetterWriter { handle }))
 }
 
+/// Writes every letter until the senders are gone. A failed write (disk full, the file
+/// moved away) costs that letter, not the writer: it is logged (sparingly), the file is
+/// opened again, and the counters, kept where letters are made, stay exact.
 fn write_all(rx: Receiver<DeadLetter>, mut out: RotatingFile) -> std::io::Result<u64> {
     let mut written = 0;
+    let mut failed: u64 = 0;
     let mut line = Vec::new();
     for letter in rx {
         line.clear();
         serde_json::to_writer(&mut line, &letter)?;
         line.push(b'\n');
-        out.write_line(&line)?;
-        written += 1;
+        match out.write_line(&line) {
+            Ok(()) => written += 1,
+            Err(e) => {
+                failed += 1;
+                if failed.is_power_of_two() {
+                    tracing::error!(file = %out.path.display(), error = %e, failed, "dead letters could not be written (they stay counted); free disk space or fix the file's directory");
+                }
+                if let Err(e) = out.reopen() {
+                    tracing::debug!(error = %e, "the dead-letter file could not be opened again");
+                }
+            }
+        }
     }
     out.flush()?;
     Ok(written)
@@ -104,7 +118,10 @@ impl RotatingFile {
             PathBuf::from(name)
         };
         if self.rotation.keep == 0 {
-            std::fs::remove_file(&self.path)?;
+            match std::fs::remove_file(&self.path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
         } else {
             match std::fs::remove_file(numbered(self.rotation.keep)) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
@@ -116,11 +133,23 @@ impl RotatingFile {
                     _ => {}
                 }
             }
-            std::fs::rename(&self.path, numbered(1))?;
+            // A live file someone moved away counts as rotated already.
+            match std::fs::rename(&self.path, numbered(1)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
         }
         self.out = BufWriter::new(File::create(&self.path)?);
         self.size = 0;
         tracing::info!(file = %self.path.display(), kept = self.rotation.keep, "dead-letter file rotated");
+        Ok(())
+    }
+
+    /// Opens the live file again for appending (after a failed write or rotation).
+    fn reopen(&mut self) -> std::io::Result<()> {
+        let file = crate::state::open_appending_lines(&self.path)?;
+        self.size = file.metadata()?.len();
+        self.out = BufWriter::new(file);
         Ok(())
     }
 
@@ -191,6 +220,21 @@ mod tests {
         assert_eq!(lines(&dir.path().join("dead.jsonl.1")), ["line 006", "line 007"]);
         assert_eq!(lines(&dir.path().join("dead.jsonl.2")), ["line 004", "line 005"]);
         assert!(!dir.path().join("dead.jsonl.3").exists());
+    }
+
+    #[test]
+    fn a_live_file_moved_away_counts_as_rotated() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("dead.jsonl");
+        let mut file = RotatingFile::open(&path, Rotation { max_bytes: 20, keep: 2 }, false).expect("open");
+        file.write_line(b"line 000\n").expect("write");
+        file.flush().expect("flush");
+        std::fs::rename(&path, dir.path().join("elsewhere")).expect("moved away");
+        file.write_line(b"line 001\n").expect("write");
+        file.write_line(b"line 002\n")
+            .expect("rotates although the file is gone");
+        file.flush().expect("flush");
+        assert_eq!(lines(&path), ["line 002"]);
     }
 
     #[test]

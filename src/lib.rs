@@ -64,7 +64,7 @@ pub use ingest::mqtt::MqttSource;
 pub use ingest::replay::Speed;
 pub use level::Level;
 pub use metrics::{Metrics, RuleHealthView};
-pub use rules::bundled::{SHIPPED_RULES, shipped_rules_dir};
+pub use rules::bundled::{SHIPPED_RULES, ShippedRulesDir, shipped_rules_dir};
 pub use rules::compile::{EngineColumns, compile};
 pub use rules::loader::parse_rule;
 pub use rules::problem::{Problem, Severity};

@@ -24,7 +24,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(log_format(&cli));
+    let format = log_format(&cli);
+    init_logging(format);
     let done = match cli.command {
         Command::Run(args) => run(args),
         Command::Check(args) => check(args),
@@ -37,8 +38,11 @@ fn main() -> ExitCode {
     match done {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            if !e.message.is_empty() {
-                eprintln!("{}", e.message);
+            // A JSON log stays all JSON, its last word included.
+            match (e.message.is_empty(), format) {
+                (true, _) => {}
+                (false, LogFormat::Json) => tracing::error!("{}", e.message),
+                (false, LogFormat::Text) => eprintln!("{}", e.message),
             }
             ExitCode::from(e.code)
         }
@@ -152,7 +156,7 @@ fn run(args: RunArgs) -> Result<(), CliError> {
         true => {
             let dir =
                 shipped_rules_dir().map_err(|e| CliError::failure(format!("cannot write the shipped rules: {e}")))?;
-            config.rules.dir = dir.clone();
+            config.rules.dir = dir.path().to_path_buf();
             Some(dir)
         }
         false => None,
@@ -226,12 +230,10 @@ fn run(args: RunArgs) -> Result<(), CliError> {
         state,
     };
     let outcome = pipeline::run(options);
-    if let Some(dir) = shipped_rules {
-        let _ = std::fs::remove_dir_all(dir);
-    }
+    drop(shipped_rules);
     let outcome = outcome?;
     for warning in &outcome.rule_warnings {
-        eprintln!("{warning}");
+        tracing::warn!("{warning}");
     }
     println!("{}", outcome.summary);
     println!("dead letters: {}", args.dead_letter.display());
@@ -284,8 +286,8 @@ fn record(args: RecordArgs) -> Result<(), CliError> {
         &config,
     )
     .map_err(CliError::invalid)?;
-    eprintln!(
-        "cityops: recording {} into {}; Ctrl-C ends",
+    tracing::info!(
+        "recording {} into {}; Ctrl-C or SIGTERM ends",
         source.filters.join(", "),
         args.out.display()
     );

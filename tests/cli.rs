@@ -524,3 +524,20 @@ fn the_demo_runs_from_an_empty_directory_with_its_shipped_rules() {
     };
     assert_eq!(identities(&warnings), identities(&golden));
 }
+
+#[test]
+fn a_session_rule_keyed_by_its_window_cannot_wait_for_several_sessions() {
+    let s = Scenario::new();
+    s.rule(
+        "bids",
+        "-- for: 2\n-- key: device_id, window_start, window_end\nSELECT window_start, window_end, device_id, sum(value) AS total FROM sensor\nGROUP BY session(ts, INTERVAL '2' MINUTES), device_id",
+    );
+    let output = cityops()
+        .arg("check")
+        .arg(s.path("queries"))
+        .output()
+        .expect("check runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(2), "{stdout}");
+    assert!(stdout.contains("judges each session once"), "{stdout}");
+}

@@ -78,17 +78,19 @@ impl ActiveAlerts {
         };
         let mut out = Vec::with_capacity(alerts.len() + 1);
         for mut alert in alerts {
-            if alert.get("endsAt").is_none() {
-                if let Some(previous) = self
-                    .firing
-                    .get(alert_id(&alert))
-                    .filter(|p| p["labels"] != alert["labels"])
-                {
-                    let mut ended = previous.clone();
-                    ended["endsAt"] = json!(format_ms(now_ms));
-                    out.push(ended);
+            // Alertmanager refuses an end before the start (a device clock ahead of ours).
+            let starts_ms = starts_at_ms(&alert);
+            match alert.get("endsAt").and_then(Value::as_str).and_then(parse_ms) {
+                Some(ends_ms) => alert["endsAt"] = json!(format_ms(ends_ms.max(starts_ms))),
+                None => {
+                    let previous = self.firing.get(alert_id(&alert));
+                    if let Some(previous) = previous.filter(|p| p["labels"] != alert["labels"]) {
+                        let mut ended = previous.clone();
+                        ended["endsAt"] = json!(format_ms(now_ms.max(starts_at_ms(previous))));
+                        out.push(ended);
+                    }
+                    alert["endsAt"] = json!(self.valid_until(now_ms.max(starts_ms)));
                 }
-                alert["endsAt"] = json!(self.valid_until(now_ms));
             }
             out.push(alert);
         }
@@ -109,6 +111,15 @@ impl ActiveAlerts {
         }
     }
 
+    /// The receiver refused a spooled body: its alerts are not sent again.
+    pub(crate) fn forget(&mut self, spooled: &[u8]) {
+        if let Ok(Value::Array(alerts)) = serde_json::from_slice::<Value>(spooled) {
+            for alert in alerts {
+                self.firing.remove(alert_id(&alert));
+            }
+        }
+    }
+
     /// Takes over what fires after a recovery (the alerts an earlier run had sent).
     pub(crate) fn adopt(&mut self, firing: &[Warning]) {
         for warning in firing {
@@ -123,13 +134,12 @@ impl ActiveAlerts {
         if self.firing.is_empty() {
             return None;
         }
-        let ends = json!(self.valid_until(now_ms));
         let alerts: Vec<Value> = self
             .firing
             .values()
             .map(|alert| {
                 let mut alert = alert.clone();
-                alert["endsAt"] = ends.clone();
+                alert["endsAt"] = json!(self.valid_until(now_ms.max(starts_at_ms(&alert))));
                 alert
             })
             .collect();
@@ -141,6 +151,17 @@ impl ActiveAlerts {
         let ahead = self.interval.saturating_mul(VALID_FOR_INTERVALS).as_millis() as EpochMs;
         format_ms(now_ms.saturating_add(ahead))
     }
+}
+
+/// An alert's `startsAt` as epoch ms (0 when it has none).
+fn starts_at_ms(alert: &Value) -> EpochMs {
+    alert["startsAt"].as_str().and_then(parse_ms).unwrap_or(0)
+}
+
+fn parse_ms(text: &str) -> Option<EpochMs> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.timestamp_millis())
 }
 
 fn alert_id(alert: &Value) -> &str {
@@ -190,6 +211,35 @@ mod tests {
         assert_eq!(body[0]["endsAt"], "2026-01-15T00:10:00.000Z");
         active.delivered(&resolved("a1"));
         assert!(active.resend_body(NOW + 660_000).is_none());
+    }
+
+    #[test]
+    fn ends_never_come_before_starts() {
+        let active = ActiveAlerts::new(Duration::from_secs(60));
+        // A device clock ten minutes ahead: the firing's horizon and the resolve's end start
+        // from its startsAt.
+        let ahead = |ends: Option<&str>| {
+            let mut alert = json!({"labels": {"alertname": "gas"}, "annotations": {"alert_id": "a9"},
+                                   "startsAt": "2026-01-15T00:10:00.000Z"});
+            if let Some(ends) = ends {
+                alert["endsAt"] = json!(ends);
+            }
+            serde_json::to_vec(&json!([alert])).unwrap()
+        };
+        assert_eq!(
+            sent(active.prepare(&ahead(None), NOW))[0]["endsAt"],
+            "2026-01-15T00:14:00.000Z"
+        );
+        let resolved = sent(active.prepare(&ahead(Some("2026-01-15T00:01:00.000Z")), NOW));
+        assert_eq!(resolved[0]["endsAt"], "2026-01-15T00:10:00.000Z");
+    }
+
+    #[test]
+    fn a_refused_body_is_not_resent() {
+        let mut active = ActiveAlerts::new(Duration::from_secs(60));
+        active.delivered(&firing("a1", "red"));
+        active.forget(&resolved("a1"));
+        assert!(active.resend_body(NOW).is_none());
     }
 
     #[test]

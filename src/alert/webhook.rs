@@ -157,16 +157,29 @@ impl Delivery {
     fn run(mut self, woken: &Receiver<Wake>) {
         let mut backoff = MIN_BACKOFF;
         let mut deadline: Option<Instant> = None;
-        let mut next_resend = self.active.as_ref().map(|a| Instant::now() + a.interval());
+        // Alertmanager: when the active alerts go again (set once the first is delivered).
+        let mut next_resend: Option<Instant> = None;
         loop {
-            // Alertmanager: the active alerts go again when due (not while the receiver is
-            // failing: the spooled warning's retries find out when it is back).
-            if let (Some(at), Some(active)) = (next_resend, &self.active)
-                && backoff == MIN_BACKOFF
-                && Instant::now() >= at
-            {
-                next_resend = Some(Instant::now() + active.interval());
-                self.resend();
+            // Notices first (after a recovery, what fires), in order with the spool.
+            while let Ok(wake) = woken.try_recv() {
+                self.on_wake(wake, &mut deadline);
+            }
+            let interval = self
+                .active
+                .as_ref()
+                .filter(|a| !a.is_empty())
+                .map(ActiveAlerts::interval);
+            match (interval, next_resend) {
+                (None, _) => next_resend = None,
+                (Some(interval), None) => next_resend = Some(Instant::now() + interval),
+                // Due: sent again (not while draining at exit); a failure waits for the next.
+                (Some(interval), Some(at)) if Instant::now() >= at => {
+                    next_resend = Some(Instant::now() + interval);
+                    if deadline.is_none() {
+                        self.resend();
+                    }
+                }
+                (Some(_), Some(_)) => {}
             }
             let next = match self.spool.lock() {
                 Ok(spool) => spool.oldest(),
@@ -179,7 +192,7 @@ impl Delivery {
                         return;
                     }
                     // Idle: wait for a warning, or until the next re-send is due.
-                    let woke = match next_resend.filter(|_| self.active.as_ref().is_some_and(|a| !a.is_empty())) {
+                    let woke = match next_resend {
                         Some(at) => match woken.recv_deadline(at) {
                             Err(RecvTimeoutError::Timeout) => continue,
                             other => other.map_err(|_| ()),
@@ -211,6 +224,11 @@ impl Delivery {
                     self.done(&path, None);
                 }
                 Sent::Refused(status) => {
+                    backoff = MIN_BACKOFF;
+                    // Alertmanager: what it refused is not re-sent (it would be refused again).
+                    if let Some(active) = self.active.as_mut() {
+                        active.forget(&body);
+                    }
                     self.metrics.webhook_refused.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(status, file = %path.display(), "webhook: receiver refused a warning; kept in rejected/ (check webhook.url, webhook.format and the receiver's access rules)");
                     self.done(&path, Some(&self.rejected_dir));

@@ -331,14 +331,15 @@ async fn poll_loop(
                 metrics.mqtt_connected.store(true, Ordering::Relaxed);
                 takeover.connected(Instant::now());
                 match lost_at.take() {
-                    // While a takeover goes on, its report says it all.
-                    Some(_) if takeover.suspected() => {}
                     Some(at) => {
                         let outage = at.elapsed();
                         metrics
                             .mqtt_outage_ms
                             .fetch_add(outage.as_millis() as u64, Ordering::Relaxed);
-                        tracing::info!(broker = %source.url.host, outage_ms = outage.as_millis() as u64, "mqtt reconnected; resubscribing");
+                        // While a takeover goes on, its report says it all.
+                        if !takeover.suspected() {
+                            tracing::info!(broker = %source.url.host, outage_ms = outage.as_millis() as u64, "mqtt reconnected; resubscribing");
+                        }
                     }
                     None => {
                         tracing::info!(broker = %source.url.host, port = source.url.port, filters = ?source.filters, "mqtt connected")
@@ -436,7 +437,7 @@ async fn poll_loop(
                             broker = %source.url.host,
                             client_id = %source.config.client_id,
                             cuts,
-                            "mqtt: the broker keeps closing this connection right after accepting it: another client is connected with the same client id (a session takeover), and each connect throws the other off. Give every instance its own `[mqtt] client_id`, or leave it empty for a per-instance id (host and state dir); meanwhile cityops reconnects at most every {}s",
+                            "mqtt: the broker keeps closing this connection right after accepting it: most likely another client is connected with the same client id (a session takeover), and each connect throws the other off. Give every instance its own `[mqtt] client_id`, or leave it empty for a per-instance id; if no other client has this id, check the broker's log (an ACL or packet-size refusal closes connections too). Meanwhile reconnects back off up to {}s",
                             TAKEOVER_BACKOFF.as_secs()
                         );
                     }
@@ -445,6 +446,8 @@ async fn poll_loop(
                     lost_at = Some(Instant::now());
                     if !takeover.suspected() {
                         tracing::warn!(broker = %source.url.host, error = %e, "mqtt connection lost; reconnecting with backoff (check that the --mqtt broker is up and reachable and the mqtt credentials are right)");
+                    } else {
+                        tracing::debug!(broker = %source.url.host, error = %e, "mqtt connection lost during a suspected takeover");
                     }
                 }
                 tokio::time::sleep(backoff).await;

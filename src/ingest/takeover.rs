@@ -21,7 +21,9 @@ const STABLE_SESSION: Duration = Duration::from_secs(90);
 /// What a dropped connection looks like.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Dropped {
-    /// The connection had been up for a while, or never came up: an ordinary loss.
+    /// No connection had come up (the broker is down or refuses): keep backing off.
+    NotConnected,
+    /// The connection had been up for a while: an ordinary loss.
     Ordinary,
     /// Closed right after it was accepted, not (yet) often enough to say why.
     CutShort,
@@ -52,7 +54,7 @@ impl TakeoverWatch {
     /// The connection was lost at `now`.
     pub(crate) fn dropped(&mut self, now: Instant) -> Dropped {
         let Some(since) = self.connected_at.take() else {
-            return Dropped::Ordinary;
+            return Dropped::NotConnected;
         };
         let lasted = now.duration_since(since);
         if lasted >= STABLE_SESSION || (lasted >= SHORT_SESSION && !self.suspected()) {
@@ -124,10 +126,10 @@ mod tests {
     }
 
     #[test]
-    fn losses_without_an_accepted_connection_are_ordinary() {
+    fn failed_connects_are_not_connections() {
         let mut watch = TakeoverWatch::default();
         let now = Instant::now();
-        assert_eq!(watch.dropped(now), Dropped::Ordinary);
-        assert_eq!(watch.dropped(now + Duration::from_millis(10)), Dropped::Ordinary);
+        assert_eq!(watch.dropped(now), Dropped::NotConnected);
+        assert_eq!(watch.dropped(now + Duration::from_millis(10)), Dropped::NotConnected);
     }
 }

@@ -41,7 +41,7 @@ use tokio::sync::mpsc;
 
 mod restart;
 
-use restart::{last_arrivals, open_state, recover, resolutions_of_removed};
+use restart::{last_arrivals, open_state, recover, remember_client_id, resolutions_of_removed};
 
 use crate::alert::durable::Durable;
 use crate::alert::sink::{self, Notice, SinkConfig, SinkError};
@@ -211,6 +211,10 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
         .map_err(io("starting the rule runtime"))?;
     let (compiled, rule_warnings) = load_rules(config, &runtime)?;
     let state = options.state.as_ref().map(open_state).transpose()?;
+    // A live source's client id stays with the state directory (see `Config::settle_client_id`).
+    if let (Some(kept), Source::Mqtt(source)) = (&options.state, &options.fixture) {
+        remember_client_id(&kept.dir, &source.config.client_id).map_err(io("recording the client id"))?;
+    }
     let catalog = config.catalog();
     let engine = &config.engine;
     let metrics = options.metrics.clone().unwrap_or_else(|| Arc::new(Metrics::new()));

@@ -4,6 +4,7 @@
 //! beyond the rules still running (tables' last arrivals, resolutions of removed rules).
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -225,4 +226,14 @@ pub(super) fn resolutions_of_removed(removed: &RuleSnapshot, clock: DetectionClo
         .into_iter()
         .map(|t| Warning::from_transition(&info, t, metrics.now_ns()))
         .collect()
+}
+
+/// Writes the live source's client id into the state directory when it holds none yet, so
+/// the next start connects with the same id and finds its broker session.
+pub(super) fn remember_client_id(root: &Path, client_id: &str) -> std::io::Result<()> {
+    let path = root.join(crate::config::CLIENT_ID_FILE);
+    match path.exists() {
+        true => Ok(()),
+        false => checkpoint::write_durably(root, crate::config::CLIENT_ID_FILE, format!("{client_id}\n").as_bytes()),
+    }
 }

@@ -101,13 +101,31 @@ pub(crate) fn write_shipped_rules(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A new temporary directory holding the shipped rules, for one demo run.
-pub fn shipped_rules_dir() -> std::io::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("cityops-demo-rules-{}", std::process::id()));
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)?;
+/// A temporary directory holding the shipped rules for one demo run; removed when dropped.
+pub struct ShippedRulesDir {
+    path: PathBuf,
+}
+
+impl ShippedRulesDir {
+    pub fn path(&self) -> &Path {
+        &self.path
     }
-    write_shipped_rules(&dir)?;
+}
+
+impl Drop for ShippedRulesDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Writes the shipped rules into a new temporary directory.
+pub fn shipped_rules_dir() -> std::io::Result<ShippedRulesDir> {
+    let path = std::env::temp_dir().join(format!("cityops-demo-rules-{}", std::process::id()));
+    if path.exists() {
+        std::fs::remove_dir_all(&path)?;
+    }
+    let dir = ShippedRulesDir { path };
+    write_shipped_rules(&dir.path)?;
     Ok(dir)
 }
 

@@ -22,11 +22,11 @@ use super::leaf::{narrow_leaf, without_leaf_filter};
 use super::loader::RuleFile;
 use super::problem::Problem;
 use super::sql::{analyze, lint};
-use crate::alert::lifecycle::Policy;
+use crate::alert::lifecycle::{FireAfter, Policy};
 use crate::alert::warning::RuleInfo;
 use crate::config::EngineConfig;
 use crate::level::Level;
-use crate::schema::{Catalog, DEVICES, devices_schema};
+use crate::schema::{Catalog, DEVICES, WINDOW_END, WINDOW_START, devices_schema};
 use crate::window::{WindowSpec, Windowing};
 
 mod diagnostics;
@@ -219,6 +219,21 @@ pub async fn compile(
         (RuleKind::Session { .. }, Some(def)) => session_key(rule, &analyzed, def, &layout, &plan.schema(), start)?,
         _ => SessionKey::default(),
     };
+    // Keyed by its window, each session is one alert with one chance to breach.
+    if matches!(kind, RuleKind::Session { .. })
+        && layout
+            .key
+            .iter()
+            .any(|(name, _)| name == WINDOW_START || name == WINDOW_END)
+        && matches!(policy.fire_after, FireAfter::Windows(n) if n > 1)
+    {
+        return Err(vec![Problem::error(
+            path,
+            start.0,
+            start.1,
+            "a session rule keyed by its window judges each session once, so `for` cannot exceed 1",
+        )]);
+    }
 
     let watched = match kind {
         RuleKind::Devices => {
