@@ -176,6 +176,11 @@ impl Lifecycle {
         self.alerts.len()
     }
 
+    /// Every pending and firing alert's key.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &AlertKey> {
+        self.alerts.values().map(|alert| &alert.key)
+    }
+
     /// The alerts firing now, ordered by key.
     pub(crate) fn firing(&self) -> Vec<FiringAlert> {
         let mut firing: Vec<FiringAlert> = self

@@ -151,6 +151,21 @@ async fn judge_sessions(
             }
         }
         let one_alert_per_partition = partition.is_alert_key(&rule.layout);
+        // Keyed by window, a partition's earlier sessions are alerts of their own: found
+        // once per group (its sessions are of distinct partitions), not per session.
+        let mut earlier: HashMap<String, Vec<String>> = HashMap::new();
+        if !one_alert_per_partition {
+            for key in judge.lifecycle.keys() {
+                let fields = partition
+                    .in_alert_key
+                    .iter()
+                    .filter_map(|&i| key.fields.get(i).cloned());
+                earlier
+                    .entry(AlertKey::new(fields.collect()).id)
+                    .or_default()
+                    .push(key.id.clone());
+            }
+        }
         for (session, arrived_ns) in group {
             judge.health.evaluated(session.end);
             let window = Some((session.start, session.end));
@@ -174,20 +189,18 @@ async fn judge_sessions(
             };
             // A clean step for the partition's alerts this session did not breach: its own
             // alert, or (keyed by window) the alerts of its earlier sessions.
-            let cleaned = if one_alert_per_partition {
+            let cleaned: Vec<_> = if one_alert_per_partition {
                 match breached.is_empty() {
                     true => judge.lifecycle.clean(&session.key_id, step).into_iter().collect(),
                     false => Vec::new(),
                 }
             } else {
-                let in_partition = |key: &AlertKey| {
-                    let fields = partition
-                        .in_alert_key
-                        .iter()
-                        .filter_map(|&i| key.fields.get(i).cloned());
-                    AlertKey::new(fields.collect()).id == session.key_id
-                };
-                judge.lifecycle.clean_where(&breached, step, in_partition)
+                let mut ids = earlier.remove(&session.key_id).unwrap_or_default();
+                ids.sort();
+                ids.iter()
+                    .filter(|id| !breached.contains(*id))
+                    .filter_map(|id| judge.lifecycle.clean(id, step))
+                    .collect()
             };
             for transition in cleaned {
                 judge.emit(transition).await;
