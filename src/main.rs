@@ -71,7 +71,13 @@ fn init_logging(format: LogFormat) {
         .with_env_filter(filter);
     match format {
         LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Json => {
+            logs.json().flatten_event(true).with_current_span(false).init();
+            // A panic's message goes into the JSON log too, not as a plain line beside it.
+            std::panic::set_hook(Box::new(|info| {
+                tracing::error!(panic = %info, "a thread panicked (report this as a bug, with the log lines before it)");
+            }));
+        }
     }
 }
 
