@@ -118,26 +118,14 @@ impl RotatingFile {
             PathBuf::from(name)
         };
         if self.rotation.keep == 0 {
-            match std::fs::remove_file(&self.path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
+            unless_missing(std::fs::remove_file(&self.path))?;
         } else {
-            match std::fs::remove_file(numbered(self.rotation.keep)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
+            unless_missing(std::fs::remove_file(numbered(self.rotation.keep)))?;
             for n in (1..self.rotation.keep).rev() {
-                match std::fs::rename(numbered(n), numbered(n + 1)) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                    _ => {}
-                }
+                unless_missing(std::fs::rename(numbered(n), numbered(n + 1)))?;
             }
             // A live file someone moved away counts as rotated already.
-            match std::fs::rename(&self.path, numbered(1)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
+            unless_missing(std::fs::rename(&self.path, numbered(1)))?;
         }
         self.out = BufWriter::new(File::create(&self.path)?);
         self.size = 0;
@@ -192,6 +180,14 @@ impl LateRowsOut for LateLetters {
                 payload: row_json(&batch.batch, row),
             });
         }
+    }
+}
+
+/// Done, or there was nothing to do: the file was not there (never made, or moved away).
+fn unless_missing(done: std::io::Result<()>) -> std::io::Result<()> {
+    match done {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
     }
 }
 
