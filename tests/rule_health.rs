@@ -68,6 +68,10 @@ fn each_rule_counts_its_rows_evaluations_breaches_and_errors() {
     let rules = metrics.rules.snapshot();
     let names: Vec<&str> = rules.iter().map(|r| r.rule.as_str()).collect();
     assert_eq!(names, ["bad_level", "room_cold", "room_freezing"]);
+    // Every rule that evaluated has a cost, and the shares split the whole.
+    assert!(rules.iter().all(|r| r.eval_seconds > 0.0), "{rules:?}");
+    let shares: f64 = rules.iter().map(|r| r.cost_share).sum();
+    assert!((shares - 1.0).abs() < 1e-3, "{shares}");
     let [bad, cold, freezing]: [RuleHealthView; 3] = rules.try_into().unwrap();
 
     assert_eq!((cold.kind.as_str(), cold.table.as_str()), ("tumble", "heating"));

@@ -358,4 +358,12 @@ fn render_rules(out: &mut String, metrics: &Metrics) {
             let _ = writeln!(out, "{name}{{rule=\"{}\"}} {}", escape(&rule.rule), value(rule));
         }
     }
+    let name = "cityops_rule_eval_seconds_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Time spent evaluating each rule (its cost; divide by the sum for its share)\n# TYPE {name} counter"
+    );
+    for rule in &rules {
+        let _ = writeln!(out, "{name}{{rule=\"{}\"}} {}", escape(&rule.rule), rule.eval_seconds);
+    }
 }

@@ -1,6 +1,6 @@
 //! Per-rule health for the operations centre (`/api/rules`, the dashboard's rule table and
-//! `/metrics`): each rule's version, when it last evaluated, rows in, breaches, errors and
-//! the state it holds. Rule workers update their entry with relaxed atomics as they work;
+//! `/metrics`): each rule's version, when it last evaluated, rows in, breaches, errors, the
+//! state it holds, and what it costs (evaluation time, and its share of all rules'). Rule workers update their entry with relaxed atomics as they work;
 //! readers take a snapshot. An entry outlives a rule version: a new version takes over the
 //! counters of the old one, and a removed rule's entry goes away.
 
@@ -80,6 +80,8 @@ impl RuleHealth {
             } else {
                 (eval_ns as f64 / batches as f64 / 1e3 * 10.0).round() / 10.0
             },
+            eval_seconds: eval_ns as f64 / 1e9,
+            cost_share: 0.0,
         }
     }
 }
@@ -104,6 +106,11 @@ pub struct RuleHealthView {
     pub state_size: u64,
     pub alerts: u64,
     pub mean_batch_eval_us: f64,
+    /// Time spent evaluating this rule since it started.
+    pub eval_seconds: f64,
+    /// This rule's part of every rule's evaluation time (0 to 1): which rules a large rule
+    /// book spends its time on.
+    pub cost_share: f64,
 }
 
 /// Every rule's health, by rule id.
@@ -135,7 +142,14 @@ impl RuleBoard {
 
     /// Every rule's health now, by rule id.
     pub fn snapshot(&self) -> Vec<RuleHealthView> {
-        self.rules.lock().iter().map(|(id, h)| h.view(id)).collect()
+        let mut views: Vec<RuleHealthView> = self.rules.lock().iter().map(|(id, h)| h.view(id)).collect();
+        let total: f64 = views.iter().map(|v| v.eval_seconds).sum();
+        if total > 0.0 {
+            for view in &mut views {
+                view.cost_share = (view.eval_seconds / total * 1e4).round() / 1e4;
+            }
+        }
+        views
     }
 }
 
@@ -162,5 +176,28 @@ mod tests {
         assert!(view.last_evaluation.is_some());
         board.remove("gas_leak");
         assert!(board.snapshot().is_empty());
+    }
+
+    #[test]
+    fn each_rule_gets_its_share_of_the_evaluation_time() {
+        let board = RuleBoard::default();
+        let cheap = board.register("cheap", "v", "row", "gas", "");
+        let dear = board.register("dear", "v", "tumble", "water", "");
+        board.register("idle", "v", "tumble", "water", "");
+        cheap.eval_ns.fetch_add(250_000_000, Ordering::Relaxed);
+        dear.eval_ns.fetch_add(750_000_000, Ordering::Relaxed);
+        let shares: Vec<(String, f64, f64)> = board
+            .snapshot()
+            .into_iter()
+            .map(|v| (v.rule, v.eval_seconds, v.cost_share))
+            .collect();
+        assert_eq!(
+            shares,
+            [
+                ("cheap".to_string(), 0.25, 0.25),
+                ("dear".to_string(), 0.75, 0.75),
+                ("idle".to_string(), 0.0, 0.0)
+            ]
+        );
     }
 }
