@@ -15,7 +15,7 @@ use super::warning::{Warning, WarningStatus};
 use crate::time::{EpochMs, format_ms};
 
 /// A firing alert stays active this many re-send intervals past its last send.
-pub(crate) const VALID_FOR_INTERVALS: u32 = 4;
+const VALID_FOR_INTERVALS: u32 = 4;
 
 /// One alert in Alertmanager's `POST /api/v2/alerts` shape (a one-alert array). A firing
 /// alert has no `endsAt` here: it is set when the alert is sent ([`ActiveAlerts::prepare`]).
