@@ -23,6 +23,7 @@ decode_threads = 0         # 0 = one per core, at most one per table
 max_payload_bytes = 65536  # larger payloads are dead-lettered as `oversized`
 max_future = "1d"          # ts further ahead of the wall clock are `ts_out_of_range`
 rule_memory_limit_mb = 256 # memory one rule's evaluations may hold
+share_windows = true       # window rules with the same table, window, WHERE and aggregation share one (a rule family); false: each aggregates alone
 
 [topics]
 pattern = "city/{district}/{table}/{device_id}"
@@ -125,6 +126,9 @@ pub struct EngineConfig {
     pub max_payload_bytes: usize,
     pub max_future: DurationMs,
     pub rule_memory_limit_mb: usize,
+    /// Window rules with the same table, window, lateness, WHERE and aggregation share
+    /// their windows and aggregation (`rules::compile::family`).
+    pub share_windows: bool,
 }
 
 impl Default for EngineConfig {
@@ -140,6 +144,7 @@ impl Default for EngineConfig {
             max_payload_bytes: 65_536,
             max_future: DurationMs(86_400_000),
             rule_memory_limit_mb: 256,
+            share_windows: true,
         }
     }
 }

@@ -191,7 +191,7 @@ pub(crate) enum TableEvent {
     },
 }
 
-/// Per table, the queues of the rules reading it. Decode workers hold their tables' part; a
+/// Per table, the queues of the rule units reading it. Decode workers hold their tables' part; a
 /// reload hands them a new fan-out in-band (`Ingest::Reroute`), so the switch from a rule's
 /// old version to its new one falls at one exact point of each table's stream.
 #[derive(Debug, Clone)]
@@ -209,8 +209,9 @@ impl RuleFanout {
         }
     }
 
-    /// Adds a rule's queue to the tables it reads.
-    pub(crate) fn add(&mut self, rule: &str, tables: &[usize], queue: &mpsc::Sender<TableEvent>) {
+    /// Adds the queue of a unit (`rules`: one rule, or a window family) to the tables it
+    /// reads.
+    pub(crate) fn add(&mut self, rules: &[&str], tables: &[usize], queue: &mpsc::Sender<TableEvent>) {
         for &table in tables {
             if let Some(queues) = self.by_table.get_mut(table) {
                 queues.push(queue.clone());
@@ -218,9 +219,9 @@ impl RuleFanout {
         }
         // A rule that reads no table gets no cut, so a checkpoint must not wait for it.
         if !tables.is_empty() {
-            let mut rules = self.rules.to_vec();
-            rules.push(rule.to_string());
-            self.rules = Arc::from(rules);
+            let mut all = self.rules.to_vec();
+            all.extend(rules.iter().map(|r| r.to_string()));
+            self.rules = Arc::from(all);
         }
     }
 

@@ -65,7 +65,7 @@ pub use ingest::replay::Speed;
 pub use level::Level;
 pub use metrics::{Metrics, RuleHealthView};
 pub use rules::bundled::{SHIPPED_RULES, ShippedRulesDir, shipped_rules_dir};
-pub use rules::compile::{EngineColumns, compile};
+pub use rules::compile::{EngineColumns, RuleKind, compile};
 pub use rules::loader::parse_rule;
 pub use rules::problem::{Problem, Severity};
 pub use rules::reload::{ReloadReport, Swap};

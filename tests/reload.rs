@@ -295,3 +295,73 @@ fn a_removed_rule_resolves_its_firing_alerts_and_an_added_rule_starts() {
         ]
     );
 }
+
+/// `READINGS` with another name and threshold: the same aggregation (`count(*)` per meter
+/// and hour), so the same window family.
+fn counting(description: &str, at_least: u32) -> String {
+    READINGS
+        .replace("Every pressure meter reported 8 times in the hour", description)
+        .replace("count(*) >= 8", &format!("count(*) >= {at_least}"))
+}
+
+/// Rules sharing one aggregation (a window family) are reloaded one by one: a member whose
+/// threshold changes keeps judging the family's open window, a rule joining the family
+/// judges it too (it holds every reading), and a member whose aggregation changes leaves
+/// and judges only windows that start after it did. Every member that judges the hour
+/// window counts all 8 readings of each meter.
+#[test]
+fn a_window_family_keeps_its_open_windows_across_reloads_of_its_members() {
+    let s = Scenario::new();
+    s.rule("readings", READINGS)
+        .rule("retuned", &counting("Retuned", 100))
+        .rule("leaving", &counting("Leaving", 1));
+    let queries = s.path("queries");
+    let (source, reports, run) = start(&s);
+
+    phase(&source, 0);
+    save(&queries, "retuned", &counting("Retuned", 6));
+    let retuned = next_report(&reports);
+    phase(&source, 1);
+    save(&queries, "joined", &counting("Joined", 8));
+    let joined = next_report(&reports);
+    phase(&source, 2);
+    let peak = READINGS
+        .replace("count(*) AS readings", "max(pressure_mpa) AS readings")
+        .replace("count(*) >= 8", "max(pressure_mpa) > 0");
+    save(&queries, "leaving", &peak);
+    let left = next_report(&reports);
+    phase(&source, 3);
+    drop(source);
+    let outcome = run.join().expect("the pipeline thread ends");
+
+    for (report, id) in [(&retuned, "retuned"), (&joined, "joined"), (&left, "leaving")] {
+        assert_eq!(
+            report.swapped.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+            vec![id]
+        );
+    }
+    let counts = |rule: &str| -> Vec<(String, serde_json::Value)> {
+        let mut counts: Vec<_> = outcome
+            .warnings
+            .iter()
+            .filter(|w| w.rule == rule)
+            .map(|w| {
+                (
+                    w.key["device_id"].as_str().unwrap().to_string(),
+                    w.values["readings"].clone(),
+                )
+            })
+            .collect();
+        counts.sort_by(|a, b| a.0.cmp(&b.0));
+        counts
+    };
+    let all_eight = vec![("d1".to_string(), json!(8)), ("d2".to_string(), json!(8))];
+    assert_eq!(counts("readings"), all_eight, "the unchanged member");
+    assert_eq!(counts("retuned"), all_eight, "the member whose threshold changed");
+    assert_eq!(counts("joined"), all_eight, "the rule that joined the family");
+    // Its first version would have fired at the window's close; its second computes
+    // another aggregation, and the hour began before it did.
+    assert_eq!(counts("leaving"), Vec::new(), "the member that left");
+    assert_eq!(outcome.summary.rules_reloaded, 3);
+    assert_eq!(outcome.summary.rule_errors, 0);
+}

@@ -64,8 +64,14 @@ fn scaled(text: &str, factor: f64) -> String {
 
 /// The warnings of every rule in `dir` over the demo city, by rule, in emission order.
 fn warnings_by_rule(dir: &Path, dead_letters: &Path) -> BTreeMap<String, Vec<Value>> {
+    warnings_with(dir, dead_letters, true)
+}
+
+/// The same, with window rules sharing their aggregations (rule families) or not.
+fn warnings_with(dir: &Path, dead_letters: &Path, share_windows: bool) -> BTreeMap<String, Vec<Value>> {
     let mut config = Config::default();
     config.rules.dir = dir.to_path_buf();
+    config.engine.share_windows = share_windows;
     let outcome = common::run_with(config, Source::Demo, dead_letters);
     let mut by_rule: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for warning in &outcome.warnings {
@@ -125,6 +131,79 @@ fn each_threshold_variant_gives_the_warnings_it_gives_alone() {
             by_itself.get(id),
             "{id} warns differently beside the other variants"
         );
+    }
+}
+
+/// Every shipped rule's SQL (not the rule tests'), by its path under `queries/`.
+fn shipped_rules() -> Vec<(String, String)> {
+    let queries = Path::new(env!("CARGO_MANIFEST_DIR")).join("queries");
+    let mut rules = Vec::new();
+    for dir in std::fs::read_dir(&queries).unwrap() {
+        let dir = dir.unwrap().path();
+        if !dir.is_dir() || dir.ends_with("tests") {
+            continue;
+        }
+        for file in std::fs::read_dir(&dir).unwrap() {
+            let file = file.unwrap().path();
+            if file.extension().is_some_and(|e| e == "sql") {
+                let stem = file.file_stem().unwrap().to_string_lossy().to_string();
+                rules.push((stem, std::fs::read_to_string(&file).unwrap()));
+            }
+        }
+    }
+    rules.sort();
+    rules
+}
+
+/// 200 rules, each shipped rule in 10 variants: run as families they warn exactly as when
+/// each aggregates alone (`engine.share_windows = false`, the way every rule ran before
+/// families). That the rules really form families is checked on their compiled plans.
+#[test]
+fn two_hundred_variants_warn_alike_in_families_and_alone() {
+    let s = common::Scenario::new();
+    let book = s.path("book200");
+    std::fs::create_dir_all(&book).unwrap();
+    let shipped = shipped_rules();
+    assert_eq!(shipped.len(), 20, "the shipped rule book changed");
+    let mut families = std::collections::BTreeSet::new();
+    let (mut window_rules, mut ids) = (0, Vec::new());
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    for (stem, text) in &shipped {
+        for k in 0..10 {
+            let id = format!("{stem}_v{k}");
+            let path = book.join(format!("{id}.sql"));
+            std::fs::write(&path, scaled(text, 0.5 + k as f64 * 0.15)).unwrap();
+            let file = cityops::parse_rule(&path, std::fs::read_to_string(&path).unwrap()).unwrap();
+            let (rule, _) = runtime
+                .block_on(cityops::compile(
+                    &file,
+                    &cityops::Catalog::builtin(),
+                    &Default::default(),
+                ))
+                .unwrap();
+            if matches!(rule.kind, cityops::RuleKind::Window(_)) {
+                window_rules += 1;
+                families.insert(
+                    rule.family
+                        .clone()
+                        .expect("a shipped window rule splits at its aggregation"),
+                );
+            }
+            ids.push(id);
+        }
+    }
+    // Variants differ only in thresholds, and two pairs of shipped rules read the same
+    // averages (room temperature high and low, chlorine high and low): 17 shipped window
+    // rules make 15 families.
+    assert_eq!(window_rules, 170);
+    assert_eq!(families.len(), 15, "families of the 170 window rules");
+
+    let shared = warnings_with(&book, &s.path("dead-shared.jsonl"), true);
+    let alone = warnings_with(&book, &s.path("dead-alone.jsonl"), false);
+    let warned = ids.iter().filter(|id| shared.contains_key(*id)).count();
+    assert!(warned >= 40, "only {warned} of the 200 variants warn on the demo");
+    for id in &ids {
+        assert_eq!(shared.get(id), alone.get(id), "{id} warns differently in its family");
     }
 }
 

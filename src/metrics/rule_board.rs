@@ -40,6 +40,8 @@ pub struct RuleHealth {
     pub alerts: AtomicU64,
     /// Time spent evaluating, for the mean per batch.
     pub eval_ns: AtomicU64,
+    /// How many rules share this rule's windows and aggregation, itself included.
+    pub family_size: AtomicU64,
 }
 
 impl RuleHealth {
@@ -82,6 +84,7 @@ impl RuleHealth {
             },
             eval_seconds: eval_ns as f64 / 1e9,
             cost_share: 0.0,
+            family_size: self.family_size.load(Ordering::Relaxed).max(1),
         }
     }
 }
@@ -109,8 +112,11 @@ pub struct RuleHealthView {
     /// Time spent evaluating this rule since it started.
     pub eval_seconds: f64,
     /// This rule's part of every rule's evaluation time (0 to 1): which rules a large rule
-    /// book spends its time on.
+    /// book spends its time on. A family's members share its time evenly.
     pub cost_share: f64,
+    /// How many rules share this rule's windows and aggregation (a window family), itself
+    /// included: 1 when it runs alone.
+    pub family_size: u64,
 }
 
 /// Every rule's health, by rule id.

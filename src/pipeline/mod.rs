@@ -24,7 +24,7 @@
 //! | `mqtt-clock` (live only) | `ingest::mqtt::subscribe` | the MQTT loop ends | `subscribe` (scoped) |
 //! | `wal` (with state) | `restart::recover` | every `Intake` sender is dropped, after the source | `run`, right after the source |
 //! | `decode-N` | `run` | `Ingest::End` from the handoff | `run`, first after the source |
-//! | `rules` (tokio workers; one task per rule) | `RuleSet::start` | every input table sent `TableEvent::End` | `RuleSet::finish` |
+//! | `rules` (tokio workers; one task per rule unit) | `RuleSet::apply` | every input table sent `TableEvent::End` | `RuleSet::finish` |
 //! | `rule-reload` | `Watcher::start` | `Watcher::stop`, right after the source ends | `Watcher::stop` |
 //! | `sinks` | `sink::start` | every `Warning` sender is dropped | `SinkHandle::finish` |
 //! | `mqtt-warnings`, `webhook` (when configured) | `sink::open` | their sink is closed | `Sink::close` |
@@ -302,7 +302,7 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
             let _ = warnings_tx.blocking_send(Notice::Warning(warning));
         }
     }
-    let fanout = rule_set.fanout();
+    let fanout = rule_set.apply();
     let rule_set = Arc::new(Mutex::new(rule_set));
     drop(warnings_tx);
     drop(results_tx);

@@ -159,7 +159,7 @@ impl Reloader {
             return Ok(None);
         }
         if !report.swapped.is_empty() {
-            (self.publish)(Arc::new(rules.fanout()))?;
+            (self.publish)(Arc::new(rules.apply()))?;
         }
         report.versions = rules.versions();
         drop(rules);

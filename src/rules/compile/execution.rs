@@ -1,7 +1,9 @@
 //! Running a compiled rule, on the evaluation path: which rows of a table batch pass its
 //! WHERE clause ahead of the plan (`passing`), the narrowed batch its plan reads with the
-//! engine's columns appended (`input_of`, `EngineColumns`), and one execution of the plan
-//! over a stream of such batches (`execute`, `stream_of`).
+//! engine's columns appended (`input_of`, `EngineColumns`), one execution of the plan
+//! over a stream of such batches (`execute`, `stream_of`), and, for a plan split at its
+//! aggregation, the rule's own part over a closed window's aggregation result
+//! (`finish_window`).
 
 use std::sync::Arc;
 
@@ -11,6 +13,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::take;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::common::collect;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 
 use super::CompiledRule;
@@ -39,6 +42,27 @@ impl CompiledRule {
             )));
         }
         output
+    }
+
+    /// A closed window's result rows from what the plan fed by `execute` gave: the upper
+    /// part of a split plan run over that aggregation result, else the rows themselves.
+    pub async fn finish_window(&self, aggregated: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, DataFusionError> {
+        let Some(upper) = &self.upper else {
+            return Ok(aggregated);
+        };
+        upper.feed.bind(Box::pin(RecordBatchStreamAdapter::new(
+            self.plan.schema(),
+            futures::stream::iter(aggregated.into_iter().map(Ok)),
+        )));
+        let output = upper.plan.execute(0, Arc::clone(&self.task_ctx));
+        if upper.feed.is_bound() {
+            upper.feed.unbind();
+            return Err(DataFusionError::Internal(format!(
+                "rule {} did not bind its aggregation result during execute",
+                self.id
+            )));
+        }
+        collect(output?).await
     }
 
     /// Which rows of a table batch pass the rule's WHERE clause (a null counts as failing);
@@ -161,14 +185,16 @@ mod tests {
         RecordBatch::try_new(Arc::clone(&def.schema), columns).unwrap()
     }
 
+    /// Filters in the rule's plan, both parts when it was split.
     fn filters_in(rule: &CompiledRule) -> usize {
         let mut filters = 0;
-        rule.plan
-            .apply(|node| {
+        for plan in std::iter::once(&rule.plan).chain(rule.upper.as_ref().map(|u| &u.plan)) {
+            plan.apply(|node| {
                 filters += usize::from(node.downcast_ref::<FilterExec>().is_some());
                 Ok(TreeNodeRecursion::Continue)
             })
             .unwrap();
+        }
         filters
     }
 

@@ -31,6 +31,7 @@ use crate::window::{WindowSpec, Windowing};
 
 mod diagnostics;
 mod execution;
+mod family;
 mod layout;
 mod policy;
 mod sandbox;
@@ -39,6 +40,7 @@ pub use execution::EngineColumns;
 pub(crate) use layout::{OutputLayout, SessionKey};
 
 use diagnostics::{df_problem, unknown_table};
+use family::{FamilyTraits, UpperPlan, split_at_aggregate};
 use layout::{output_layout, session_key};
 use policy::lifecycle_policy;
 use sandbox::{feed_schema, plan_logical, sandboxed_session};
@@ -93,7 +95,13 @@ pub struct CompiledRule {
     pub session_key: SessionKey,
     /// FNV-1a of the rule's text, to tell versions apart.
     pub version: String,
+    /// Window rules whose plans split at their aggregation: the fingerprint of the lower
+    /// part, equal for the rules that can share it (`compile::family`).
+    pub family: Option<String>,
+    /// The plan the worker feeds: the whole plan, or the lower part of a split one.
     plan: Arc<dyn ExecutionPlan>,
+    /// A split plan's upper part, run over a closed window's aggregation result.
+    upper: Option<UpperPlan>,
     feed: Arc<Feed>,
     task_ctx: Arc<TaskContext>,
     /// The rule's WHERE clause over the table's own columns, when the plan filters right
@@ -235,6 +243,28 @@ pub async fn compile(
         )]);
     }
 
+    // A window rule's aggregation can be shared by the rules computing the same one.
+    let lateness_ms = header.lateness_ms.unwrap_or(engine.lateness.0);
+    let split = match kind {
+        RuleKind::Window(_) if engine.share_windows => split_at_aggregate(&plan),
+        _ => None,
+    };
+    let (plan, upper, family) = match (kind, split) {
+        (RuleKind::Window(spec), Some(split)) => {
+            let traits = FamilyTraits {
+                table: &analyzed.table,
+                spec,
+                lateness_ms,
+                prefilter: prefilter.as_ref(),
+                input_columns: &input_columns,
+                lower: &split.lower,
+            };
+            let family = traits.fingerprint();
+            (split.lower, Some(split.upper), Some(family))
+        }
+        _ => (plan, None, None),
+    };
+
     let watched = match kind {
         RuleKind::Devices => {
             let names: Vec<String> = catalog.tables().iter().map(|t| t.name.clone()).collect();
@@ -255,12 +285,14 @@ pub async fn compile(
         kind,
         level: header.level,
         policy,
-        lateness_ms: header.lateness_ms.unwrap_or(engine.lateness.0),
+        lateness_ms,
         feed_schema,
         layout,
         session_key,
         version: rule.version(),
+        family,
         plan,
+        upper,
         feed,
         task_ctx: ctx.task_ctx(),
         prefilter,
@@ -274,5 +306,6 @@ pub async fn compile(
 /// Runs the plan once over no rows, so a rule that cannot execute fails at load time.
 async fn smoke_test(rule: &CompiledRule) -> Result<(), DataFusionError> {
     let stream = rule.execute(rule.stream_of(Vec::new()))?;
-    datafusion::physical_plan::common::collect(stream).await.map(|_| ())
+    let output = datafusion::physical_plan::common::collect(stream).await?;
+    rule.finish_window(output).await.map(|_| ())
 }

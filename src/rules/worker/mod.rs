@@ -1,13 +1,15 @@
-//! Evaluating one rule over its table's batches, as one task per rule (rules run in
-//! parallel). A `RuleWorker` is two halves: the state its kind of rule keeps between
-//! batches (`KindState`, one variant per kind) and what every kind shares (`Judge`: the
-//! rule, its alert lifecycle, the pipeline's channels). Each kind's file owns its state and
-//! its handlers for a batch, an idle tick and the end of input:
+//! Evaluating rules over their table's batches, as one task per unit (units run in
+//! parallel). A unit is one rule, or a window family: rules that share one aggregation
+//! (`compile::family`). A `RuleWorker` is two halves: the state its kind of rule keeps
+//! between batches (`KindState`, one variant per kind) and, per rule of the unit, what
+//! every kind shares (`Judge`: the rule, its alert lifecycle, the pipeline's channels).
+//! Taking over from a previous unit and from a checkpoint is in `handover`. Each kind's
+//! file owns its state and its handlers for a batch, an idle tick and the end of input:
 //! - `rows`: row rules evaluate each batch and step the lifecycle row by row in arrival
 //!   order;
 //! - `windows`: window rules route each batch's rows to their open windows, whose plan
 //!   executions are fed as rows arrive; when the watermark passes a window's end its
-//!   stream is ended and its result rows are ready within a millisecond;
+//!   stream is ended and each rule of the family judges its own result rows from it;
 //! - `sessions`: session rules gather rows per key into sessions, judged when they close;
 //! - `snapshots`: `devices` rules judge a snapshot of each table's devices each minute.
 //!
@@ -24,19 +26,21 @@ use datafusion::arrow::datatypes::TimestampMillisecondType;
 use tokio::sync::mpsc;
 
 use super::compile::{CompiledRule, RuleKind};
-use crate::alert::lifecycle::{CleanStep, FiringAlert, Lifecycle};
+use crate::alert::lifecycle::FiringAlert;
 use crate::alert::sink::Notice;
-use crate::flow::{Cut, TableEvent};
+use crate::flow::{Cut, TableBatch, TableEvent};
 use crate::metrics::{LocalLatency, MERGE_EVERY, Metrics, Stage};
 use crate::state::snapshot::{JudgeFromSnapshot, KindSnapshot, RuleSnapshot};
-use crate::time::{EpochMs, wall_now_ms};
+use crate::time::EpochMs;
 
+mod handover;
 mod judge;
 mod rows;
 mod sessions;
 mod snapshots;
 mod windows;
 
+pub(crate) use handover::Handover;
 use judge::{Judge, JudgeFrom};
 use rows::RowState;
 use sessions::SessionState;
@@ -132,10 +136,12 @@ impl KindState {
     }
 }
 
-/// The evaluation state of one rule.
+/// The evaluation state of one unit: one rule, or a window family.
 pub(crate) struct RuleWorker {
     state: KindState,
-    judge: Judge,
+    /// The unit's rules: one, or a family's members, which share `state` and judge each
+    /// closed window by themselves.
+    judges: Vec<Judge>,
     /// Time spent evaluating each batch.
     eval_latency: LocalLatency,
     /// Max `ts` of the rows seen (stamps the resolutions of a retired rule).
@@ -156,18 +162,20 @@ struct PendingCut {
 }
 
 impl RuleWorker {
-    pub(crate) fn new(rule: Arc<CompiledRule>, ctx: WorkerContext) -> Self {
-        let state = KindState::new(&rule, &ctx);
-        let health = ctx.metrics.rules.register(
-            &rule.id,
-            &rule.version,
-            rule.kind.name(),
-            &rule.info.table,
-            &rule.info.description,
-        );
+    /// A unit of `rules`: one rule, or the members of one window family.
+    pub(crate) fn new(rules: Vec<Arc<CompiledRule>>, ctx: WorkerContext) -> Self {
+        let state = match rules.first() {
+            Some(rule) => KindState::new(rule, &ctx),
+            None => KindState::Row(RowState),
+        };
+        let family_size = rules.len() as u64;
+        let judges: Vec<Judge> = rules.into_iter().map(|rule| judge_of(rule, ctx.clone())).collect();
+        for judge in &judges {
+            judge.health.family_size.store(family_size, Ordering::Relaxed);
+        }
         RuleWorker {
             state,
-            judge: Judge::new(rule, ctx, health),
+            judges,
             eval_latency: LocalLatency::new(),
             last_event_ms: None,
             last_merge: Instant::now(),
@@ -175,77 +183,35 @@ impl RuleWorker {
         }
     }
 
-    /// The rule's whole state at a checkpoint's cut.
-    fn snapshot(&mut self, last_arrivals: Vec<(usize, Option<EpochMs>)>) -> RuleSnapshot {
-        let judge = &self.judge;
-        RuleSnapshot {
-            rule: judge.rule.id.clone(),
-            version: judge.rule.version.clone(),
-            table: judge.rule.info.table.clone(),
-            description: judge.rule.info.description.clone(),
-            key_columns: key_names(judge),
-            errors: judge.errors,
-            last_event_ms: self.last_event_ms,
-            judge_from: match judge.judge_from {
-                JudgeFrom::Start => JudgeFromSnapshot::Start,
-                JudgeFrom::FirstRow => JudgeFromSnapshot::FirstRow,
-                JudgeFrom::Ts(ts) => JudgeFromSnapshot::Ts(ts),
-            },
-            alerts: judge.lifecycle.snapshot(),
-            last_arrivals,
-            kind: match &mut self.state {
-                KindState::Row(_) => KindSnapshot::Row,
-                KindState::Window(windows) => KindSnapshot::Window(windows.snapshot()),
-                KindState::Session(sessions) => KindSnapshot::Session(sessions.snapshot()),
-                KindState::Devices(devices) => KindSnapshot::Devices(devices.snapshot()),
-            },
-        }
-    }
-
-    /// Takes back this rule's state from a checkpoint. A rule whose text changed while
-    /// cityops was down is treated as a hot reload: it starts with fresh windows and
-    /// sessions (judging only windows that start after its first row), takes over the
-    /// alerts when it keys them by the same columns and otherwise resolves them; a
-    /// `devices` rule keeps its devices either way.
-    pub(crate) async fn restore(&mut self, saved: RuleSnapshot) {
-        let unchanged = saved.version == self.judge.rule.version;
-        self.judge.errors = saved.errors;
-        self.last_event_ms = saved.last_event_ms;
-        if saved.key_columns == key_names(&self.judge) {
-            self.judge.lifecycle.restore(saved.alerts);
-        } else {
-            let mut old = Lifecycle::new(&self.judge.rule.id, self.judge.rule.policy);
-            old.restore(saved.alerts);
-            let event_ms = saved.last_event_ms.unwrap_or_else(wall_now_ms);
-            let step = CleanStep {
-                window: None,
-                detected_ms: self.judge.detected(event_ms),
-                arrived_ns: self.judge.ctx.metrics.now_ns(),
-            };
-            for t in old.retire(step) {
-                self.judge.emit(t).await;
-            }
-        }
-        if !unchanged {
-            tracing::info!(rule = %saved.rule, "the rule changed while cityops was down: it starts with fresh windows");
-            self.judge.judge_from = JudgeFrom::FirstRow;
-            if let (KindState::Devices(devices), KindSnapshot::Devices(saved)) = (&mut self.state, saved.kind) {
-                devices.restore(saved);
-            }
-            return;
-        }
-        self.judge.judge_from = match saved.judge_from {
-            JudgeFromSnapshot::Start => JudgeFrom::Start,
-            JudgeFromSnapshot::FirstRow => JudgeFrom::FirstRow,
-            JudgeFromSnapshot::Ts(ts) => JudgeFrom::Ts(ts),
+    /// Each rule's whole state at a checkpoint's cut (a family's members share the
+    /// windows part).
+    fn snapshots(&mut self, last_arrivals: Vec<(usize, Option<EpochMs>)>) -> Vec<RuleSnapshot> {
+        let kind = match &mut self.state {
+            KindState::Row(_) => KindSnapshot::Row,
+            KindState::Window(windows) => KindSnapshot::Window(windows.snapshot()),
+            KindState::Session(sessions) => KindSnapshot::Session(sessions.snapshot()),
+            KindState::Devices(devices) => KindSnapshot::Devices(devices.snapshot()),
         };
-        match (&mut self.state, saved.kind) {
-            (KindState::Window(windows), KindSnapshot::Window(saved)) => windows.restore(saved),
-            (KindState::Session(sessions), KindSnapshot::Session(saved)) => sessions.restore(saved),
-            (KindState::Devices(devices), KindSnapshot::Devices(saved)) => devices.restore(saved),
-            _ => {}
-        }
-        self.note_state();
+        self.judges
+            .iter()
+            .map(|judge| RuleSnapshot {
+                rule: judge.rule.id.clone(),
+                version: judge.rule.version.clone(),
+                table: judge.rule.info.table.clone(),
+                description: judge.rule.info.description.clone(),
+                key_columns: key_names(judge),
+                errors: judge.errors,
+                last_event_ms: self.last_event_ms,
+                judge_from: match judge.judge_from {
+                    JudgeFrom::Start => JudgeFromSnapshot::Start,
+                    JudgeFrom::FirstRow => JudgeFromSnapshot::FirstRow,
+                    JudgeFrom::Ts(ts) => JudgeFromSnapshot::Ts(ts),
+                },
+                alerts: judge.lifecycle.snapshot(),
+                last_arrivals: last_arrivals.clone(),
+                kind: kind.clone(),
+            })
+            .collect()
     }
 
     /// A checkpoint's cut came from one input table; once it came from all of them, the
@@ -257,7 +223,7 @@ impl RuleWorker {
         });
         pending.seen += 1;
         pending.arrivals.push((table, last_arrival_ms));
-        if pending.seen < self.judge.ctx.inputs {
+        if pending.seen < self.inputs() {
             return;
         }
         let arrivals = self
@@ -265,72 +231,52 @@ impl RuleWorker {
             .remove(&cut.checkpoint)
             .map(|p| p.arrivals)
             .unwrap_or_default();
-        let snapshot = Box::new(self.snapshot(arrivals));
-        let _ = self
-            .judge
-            .ctx
-            .warnings
-            .send(Notice::Snapshot { cut, rules, snapshot })
-            .await;
-    }
-
-    /// Takes over from this rule's previous version, which has drained its input: its
-    /// alerts (when both key alerts by the same columns; otherwise the old alerts are
-    /// resolved), its error count and, for `devices` rules, the devices' last-seen times.
-    /// Window and session state is not carried: the plan changed, so this version judges
-    /// only windows that start after it took over.
-    pub(crate) async fn take_over(&mut self, mut previous: RuleWorker) {
-        if key_names(&self.judge) == key_names(&previous.judge) {
-            let old = &mut previous.judge;
-            let fresh = Lifecycle::new(&old.rule.id, old.rule.policy);
-            self.judge.lifecycle.adopt(std::mem::replace(&mut old.lifecycle, fresh));
-        } else {
-            previous.retire().await;
-        }
-        self.judge.errors += previous.judge.errors;
-        self.judge.last_error = previous.judge.last_error.take();
-        self.last_event_ms = previous.last_event_ms;
-        if matches!(self.state, KindState::Devices(_)) && matches!(previous.state, KindState::Devices(_)) {
-            self.state = previous.state;
-        }
-        self.judge.judge_from = JudgeFrom::FirstRow;
-    }
-
-    /// Resolves every firing alert: the rule was removed (or replaced by a version that
-    /// keys its alerts differently).
-    pub(crate) async fn retire(&mut self) {
-        let event_ms = self.last_event_ms.unwrap_or_else(wall_now_ms);
-        let judge = &mut self.judge;
-        let step = CleanStep {
-            window: None,
-            detected_ms: judge.detected(event_ms),
-            arrived_ns: judge.ctx.metrics.now_ns(),
+        let Some(warnings) = self.judges.first().map(|judge| judge.ctx.warnings.clone()) else {
+            return;
         };
-        for t in judge.lifecycle.retire(step) {
-            judge.emit(t).await;
+        for snapshot in self.snapshots(arrivals) {
+            let snapshot = Box::new(snapshot);
+            let rules = Arc::clone(&rules);
+            let _ = warnings.send(Notice::Snapshot { cut, rules, snapshot }).await;
         }
-        self.merge_histograms(true);
     }
 
     /// Merges the local latency histograms into the shared ones: when `now`, or when the
     /// last merge is `MERGE_EVERY` old.
     fn merge_histograms(&mut self, now: bool) {
         if now || self.last_merge.elapsed() >= MERGE_EVERY {
-            let metrics = &self.judge.ctx.metrics;
+            let Some(metrics) = self.judges.first().map(|judge| Arc::clone(&judge.ctx.metrics)) else {
+                return;
+            };
             metrics.merge(Stage::RuleEval, &mut self.eval_latency);
-            metrics.merge(Stage::Detection, &mut self.judge.detection_latency);
+            for judge in &mut self.judges {
+                metrics.merge(Stage::Detection, &mut judge.detection_latency);
+            }
             self.last_merge = Instant::now();
         }
     }
 
-    /// What the rule reports at the end of a run.
-    pub(crate) fn report(&self) -> RuleReport {
-        RuleReport {
-            rule: self.judge.rule.id.clone(),
-            firing: self.judge.lifecycle.firing(),
-            errors: self.judge.errors,
-            last_error: self.judge.last_error.clone(),
-        }
+    /// What each rule of the unit reports at the end of a run.
+    pub(crate) fn reports(&self) -> Vec<RuleReport> {
+        self.judges
+            .iter()
+            .map(|judge| RuleReport {
+                rule: judge.rule.id.clone(),
+                firing: judge.lifecycle.firing(),
+                errors: judge.errors,
+                last_error: judge.last_error.clone(),
+            })
+            .collect()
+    }
+
+    /// How many tables feed the unit: it stops after an End from each.
+    fn inputs(&self) -> usize {
+        self.judges.first().map_or(1, |judge| judge.ctx.inputs)
+    }
+
+    /// Whether the end of input closes and judges every open window and session.
+    fn close_at_end(&self) -> bool {
+        self.judges.first().is_some_and(|judge| judge.ctx.close_at_end)
     }
 
     /// Notes the event time of a batch's rows.
@@ -340,22 +286,79 @@ impl RuleWorker {
             return;
         };
         self.last_event_ms = self.last_event_ms.max(Some(max));
-        if self.judge.judge_from == JudgeFrom::FirstRow {
-            self.judge.judge_from = JudgeFrom::Ts(min);
+        for judge in &mut self.judges {
+            if judge.judge_from == JudgeFrom::FirstRow {
+                judge.judge_from = JudgeFrom::Ts(min);
+            }
+        }
+    }
+
+    /// Evaluates one batch with the unit's kind of state.
+    async fn on_batch(&mut self, batch: &TableBatch) {
+        if let KindState::Window(windows) = &mut self.state {
+            // A family's failure to evaluate is each member's.
+            if let Err(e) = windows.on_batch(&mut self.judges, batch).await {
+                self.judges.iter_mut().for_each(|judge| judge.fail(&e));
+            }
+            return;
+        }
+        let Some(judge) = self.judges.first_mut() else { return };
+        let result = match &mut self.state {
+            KindState::Row(rows) => rows.on_batch(judge, batch).await,
+            KindState::Session(sessions) => sessions.on_batch(judge, batch).await,
+            KindState::Devices(devices) => devices.on_batch(judge, batch).await,
+            KindState::Window(_) => Ok(()),
+        };
+        if let Err(e) = result {
+            judge.fail(&e);
+        }
+    }
+
+    /// The table was idle until `now_ms`: event time may advance.
+    async fn on_idle(&mut self, table: usize, now_ms: EpochMs, last_arrival_ms: EpochMs, arrived_ns: u64) {
+        if let KindState::Window(windows) = &mut self.state {
+            windows
+                .on_idle(&mut self.judges, now_ms, last_arrival_ms, arrived_ns)
+                .await;
+            return;
+        }
+        let Some(judge) = self.judges.first_mut() else { return };
+        match &mut self.state {
+            KindState::Row(_) | KindState::Window(_) => {}
+            KindState::Session(sessions) => sessions.on_idle(judge, now_ms, last_arrival_ms, arrived_ns).await,
+            KindState::Devices(devices) => {
+                devices.on_idle(judge, table, now_ms, last_arrival_ms, arrived_ns).await;
+            }
+        }
+    }
+
+    /// The input ended: a replay closes and judges what is open.
+    async fn on_end(&mut self, arrived_ns: u64) {
+        if !self.close_at_end() {
+            return;
+        }
+        match &mut self.state {
+            KindState::Window(windows) => windows.on_end(&mut self.judges, arrived_ns).await,
+            KindState::Session(sessions) => {
+                if let Some(judge) = self.judges.first_mut() {
+                    sessions.on_end(judge, arrived_ns).await;
+                }
+            }
+            KindState::Row(_) | KindState::Devices(_) => {}
         }
     }
 
     /// Consumes the table's events until the end of input (or until its queue is dropped,
-    /// when a new version takes over); hands the worker back for `take_over` or `report`.
+    /// when a new unit takes over); hands the worker back for `hand_over` or `reports`.
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<TableEvent>) -> RuleWorker {
         let mut ends = 0;
         while let Some(event) = rx.recv().await {
             match event {
                 TableEvent::Batch(batch) if batch.rebuild => {
                     if let KindState::Window(windows) = &mut self.state
-                        && let Err(e) = windows.refill(&mut self.judge, &batch)
+                        && let Err(e) = windows.refill(&mut self.judges, &batch)
                     {
-                        self.judge.fail(&e);
+                        self.judges.iter_mut().for_each(|judge| judge.fail(&e));
                     }
                 }
                 TableEvent::Barrier {
@@ -367,16 +370,7 @@ impl RuleWorker {
                 TableEvent::Batch(batch) => {
                     let started = Instant::now();
                     self.observe_times(&batch.batch);
-                    let judge = &mut self.judge;
-                    let result = match &mut self.state {
-                        KindState::Row(rows) => rows.on_batch(judge, &batch).await,
-                        KindState::Window(windows) => windows.on_batch(judge, &batch).await,
-                        KindState::Session(sessions) => sessions.on_batch(judge, &batch).await,
-                        KindState::Devices(devices) => devices.on_batch(judge, &batch).await,
-                    };
-                    if let Err(e) = result {
-                        self.judge.fail(&e);
-                    }
+                    self.on_batch(&batch).await;
                     let took_ns = started.elapsed().as_nanos().max(1) as u64;
                     self.eval_latency.record(took_ns);
                     self.note_batch(batch.batch.num_rows(), took_ns);
@@ -387,33 +381,13 @@ impl RuleWorker {
                     now_ms,
                     last_arrival_ms,
                     arrived_ns,
-                } => {
-                    let judge = &mut self.judge;
-                    match &mut self.state {
-                        KindState::Row(_) => {}
-                        KindState::Window(windows) => {
-                            windows.on_idle(judge, now_ms, last_arrival_ms, arrived_ns).await;
-                        }
-                        KindState::Session(sessions) => {
-                            sessions.on_idle(judge, now_ms, last_arrival_ms, arrived_ns).await;
-                        }
-                        KindState::Devices(devices) => {
-                            devices.on_idle(judge, table, now_ms, last_arrival_ms, arrived_ns).await;
-                        }
-                    }
-                }
+                } => self.on_idle(table, now_ms, last_arrival_ms, arrived_ns).await,
                 TableEvent::End { arrived_ns } => {
                     ends += 1;
-                    if ends < self.judge.ctx.inputs {
+                    if ends < self.inputs() {
                         continue;
                     }
-                    let judge = &mut self.judge;
-                    match &mut self.state {
-                        _ if !judge.ctx.close_at_end => {}
-                        KindState::Row(_) | KindState::Devices(_) => {}
-                        KindState::Window(windows) => windows.on_end(judge, arrived_ns).await,
-                        KindState::Session(sessions) => sessions.on_end(judge, arrived_ns).await,
-                    }
+                    self.on_end(arrived_ns).await;
                     self.note_state();
                     break;
                 }
@@ -423,21 +397,43 @@ impl RuleWorker {
         self
     }
 
-    /// Publishes the rule's counters after a batch.
+    /// Publishes each rule's counters after a batch; a family's members share its
+    /// evaluation time evenly.
     fn note_batch(&self, rows: usize, took_ns: u64) {
-        let health = &self.judge.health;
-        health.rows_in.fetch_add(rows as u64, Ordering::Relaxed);
-        health.batches.fetch_add(1, Ordering::Relaxed);
-        health.eval_ns.fetch_add(took_ns, Ordering::Relaxed);
+        let share_ns = took_ns / self.judges.len().max(1) as u64;
+        for judge in &self.judges {
+            let health = &judge.health;
+            health.rows_in.fetch_add(rows as u64, Ordering::Relaxed);
+            health.batches.fetch_add(1, Ordering::Relaxed);
+            health.eval_ns.fetch_add(share_ns.max(1), Ordering::Relaxed);
+        }
         self.note_state();
     }
 
-    /// Publishes the state the rule holds now and its live alerts.
+    /// Publishes the state each rule holds now and its live alerts.
     fn note_state(&self) {
-        let health = &self.judge.health;
-        health.state_size.store(self.state.size() as u64, Ordering::Relaxed);
-        health
-            .alerts
-            .store(self.judge.lifecycle.len() as u64, Ordering::Relaxed);
+        let size = self.state.size() as u64;
+        for judge in &self.judges {
+            judge.health.state_size.store(size, Ordering::Relaxed);
+            judge
+                .health
+                .alerts
+                .store(judge.lifecycle.len() as u64, Ordering::Relaxed);
+        }
     }
+}
+
+/// A rule's judge, registered on the rule board under its id.
+fn judge_of(rule: Arc<CompiledRule>, mut ctx: WorkerContext) -> Judge {
+    ctx.table_name = rule.info.table.clone();
+    // A `devices` rule may watch several tables and ends after an End from each.
+    ctx.inputs = rule.watched.len();
+    let health = ctx.metrics.rules.register(
+        &rule.id,
+        &rule.version,
+        rule.kind.name(),
+        &rule.info.table,
+        &rule.info.description,
+    );
+    Judge::new(rule, ctx, health)
 }

@@ -1,7 +1,10 @@
-//! Epoch-aligned window rules (tumble, hop, cumulate): each batch's rows that pass the
-//! rule's WHERE clause are routed to their open windows, whose plan executions are fed as
-//! rows arrive and driven on the rule's own task; when the watermark passes a window's end
-//! its stream is ended and its rows judged.
+//! Epoch-aligned window rules (tumble, hop, cumulate), run as families (`compile::family`):
+//! each batch's rows that pass the family's WHERE clause are routed to their open windows,
+//! whose plan executions (the family's shared aggregation) are fed as rows arrive and
+//! driven on the family's own task; when the watermark passes a window's end its stream is
+//! ended and each member rule judges the aggregation's result by its own HAVING, level and
+//! projection. A rule whose plan does not split is a family of one, judging its plan's
+//! rows as they are.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
@@ -28,7 +31,7 @@ use crate::state::snapshot::{OpenWindowSnapshot, WindowsSnapshot};
 use crate::time::EpochMs;
 use crate::window::{WindowClock, WindowSpec, idle_event_ms};
 
-/// A window rule's state: its windows' clock and the windows open now.
+/// A window family's state: its windows' clock and the windows open now.
 pub(super) struct WindowState {
     clock: WindowClock,
     /// Open windows by end (each end has one window).
@@ -96,13 +99,14 @@ impl WindowState {
     /// refilling: a row goes to each of those windows holding its `ts` (when it passes the
     /// WHERE clause), exactly as the run before the crash fed it, since none of those
     /// windows had closed. Nothing else moves: the clock and the alerts are the checkpoint's.
-    pub(super) fn refill(&mut self, judge: &mut Judge, input: &TableBatch) -> Result<(), DataFusionError> {
+    pub(super) fn refill(&mut self, judges: &mut [Judge], input: &TableBatch) -> Result<(), DataFusionError> {
+        let Some(leader) = judges.first() else { return Ok(()) };
         if self.refilling.is_empty() {
             return Ok(());
         }
         let batch = &input.batch;
         let ts = batch.column(0).as_primitive::<TimestampMillisecondType>();
-        let passing = judge.rule.passing(batch)?;
+        let passing = leader.rule.passing(batch)?;
         let spec = self.clock.spec();
         let mut rows_of: BTreeMap<EpochMs, Vec<u32>> = BTreeMap::new();
         for (i, &t) in ts.values().iter().enumerate() {
@@ -115,13 +119,13 @@ impl WindowState {
         }
         for (end, rows) in rows_of {
             let (start, end) = spec.window_ending_at(end);
-            if !judge.judge_from.covers(start, 0) {
+            if !covered(judges, start) {
                 continue;
             }
             let Some(window) = self.open.get_mut(&end) else {
                 continue;
             };
-            window.feed_rows(&judge.rule, batch, rows, (start, end))?;
+            window.feed_rows(&leader.rule, batch, rows, (start, end))?;
         }
         Ok(())
     }
@@ -133,13 +137,15 @@ impl WindowState {
 
     /// Routes a batch's passing rows to their windows and feeds them; judges the windows
     /// the batch's event time closed.
-    pub(super) async fn on_batch(&mut self, judge: &mut Judge, input: &TableBatch) -> Result<(), DataFusionError> {
+    pub(super) async fn on_batch(&mut self, judges: &mut [Judge], input: &TableBatch) -> Result<(), DataFusionError> {
+        let Some(leader) = judges.first() else { return Ok(()) };
+        let rule = Arc::clone(&leader.rule);
         // Recovery has refilled the windows: from here on the stream is live.
         self.refilling.clear();
         let batch = &input.batch;
         let ts = batch.column(0).as_primitive::<TimestampMillisecondType>();
         // Rows failing the WHERE clause still move event time, but are fed to no window.
-        let passing = judge.rule.passing(batch)?;
+        let passing = rule.passing(batch)?;
         let routing = match &passing {
             Some(mask) => self.clock.route_kept(ts.values(), |r| mask.value(r)),
             None => self.clock.route(ts.values()),
@@ -150,8 +156,8 @@ impl WindowState {
 
         for (end, rows) in routing.windows {
             let (start, _) = spec.window_ending_at(end);
-            if !judge.judge_from.covers(start, 0) {
-                // Began before this version took over: its predecessor saw the first rows.
+            if !covered(judges, start) {
+                // Began before any member took over: its predecessors saw the first rows.
                 continue;
             }
             let window = self.open.entry(end).or_insert(OpenWindow::Idle);
@@ -159,15 +165,17 @@ impl WindowState {
                 continue;
             }
             self.first_seqs.entry(end).or_insert(input.first_seq);
-            window.feed_rows(&judge.rule, batch, rows, spec.window_ending_at(end))?;
+            window.feed_rows(&rule, batch, rows, spec.window_ending_at(end))?;
         }
-        judge.dead_letter_late(input, &routing.late);
+        for judge in judges.iter() {
+            judge.dead_letter_late(input, &routing.late);
+        }
         for advance in routing.advances {
             let arrived_ns = advance
                 .row
                 .map(|r| input.arrivals_ns[r])
-                .unwrap_or_else(|| judge.ctx.metrics.now_ns());
-            self.judge_through(judge, advance.boundary, advance.event_ms, arrived_ns)
+                .unwrap_or_else(|| pipeline_now_ns(judges));
+            self.judge_through(judges, advance.boundary, advance.event_ms, arrived_ns)
                 .await;
         }
         Ok(())
@@ -176,7 +184,7 @@ impl WindowState {
     /// The table is idle: event time is taken to advance with the clock since its last row.
     pub(super) async fn on_idle(
         &mut self,
-        judge: &mut Judge,
+        judges: &mut [Judge],
         now_ms: EpochMs,
         last_arrival_ms: EpochMs,
         arrived_ns: u64,
@@ -186,25 +194,25 @@ impl WindowState {
             .clock
             .advance_to(idle_event_ms(row_max_ts, now_ms, last_arrival_ms))
         {
-            self.judge_through(judge, advance.boundary, advance.event_ms, arrived_ns)
+            self.judge_through(judges, advance.boundary, advance.event_ms, arrived_ns)
                 .await;
         }
     }
 
     /// The input ended: every open window is closed and judged.
-    pub(super) async fn on_end(&mut self, judge: &mut Judge, arrived_ns: u64) {
+    pub(super) async fn on_end(&mut self, judges: &mut [Judge], arrived_ns: u64) {
         let spec = self.clock.spec();
         let max_ts = self.clock.max_ts().unwrap_or_default();
         let open = std::mem::take(&mut self.open);
         for (end, window) in open {
             let (start, end) = spec.window_ending_at(end);
-            window.close(judge, start, end, max_ts, arrived_ns).await;
+            window.close(judges, start, end, max_ts, arrived_ns).await;
         }
     }
 
     /// Closes and judges every window ending in (judged_through, boundary], in order.
     /// Windows without rows are clean steps for every live alert.
-    async fn judge_through(&mut self, judge: &mut Judge, boundary: EpochMs, event_ms: EpochMs, arrived_ns: u64) {
+    async fn judge_through(&mut self, judges: &mut [Judge], boundary: EpochMs, event_ms: EpochMs, arrived_ns: u64) {
         let spec = self.clock.spec();
         let step = spec.step_ms();
         let from = self
@@ -214,7 +222,8 @@ impl WindowState {
             .min(boundary);
         self.judged_through = Some(boundary);
         // Beyond `resolve_after` empty windows nothing more can change; skip long silences.
-        let mut empty_budget = judge.rule.policy.resolve_after as usize;
+        let resolve_after = |judge: &Judge| judge.rule.policy.resolve_after as usize;
+        let mut empty_budgets: Vec<usize> = judges.iter().map(resolve_after).collect();
         let ends: Vec<EpochMs> = if (boundary - from) / step <= 100_000 {
             self.clock.ends_between(from, boundary).collect()
         } else {
@@ -222,29 +231,40 @@ impl WindowState {
         };
         for end in ends {
             let (start, end) = spec.window_ending_at(end);
-            if !judge.judge_from.covers(start, 0) {
+            if let Some(window) = self.open.remove(&end) {
+                for (budget, judge) in empty_budgets.iter_mut().zip(judges.iter()) {
+                    *budget = resolve_after(judge);
+                }
+                window.close(judges, start, end, event_ms, arrived_ns).await;
                 continue;
             }
-            match self.open.remove(&end) {
-                Some(window) => {
-                    empty_budget = judge.rule.policy.resolve_after as usize;
-                    window.close(judge, start, end, event_ms, arrived_ns).await;
+            for (budget, judge) in empty_budgets.iter_mut().zip(judges.iter_mut()) {
+                if !judge.judge_from.covers(start, 0) || judge.lifecycle.is_empty() || *budget == 0 {
+                    continue;
                 }
-                None if !judge.lifecycle.is_empty() && empty_budget > 0 => {
-                    empty_budget -= 1;
-                    let step = CleanStep {
-                        window: Some((start, end)),
-                        detected_ms: judge.detected(event_ms),
-                        arrived_ns,
-                    };
-                    for t in judge.lifecycle.clean_all_except(&HashSet::new(), step) {
-                        judge.emit(t).await;
-                    }
+                *budget -= 1;
+                let step = CleanStep {
+                    window: Some((start, end)),
+                    detected_ms: judge.detected(event_ms),
+                    arrived_ns,
+                };
+                for t in judge.lifecycle.clean_all_except(&HashSet::new(), step) {
+                    judge.emit(t).await;
                 }
-                None => {}
             }
         }
     }
+}
+
+/// Whether some member of the family judges a window starting at `start` (the window is
+/// fed only then).
+fn covered(judges: &[Judge], start: EpochMs) -> bool {
+    judges.iter().any(|judge| judge.judge_from.covers(start, 0))
+}
+
+/// The pipeline's clock now (ns since its start).
+fn pipeline_now_ns(judges: &[Judge]) -> u64 {
+    judges.first().map_or(0, |judge| judge.ctx.metrics.now_ns())
 }
 
 type WindowRun = Pin<Box<dyn Future<Output = Result<Vec<RecordBatch>, DataFusionError>> + Send>>;
@@ -317,47 +337,66 @@ impl OpenWindow {
         }
     }
 
-    /// Ends the window's input, waits for its result rows and steps the lifecycle.
-    async fn close(self, judge: &mut Judge, start: EpochMs, end: EpochMs, event_ms: EpochMs, arrived_ns: u64) {
+    /// Ends the window's input, waits for its aggregation and has each member that
+    /// judges the window step its lifecycle with its own result rows.
+    async fn close(self, judges: &mut [Judge], start: EpochMs, end: EpochMs, event_ms: EpochMs, arrived_ns: u64) {
         let started = Instant::now();
-        let output = match self.finish().await {
-            Ok(batches) => batches,
-            Err(e) => {
-                judge.fail(&e);
-                return;
+        let aggregated = self.finish().await;
+        for judge in judges.iter_mut().filter(|judge| judge.judge_from.covers(start, 0)) {
+            let output = match &aggregated {
+                Ok(batches) => judge.rule.finish_window(batches.clone()).await,
+                Err(e) => {
+                    judge.fail(e);
+                    continue;
+                }
+            };
+            match output {
+                Ok(output) => judge_window(judge, &output, (start, end), event_ms, arrived_ns).await,
+                Err(e) => judge.fail(&e),
             }
-        };
-        judge.ctx.metrics.windows_closed.fetch_add(1, Ordering::Relaxed);
-        judge.health.evaluated(end);
-        judge
-            .ctx
-            .metrics
-            .record(Stage::WindowClose, started.elapsed().as_nanos() as u64);
-        let all_rows = output
-            .iter()
-            .enumerate()
-            .flat_map(|(b, out)| (0..out.num_rows()).map(move |r| (b, r)));
-        judge.capture(start, end, all_rows, &output);
-        let detected_ms = judge.detected(event_ms);
-        let mut breached = HashSet::new();
-        for out in &output {
-            for r in 0..out.num_rows() {
-                let found = Found {
-                    window: Some((start, end)),
-                    event_ms: start,
-                    detected_ms,
-                    arrived_ns,
-                };
-                breached.insert(judge.breach_row(out, r, found).await);
-            }
+            judge
+                .ctx
+                .metrics
+                .record(Stage::WindowClose, started.elapsed().as_nanos() as u64);
         }
-        let step = CleanStep {
-            window: Some((start, end)),
-            detected_ms,
-            arrived_ns,
-        };
-        for t in judge.lifecycle.clean_all_except(&breached, step) {
-            judge.emit(t).await;
+    }
+}
+
+/// Steps a member's lifecycle with a closed window's result rows: a breach per row, a
+/// clean step for every other live alert.
+async fn judge_window(
+    judge: &mut Judge,
+    output: &[RecordBatch],
+    (start, end): (EpochMs, EpochMs),
+    event_ms: EpochMs,
+    arrived_ns: u64,
+) {
+    judge.ctx.metrics.windows_closed.fetch_add(1, Ordering::Relaxed);
+    judge.health.evaluated(end);
+    let all_rows = output
+        .iter()
+        .enumerate()
+        .flat_map(|(b, out)| (0..out.num_rows()).map(move |r| (b, r)));
+    judge.capture(start, end, all_rows, output);
+    let detected_ms = judge.detected(event_ms);
+    let mut breached = HashSet::new();
+    for out in output {
+        for r in 0..out.num_rows() {
+            let found = Found {
+                window: Some((start, end)),
+                event_ms: start,
+                detected_ms,
+                arrived_ns,
+            };
+            breached.insert(judge.breach_row(out, r, found).await);
         }
+    }
+    let step = CleanStep {
+        window: Some((start, end)),
+        detected_ms,
+        arrived_ns,
+    };
+    for t in judge.lifecycle.clean_all_except(&breached, step) {
+        judge.emit(t).await;
     }
 }
