@@ -23,7 +23,7 @@ decode_threads = 0         # 0 = one per core, at most one per table
 max_payload_bytes = 65536  # larger payloads are dead-lettered as `oversized`
 max_future = "1d"          # ts further ahead of the wall clock are `ts_out_of_range`
 rule_memory_limit_mb = 256 # memory one rule's evaluations may hold
-share_windows = true       # window rules with the same table, window, WHERE and aggregation share one (a rule family); false: each aggregates alone
+rule_families = true       # rules that can share run as one family: window rules with the same table, window, WHERE and aggregation share it; devices rules watching the same tables share the watch. false: each rule runs alone
 
 [topics]
 pattern = "city/{district}/{table}/{device_id}"
@@ -126,9 +126,10 @@ pub struct EngineConfig {
     pub max_payload_bytes: usize,
     pub max_future: DurationMs,
     pub rule_memory_limit_mb: usize,
-    /// Window rules with the same table, window, lateness, WHERE and aggregation share
-    /// their windows and aggregation (`rules::compile::family`).
-    pub share_windows: bool,
+    /// Rules that can share run as one family: window rules with the same table, window,
+    /// lateness, WHERE and aggregation share their windows and aggregation
+    /// (`rules::compile::family`); `devices` rules watching the same tables share the watch.
+    pub rule_families: bool,
 }
 
 impl Default for EngineConfig {
@@ -144,7 +145,7 @@ impl Default for EngineConfig {
             max_payload_bytes: 65_536,
             max_future: DurationMs(86_400_000),
             rule_memory_limit_mb: 256,
-            share_windows: true,
+            rule_families: true,
         }
     }
 }

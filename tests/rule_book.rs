@@ -67,11 +67,11 @@ fn warnings_by_rule(dir: &Path, dead_letters: &Path) -> BTreeMap<String, Vec<Val
     warnings_with(dir, dead_letters, true)
 }
 
-/// The same, with window rules sharing their aggregations (rule families) or not.
-fn warnings_with(dir: &Path, dead_letters: &Path, share_windows: bool) -> BTreeMap<String, Vec<Value>> {
+/// The same, with rules sharing what they can (rule families) or not.
+fn warnings_with(dir: &Path, dead_letters: &Path, rule_families: bool) -> BTreeMap<String, Vec<Value>> {
     let mut config = Config::default();
     config.rules.dir = dir.to_path_buf();
-    config.engine.share_windows = share_windows;
+    config.engine.rule_families = rule_families;
     let outcome = common::run_with(config, Source::Demo, dead_letters);
     let mut by_rule: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for warning in &outcome.warnings {
@@ -156,7 +156,7 @@ fn shipped_rules() -> Vec<(String, String)> {
 }
 
 /// 200 rules, each shipped rule in 10 variants: run as families they warn exactly as when
-/// each aggregates alone (`engine.share_windows = false`, the way every rule ran before
+/// each aggregates alone (`engine.rule_families = false`, the way every rule ran before
 /// families). That the rules really form families is checked on their compiled plans.
 #[test]
 fn two_hundred_variants_warn_alike_in_families_and_alone() {
@@ -165,7 +165,7 @@ fn two_hundred_variants_warn_alike_in_families_and_alone() {
     std::fs::create_dir_all(&book).unwrap();
     let shipped = shipped_rules();
     assert_eq!(shipped.len(), 20, "the shipped rule book changed");
-    let mut families = std::collections::BTreeSet::new();
+    let (mut families, mut watches) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
     let (mut window_rules, mut ids) = (0, Vec::new());
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     for (stem, text) in &shipped {
@@ -181,13 +181,19 @@ fn two_hundred_variants_warn_alike_in_families_and_alone() {
                     &Default::default(),
                 ))
                 .unwrap();
-            if matches!(rule.kind, cityops::RuleKind::Window(_)) {
-                window_rules += 1;
-                families.insert(
-                    rule.family
-                        .clone()
-                        .expect("a shipped window rule splits at its aggregation"),
-                );
+            match rule.kind {
+                cityops::RuleKind::Window(_) => {
+                    window_rules += 1;
+                    families.insert(
+                        rule.family
+                            .clone()
+                            .expect("a shipped window rule splits at its aggregation"),
+                    );
+                }
+                cityops::RuleKind::Devices => {
+                    watches.insert(rule.family.clone().expect("a devices rule shares its watch"));
+                }
+                _ => {}
             }
             ids.push(id);
         }
@@ -197,6 +203,8 @@ fn two_hundred_variants_warn_alike_in_families_and_alone() {
     // rules make 15 families.
     assert_eq!(window_rules, 170);
     assert_eq!(families.len(), 15, "families of the 170 window rules");
+    // The ten variants of `station_silent` watch the heating table, with one watch.
+    assert_eq!(watches.len(), 1);
 
     let shared = warnings_with(&book, &s.path("dead-shared.jsonl"), true);
     let alone = warnings_with(&book, &s.path("dead-alone.jsonl"), false);

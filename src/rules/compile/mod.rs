@@ -95,8 +95,9 @@ pub struct CompiledRule {
     pub session_key: SessionKey,
     /// FNV-1a of the rule's text, to tell versions apart.
     pub version: String,
-    /// Window rules whose plans split at their aggregation: the fingerprint of the lower
-    /// part, equal for the rules that can share it (`compile::family`).
+    /// The family the rule runs in, when it can share: for window rules whose plans split
+    /// at their aggregation, the fingerprint of the lower part (`compile::family`); for
+    /// `devices` rules, the tables they watch.
     pub family: Option<String>,
     /// The plan the worker feeds: the whole plan, or the lower part of a split one.
     plan: Arc<dyn ExecutionPlan>,
@@ -246,7 +247,7 @@ pub async fn compile(
     // A window rule's aggregation can be shared by the rules computing the same one.
     let lateness_ms = header.lateness_ms.unwrap_or(engine.lateness.0);
     let split = match kind {
-        RuleKind::Window(_) if engine.share_windows => split_at_aggregate(&plan),
+        RuleKind::Window(_) if engine.rule_families => split_at_aggregate(&plan),
         _ => None,
     };
     let (plan, upper, family) = match (kind, split) {
@@ -271,6 +272,11 @@ pub async fn compile(
             super::watched::watched_tables(&logical, &names)
         }
         _ => vec![table],
+    };
+    // `devices` rules watching the same tables share one watch of their devices.
+    let family = match kind {
+        RuleKind::Devices if engine.rule_families => Some(format!("devices of tables {watched:?}")),
+        _ => family,
     };
     let compiled = CompiledRule {
         id: rule.id.clone(),

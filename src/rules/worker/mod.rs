@@ -295,9 +295,14 @@ impl RuleWorker {
 
     /// Evaluates one batch with the unit's kind of state.
     async fn on_batch(&mut self, batch: &TableBatch) {
-        if let KindState::Window(windows) = &mut self.state {
-            // A family's failure to evaluate is each member's.
-            if let Err(e) = windows.on_batch(&mut self.judges, batch).await {
+        // Families: a failure to evaluate their shared state is each member's.
+        let shared = match &mut self.state {
+            KindState::Window(windows) => Some(windows.on_batch(&mut self.judges, batch).await),
+            KindState::Devices(devices) => Some(devices.on_batch(&mut self.judges, batch).await),
+            KindState::Row(_) | KindState::Session(_) => None,
+        };
+        if let Some(result) = shared {
+            if let Err(e) = result {
                 self.judges.iter_mut().for_each(|judge| judge.fail(&e));
             }
             return;
@@ -306,8 +311,7 @@ impl RuleWorker {
         let result = match &mut self.state {
             KindState::Row(rows) => rows.on_batch(judge, batch).await,
             KindState::Session(sessions) => sessions.on_batch(judge, batch).await,
-            KindState::Devices(devices) => devices.on_batch(judge, batch).await,
-            KindState::Window(_) => Ok(()),
+            KindState::Window(_) | KindState::Devices(_) => Ok(()),
         };
         if let Err(e) = result {
             judge.fail(&e);
@@ -316,18 +320,19 @@ impl RuleWorker {
 
     /// The table was idle until `now_ms`: event time may advance.
     async fn on_idle(&mut self, table: usize, now_ms: EpochMs, last_arrival_ms: EpochMs, arrived_ns: u64) {
-        if let KindState::Window(windows) = &mut self.state {
-            windows
-                .on_idle(&mut self.judges, now_ms, last_arrival_ms, arrived_ns)
-                .await;
-            return;
-        }
-        let Some(judge) = self.judges.first_mut() else { return };
+        let judges = &mut self.judges;
         match &mut self.state {
-            KindState::Row(_) | KindState::Window(_) => {}
-            KindState::Session(sessions) => sessions.on_idle(judge, now_ms, last_arrival_ms, arrived_ns).await,
+            KindState::Row(_) => {}
+            KindState::Window(windows) => windows.on_idle(judges, now_ms, last_arrival_ms, arrived_ns).await,
             KindState::Devices(devices) => {
-                devices.on_idle(judge, table, now_ms, last_arrival_ms, arrived_ns).await;
+                devices
+                    .on_idle(judges, table, now_ms, last_arrival_ms, arrived_ns)
+                    .await;
+            }
+            KindState::Session(sessions) => {
+                if let Some(judge) = judges.first_mut() {
+                    sessions.on_idle(judge, now_ms, last_arrival_ms, arrived_ns).await;
+                }
             }
         }
     }

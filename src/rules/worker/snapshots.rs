@@ -1,5 +1,6 @@
 //! `devices` rules: each table's device snapshot is judged when that table's event time
-//! passes a minute (`rules::devices`).
+//! passes a minute (`rules::devices`). The `devices` rules watching the same tables form a
+//! family sharing one watch; each judges every snapshot with its own plan.
 
 use std::collections::HashSet;
 
@@ -14,8 +15,8 @@ use crate::schema::TABLE_NAME;
 use crate::state::snapshot::DevicesSnapshot;
 use crate::time::EpochMs;
 
-/// A `devices` rule's state: the devices seen on each watched table and when. A new
-/// version of the rule takes it over (`RuleWorker::take_over`).
+/// A `devices` family's state: the devices seen on each watched table and when. A new
+/// version of the family takes it over (`RuleWorker::take_over`).
 pub(super) struct DevicesState {
     watch: DeviceWatch,
 }
@@ -42,13 +43,20 @@ impl DevicesState {
         self.watch.watched()
     }
 
-    /// Notes a batch's devices; judges the snapshots the batch's event time made due.
-    pub(super) async fn on_batch(&mut self, judge: &mut Judge, input: &TableBatch) -> Result<(), DataFusionError> {
+    /// Notes a batch's devices; each member judges the snapshots the batch's event time
+    /// made due.
+    pub(super) async fn on_batch(&mut self, judges: &mut [Judge], input: &TableBatch) -> Result<(), DataFusionError> {
         let due = self.watch.observe(input)?;
-        let now_ns = judge.ctx.metrics.now_ns();
         for snapshot in due {
-            let arrived_ns = snapshot.row.map(|r| input.arrivals_ns[r]).unwrap_or(now_ns);
-            judge_snapshot(judge, snapshot, arrived_ns).await?;
+            for judge in judges.iter_mut() {
+                let arrived_ns = snapshot
+                    .row
+                    .map(|r| input.arrivals_ns[r])
+                    .unwrap_or_else(|| judge.ctx.metrics.now_ns());
+                if let Err(e) = judge_snapshot(judge, &snapshot, arrived_ns).await {
+                    judge.fail(&e);
+                }
+            }
         }
         Ok(())
     }
@@ -56,27 +64,33 @@ impl DevicesState {
     /// A table is idle: its snapshot is judged when the clock says a minute has passed.
     pub(super) async fn on_idle(
         &mut self,
-        judge: &mut Judge,
+        judges: &mut [Judge],
         table: usize,
         now_ms: EpochMs,
         last_arrival_ms: EpochMs,
         arrived_ns: u64,
     ) {
-        let judged = match self.watch.idle(table, now_ms, last_arrival_ms) {
-            Ok(Some(snapshot)) => judge_snapshot(judge, snapshot, arrived_ns).await,
-            Ok(None) => Ok(()),
-            Err(e) => Err(e.into()),
+        let snapshot = match self.watch.idle(table, now_ms, last_arrival_ms) {
+            Ok(Some(snapshot)) => snapshot,
+            Ok(None) => return,
+            Err(e) => {
+                let e = DataFusionError::from(e);
+                judges.iter_mut().for_each(|judge| judge.fail(&e));
+                return;
+            }
         };
-        if let Err(e) = judged {
-            judge.fail(&e);
+        for judge in judges.iter_mut() {
+            if let Err(e) = judge_snapshot(judge, &snapshot, arrived_ns).await {
+                judge.fail(&e);
+            }
         }
     }
 }
 
 /// Judges a `devices` snapshot: a breach per result row, a clean step for every other
 /// live alert.
-async fn judge_snapshot(judge: &mut Judge, snapshot: Snapshot, arrived_ns: u64) -> Result<(), DataFusionError> {
-    let output = collect(judge.rule.execute(judge.rule.stream_of(vec![snapshot.batch]))?).await?;
+async fn judge_snapshot(judge: &mut Judge, snapshot: &Snapshot, arrived_ns: u64) -> Result<(), DataFusionError> {
+    let output = collect(judge.rule.execute(judge.rule.stream_of(vec![snapshot.batch.clone()]))?).await?;
     judge.health.evaluated(snapshot.at_ms);
     let detected_ms = judge.detected(snapshot.at_ms);
     let mut breached = HashSet::new();
