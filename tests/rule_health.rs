@@ -21,6 +21,16 @@ GROUP BY tumble(ts, INTERVAL '1 minute'), district, device_id
 HAVING avg(room_temp_c) < 18
 ";
 
+/// The same aggregation as `ROOM_COLD` with another threshold: the two run as one family.
+const ROOM_CHILLY: &str = "-- description: Room below 17 °C over a minute
+-- level: orange
+SELECT district, device_id, avg(room_temp_c) AS avg_room_temp_c
+FROM heating
+WHERE kind = 'room'
+GROUP BY tumble(ts, INTERVAL '1 minute'), district, device_id
+HAVING avg(room_temp_c) < 17
+";
+
 const ROOM_FREEZING: &str = "-- description: Room below 17 °C, reading by reading
 -- level: blue
 SELECT district, device_id, room_temp_c FROM heating WHERE room_temp_c < 17
@@ -35,6 +45,7 @@ SELECT district, device_id, 'purple' AS level FROM heating WHERE room_temp_c < 1
 fn each_rule_counts_its_rows_evaluations_breaches_and_errors() {
     let s = Scenario::new();
     s.rule("room_cold", ROOM_COLD)
+        .rule("room_chilly", ROOM_CHILLY)
         .rule("room_freezing", ROOM_FREEZING)
         .rule("bad_level", BAD_LEVEL);
     // r1 is at 16.5 °C for minutes 0-2 (18 readings), then warm; r2 is always warm.
@@ -67,12 +78,12 @@ fn each_rule_counts_its_rows_evaluations_breaches_and_errors() {
 
     let rules = metrics.rules.snapshot();
     let names: Vec<&str> = rules.iter().map(|r| r.rule.as_str()).collect();
-    assert_eq!(names, ["bad_level", "room_cold", "room_freezing"]);
+    assert_eq!(names, ["bad_level", "room_chilly", "room_cold", "room_freezing"]);
     // Every rule that evaluated has a cost, and the shares split the whole.
     assert!(rules.iter().all(|r| r.eval_seconds > 0.0), "{rules:?}");
     let shares: f64 = rules.iter().map(|r| r.cost_share).sum();
     assert!((shares - 1.0).abs() < 1e-3, "{shares}");
-    let [bad, cold, freezing]: [RuleHealthView; 3] = rules.try_into().unwrap();
+    let [bad, chilly, cold, freezing]: [RuleHealthView; 4] = rules.try_into().unwrap();
 
     assert_eq!((cold.kind.as_str(), cold.table.as_str()), ("tumble", "heating"));
     assert_eq!(cold.rows_in, 72);
@@ -84,7 +95,14 @@ fn each_rule_counts_its_rows_evaluations_breaches_and_errors() {
     assert_eq!(cold.version.len(), 8);
     assert!(cold.last_evaluation.is_some());
 
+    // Sharing room_cold's windows and aggregation, room_chilly keeps its own counts.
+    assert_eq!((cold.family_size, chilly.family_size), (2, 2));
+    assert_eq!((chilly.rows_in, chilly.evaluations), (72, 6));
+    assert_eq!(chilly.breaches, 3, "16.5 °C is below 17 too");
+    assert_eq!(chilly.judged_through, cold.judged_through);
+
     assert_eq!(freezing.kind, "row");
+    assert_eq!(freezing.family_size, 1);
     assert_eq!(freezing.rows_in, 72);
     assert_eq!(freezing.breaches, 18, "every r1 reading of minutes 0-2");
     assert_eq!(freezing.judged_through.as_deref(), Some(at(5 * MIN + 50_000).as_str()));
