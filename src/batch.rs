@@ -158,6 +158,7 @@ impl TableBatcher {
             first_seq: self.first_seq,
             rebuild: self.rebuild,
             late: LateRows::default(),
+            distinct: Default::default(),
         })
     }
 }

@@ -98,6 +98,49 @@ pub struct TableBatch {
     pub rebuild: bool,
     /// The rows rules found late, dead-lettered once each when the batch is dropped.
     pub late: LateRows,
+    /// The distinct values of the text columns rules gate on, worked out once per batch.
+    pub distinct: DistinctText,
+}
+
+/// The distinct values of some text columns of one batch, each worked out when a rule first
+/// asks: many rules test the same column (`kind = 'room'`, `road_class IN (…)`) against the
+/// same batch, and a rule whose values the batch lacks can skip its WHERE clause.
+#[derive(Debug, Default)]
+pub struct DistinctText {
+    /// Per column asked for: its values, or `None` when it is not a text column.
+    columns: std::sync::Mutex<Vec<(usize, Option<TextValues>)>>,
+}
+
+/// The distinct values of one text column.
+pub(crate) type TextValues = Arc<std::collections::HashSet<String>>;
+
+impl DistinctText {
+    /// The distinct non-null values of text column `column` of `batch`; `None` when it is
+    /// not a text column.
+    pub(crate) fn of(&self, batch: &RecordBatch, column: usize) -> Option<TextValues> {
+        let mut columns = self.columns.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((_, values)) = columns.iter().find(|(c, _)| *c == column) {
+            return values.clone();
+        }
+        let values = batch
+            .columns()
+            .get(column)
+            .and_then(|array| array.as_any().downcast_ref::<StringArray>())
+            .map(|text| {
+                // Rows of a kind come in runs: only a change of value is looked up.
+                let mut distinct = std::collections::HashSet::new();
+                let mut last: Option<&str> = None;
+                for value in text.iter().flatten() {
+                    if last != Some(value) {
+                        distinct.insert(value.to_string());
+                        last = Some(value);
+                    }
+                }
+                Arc::new(distinct)
+            });
+        columns.push((column, values.clone()));
+        values
+    }
 }
 
 impl Drop for TableBatch {

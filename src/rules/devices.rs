@@ -31,7 +31,7 @@ pub(crate) struct Snapshot {
 }
 
 /// Last-seen times of the devices of one table, and that table's event time.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct TableWatch {
     /// device → (district number in `districts`, last ts), in the order devices were first
     /// seen: snapshots list devices in that (deterministic) order without sorting a whole
@@ -49,7 +49,7 @@ struct TableWatch {
 }
 
 /// District names, numbered in the order first seen.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Districts {
     names: Vec<String>,
     numbers: std::collections::HashMap<String, u32, foldhash::fast::RandomState>,
@@ -73,7 +73,7 @@ impl Districts {
 }
 
 /// Last-seen times of every device of every table.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct DeviceWatch {
     table_names: Vec<String>,
     tables: Vec<TableWatch>,
@@ -251,6 +251,7 @@ mod tests {
             first_seq: 0,
             rebuild: false,
             late: Default::default(),
+            distinct: Default::default(),
         }
     }
 

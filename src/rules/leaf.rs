@@ -1,13 +1,17 @@
 //! Reshaping a rule's planned leaf for the worker: the WHERE filter that reads the leaf
-//! comes out of the plan (the worker applies it per batch, `CompiledRule::passing`), and the
-//! leaf is narrowed to the columns the plan reads (`CompiledRule::input_of` feeds just those).
+//! comes out of the plan (the worker applies it per batch, `CompiledRule::passing`, first
+//! asking its `Gate` whether the batch can hold a passing row at all), and the leaf is
+//! narrowed to the columns the plan reads (`CompiledRule::input_of` feeds just those).
 
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::common::ScalarValue;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::error::DataFusionError;
+use datafusion::logical_expr::Operator;
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::{BinaryExpr, Column, InListExpr, Literal};
 use datafusion::physical_expr::utils::reassign_expr_columns;
 use datafusion::physical_expr_common::physical_expr::is_volatile;
 use datafusion::physical_plan::ExecutionPlan;
@@ -117,4 +121,62 @@ pub(super) fn narrow_leaf(
         })?
         .data;
     Ok((plan, narrow_feed, narrow, columns))
+}
+
+/// A value condition a rule's WHERE clause puts on one text column of its table: a row can
+/// pass only when the column holds one of `values` (`kind = 'room'`, `road_class IN
+/// ('collector', 'local')`, either side of an AND). A batch whose column holds none of them
+/// has no passing row, which the worker learns from the batch's distinct values (worked out
+/// once per batch for every rule) without evaluating the clause.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Gate {
+    /// The column's position in the table.
+    pub(crate) column: usize,
+    pub(crate) values: Vec<String>,
+}
+
+/// The gate of a WHERE clause over the table's columns, when it has one.
+pub(super) fn gate_of(predicate: &Arc<dyn PhysicalExpr>) -> Option<Gate> {
+    if let Some(binary) = predicate.downcast_ref::<BinaryExpr>() {
+        return match binary.op() {
+            Operator::And => gate_of(binary.left()).or_else(|| gate_of(binary.right())),
+            // DataFusion writes a short IN list as ORs of equalities.
+            Operator::Or => {
+                let (mut left, right) = (gate_of(binary.left())?, gate_of(binary.right())?);
+                (left.column == right.column).then(|| {
+                    left.values.extend(right.values);
+                    left
+                })
+            }
+            Operator::Eq => {
+                let (column, value) = match (column_of(binary.left()), text_of(binary.right())) {
+                    (Some(column), Some(value)) => (column, value),
+                    _ => (column_of(binary.right())?, text_of(binary.left())?),
+                };
+                Some(Gate {
+                    column,
+                    values: vec![value],
+                })
+            }
+            _ => None,
+        };
+    }
+    let list = predicate.downcast_ref::<InListExpr>().filter(|list| !list.negated())?;
+    Some(Gate {
+        column: column_of(list.expr())?,
+        values: list.list().iter().map(text_of).collect::<Option<_>>()?,
+    })
+}
+
+fn column_of(expr: &Arc<dyn PhysicalExpr>) -> Option<usize> {
+    expr.downcast_ref::<Column>().map(Column::index)
+}
+
+fn text_of(expr: &Arc<dyn PhysicalExpr>) -> Option<String> {
+    match expr.downcast_ref::<Literal>()?.value() {
+        ScalarValue::Utf8(Some(text)) | ScalarValue::LargeUtf8(Some(text)) | ScalarValue::Utf8View(Some(text)) => {
+            Some(text.clone())
+        }
+        _ => None,
+    }
 }

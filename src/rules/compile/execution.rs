@@ -1,5 +1,5 @@
 //! Running a compiled rule, on the evaluation path: which rows of a table batch pass its
-//! WHERE clause ahead of the plan (`passing`), the narrowed batch its plan reads with the
+//! WHERE clause ahead of the plan (`passing`, `passing_in`), the narrowed batch its plan reads with the
 //! engine's columns appended (`input_of`, `EngineColumns`), one execution of the plan
 //! over a stream of such batches (`execute`, `stream_of`), and, for a plan split at its
 //! aggregation, the rule's own part over a closed window's aggregation result
@@ -10,6 +10,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, RecordBatch, RecordBatchOptions, TimestampMillisecondArray, UInt32Array,
 };
+use datafusion::arrow::buffer::BooleanBuffer;
 use datafusion::arrow::compute::take;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
@@ -17,6 +18,7 @@ use datafusion::physical_plan::common::collect;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 
 use super::CompiledRule;
+use crate::flow::TableBatch;
 use crate::schema::UTC;
 use crate::time::EpochMs;
 
@@ -63,6 +65,20 @@ impl CompiledRule {
             )));
         }
         collect(output?).await
+    }
+
+    /// `passing` for a flushed table batch: when the batch's gated column holds none of the
+    /// values the rule's WHERE clause requires (`leaf::Gate`), no row passes, known from the
+    /// batch's distinct values without evaluating the clause.
+    pub fn passing_in(&self, input: &TableBatch) -> Result<Option<BooleanArray>, DataFusionError> {
+        if let Some(gate) = &self.gate
+            && let Some(present) = input.distinct.of(&input.batch, gate.column)
+            && !gate.values.iter().any(|value| present.contains(value))
+        {
+            let none = BooleanBuffer::new_unset(input.batch.num_rows());
+            return Ok(Some(BooleanArray::new(none, None)));
+        }
+        self.passing(&input.batch)
     }
 
     /// Which rows of a table batch pass the rule's WHERE clause (a null counts as failing);
@@ -233,6 +249,50 @@ mod tests {
         let rule = compiled("SELECT district, device_id, value FROM sensor WHERE random() < 2 AND kind = 'noise'");
         assert!(rule.passing(&sensor_rows()).unwrap().is_none());
         assert_eq!(filters_in(&rule), 1);
+    }
+
+    fn table_batch(batch: RecordBatch) -> TableBatch {
+        let rows = batch.num_rows();
+        TableBatch {
+            table: 0,
+            batch,
+            arrivals_ns: vec![0; rows],
+            at_ms: vec![0; rows],
+            topics: StringArray::from(vec!["t"; rows]),
+            first_seq: 0,
+            rebuild: false,
+            late: Default::default(),
+            distinct: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_batch_without_the_values_a_where_clause_requires_passes_no_row() {
+        let rule =
+            compiled("SELECT district, device_id, value FROM sensor WHERE kind IN ('aqi', 'gas_lel') AND value >= 2");
+        let gate = rule.gate.clone().unwrap();
+        assert_eq!(gate.values, ["aqi", "gas_lel"]);
+        // A batch with gas_lel rows is evaluated as ever.
+        let mixed = table_batch(sensor_rows());
+        assert_eq!(
+            rule.passing_in(&mixed).unwrap(),
+            Some(BooleanArray::from(vec![false, true, false, false]))
+        );
+        // A batch of noise rows only passes none, without evaluating the clause.
+        let noise = table_batch(sensor_rows().slice(3, 1));
+        assert_eq!(rule.passing_in(&noise).unwrap(), Some(BooleanArray::from(vec![false])));
+        assert_eq!(
+            noise
+                .distinct
+                .of(&noise.batch, gate.column)
+                .unwrap()
+                .iter()
+                .collect::<Vec<_>>(),
+            ["noise"]
+        );
+        // A clause that can pass any kind has no gate.
+        let either = compiled("SELECT district, device_id, value FROM sensor WHERE kind = 'aqi' OR value >= 2");
+        assert!(either.gate.is_none());
     }
 
     #[test]

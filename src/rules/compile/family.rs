@@ -99,10 +99,66 @@ impl FamilyTraits<'_> {
         self.table.hash(&mut hasher);
         format!("{:?}", self.spec).hash(&mut hasher);
         self.lateness_ms.hash(&mut hasher);
-        self.prefilter.map(|p| p.to_string()).hash(&mut hasher);
+        self.prefilter.map(|p| format!("{p:?}")).hash(&mut hasher);
         self.input_columns.hash(&mut hasher);
         let shown = displayable(self.lower.as_ref()).set_show_schema(true);
         shown.indent(true).to_string().hash(&mut hasher);
+        // The display names each aggregate by its output column, which leaves out casts in
+        // its arguments, FILTER and ORDER BY: their expressions are hashed whole.
+        let _ = self.lower.apply(|node| {
+            if let Some(aggregate) = node.downcast_ref::<AggregateExec>() {
+                format!("{:?}", aggregate.aggr_expr()).hash(&mut hasher);
+                format!("{:?}", aggregate.filter_expr()).hash(&mut hasher);
+                format!("{:?}", aggregate.group_expr()).hash(&mut hasher);
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
         format!("{}:{:016x}", self.table, hasher.finish())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::EngineConfig;
+    use crate::rules::compile::compile;
+    use crate::rules::loader::parse_rule;
+    use crate::schema::Catalog;
+
+    fn family(sql: &str) -> Option<String> {
+        let file = parse_rule(Path::new("rule.sql"), format!("-- level: yellow\n{sql}\n")).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let (rule, _) = runtime
+            .block_on(compile(&file, &Catalog::builtin(), &EngineConfig::default()))
+            .unwrap();
+        rule.family
+    }
+
+    /// A pressure rule over `aggregate`, with a HAVING threshold and a WHERE and window.
+    fn pressure(aggregate: &str, having: &str, kind: &str, window: &str) -> Option<String> {
+        family(&format!(
+            "SELECT district, device_id, {aggregate} AS v FROM water WHERE kind = '{kind}' \
+             GROUP BY tumble(ts, INTERVAL '{window}'), district, device_id HAVING {aggregate} {having}"
+        ))
+    }
+
+    #[test]
+    fn rules_share_a_family_only_when_their_aggregations_agree() {
+        let base = pressure("avg(pressure_mpa)", "< 0.2", "pressure", "1 minute");
+        assert!(base.is_some());
+        assert_eq!(base, pressure("avg(pressure_mpa)", "> 0.5", "pressure", "1 minute"));
+        // A cast the plan's display leaves out of the aggregate's name.
+        let cast = pressure("avg(CAST(pressure_mpa AS BIGINT))", "< 0.2", "pressure", "1 minute");
+        assert!(cast.is_some());
+        assert_ne!(base, cast);
+        assert_ne!(base, pressure("max(pressure_mpa)", "< 0.2", "pressure", "1 minute"));
+        assert_ne!(base, pressure("avg(pressure_mpa)", "< 0.2", "quality", "1 minute"));
+        assert_ne!(base, pressure("avg(pressure_mpa)", "< 0.2", "pressure", "5 minutes"));
+        // A rule without an aggregation runs whole, alone.
+        assert_eq!(
+            family("SELECT district, device_id, pressure_mpa FROM water WHERE pressure_mpa < 0.2"),
+            None
+        );
     }
 }

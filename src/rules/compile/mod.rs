@@ -18,7 +18,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::feed::Feed;
-use super::leaf::{narrow_leaf, without_leaf_filter};
+use super::leaf::{Gate, gate_of, narrow_leaf, without_leaf_filter};
 use super::loader::RuleFile;
 use super::problem::Problem;
 use super::sql::{analyze, lint};
@@ -109,6 +109,8 @@ pub struct CompiledRule {
     /// above its leaf and the clause is deterministic: the worker drops failing rows before
     /// they reach the plan, whose filter is then dropped.
     prefilter: Option<Arc<dyn PhysicalExpr>>,
+    /// The values the WHERE clause requires of one text column, when it requires any.
+    gate: Option<Gate>,
     /// Per column of `feed_schema`: its position among the table's columns followed by the
     /// engine's.
     input_columns: Vec<usize>,
@@ -301,6 +303,7 @@ pub async fn compile(
         upper,
         feed,
         task_ctx: ctx.task_ctx(),
+        gate: prefilter.as_ref().and_then(gate_of),
         prefilter,
         input_columns,
         table_width,

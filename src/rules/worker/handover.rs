@@ -19,14 +19,22 @@ pub(crate) struct Handover {
 }
 
 impl Handover {
-    /// The part a unit of `key` with the rules `ids` takes: the state when the keys match,
-    /// and the judges of those rules.
+    /// The part a unit of `key` with the rules `ids` takes: the judges of those rules, and
+    /// the state: a window family's when the keys match; a copy of a `devices` watch for
+    /// every unit taking one of its rules (a rule whose watched tables changed keeps the
+    /// last-seen times of its devices).
     pub(crate) fn split_off(&mut self, key: &str, ids: &[String]) -> Handover {
-        let state = if self.key == key { self.state.take() } else { None };
-        let (taken, kept) = std::mem::take(&mut self.judges)
+        let (taken, kept): (Vec<Judge>, Vec<Judge>) = std::mem::take(&mut self.judges)
             .into_iter()
             .partition(|judge| ids.contains(&judge.rule.id));
         self.judges = kept;
+        let state = match &self.state {
+            Some(KindState::Devices(devices)) if self.key == key || !taken.is_empty() => {
+                Some(KindState::Devices(devices.clone()))
+            }
+            Some(KindState::Window(_)) if self.key == key => self.state.take(),
+            _ => None,
+        };
         Handover {
             key: self.key.clone(),
             state,
@@ -99,7 +107,10 @@ impl RuleWorker {
     pub(crate) async fn take_over(&mut self, key: &str, previous: Vec<Handover>) {
         let family = self.judges.first().is_some_and(|judge| judge.rule.family.is_some());
         for part in previous {
-            self.last_event_ms = self.last_event_ms.max(part.last_event_ms);
+            // Units on other tables hand nothing over, and their event time is not ours.
+            if !part.judges.is_empty() || part.state.is_some() {
+                self.last_event_ms = self.last_event_ms.max(part.last_event_ms);
+            }
             let same_unit = part.key == key;
             match (part.state, &self.state) {
                 (Some(state @ KindState::Window(_)), KindState::Window(_)) if same_unit && family => self.state = state,
@@ -137,7 +148,10 @@ impl RuleWorker {
     /// or sessions come back from a rule whose text did not change; a `devices` rule keeps
     /// its devices either way.
     pub(crate) async fn restore(&mut self, saved: Vec<RuleSnapshot>) {
-        let mut kind = None;
+        // The state to restore, with how early its rule's judging began: from a checkpoint
+        // of single rules (families were off), the member that judged from the earliest
+        // has every window any member needs.
+        let mut kind: Option<(EpochMs, KindSnapshot)> = None;
         for snapshot in saved {
             let Some(judge) = self.judges.iter_mut().find(|j| j.rule.id == snapshot.rule) else {
                 continue;
@@ -159,11 +173,17 @@ impl RuleWorker {
                 tracing::info!(rule = %snapshot.rule, "the rule changed while cityops was down: it starts with fresh windows");
                 judge.judge_from = JudgeFrom::FirstRow;
             }
-            if kind.is_none() && (unchanged || matches!(snapshot.kind, KindSnapshot::Devices(_))) {
-                kind = Some(snapshot.kind);
+            let since = match snapshot.judge_from {
+                JudgeFromSnapshot::Start => EpochMs::MIN,
+                JudgeFromSnapshot::Ts(ts) => ts,
+                JudgeFromSnapshot::FirstRow => EpochMs::MAX,
+            };
+            let earlier = kind.as_ref().is_none_or(|(from, _)| since < *from);
+            if earlier && (unchanged || matches!(snapshot.kind, KindSnapshot::Devices(_))) {
+                kind = Some((since, snapshot.kind));
             }
         }
-        match (&mut self.state, kind) {
+        match (&mut self.state, kind.map(|(_, kind)| kind)) {
             (KindState::Window(windows), Some(KindSnapshot::Window(saved))) => windows.restore(saved),
             (KindState::Session(sessions), Some(KindSnapshot::Session(saved))) => sessions.restore(saved),
             (KindState::Devices(devices), Some(KindSnapshot::Devices(saved))) => devices.restore(saved),

@@ -31,7 +31,7 @@ impl RowState {
         }
         let rule = &judge.rule;
         // Rows failing the WHERE clause are left out; each fed row keeps its batch position.
-        let passing = rule.passing(batch)?.filter(|mask| mask.true_count() < rows);
+        let passing = rule.passing_in(input)?.filter(|mask| mask.true_count() < rows);
         let output = match passing {
             Some(mask) if mask.true_count() == 0 => Vec::new(),
             passing => {

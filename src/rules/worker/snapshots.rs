@@ -17,6 +17,7 @@ use crate::time::EpochMs;
 
 /// A `devices` family's state: the devices seen on each watched table and when. A new
 /// version of the family takes it over (`RuleWorker::take_over`).
+#[derive(Clone)]
 pub(super) struct DevicesState {
     watch: DeviceWatch,
 }

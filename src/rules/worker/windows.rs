@@ -106,7 +106,7 @@ impl WindowState {
         }
         let batch = &input.batch;
         let ts = batch.column(0).as_primitive::<TimestampMillisecondType>();
-        let passing = leader.rule.passing(batch)?;
+        let passing = leader.rule.passing_in(input)?;
         let spec = self.clock.spec();
         let mut rows_of: BTreeMap<EpochMs, Vec<u32>> = BTreeMap::new();
         for (i, &t) in ts.values().iter().enumerate() {
@@ -145,7 +145,7 @@ impl WindowState {
         let batch = &input.batch;
         let ts = batch.column(0).as_primitive::<TimestampMillisecondType>();
         // Rows failing the WHERE clause still move event time, but are fed to no window.
-        let passing = rule.passing(batch)?;
+        let passing = rule.passing_in(input)?;
         let routing = match &passing {
             Some(mask) => self.clock.route_kept(ts.values(), |r| mask.value(r)),
             None => self.clock.route(ts.values()),
@@ -342,6 +342,12 @@ impl OpenWindow {
     async fn close(self, judges: &mut [Judge], start: EpochMs, end: EpochMs, event_ms: EpochMs, arrived_ns: u64) {
         let started = Instant::now();
         let aggregated = self.finish().await;
+        if aggregated.is_ok()
+            && let Some(judge) = judges.first()
+        {
+            let took_ns = started.elapsed().as_nanos() as u64;
+            judge.ctx.metrics.record(Stage::WindowClose, took_ns);
+        }
         for judge in judges.iter_mut().filter(|judge| judge.judge_from.covers(start, 0)) {
             let output = match &aggregated {
                 Ok(batches) => judge.rule.finish_window(batches.clone()).await,
@@ -354,10 +360,6 @@ impl OpenWindow {
                 Ok(output) => judge_window(judge, &output, (start, end), event_ms, arrived_ns).await,
                 Err(e) => judge.fail(&e),
             }
-            judge
-                .ctx
-                .metrics
-                .record(Stage::WindowClose, started.elapsed().as_nanos() as u64);
         }
     }
 }
