@@ -258,12 +258,19 @@ fn kill_and_compare(s: &Scenario, seed: u64, kill_window_ms: (u64, u64), command
     }
 }
 
+/// Each windowed rule beside a variant with another threshold: the pairs run as families
+/// (one aggregation each), whose shared windows must come back whole after every kill.
 #[test]
-fn session_hop_and_cumulate_windows_survive_kills_at_seeded_points() {
+fn session_hop_and_cumulate_windows_and_their_families_survive_kills_at_seeded_points() {
     let s = Scenario::new();
     s.rule("sessions", SESSIONS)
         .rule("hopping", HOPPING)
-        .rule("cumulating", CUMULATING);
+        .rule("hopping_low", &HOPPING.replace("avg(value) > 8", "avg(value) > 4"))
+        .rule("cumulating", CUMULATING)
+        .rule(
+            "cumulating_low",
+            &CUMULATING.replace("count(*) > 200", "count(*) > 150"),
+        );
     let fixture = s.path("gas.jsonl");
     gas_fixture(&fixture);
     let (dir, queries) = (s.dir.path().to_path_buf(), s.path("queries"));
