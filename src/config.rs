@@ -23,7 +23,7 @@ decode_threads = 0         # 0 = one per core, at most one per table
 max_payload_bytes = 65536  # larger payloads are dead-lettered as `oversized`
 max_future = "1d"          # ts further ahead of the wall clock are `ts_out_of_range`
 rule_memory_limit_mb = 256 # memory one rule's evaluations may hold
-rule_families = true       # rules that can share run as one family: window rules with the same table, window, WHERE and aggregation share it; devices rules watching the same tables share the watch. false: each rule runs alone
+rule_families = true       # rules that can share run as one family: window rules with the same table, window, WHERE and aggregation share it; devices rules watching the same tables share the watch; a table's row rules share one task. false: each rule runs alone
 
 [topics]
 pattern = "city/{district}/{table}/{device_id}"
@@ -128,7 +128,8 @@ pub struct EngineConfig {
     pub rule_memory_limit_mb: usize,
     /// Rules that can share run as one family: window rules with the same table, window,
     /// lateness, WHERE and aggregation share their windows and aggregation
-    /// (`rules::compile::family`); `devices` rules watching the same tables share the watch.
+    /// (`rules::compile::family`); `devices` rules watching the same tables share the watch;
+    /// the row rules of a table share one task.
     pub rule_families: bool,
 }
 

@@ -97,7 +97,7 @@ pub struct CompiledRule {
     pub version: String,
     /// The family the rule runs in, when it can share: for window rules whose plans split
     /// at their aggregation, the fingerprint of the lower part (`compile::family`); for
-    /// `devices` rules, the tables they watch.
+    /// `devices` rules, the tables they watch; for row rules, their table.
     pub family: Option<String>,
     /// The plan the worker feeds: the whole plan, or the lower part of a split one.
     plan: Arc<dyn ExecutionPlan>,
@@ -275,9 +275,11 @@ pub async fn compile(
         }
         _ => vec![table],
     };
-    // `devices` rules watching the same tables share one watch of their devices.
+    // `devices` rules watching the same tables share one watch of their devices; the row
+    // rules of a table share one task (and the batch's events), each judging by itself.
     let family = match kind {
         RuleKind::Devices if engine.rule_families => Some(format!("devices of tables {watched:?}")),
+        RuleKind::Row if engine.rule_families => Some(format!("row rules of {}", analyzed.table)),
         _ => family,
     };
     let compiled = CompiledRule {

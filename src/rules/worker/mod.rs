@@ -6,7 +6,7 @@
 //! Taking over from a previous unit and from a checkpoint is in `handover`. Each kind's
 //! file owns its state and its handlers for a batch, an idle tick and the end of input:
 //! - `rows`: row rules evaluate each batch and step the lifecycle row by row in arrival
-//!   order;
+//!   order (the row rules of a table share one task);
 //! - `windows`: window rules route each batch's rows to their open windows, whose plan
 //!   executions are fed as rows arrive; when the watermark passes a window's end its
 //!   stream is ended and each rule of the family judges its own result rows from it;
@@ -307,14 +307,24 @@ impl RuleWorker {
             }
             return;
         }
-        let Some(judge) = self.judges.first_mut() else { return };
-        let result = match &mut self.state {
-            KindState::Row(rows) => rows.on_batch(judge, batch).await,
-            KindState::Session(sessions) => sessions.on_batch(judge, batch).await,
-            KindState::Window(_) | KindState::Devices(_) => Ok(()),
-        };
-        if let Err(e) = result {
-            judge.fail(&e);
+        match &mut self.state {
+            // The row rules of a table share one task and keep nothing: each judges the
+            // batch by itself.
+            KindState::Row(rows) => {
+                for judge in &mut self.judges {
+                    if let Err(e) = rows.on_batch(judge, batch).await {
+                        judge.fail(&e);
+                    }
+                }
+            }
+            KindState::Session(sessions) => {
+                if let Some(judge) = self.judges.first_mut()
+                    && let Err(e) = sessions.on_batch(judge, batch).await
+                {
+                    judge.fail(&e);
+                }
+            }
+            KindState::Window(_) | KindState::Devices(_) => {}
         }
     }
 
