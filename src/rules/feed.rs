@@ -8,6 +8,7 @@ use std::fmt;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
 use parking_lot::Mutex;
@@ -35,19 +36,25 @@ impl Feed {
         }
     }
 
-    /// Binds the stream the next `execute` of the plan will read.
-    pub(crate) fn bind(&self, stream: SendableRecordBatchStream) {
-        *self.slot.lock() = Some(stream);
-    }
-
-    /// Whether a bound stream is still waiting to be taken (the plan did not bind its leaf).
-    pub(crate) fn is_bound(&self) -> bool {
-        self.slot.lock().is_some()
-    }
-
-    /// Removes a stream the plan did not take.
-    pub(crate) fn unbind(&self) {
-        self.slot.lock().take();
+    /// Starts one execution of `plan`, whose leaf is this feed, over `input`. A plan that
+    /// did not take the stream during `execute` reports its own error, or else an internal
+    /// one naming the rule and `what` the stream was (`input`).
+    pub(crate) fn execute(
+        &self,
+        plan: &Arc<dyn ExecutionPlan>,
+        ctx: Arc<TaskContext>,
+        input: SendableRecordBatchStream,
+        (rule, what): (&str, &str),
+    ) -> Result<SendableRecordBatchStream, DataFusionError> {
+        *self.slot.lock() = Some(input);
+        let output = plan.execute(0, ctx);
+        if self.slot.lock().take().is_some() {
+            output?;
+            return Err(DataFusionError::Internal(format!(
+                "rule {rule}: the plan did not take its {what} during execute"
+            )));
+        }
+        output
     }
 }
 

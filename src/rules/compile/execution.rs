@@ -34,16 +34,8 @@ pub enum EngineColumns<'a> {
 impl CompiledRule {
     /// Starts one evaluation over `input`; the returned stream yields the rule's result rows.
     pub fn execute(&self, input: SendableRecordBatchStream) -> Result<SendableRecordBatchStream, DataFusionError> {
-        self.feed.bind(input);
-        let output = self.plan.execute(0, Arc::clone(&self.task_ctx));
-        if self.feed.is_bound() {
-            self.feed.unbind();
-            return Err(DataFusionError::Internal(format!(
-                "rule {} did not bind its input during execute",
-                self.id
-            )));
-        }
-        output
+        let what = (self.id.as_str(), "input");
+        self.feed.execute(&self.plan, Arc::clone(&self.task_ctx), input, what)
     }
 
     /// A closed window's result rows from what the plan fed by `execute` gave: the upper
@@ -52,19 +44,17 @@ impl CompiledRule {
         let Some(upper) = &self.upper else {
             return Ok(aggregated);
         };
-        upper.feed.bind(Box::pin(RecordBatchStreamAdapter::new(
+        let input = Box::pin(RecordBatchStreamAdapter::new(
             self.plan.schema(),
             futures::stream::iter(aggregated.into_iter().map(Ok)),
-        )));
-        let output = upper.plan.execute(0, Arc::clone(&self.task_ctx));
-        if upper.feed.is_bound() {
-            upper.feed.unbind();
-            return Err(DataFusionError::Internal(format!(
-                "rule {} did not bind its aggregation result during execute",
-                self.id
-            )));
-        }
-        collect(output?).await
+        ));
+        let what = (self.id.as_str(), "aggregation result");
+        collect(
+            upper
+                .feed
+                .execute(&upper.plan, Arc::clone(&self.task_ctx), input, what)?,
+        )
+        .await
     }
 
     /// `passing` for a flushed table batch: when the batch's gated column holds none of the

@@ -155,10 +155,10 @@ mod tests {
         assert_ne!(base, pressure("max(pressure_mpa)", "< 0.2", "pressure", "1 minute"));
         assert_ne!(base, pressure("avg(pressure_mpa)", "< 0.2", "quality", "1 minute"));
         assert_ne!(base, pressure("avg(pressure_mpa)", "< 0.2", "pressure", "5 minutes"));
-        // A rule without an aggregation runs whole, alone.
+        // A row rule has no aggregation to share: it runs whole, in its table's row family.
         assert_eq!(
-            family("SELECT district, device_id, pressure_mpa FROM water WHERE pressure_mpa < 0.2"),
-            None
+            family("SELECT district, device_id, pressure_mpa FROM water WHERE pressure_mpa < 0.2").as_deref(),
+            Some("row rules of water")
         );
     }
 }
