@@ -11,6 +11,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -44,6 +46,20 @@ struct Heir {
     key: String,
     rules: Vec<String>,
     inherit: oneshot::Sender<Vec<Handover>>,
+}
+
+/// A unit being replaced: its key, its rules' ids, and its task, which ends once it drained.
+struct Replaced {
+    key: String,
+    rules: Vec<String>,
+    task: JoinHandle<RuleWorker>,
+}
+
+impl Heir {
+    /// Whether the heir takes anything from `replaced`: its state (same key) or a rule.
+    fn needs(&self, replaced: &Replaced) -> bool {
+        replaced.key == self.key || replaced.rules.iter().any(|id| self.rules.contains(id))
+    }
 }
 
 /// Every unit at work, by unit key (`unit_key`).
@@ -173,6 +189,7 @@ impl RuleSet {
         let mut replaced = Vec::new();
         for key in touched {
             let Some(old) = self.units.remove(&key) else { continue };
+            let rules = old.rules.iter().map(|r| r.id.clone()).collect();
             for rule in old.rules {
                 self.unit_of.remove(&rule.id);
                 if !started.contains_key(&rule.id) && !removed.contains(&rule.id) {
@@ -182,7 +199,11 @@ impl RuleSet {
             // Dropping the old queue's sender here, and the decode workers' copies at the
             // reroute, ends the old unit's input.
             drop(old.queue);
-            replaced.push((key, old.task));
+            replaced.push(Replaced {
+                key,
+                rules,
+                task: old.task,
+            });
         }
         for (rule, saved) in started.into_values() {
             members.entry(unit_key(&rule)).or_default().push((rule, saved));
@@ -239,26 +260,51 @@ impl RuleSet {
     }
 }
 
-/// Waits for the replaced units to drain, hands each new unit its part of their state and
-/// resolves the alerts of the rules no unit took (the removed ones).
-async fn hand_over(replaced: Vec<(String, JoinHandle<RuleWorker>)>, heirs: Vec<Heir>) {
-    let mut handovers = Vec::new();
-    for (key, task) in replaced {
-        match task.await {
-            Ok(worker) => handovers.push(worker.hand_over(key)),
+/// Waits for the replaced units to drain, hands each new unit its part of their state as
+/// soon as every unit it takes from has drained (a unit on an unchanged table does not wait
+/// for another table's drain), then resolves the alerts of the rules no unit took (the
+/// removed ones).
+async fn hand_over(replaced: Vec<Replaced>, heirs: Vec<Heir>) {
+    let mut heirs: Vec<(Heir, Vec<usize>)> = heirs
+        .into_iter()
+        .map(|heir| {
+            let needs = (0..replaced.len()).filter(|&i| heir.needs(&replaced[i])).collect();
+            (heir, needs)
+        })
+        .collect();
+    let mut handovers: Vec<Option<Handover>> = replaced.iter().map(|_| None).collect();
+    let mut drained = vec![false; replaced.len()];
+    let mut draining: FuturesUnordered<_> = replaced
+        .into_iter()
+        .enumerate()
+        .map(|(i, unit)| async move { (i, unit.key, unit.task.await) })
+        .collect();
+    loop {
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut heirs)
+            .into_iter()
+            .partition(|(_, needs)| needs.iter().all(|&i| drained[i]));
+        heirs = waiting;
+        for (heir, needs) in ready {
+            let mut parts = Vec::new();
+            for &i in &needs {
+                if let Some(handover) = handovers[i].as_mut() {
+                    parts.push(handover.split_off(&heir.key, &heir.rules));
+                }
+            }
+            let _ = heir.inherit.send(parts);
+        }
+        let Some((i, key, result)) = draining.next().await else {
+            break;
+        };
+        drained[i] = true;
+        match result {
+            Ok(worker) => handovers[i] = Some(worker.hand_over(key)),
             Err(e) => {
                 tracing::error!(unit = %key, error = %e, "a replaced unit's task failed; its rules start afresh, their open windows lost and their firing alerts unresolved (resolve them by hand in the receivers; report this panic as a bug)")
             }
         }
     }
-    for heir in heirs {
-        let parts = handovers
-            .iter_mut()
-            .map(|h| h.split_off(&heir.key, &heir.rules))
-            .collect();
-        let _ = heir.inherit.send(parts);
-    }
-    for rest in handovers {
+    for rest in handovers.into_iter().flatten() {
         rest.retire().await;
     }
 }
