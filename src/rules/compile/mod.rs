@@ -252,7 +252,7 @@ pub async fn compile(
         RuleKind::Window(_) if engine.rule_families => split_at_aggregate(&plan),
         _ => None,
     };
-    let (plan, upper, family) = match (kind, split) {
+    let (plan, upper, shared_aggregation) = match (kind, split) {
         (RuleKind::Window(spec), Some(split)) => {
             let traits = FamilyTraits {
                 table: &analyzed.table,
@@ -262,8 +262,8 @@ pub async fn compile(
                 input_columns: &input_columns,
                 lower: &split.lower,
             };
-            let family = traits.fingerprint();
-            (split.lower, Some(split.upper), Some(family))
+            let fingerprint = traits.fingerprint();
+            (split.lower, Some(split.upper), Some(fingerprint))
         }
         _ => (plan, None, None),
     };
@@ -275,12 +275,15 @@ pub async fn compile(
         }
         _ => vec![table],
     };
-    // `devices` rules watching the same tables share one watch of their devices; the row
-    // rules of a table share one task (and the batch's events), each judging by itself.
+    // The family the rule runs in: window rules sharing an aggregation, `devices` rules
+    // watching the same tables (one watch of their devices), or a table's row rules (one
+    // task, each judging by itself). Session rules run alone.
     let family = match kind {
-        RuleKind::Devices if engine.rule_families => Some(format!("devices of tables {watched:?}")),
-        RuleKind::Row if engine.rule_families => Some(format!("row rules of {}", analyzed.table)),
-        _ => family,
+        _ if !engine.rule_families => None,
+        RuleKind::Window(_) => shared_aggregation,
+        RuleKind::Devices => Some(format!("devices of tables {watched:?}")),
+        RuleKind::Row => Some(format!("row rules of {}", analyzed.table)),
+        RuleKind::Session { .. } => None,
     };
     let compiled = CompiledRule {
         id: rule.id.clone(),
