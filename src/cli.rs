@@ -39,6 +39,15 @@ pub(crate) enum Command {
     /// Measure a replay through the full pipeline: throughput (`--speed max`) or latency at
     /// a fixed rate (`--speed 20000/s`); writes summary.json and .hgrm files.
     Bench(BenchArgs),
+    /// Print the `[http.operators]` entry for an operator's token (its SHA-256): the config
+    /// keeps the hash, never the token.
+    TokenHash(TokenHashArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct TokenHashArgs {
+    /// The token (read from stdin when left out, so it stays out of the shell history).
+    pub(crate) token: Option<String>,
 }
 
 #[derive(Args)]

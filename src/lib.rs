@@ -16,7 +16,8 @@
 //! - `batch`: rows → Arrow record batches, flushed on size or linger.
 //! - `window`: event time, watermarks, window geometry, sessions, late rows.
 //! - `rules`: rule files, the SQL sandbox, planning, and one worker per rule.
-//! - `alert`: the alert lifecycle, the warning JSON, and the sinks.
+//! - `alert`: the alert lifecycle, the warning JSON, the sinks, and the operations desk
+//!   (acknowledgements, assignments, silences, response deadlines and statistics).
 //! - `metrics`, `deadletter`, `summary`: what was counted, rejected and timed.
 //! - `broker`: MQTT broker URLs and connection options, for sources, sinks and tools.
 //! - `http`: the dashboard, its API, its live view and `/metrics`.
@@ -51,13 +52,15 @@ mod window;
 // What the command line, the tests and the benches use, by stage.
 pub use alert::alertmanager::alertmanager_body;
 pub use alert::sink::{SinkConfig, SinkError};
-pub use alert::warning::{Warning, WarningStatus};
+pub use alert::warning::{Acknowledgement, Marks, Warning, WarningStatus};
 pub use batch::{Batchers, TableBatcher};
 pub use broker::{BrokerUrl, qos as mqtt_qos};
+pub use config::operations::{LevelDeadlines, OperationsConfig};
+pub use config::operators::token_hash;
 pub use config::{Config, DurationMs, EngineConfig, LogFormat, MqttConfig, StateConfig};
 pub use flow::{DeadLetter, Message, Reason};
 pub use http::live::LiveState;
-pub use http::{AppState, router};
+pub use http::{AppState, DeskAccess, router};
 pub use ingest::decode::Decoder;
 pub use ingest::fixture::FixtureReader;
 pub use ingest::mqtt::MqttSource;

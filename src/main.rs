@@ -17,7 +17,7 @@ use cityops::{
 
 mod cli;
 
-use cli::{BenchArgs, CheckArgs, Cli, Command, GenArgs, RecordArgs, ReplayArgs, RunArgs, TestArgs};
+use cli::{BenchArgs, CheckArgs, Cli, Command, GenArgs, RecordArgs, ReplayArgs, RunArgs, TestArgs, TokenHashArgs};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -34,6 +34,7 @@ fn main() -> ExitCode {
         Command::Replay(args) => replay_to_mqtt(args),
         Command::Bench(args) => bench(args),
         Command::Gen(args) => generate(args),
+        Command::TokenHash(args) => token_hash(args),
     };
     match done {
         Ok(()) => ExitCode::SUCCESS,
@@ -373,6 +374,24 @@ async fn stop_signal() -> Option<&'static str> {
         interrupted = tokio::signal::ctrl_c() => interrupted.ok().map(|()| "SIGINT"),
         _ = terminate.recv() => Some("SIGTERM"),
     }
+}
+
+fn token_hash(args: TokenHashArgs) -> Result<(), CliError> {
+    let token = match args.token {
+        Some(token) => token,
+        None => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|e| CliError::invalid(format!("reading the token from stdin: {e}")))?;
+            line.trim_end_matches(['\r', '\n']).to_string()
+        }
+    };
+    if token.len() < 8 {
+        return Err(CliError::invalid("a token needs at least 8 characters"));
+    }
+    println!("sha256:{}", cityops::token_hash(&token));
+    Ok(())
 }
 
 fn generate(args: GenArgs) -> Result<(), CliError> {

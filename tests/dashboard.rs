@@ -38,6 +38,7 @@ fn state(token: Option<&str>) -> AppState {
         metrics,
         live,
         token: token.map(Arc::from),
+        desk: None,
     }
 }
 

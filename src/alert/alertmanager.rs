@@ -40,6 +40,13 @@ pub fn alertmanager_body(warning: &Warning) -> Value {
         },
         "startsAt": warning.first_breach,
     });
+    // An escalation updates the firing alert (same labels) with the deadline that passed.
+    if let Some(deadline) = &warning.marks.escalation {
+        alert["annotations"]["escalated"] = json!(deadline);
+    }
+    if let Some(ack) = &warning.marks.acknowledged {
+        alert["annotations"]["acknowledged_by"] = json!(ack.by);
+    }
     if warning.status == WarningStatus::Resolved {
         alert["endsAt"] = json!(warning.detected_at);
     }

@@ -95,6 +95,7 @@ impl Durable {
             WarningStatus::Resolved => {
                 self.firing.remove(&firing_key(warning));
             }
+            WarningStatus::Escalated => {}
         }
         if sent {
             let after = self

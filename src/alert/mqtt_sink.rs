@@ -188,22 +188,31 @@ impl MqttSink {
         (cleared, published)
     }
 
-    /// Publishes one warning and updates its alert's retained state. Waits while the
+    /// Publishes one warning and updates its alert's retained state; an escalation goes to
+    /// `<prefix>/escalations/<level>/<rule>` and leaves the state as it is. Waits while the
     /// client's queue is full (the sink back-pressures the rules, never drops).
     pub(crate) fn publish(&mut self, warning: &Warning) -> Result<(), String> {
         let json = serde_json::to_vec(warning).map_err(|e| e.to_string())?;
+        let route = match warning.status {
+            WarningStatus::Escalated => "/escalations",
+            WarningStatus::Firing | WarningStatus::Resolved => "",
+        };
         let topic = format!(
-            "{}/{}/{}",
+            "{}{route}/{}/{}",
             self.prefix,
             warning.level.as_str(),
             topic_safe(&warning.rule)
         );
         let state = match warning.status {
-            WarningStatus::Firing => json.clone(),
-            WarningStatus::Resolved => Vec::new(),
+            WarningStatus::Firing => Some(json.clone()),
+            WarningStatus::Resolved => Some(Vec::new()),
+            WarningStatus::Escalated => None,
         };
         self.send(topic, json, false)?;
-        self.send(state_topic(&self.prefix, warning), state, true)
+        match state {
+            Some(state) => self.send(state_topic(&self.prefix, warning), state, true),
+            None => Ok(()),
+        }
     }
 
     /// Publishes at QoS 1, keeping a copy until the broker has acked everything so far.
@@ -267,6 +276,21 @@ impl Sink for MqttSink {
 
     fn settle(&mut self) -> bool {
         self.wait_for_acks(SETTLE_WAIT)
+    }
+
+    fn pages(&self) -> bool {
+        true
+    }
+
+    /// The retained state shows the alert's new marks (acknowledged, assigned).
+    fn remark(&mut self, firing: &Warning) {
+        let published = serde_json::to_vec(firing)
+            .map_err(|e| e.to_string())
+            .and_then(|json| self.send(state_topic(&self.prefix, firing), json, true));
+        if let Err(e) = published {
+            self.metrics.sink_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, alert = %firing.alert_id, "warning sink: the alert's retained state could not be updated");
+        }
     }
 
     fn reconcile(&mut self, firing: &[Warning]) {

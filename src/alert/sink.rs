@@ -11,20 +11,25 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::durable::Durable;
 use super::mqtt_sink::MqttSink;
 use super::warning::{Warning, WarningStatus};
 use super::webhook::WebhookSink;
+use crate::alert::desk::actions::{ActionError, Operation};
+use crate::alert::desk::book::{Applied, Outgoing};
+use crate::alert::desk::keeper::DeskKeeper;
 use crate::broker::BrokerUrl;
 use crate::config::{MqttConfig, WebhookConfig};
 use crate::flow::Cut;
 use crate::metrics::{Metrics, Stage};
 use crate::state::snapshot::RuleSnapshot;
+use crate::time::EpochMs;
 
-/// What the rule stage sends the sink thread, in order. Warnings go by value (they are the
-/// common item; a box each would cost an allocation), snapshots boxed.
+/// What the sink thread takes, in order: from the rule stage, warnings and snapshots; from
+/// the HTTP side, operators' actions; from the clock, the time. Warnings go by value (they
+/// are the common item; a box each would cost an allocation), the rest boxed.
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Notice {
@@ -36,6 +41,17 @@ pub(crate) enum Notice {
         rules: Arc<[String]>,
         snapshot: Box<RuleSnapshot>,
     },
+    /// An operator's action for the desk; the answer goes back on `reply`.
+    Operator(Box<OperatorRequest>),
+    /// The wall clock (epoch ms), each second of a live run: deadlines run on it.
+    Clock(EpochMs),
+}
+
+/// An action and where its answer goes.
+#[derive(Debug)]
+pub(crate) struct OperatorRequest {
+    pub operation: Operation,
+    pub reply: oneshot::Sender<Result<Applied, ActionError>>,
 }
 
 /// One destination of warnings (Vector's `StreamSink`, one warning at a time).
@@ -60,6 +76,16 @@ pub(crate) trait Sink: Send {
     fn in_memory(&self) -> bool {
         false
     }
+
+    /// Whether the sink pages people (MQTT, webhook): a silence holds notifications back
+    /// from it; the records (stdout, file) and the dashboard still get them, marked.
+    fn pages(&self) -> bool {
+        false
+    }
+
+    /// A firing alert's marks changed (acknowledged, assigned): a sink that keeps a view of
+    /// what fires (the retained MQTT state, the dashboard) shows the new marks.
+    fn remark(&mut self, _firing: &Warning) {}
 
     /// Flushes and lets go, after the last warning.
     fn close(self: Box<Self>) -> Result<(), SinkError>;
@@ -136,82 +162,159 @@ impl SinkHandle {
 
 /// Starts the sink thread reading from `rx`; `collect` keeps every warning for `finish`.
 /// With `durable`, deliveries are recorded, notifications already delivered before a crash
-/// are not sent again, and checkpoints are written.
+/// are not sent again, and checkpoints are written. With `desk`, each warning is marked by
+/// the operations desk (and held back from the paging sinks while silenced), operators'
+/// actions are applied, and deadlines run on the clock notices.
 pub(crate) fn start(
     sinks: Vec<Box<dyn Sink>>,
     collect: bool,
     rx: mpsc::Receiver<Notice>,
     durable: Option<Durable>,
+    desk: Option<DeskKeeper>,
     metrics: Arc<Metrics>,
 ) -> Result<SinkHandle, SinkError> {
+    let mut thread = SinkThread {
+        sinks,
+        collect,
+        durable,
+        desk,
+        metrics,
+        delivered: Vec::new(),
+    };
     let handle = std::thread::Builder::new()
         .name("sinks".to_string())
-        .spawn(move || deliver(rx, sinks, collect, durable, &metrics))
+        .spawn(move || thread.run(rx))
         .map_err(SinkError::Write)?;
     Ok(SinkHandle { handle })
 }
 
-fn deliver(
-    mut rx: mpsc::Receiver<Notice>,
-    mut sinks: Vec<Box<dyn Sink>>,
+/// The sink thread's state.
+struct SinkThread {
+    sinks: Vec<Box<dyn Sink>>,
     collect: bool,
-    mut durable: Option<Durable>,
-    metrics: &Metrics,
-) -> Result<Vec<Warning>, SinkError> {
-    let mut delivered = Vec::new();
-    loop {
-        let notice = match rx.try_recv() {
-            Ok(notice) => notice,
-            Err(mpsc::error::TryRecvError::Empty) => {
-                // A quiet moment: what was delivered is confirmed and recorded.
-                if let Some(durable) = durable.as_mut() {
-                    durable.settle(&mut sinks)?;
+    durable: Option<Durable>,
+    desk: Option<DeskKeeper>,
+    metrics: Arc<Metrics>,
+    delivered: Vec<Warning>,
+}
+
+impl SinkThread {
+    fn run(&mut self, mut rx: mpsc::Receiver<Notice>) -> Result<Vec<Warning>, SinkError> {
+        loop {
+            let notice = match rx.try_recv() {
+                Ok(notice) => notice,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    // A quiet moment: what was delivered is confirmed and recorded.
+                    self.settle()?;
+                    match rx.blocking_recv() {
+                        Some(notice) => notice,
+                        None => break,
+                    }
                 }
-                match rx.blocking_recv() {
-                    Some(notice) => notice,
-                    None => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+            };
+            match notice {
+                Notice::Warning(warning) => self.on_warning(warning)?,
+                Notice::Snapshot { cut, rules, snapshot } => {
+                    if let Some(durable) = self.durable.as_mut() {
+                        durable.on_snapshot(cut, &rules, *snapshot, &mut self.sinks)?;
+                    }
+                }
+                Notice::Operator(request) => self.on_operator(*request)?,
+                Notice::Clock(now_ms) => {
+                    let released = self.desk.as_mut().map(|d| d.tick(now_ms, true)).unwrap_or_default();
+                    for out in released {
+                        self.send(&out, false)?;
+                    }
                 }
             }
-            Err(mpsc::error::TryRecvError::Disconnected) => break,
-        };
-        let warning = match notice {
-            Notice::Warning(warning) => warning,
-            Notice::Snapshot { cut, rules, snapshot } => {
-                if let Some(durable) = durable.as_mut() {
-                    durable.on_snapshot(cut, &rules, *snapshot, &mut sinks)?;
-                }
-                continue;
-            }
-        };
-        let started = Instant::now();
-        let again = durable.as_mut().is_some_and(|d| d.already_delivered(&warning));
-        for sink in sinks.iter_mut().filter(|s| !again || s.in_memory()) {
-            sink.deliver(&warning)?;
         }
-        if let Some(durable) = durable.as_mut() {
-            durable.delivered(&warning, !again);
+        self.settle()?;
+        for sink in std::mem::take(&mut self.sinks) {
+            sink.close()?;
+        }
+        Ok(std::mem::take(&mut self.delivered))
+    }
+
+    fn settle(&mut self) -> Result<(), SinkError> {
+        if let Some(durable) = self.durable.as_mut() {
+            durable.settle(&mut self.sinks)?;
+        }
+        if let Some(desk) = self.desk.as_mut() {
+            desk.settle();
+        }
+        Ok(())
+    }
+
+    /// A lifecycle notification: marked by the desk, skipped by the sinks that already have
+    /// it (a recovery computed it again), recorded as delivered.
+    fn on_warning(&mut self, warning: Warning) -> Result<(), SinkError> {
+        let started = Instant::now();
+        let again = self.durable.as_mut().is_some_and(|d| d.already_delivered(&warning));
+        let out = match self.desk.as_mut() {
+            Some(desk) => desk.on_warning(warning),
+            None => Outgoing { warning, page: true },
+        };
+        self.send(&out, again)?;
+        if let Some(durable) = self.durable.as_mut() {
+            durable.delivered(&out.warning, !again);
+        }
+        if !again {
+            self.metrics
+                .record(Stage::SinkSend, started.elapsed().as_nanos() as u64);
+        }
+        Ok(())
+    }
+
+    /// Hands one notification to the sinks: those that already have it (`again`) and, when
+    /// it is silenced, the paging ones are left out.
+    fn send(&mut self, out: &Outgoing, again: bool) -> Result<(), SinkError> {
+        for sink in self
+            .sinks
+            .iter_mut()
+            .filter(|s| (!again || s.in_memory()) && (out.page || !s.pages()))
+        {
+            sink.deliver(&out.warning)?;
         }
         if again {
-            continue;
+            return Ok(());
         }
-        match warning.status {
-            WarningStatus::Firing => metrics.add_warning(warning.level),
+        match out.warning.status {
+            WarningStatus::Firing => self.metrics.add_warning(out.warning.level),
             WarningStatus::Resolved => {
-                metrics.resolved.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.metrics.resolved.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            WarningStatus::Escalated => {}
+        }
+        if self.collect {
+            self.delivered.push(out.warning.clone());
+        }
+        Ok(())
+    }
+
+    /// An operator's action: applied by the desk, its answer sent back, the receivers'
+    /// views remarked, and what it released notified.
+    fn on_operator(&mut self, request: OperatorRequest) -> Result<(), SinkError> {
+        let Some(desk) = self.desk.as_mut() else {
+            let _ = request.reply.send(Err(ActionError::Unavailable));
+            return Ok(());
+        };
+        match desk.operate(request.operation) {
+            Ok((applied, released)) => {
+                for firing in &applied.remarked {
+                    self.sinks.iter_mut().for_each(|sink| sink.remark(firing));
+                }
+                let _ = request.reply.send(Ok(applied));
+                for out in released {
+                    self.send(&out, false)?;
+                }
+            }
+            Err(refused) => {
+                let _ = request.reply.send(Err(refused));
             }
         }
-        metrics.record(Stage::SinkSend, started.elapsed().as_nanos() as u64);
-        if collect {
-            delivered.push(warning);
-        }
+        Ok(())
     }
-    if let Some(durable) = durable.as_mut() {
-        durable.settle(&mut sinks)?;
-    }
-    for sink in sinks {
-        sink.close()?;
-    }
-    Ok(delivered)
 }
 
 /// One readable line per warning on stdout.

@@ -3,6 +3,9 @@
 //! first_breach, detected_at, latency_ms, description, transition}`, and its one-line human
 //! form. `transition` (the alert's notification number) is cityops' addition to DESIGN.md:
 //! with `alert_id` it identifies a notification, so a receiver can drop one sent twice.
+//! The operations desk adds its marks ([`Marks`]: acknowledged, assigned, silenced, and
+//! which deadline an `escalated` notification is about); an alert nobody touched carries
+//! none, so its JSON is exactly DESIGN.md's.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -12,12 +15,36 @@ use crate::level::Level;
 use crate::state::snapshot::{AlertSnapshot, RuleSnapshot};
 use crate::time::format_ms;
 
-/// Firing (including escalations) or resolved.
+/// Firing (including level changes), resolved, or escalated: a response deadline passed
+/// while the alert fires (the desk's notification; the alert's lifecycle is unchanged).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WarningStatus {
     Firing,
     Resolved,
+    Escalated,
+}
+
+/// Who acknowledged an alert, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Acknowledgement {
+    pub by: String,
+    pub at: String,
+}
+
+/// The operations desk's marks on a notification; each is left out of the JSON when unset.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Marks {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged: Option<Acknowledgement>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned_to: Option<String>,
+    /// A silence holds the alert's notifications back from the paging sinks.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub silenced: bool,
+    /// On an `escalated` notification: the deadline that passed, `acknowledge` or `resolve`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<String>,
 }
 
 /// What a rule contributes to its warnings.
@@ -51,6 +78,8 @@ pub struct Warning {
     /// Set when a firing alert changed level; shown on the human line, not in the JSON.
     #[serde(skip)]
     pub escalated_from: Option<Level>,
+    #[serde(flatten)]
+    pub marks: Marks,
 }
 
 impl Warning {
@@ -77,6 +106,7 @@ impl Warning {
             description: rule.description.clone(),
             transition: t.number,
             escalated_from,
+            marks: Marks::default(),
         }
     }
 
@@ -100,6 +130,7 @@ impl Warning {
             description: rule.description.clone(),
             transition: alert.notified,
             escalated_from: None,
+            marks: Marks::default(),
         }
     }
 
@@ -108,6 +139,7 @@ impl Warning {
     pub fn human_line(&self) -> String {
         let status = match (self.status, self.escalated_from) {
             (WarningStatus::Resolved, _) => "RESOLVED".to_string(),
+            (WarningStatus::Escalated, _) => "ESCALATED".to_string(),
             (WarningStatus::Firing, None) => "FIRING".to_string(),
             (WarningStatus::Firing, Some(from)) if from < self.level => format!("UP({from})"),
             (WarningStatus::Firing, Some(from)) => format!("DOWN({from})"),

@@ -339,6 +339,10 @@ impl Sink for WebhookSink {
         Ok(())
     }
 
+    fn pages(&self) -> bool {
+        true
+    }
+
     fn settle(&mut self) -> bool {
         // Spooled is delivered as far as a crash goes: the spool is sent by the next run.
         match self.spool.lock() {

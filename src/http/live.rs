@@ -52,6 +52,7 @@ impl LiveState {
                 WarningStatus::Resolved => {
                     board.firing.remove(&warning.alert_id);
                 }
+                WarningStatus::Escalated => {}
             }
             board.recent.push_back(warning.clone());
             if board.recent.len() > HISTORY {
@@ -81,6 +82,15 @@ impl LiveState {
             .unwrap_or_default()
     }
 
+    /// A firing alert's marks changed: the board shows them (no new notification).
+    pub fn remark(&self, firing: &Warning) {
+        if let Ok(mut board) = self.board.lock()
+            && let Some(shown) = board.firing.get_mut(&firing.alert_id)
+        {
+            shown.marks = firing.marks.clone();
+        }
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Warning> {
         self.events.subscribe()
     }
@@ -106,6 +116,10 @@ impl Sink for DashboardFeed {
 
     fn in_memory(&self) -> bool {
         true
+    }
+
+    fn remark(&mut self, firing: &Warning) {
+        self.live.remark(firing);
     }
 
     fn close(self: Box<Self>) -> Result<(), SinkError> {

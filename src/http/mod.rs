@@ -7,8 +7,10 @@
 //! for supervisors. It binds to loopback unless told otherwise; a non-loopback address needs
 //! a bearer token (`[http] token` or `CITYOPS_HTTP_TOKEN`), and with a token every route
 //! but the health ones requires it (`Authorization: Bearer …`, or `?token=` for the page and
-//! its event stream, which browsers cannot give headers). `live` keeps what the dashboard
-//! shows (fed by its `DashboardFeed` sink); `prometheus` renders `/metrics`.
+//! its event stream, which browsers cannot give headers); an operator's token passes too.
+//! `live` keeps what the dashboard shows (fed by its `DashboardFeed` sink); `prometheus`
+//! renders `/metrics`; `desk` is the operator API (`/api/alerts/…`, writes need an
+//! operator's token) and `silences` Alertmanager's API v2 (`/api/v2/…`) for `amtool`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,7 +22,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use futures::Stream;
 use futures::StreamExt;
 use serde_json::json;
@@ -28,9 +30,12 @@ use serde_json::json;
 use crate::metrics::{Metrics, Stage};
 use crate::summary::Summary;
 
+pub(crate) mod desk;
 pub(crate) mod live;
 pub(crate) mod prometheus;
+pub(crate) mod silences;
 
+pub use desk::DeskAccess;
 use live::LiveState;
 
 /// Environment variable that overrides `[http] token`.
@@ -45,6 +50,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub live: Arc<LiveState>,
     pub token: Option<Arc<str>>,
+    /// The operations desk (absent in route tests that do not need it).
+    pub desk: Option<DeskAccess>,
 }
 
 /// The running server; `stop` ends it.
@@ -74,6 +81,16 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/api/stats", get(stats))
         .route("/events", get(events))
         .route("/metrics", get(metrics_page))
+        .route("/api/alerts", get(desk::alerts))
+        .route("/api/alerts/{alert_id}/history", get(desk::history))
+        .route("/api/alerts/{alert_id}/{action}", post(desk::act_on_alert))
+        .route("/api/v2/silences", get(silences::list).post(silences::post))
+        .route("/api/v2/silence/{id}", get(silences::get_one).delete(silences::expire))
+        .route("/api/v2/silences/{id}", get(silences::get_one).delete(silences::expire))
+        .route("/api/v2/alerts", get(silences::alerts))
+        .route("/api/v2/status", get(silences::status))
+        .route("/api/v2/receivers", get(silences::receivers))
+        .layer(axum::extract::DefaultBodyLimit::max(desk::MAX_BODY))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     guarded
         .route("/health", get(health))
@@ -129,6 +146,7 @@ pub(crate) fn start(
     token: Option<String>,
     metrics: Arc<Metrics>,
     live: Arc<LiveState>,
+    desk: Option<DeskAccess>,
 ) -> Result<HttpServer, HttpError> {
     let token = effective_token(token);
     if !bind.ip().is_loopback() && token.is_none() {
@@ -139,6 +157,7 @@ pub(crate) fn start(
         metrics,
         live,
         token: token.map(Arc::from),
+        desk,
     });
     let listener = match runtime.block_on(tokio::net::TcpListener::bind(bind)) {
         Err(e) if any_port_if_taken && e.kind() == std::io::ErrorKind::AddrInUse => {
@@ -178,7 +197,8 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
             .uri()
             .query()
             .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("token=")));
-        if from_header != Some(token.as_ref()) && from_query != Some(token.as_ref()) {
+        let operator = from_header.is_some_and(|t| state.desk.as_ref().is_some_and(|d| d.operators.who(t).is_some()));
+        if from_header != Some(token.as_ref()) && from_query != Some(token.as_ref()) && !operator {
             return (StatusCode::UNAUTHORIZED, "bearer token required\n").into_response();
         }
     }
@@ -206,6 +226,7 @@ fn stats_json(state: &AppState) -> serde_json::Value {
     stats["queue_depths"] = json!(metrics.queue_depths());
     stats["mqtt_connected"] = json!(metrics.mqtt_connected.load(std::sync::atomic::Ordering::Relaxed));
     stats["state"] = state_json(metrics);
+    stats["response"] = desk::response_json(state);
     stats
 }
 
@@ -282,9 +303,9 @@ fn interval_percentiles(now: &hdrhistogram::Histogram<u64>, since: &hdrhistogram
 }
 
 async fn metrics_page(State(state): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        prometheus::render(&state.metrics),
-    )
-        .into_response()
+    let mut page = prometheus::render(&state.metrics);
+    if let Some(access) = &state.desk {
+        prometheus::render_desk(&mut page, &state.metrics.desk, &access.desk.lock());
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], page).into_response()
 }

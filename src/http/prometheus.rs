@@ -7,6 +7,10 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 
+use crate::alert::desk::DeskCounters;
+use crate::alert::desk::book::Desk;
+use crate::alert::desk::silence::SilenceState;
+use crate::alert::desk::stats::TallyReport;
 use crate::flow::Reason;
 use crate::level::Level;
 use crate::metrics::{Metrics, RuleHealthView, Stage};
@@ -365,5 +369,105 @@ fn render_rules(out: &mut String, metrics: &Metrics) {
     );
     for rule in &rules {
         let _ = writeln!(out, "{name}{{rule=\"{}\"}} {}", escape(&rule.rule), rule.eval_seconds);
+    }
+}
+
+/// The operations desk: its counters, what fires and is acknowledged or silenced now, and
+/// the response statistics per level (since start and over the last day).
+pub(crate) fn render_desk(out: &mut String, counters: &DeskCounters, desk: &Desk) {
+    let counted: [(&str, &str, u64); 4] = [
+        (
+            "cityops_operator_actions_total",
+            "Operator actions accepted",
+            counters.actions.load(Relaxed),
+        ),
+        (
+            "cityops_escalations_total",
+            "Escalations: response deadlines that passed",
+            counters.escalations.load(Relaxed),
+        ),
+        (
+            "cityops_notifications_silenced_total",
+            "Notifications a silence held back from the paging sinks",
+            counters.withheld.load(Relaxed),
+        ),
+        (
+            "cityops_desk_journal_errors_total",
+            "Operations journal writes or syncs that failed",
+            counters.journal_errors.load(Relaxed),
+        ),
+    ];
+    for (name, help, value) in counted {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+    }
+    let now = desk.now_ms();
+    let firing: Vec<_> = desk.alerts().filter(|r| r.firing()).collect();
+    let gauges: [(&str, &str, usize); 4] = [
+        (
+            "cityops_alerts_firing",
+            "Alerts firing now (the desk's view)",
+            firing.len(),
+        ),
+        (
+            "cityops_alerts_acknowledged",
+            "Firing alerts acknowledged",
+            firing.iter().filter(|r| r.warning.marks.acknowledged.is_some()).count(),
+        ),
+        (
+            "cityops_alerts_silenced",
+            "Firing alerts a silence holds back",
+            firing.iter().filter(|r| r.withheld).count(),
+        ),
+        (
+            "cityops_silences_active",
+            "Silences active now",
+            desk.silences().filter(|s| s.state(now) == SilenceState::Active).count(),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+    }
+    let (since_start, last_day) = desk.stats();
+    let series: [(&str, &str, fn(&TallyReport) -> Option<f64>); 6] = [
+        (
+            "cityops_response_rate",
+            "Alerts acknowledged before their deadline, of those decided",
+            |t| t.response_rate,
+        ),
+        (
+            "cityops_resolution_rate",
+            "Alerts resolved before their deadline, of those decided",
+            |t| t.resolution_rate,
+        ),
+        (
+            "cityops_time_to_acknowledge_mean_seconds",
+            "Mean time from firing to the first acknowledgement",
+            |t| t.ack_mean_s,
+        ),
+        (
+            "cityops_time_to_acknowledge_p90_seconds",
+            "90th percentile time from firing to the first acknowledgement",
+            |t| t.ack_p90_s,
+        ),
+        (
+            "cityops_time_to_resolve_mean_seconds",
+            "Mean time from firing to resolution",
+            |t| t.resolve_mean_s,
+        ),
+        (
+            "cityops_time_to_resolve_p90_seconds",
+            "90th percentile time from firing to resolution",
+            |t| t.resolve_p90_s,
+        ),
+    ];
+    for (name, help, pick) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (window, report) in [("since_start", &since_start), ("last_day", &last_day)] {
+            for (level, tally) in &report.by_level {
+                if let Some(value) = pick(tally) {
+                    let _ = writeln!(out, "{name}{{window=\"{window}\",level=\"{level}\"}} {value}");
+                }
+            }
+        }
     }
 }

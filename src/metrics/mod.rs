@@ -168,6 +168,8 @@ pub struct Metrics {
     pub rules: RuleBoard,
     /// The durable state's log, checkpoints and recovery.
     pub state: StateMetrics,
+    /// The operations desk's counters.
+    pub(crate) desk: crate::alert::desk::DeskCounters,
 }
 
 /// Whether the run is ready for its work, as a supervisor asks `/health/ready`: the rules
@@ -282,6 +284,7 @@ impl Metrics {
             stages: std::array::from_fn(|_| Mutex::new(new_histogram())),
             rules: RuleBoard::default(),
             state: StateMetrics::default(),
+            desk: crate::alert::desk::DeskCounters::default(),
         }
     }
 

@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+mod operations;
 mod restart;
 
 use restart::{last_arrivals, open_state, recover, remember_client_id, resolutions_of_removed};
@@ -226,6 +227,15 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
         .store(matches!(options.fixture, Source::Mqtt(_)), Ordering::Relaxed);
     // What the dashboard shows; fed by the sink when an HTTP address is configured.
     let live = Arc::new(LiveState::new());
+    let (warnings_tx, warnings_rx) = mpsc::channel(WARNING_QUEUE);
+    let (desk, desk_access) = operations::open_desk(
+        config,
+        state.as_ref().map(|s| &s.dir),
+        options.clock,
+        &warnings_tx,
+        &metrics,
+        &runtime,
+    )?;
     let http = match http_addr {
         None => None,
         Some(addr) => Some(
@@ -236,6 +246,7 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
                 config.http.token.clone(),
                 Arc::clone(&metrics),
                 Arc::clone(&live),
+                Some(desk_access),
             )
             .map_err(|e| match e {
                 HttpError::OpenWithoutToken(_) => RunError::Config(e.to_string()),
@@ -253,7 +264,6 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
     let (dead_letters, dead_letter_writer) =
         deadletter::start(&options.dead_letter_path, rotation, DEAD_LETTER_QUEUE, resumes)
             .map_err(io("opening the dead-letter file"))?;
-    let (warnings_tx, warnings_rx) = mpsc::channel(WARNING_QUEUE);
     let mut sink_config = options.sinks.clone();
     sink_config.append |= resumes;
     let mut sinks = sink::open(&sink_config, &metrics)?;
@@ -268,7 +278,14 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
         )?),
         None => None,
     };
-    let sink = sink::start(sinks, options.sinks.collect, warnings_rx, durable, Arc::clone(&metrics))?;
+    let sink = sink::start(
+        sinks,
+        options.sinks.collect,
+        warnings_rx,
+        durable,
+        Some(desk),
+        Arc::clone(&metrics),
+    )?;
 
     let (results_tx, mut results_rx) = mpsc::unbounded_channel();
     let results_tx = options.capture_results.then_some(results_tx);

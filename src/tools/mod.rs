@@ -3,7 +3,8 @@
 //! `bench` (a replay measured end to end, scored and written out), `generator`
 //! (`cityops gen`: seeded synthetic cities with labelled incidents), `record` (live MQTT
 //! into a fixture) and `replay` (`cityops replay --to-mqtt`: a fixture published to a
-//! broker, the load generator).
+//! broker, the load generator). `scripted_desk` runs a rule test's operator actions and
+//! deadlines through the operations desk on the virtual clock.
 
 pub mod bench;
 pub mod check;
@@ -11,3 +12,4 @@ pub mod generator;
 pub mod record;
 pub mod replay;
 pub mod rule_test;
+pub mod scripted_desk;

@@ -17,6 +17,7 @@ use crate::ingest::replay::Speed;
 use crate::pipeline::{self, RunOptions, Source};
 use crate::rules::worker::DetectionClock;
 use crate::time::{EpochMs, format_ms, parse_duration_ms, parse_ts_text};
+use crate::tools::scripted_desk::{self, ScriptedAction};
 
 /// One test case file.
 #[derive(Debug, Deserialize)]
@@ -32,6 +33,12 @@ pub struct Case {
     pub message: Vec<SingleMessage>,
     #[serde(default)]
     pub expect: Vec<Expected>,
+    /// Operator actions on the virtual clock; with any, or with `until`, the warnings
+    /// compared are what the operations desk sends (escalations included).
+    #[serde(default)]
+    pub action: Vec<ScriptedAction>,
+    /// The virtual clock runs on to here after the input (deadlines may pass meanwhile).
+    pub until: Option<String>,
 }
 
 /// Readings every `every` in [from, to).
@@ -66,6 +73,12 @@ pub struct Expected {
     pub key: BTreeMap<String, Value>,
     pub detected_at: Option<String>,
     pub window_start: Option<String>,
+    /// For `escalated`: the deadline that passed (`acknowledge` or `resolve`).
+    pub escalation: Option<String>,
+    /// Whether a silence held it back from the paging sinks.
+    pub silenced: Option<bool>,
+    /// Who had acknowledged the alert when it was sent.
+    pub acknowledged_by: Option<String>,
 }
 
 /// The outcome of one case.
@@ -124,6 +137,7 @@ pub fn run_case(config: &Config, path: &Path) -> CaseResult {
     // A case is a fixed run on the virtual clock: no hot reload.
     let mut config = config.clone();
     config.rules.reload_interval = crate::config::DurationMs(0);
+    let options_config = config.clone();
     let options = RunOptions {
         state: None,
         config,
@@ -148,12 +162,21 @@ pub fn run_case(config: &Config, path: &Path) -> CaseResult {
         Ok(o) => o,
         Err(e) => return fail(format!("the pipeline failed: {e}")),
     };
+    let warnings = if case.action.is_empty() && case.until.is_none() {
+        outcome.warnings
+    } else {
+        match scripted_desk::run(
+            &options_config.operations,
+            &outcome.warnings,
+            &case.action,
+            case.until.as_deref(),
+        ) {
+            Ok(sent) => sent,
+            Err(e) => return fail(e),
+        }
+    };
     // Rules run in parallel, so only each rule's own sequence is ordered: compare rule by rule.
-    let mut actual: Vec<&Warning> = outcome
-        .warnings
-        .iter()
-        .filter(|w| case.rules.contains(&w.rule))
-        .collect();
+    let mut actual: Vec<&Warning> = warnings.iter().filter(|w| case.rules.contains(&w.rule)).collect();
     actual.sort_by(|a, b| a.rule.cmp(&b.rule));
     let mut case = case;
     case.expect.sort_by(|a, b| a.rule.cmp(&b.rule));
@@ -204,6 +227,13 @@ fn matches(e: &Expected, a: &Warning) -> bool {
         && e.key.iter().all(|(k, v)| a.key.get(k) == Some(v))
         && same_time(e.detected_at.as_deref(), Some(&a.detected_at))
         && same_time(e.window_start.as_deref(), a.window_start.as_deref())
+        && e.escalation
+            .as_ref()
+            .is_none_or(|d| a.marks.escalation.as_ref() == Some(d))
+        && e.silenced.is_none_or(|s| a.marks.silenced == s)
+        && e.acknowledged_by
+            .as_ref()
+            .is_none_or(|by| a.marks.acknowledged.as_ref().map(|ack| &ack.by) == Some(by))
 }
 
 /// An expected time (any accepted form) against an RFC 3339 value; absent means "any".
@@ -227,6 +257,15 @@ fn show_expected(e: &Expected) -> String {
     if let Some(t) = &e.window_start {
         line.push_str(&format!(" window_start={t}"));
     }
+    if let Some(deadline) = &e.escalation {
+        line.push_str(&format!(" escalation={deadline}"));
+    }
+    if let Some(silenced) = e.silenced {
+        line.push_str(&format!(" silenced={silenced}"));
+    }
+    if let Some(by) = &e.acknowledged_by {
+        line.push_str(&format!(" acknowledged_by={by}"));
+    }
     line
 }
 
@@ -245,14 +284,25 @@ fn show_actual(a: &Warning) -> String {
         .as_deref()
         .map(|w| format!(" window_start={w}"))
         .unwrap_or_default();
+    let mut marks = String::new();
+    if let Some(deadline) = &a.marks.escalation {
+        marks.push_str(&format!(" escalation={deadline}"));
+    }
+    if a.marks.silenced {
+        marks.push_str(" silenced=true");
+    }
+    if let Some(ack) = &a.marks.acknowledged {
+        marks.push_str(&format!(" acknowledged_by={}", ack.by));
+    }
     format!(
-        "{} {} {} {} detected_at={}{}",
+        "{} {} {} {} detected_at={}{}{}",
         a.rule,
         status,
         a.level.as_str(),
         key.join(" "),
         a.detected_at,
-        window
+        window,
+        marks
     )
 }
 

@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer};
 
 use crate::schema::{Catalog, ColumnType};
+
+pub(crate) mod operations;
+pub(crate) mod operators;
 use crate::time::parse_duration_ms;
 
 /// The defaults, written out as a config file would be; the README shows the same text.
@@ -59,6 +62,16 @@ max_files = 5              # rotated files kept beside the live one; older ones 
 bind = ""                  # e.g. "127.0.0.1:9900": serve /metrics while running ("" = off)
 # token = "…"              # required when bind is not loopback (or CITYOPS_HTTP_TOKEN)
 
+[http.operators]           # who may act on warnings: name = SHA-256 of the token (`cityops token-hash TOKEN`), or CITYOPS_OPERATOR=name:token
+# li = "sha256:…"
+
+[operations]               # response deadlines per level: acknowledge within, resolve within (escalated once each when passed)
+red = { acknowledge = "5m", resolve = "2h" }
+orange = { acknowledge = "15m", resolve = "24h" }
+yellow = { acknowledge = "1h", resolve = "7d" }
+blue = { acknowledge = "4h", resolve = "15d" }
+keep_resolved = "7d"       # resolved alerts and their history stay on the desk this long
+
 [rules]
 dir = "queries"
 reload_interval = "1s"     # how often `run` checks the rules for changes ("0s" = never)
@@ -106,6 +119,9 @@ pub struct Config {
     pub dead_letters: DeadLettersConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// Response deadlines and the desk's memory (`[operations]`).
+    #[serde(default)]
+    pub operations: operations::OperationsConfig,
     /// Extra columns per table, or whole new tables: `[tables.water] nitrate_mg_l = "float"`.
     #[serde(default)]
     pub tables: BTreeMap<String, BTreeMap<String, ColumnType>>,
@@ -226,6 +242,8 @@ pub struct HttpConfig {
     /// Address to serve on; empty = no server.
     pub bind: String,
     pub token: Option<String>,
+    /// Operators who may act on warnings: name → `sha256:<hex>` of their token.
+    pub operators: BTreeMap<String, String>,
     /// When `bind` is taken, serve on any free port of the same address instead of failing
     /// (the demo run's default dashboard; never set from a file).
     #[serde(skip)]
@@ -410,6 +428,12 @@ impl Config {
         }
         if e.idle_timeout.0 == 0 {
             problems.push("engine.idle_timeout must be longer than 0".to_string());
+        }
+        if let Err(message) = self.operations.check() {
+            problems.push(message);
+        }
+        if let Err(message) = crate::config::operators::Operators::new(&self.http.operators, None) {
+            problems.push(message);
         }
         if let Err(message) = crate::topic::TopicPattern::parse(&self.topics.pattern) {
             problems.push(format!("topics.pattern: {message}"));
