@@ -8,7 +8,8 @@
 //!
 //! Runs when Chromium and chromedriver are installed (`.ci/run` installs them and sets
 //! `CITYOPS_TEST_CHROMIUM=1`, which makes their absence a failure); otherwise it says it
-//! did not run.
+//! did not run. A second test has an operator acknowledge a warning and silence a group by
+//! clicking on the page, and checks both in the API.
 //!
 //! The run is `cityops run --speed 1800` of the demo (about 48 s) on a free port. The alerts
 //! that leave the board must be exactly those the run resolved, each found in the history.
@@ -108,6 +109,35 @@ impl Browser {
         self.command("execute/sync", &json!({"script": script, "args": []}))
     }
 
+    /// Finds an element and runs `then` on it (`click`, or `value` to type), again while
+    /// the page re-renders it under the driver (a stale element) for up to 10 s.
+    fn on_element(&self, css: &str, then: &str, body: &Value) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self.command("element", &json!({"using": "css selector", "value": css}));
+            let element = found
+                .as_object()
+                .and_then(|o| o.values().next())
+                .and_then(Value::as_str);
+            if let Some(element) = element {
+                let done = self.command(&format!("element/{element}/{then}"), body);
+                if done.get("error").is_none() {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "cannot {then} `{css}`: {found}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn click(&self, css: &str) {
+        self.on_element(css, "click", &json!({}));
+    }
+
+    fn type_into(&self, css: &str, text: &str) {
+        self.on_element(css, "value", &json!({"text": text}));
+    }
+
     fn screenshot(&self, path: &Path) {
         let url = format!("{}/session/{}/screenshot", self.base, self.session);
         let body = ureq::get(url).call().unwrap().body_mut().read_to_string().unwrap();
@@ -126,7 +156,13 @@ impl Drop for Browser {
 }
 
 fn post(url: &str, body: &Value) -> Value {
-    let mut reply = ureq::post(url)
+    // WebDriver answers errors (a stale element) with 4xx/5xx and a JSON body.
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let mut reply = agent
+        .post(url)
         .header("content-type", "application/json")
         .send(body.to_string())
         .unwrap_or_else(|e| panic!("POST {url}: {e}"));
@@ -293,4 +329,163 @@ fn the_dashboard_shows_each_tables_warnings_in_their_colour_and_resolved_ones_le
         screenshot.display()
     );
     assert!(screenshot.exists() && std::fs::metadata(&screenshot).unwrap().len() > 10_000);
+}
+
+/// `cityops run` of the demo at `speed` on a free port, with one operator; returns the
+/// process and the dashboard's address.
+fn start_demo(speed: &str, dir: &Path, token: &str) -> (Killed, String, std::thread::JoinHandle<std::io::Result<u64>>) {
+    let mut run = Killed(
+        Command::new(env!("CARGO_BIN_EXE_cityops"))
+            .args(["run", "--speed", speed, "--quiet", "--http", "127.0.0.1:0"])
+            .arg("--dead-letter")
+            .arg(dir.join("dead.jsonl"))
+            .env("CITYOPS_OPERATOR", format!("li:{token}"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stderr = BufReader::new(run.0.stderr.take().unwrap());
+    let address = loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "cityops ended before serving");
+        if let Some(rest) = line.split("dashboard on ").nth(1) {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .trim_end_matches('/')
+                .to_string();
+        }
+    };
+    let drain = std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    (run, address, drain)
+}
+
+fn get_json(url: &str) -> Value {
+    serde_json::from_str(&ureq::get(url).call().unwrap().body_mut().read_to_string().unwrap()).unwrap()
+}
+
+/// An operator acknowledges a warning and silences a group by clicking on the page; the API
+/// shows both, and the page shows the marks.
+#[test]
+fn an_operator_acknowledges_a_warning_and_silences_a_group_on_the_page() {
+    let installed = Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists();
+    if !installed {
+        assert!(
+            std::env::var_os("CITYOPS_TEST_CHROMIUM").is_none(),
+            "CITYOPS_TEST_CHROMIUM is set but {CHROMIUM} or {CHROMEDRIVER} is missing"
+        );
+        eprintln!("browser test did not run: install chromium and chromium-driver (.ci/run does)");
+        return;
+    }
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("browser-actions-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let browser = Browser::start(&dir.join("profile"));
+    let token = "li-dashboard-token";
+    // 600x: the 20 cold rooms of a Haidian compound fire at 19:00 of event time and stay
+    // firing for about 36 s.
+    let (_run, address, _drain) = start_demo("600", &dir, token);
+    browser.open(&address);
+    browser.type_into("#operator-token", token);
+    let group = "details.group[data-group='room_temp_low/haidian']";
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let count = browser.script(&format!(
+            "const g = document.querySelector(\"{group}\"); return g ? +g.dataset.count : 0;"
+        ));
+        if count.as_u64().unwrap_or(0) >= 5 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the cold-room group never showed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Expand the group and acknowledge its first warning.
+    browser.click(&format!("{group} > summary"));
+    let first = browser.script(&format!(
+        "return document.querySelector(\"{group} .warning\").dataset.alert;"
+    ));
+    let id = first.as_str().unwrap().to_string();
+    browser.click(&format!("{group} button[data-act='ack'][data-alert='{id}']"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let history = loop {
+        let history = get_json(&format!("{address}/api/alerts/{id}/history"));
+        if history["acknowledged"]["by"] == "li" {
+            break history;
+        }
+        assert!(Instant::now() < deadline, "not acknowledged: {history}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let events: Vec<&str> = history["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["fired", "acknowledged"], "{history}");
+
+    // Silence the whole group, for 24 h (of the replay's clock: 2 h would pass in 12 s).
+    browser.click("#silence-for option[value='1440']");
+    browser.click(&format!("{group} button[data-act='silence-group']"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let silences = loop {
+        let silences = get_json(&format!("{address}/api/v2/silences"));
+        if silences.as_array().is_some_and(|s| !s.is_empty()) {
+            break silences;
+        }
+        assert!(Instant::now() < deadline, "no silence was made");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(silences.as_array().unwrap().len(), 1, "{silences}");
+    let silence = &silences[0];
+    assert_eq!(silence["createdBy"], "li");
+    assert_eq!(silence["status"]["state"], "active", "{silence}");
+    let mut matchers: Vec<(String, String)> = silence["matchers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap().to_string(),
+                m["value"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    matchers.sort();
+    assert_eq!(
+        matchers,
+        [
+            ("alertname".to_string(), "room_temp_low".to_string()),
+            ("district".to_string(), "haidian".to_string())
+        ]
+    );
+    // Every alert of the group is silenced now, none of another group; the page shows it.
+    let alerts = get_json(&format!("{address}/api/alerts"));
+    for alert in alerts["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["firing"] == true)
+    {
+        let in_group = alert["group"] == "room_temp_low/haidian";
+        assert_eq!(alert["silenced"], in_group, "{alert}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let shown = browser.script(&format!(
+            "return [...document.querySelectorAll(\"{group} .warning .marks\")].map(m => m.textContent);"
+        ));
+        let marks: Vec<&str> = shown
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        if marks.iter().any(|m| m.contains("acknowledged by li"))
+            && marks.iter().filter(|m| m.contains("silenced")).count() >= 5
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the page does not show the marks: {marks:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::AppState;
 use crate::alert::desk::actions::{Action, ActionError, Operation};
-use crate::alert::desk::book::Applied;
+use crate::alert::desk::book::{Applied, Desk};
 use crate::alert::desk::keeper::SharedDesk;
 use crate::alert::desk::record::AlertRecord;
 use crate::alert::sink::{Notice, OperatorRequest};
@@ -158,7 +158,8 @@ pub(crate) async fn act_on_alert(
     match access.act(by, action).await {
         Ok(applied) => {
             let events: Vec<_> = applied.events.into_iter().map(|(_, e)| e).collect();
-            let record = access.desk.lock().alert(&alert_id).map(record_json);
+            let desk = access.desk.lock();
+            let record = desk.alert(&alert_id).map(|r| record_json(&desk, r));
             axum::Json(json!({"ok": true, "events": events, "alert": record})).into_response()
         }
         Err(refused) => refused,
@@ -200,8 +201,9 @@ fn action_of(verb: &str, alert_id: String, body: &Bytes) -> Result<Action, Respo
 }
 
 /// One alert as the API shows it: its latest notification with marks, its state on the
-/// desk, and its group (rule and district, as the dashboard groups).
-pub(crate) fn record_json(record: &AlertRecord) -> Value {
+/// desk (`silenced`: an active silence matches it now), and its group (rule and district,
+/// as the dashboard groups).
+pub(crate) fn record_json(desk: &Desk, record: &AlertRecord) -> Value {
     json!({
         "alert_id": record.warning.alert_id,
         "rule": record.warning.rule,
@@ -212,7 +214,7 @@ pub(crate) fn record_json(record: &AlertRecord) -> Value {
         "closed": record.closed,
         "acknowledged": record.warning.marks.acknowledged,
         "assigned_to": record.warning.marks.assigned_to,
-        "silenced": record.withheld,
+        "silenced": record.firing() && !desk.silenced_by(&record.warning).is_empty(),
         "group": format!("{}/{}", record.warning.rule, record.district()),
         "district": record.district(),
         "warning": record.warning,
@@ -227,7 +229,7 @@ pub(crate) async fn history(State(state): State<AppState>, Path(alert_id): Path<
     let desk = access.desk.lock();
     match desk.alert(&alert_id) {
         Some(record) => {
-            let mut json = record_json(record);
+            let mut json = record_json(&desk, record);
             json["history"] = json!(record.history);
             axum::Json(json).into_response()
         }
@@ -241,7 +243,7 @@ pub(crate) async fn alerts(State(state): State<AppState>) -> Response {
         return no_desk();
     };
     let desk = access.desk.lock();
-    let alerts: Vec<Value> = desk.alerts().map(record_json).collect();
+    let alerts: Vec<Value> = desk.alerts().map(|r| record_json(&desk, r)).collect();
     axum::Json(json!({"alerts": alerts})).into_response()
 }
 
