@@ -210,6 +210,40 @@ fn operators_acknowledge_assign_comment_and_close_with_a_token_and_nothing_chang
         .collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
 
+    // The response statistics count it: acknowledged and resolved, no deadline passed (a
+    // replay's clock runs no deadlines), 4 accepted actions.
+    let (_, stats) = call("GET", &format!("{base}/api/stats"), None, None);
+    let all = &stats["response"]["since_start"]["all"];
+    assert_eq!(
+        (
+            &all["fired"],
+            &all["acknowledged"],
+            &all["acknowledged_in_time"],
+            &all["resolved"],
+            &all["resolved_in_time"]
+        ),
+        (&json!(1), &json!(1), &json!(1), &json!(1), &json!(1)),
+        "{stats}"
+    );
+    assert_eq!(
+        stats["response"]["since_start"]["by_level"]["red"]["response_rate"],
+        1.0
+    );
+    let page = ureq::get(format!("{base}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    for line in [
+        "cityops_operator_actions_total 4",
+        "cityops_escalations_total 0",
+        "cityops_response_rate{window=\"since_start\",level=\"red\"} 1",
+        "cityops_alerts_firing 0",
+    ] {
+        assert!(page.lines().any(|l| l == line), "no `{line}` on /metrics");
+    }
+
     drop(tx);
     let outcome = run.join().unwrap();
     // The notifications themselves: fired (no marks) and resolved (with the marks of the time).
@@ -311,4 +345,114 @@ fn acknowledgements_and_silences_survive_sigkill_and_restart() {
     assert_eq!(silences[0]["comment"], "detector replaced tonight");
     cityops.kill().unwrap();
     cityops.wait().unwrap();
+}
+
+/// On the wall clock of a live run, a red alert nobody acknowledges within its deadline is
+/// escalated exactly once, on its own MQTT topic; one acknowledged in time never is.
+#[test]
+fn a_live_deadline_escalates_an_unacknowledged_alert_once_on_its_own_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let base = format!("http://{addr}");
+    let broker = common::rumqttd();
+    let mut options = rumqttc::MqttOptions::new("escalation-test-sub", broker.ip().to_string(), broker.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut connection) = rumqttc::Client::new(options, 100);
+    client
+        .subscribe("escalation-warnings/escalations/#", rumqttc::QoS::AtLeastOnce)
+        .unwrap();
+    let escalations = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let (subscribed_tx, subscribed) = crossbeam_channel::bounded(1);
+    let sink = std::sync::Arc::clone(&escalations);
+    std::thread::spawn(move || {
+        for event in connection.iter() {
+            match event {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                    let _ = subscribed_tx.try_send(());
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    sink.lock().unwrap().push(serde_json::from_slice(&p.payload).unwrap());
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    subscribed.recv_timeout(Duration::from_secs(10)).expect("subscribed");
+
+    let mut config = Config::default();
+    config.rules.dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("queries");
+    config.rules.reload_interval = DurationMs(0);
+    config.http.bind = addr.clone();
+    config
+        .http
+        .operators
+        .insert("li".into(), format!("sha256:{}", cityops::token_hash(TOKEN)));
+    config.operations.red.acknowledge = DurationMs(3_000);
+    config.mqtt.warnings_prefix = "escalation-warnings".into();
+    config.mqtt.client_id = "escalation-test".into();
+    let url = cityops::BrokerUrl {
+        host: broker.ip().to_string(),
+        port: broker.port(),
+        tls: false,
+    };
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let options = RunOptions {
+        sinks: cityops::SinkConfig {
+            collect: true,
+            mqtt: Some((url, config.mqtt.clone())),
+            ..cityops::SinkConfig::default()
+        },
+        clock: cityops::DetectionClock::Wall,
+        ..common::options(config, Source::Channel(rx), &dir.path().join("dead-letters.jsonl"))
+    };
+    let run = std::thread::spawn(move || pipeline::run(options).expect("the pipeline runs"));
+    let now = cityops::time::wall_now_ms();
+    let live = |device: &str| {
+        let payload = json!({"ts": now, "kind": "gas_lel", "value": 60.0, "unit": "%LEL"});
+        Message {
+            topic: format!("city/xicheng/sensor/{device}"),
+            payload: payload.to_string().into_bytes().into(),
+            ..Message::default()
+        }
+    };
+    tx.send(live("gas-5")).unwrap();
+    tx.send(live("gas-6")).unwrap();
+    let acked = alert_of(&base, "gas-6", |a| a["firing"] == true);
+    let id = acked["alert_id"].as_str().unwrap();
+    let (status, body) = call("POST", &format!("{base}/api/alerts/{id}/ack"), Some(TOKEN), None);
+    assert_eq!(status, 200, "{body}");
+    let started = Instant::now();
+    while escalations.lock().unwrap().is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(20), "no escalation");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Deadlines run each second: three more seconds give any second escalation its chance.
+    std::thread::sleep(Duration::from_secs(3));
+    let seen = escalations.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0]["key"]["device_id"], "gas-5");
+    assert_eq!(seen[0]["status"], "escalated");
+    assert_eq!(seen[0]["escalation"], "acknowledge");
+    let (_, history) = call(
+        "GET",
+        &format!("{base}/api/alerts/{}/history", seen[0]["alert_id"].as_str().unwrap()),
+        None,
+        None,
+    );
+    let events: Vec<&str> = history["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["fired", "escalated"], "{history}");
+    drop(tx);
+    let outcome = run.join().unwrap();
+    let escalated: Vec<_> = outcome
+        .warnings
+        .iter()
+        .filter(|w| w.status == cityops::WarningStatus::Escalated)
+        .collect();
+    assert_eq!(escalated.len(), 1);
 }

@@ -71,6 +71,12 @@ orange = { acknowledge = "15m", resolve = "24h" }
 yellow = { acknowledge = "1h", resolve = "7d" }
 blue = { acknowledge = "4h", resolve = "15d" }
 keep_resolved = "7d"       # resolved alerts and their history stay on the desk this long
+utc_offset = "+08:00"      # local time of the maintenance windows
+# [[operations.maintenance]] # a daily window whose matching warnings are silenced
+# name = "haidian mains"
+# matchers = ['district="haidian"', 'alertname=~"pressure_.*"']
+# from = "02:00"
+# to = "04:00"
 
 [rules]
 dir = "queries"

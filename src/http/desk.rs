@@ -38,18 +38,33 @@ pub struct DeskAccess {
     pub(crate) virtual_clock: bool,
 }
 
-/// An error answer: a status and a one-line reason, as JSON.
-pub(crate) fn refuse(status: StatusCode, reason: impl std::fmt::Display) -> Response {
-    (status, axum::Json(json!({"error": reason.to_string()}))).into_response()
+/// A refused request: a status and a one-line reason, answered as JSON.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    status: StatusCode,
+    reason: String,
 }
 
-pub(crate) fn no_desk() -> Response {
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(json!({"error": self.reason}))).into_response()
+    }
+}
+
+pub(crate) fn refuse(status: StatusCode, reason: impl std::fmt::Display) -> Refusal {
+    Refusal {
+        status,
+        reason: reason.to_string(),
+    }
+}
+
+pub(crate) fn no_desk() -> Refusal {
     refuse(StatusCode::SERVICE_UNAVAILABLE, "the operations desk is not running")
 }
 
 impl DeskAccess {
     /// The operator a request's bearer token names, or the 401 to answer.
-    pub(crate) fn operator(&self, headers: &HeaderMap) -> Result<String, Response> {
+    pub(crate) fn operator(&self, headers: &HeaderMap) -> Result<String, Refusal> {
         let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -77,7 +92,7 @@ impl DeskAccess {
     }
 
     /// Sends an action to the sink thread and waits for its answer.
-    pub(crate) async fn act(&self, by: String, action: Action) -> Result<Applied, Response> {
+    pub(crate) async fn act(&self, by: String, action: Action) -> Result<Applied, Refusal> {
         let operation = Operation {
             at_ms: self.now_ms(),
             by,
@@ -105,7 +120,7 @@ impl DeskAccess {
 }
 
 /// The status each refusal answers with.
-pub(crate) fn refusal(refused: &ActionError) -> Response {
+pub(crate) fn refusal(refused: &ActionError) -> Refusal {
     let status = match refused {
         ActionError::UnknownAlert(_) | ActionError::UnknownSilence(_) => StatusCode::NOT_FOUND,
         ActionError::Conflict(_) => StatusCode::CONFLICT,
@@ -117,7 +132,7 @@ pub(crate) fn refusal(refused: &ActionError) -> Response {
 }
 
 /// The JSON object of a request body (an empty body is `{}`), or the 400 to answer.
-fn body_object(body: &Bytes) -> Result<serde_json::Map<String, Value>, Response> {
+fn body_object(body: &Bytes) -> Result<serde_json::Map<String, Value>, Refusal> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(serde_json::Map::new());
     }
@@ -129,7 +144,7 @@ fn body_object(body: &Bytes) -> Result<serde_json::Map<String, Value>, Response>
 }
 
 /// A text field of the body: absent is None, a non-string is a 400.
-fn text(body: &serde_json::Map<String, Value>, name: &str) -> Result<Option<String>, Response> {
+fn text(body: &serde_json::Map<String, Value>, name: &str) -> Result<Option<String>, Refusal> {
     match body.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -145,15 +160,15 @@ pub(crate) async fn act_on_alert(
     body: Bytes,
 ) -> Response {
     let Some(access) = &state.desk else {
-        return no_desk();
+        return no_desk().into_response();
     };
     let by = match access.operator(&headers) {
         Ok(by) => by,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let action = match action_of(&verb, alert_id.clone(), &body) {
         Ok(action) => action,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     match access.act(by, action).await {
         Ok(applied) => {
@@ -162,11 +177,11 @@ pub(crate) async fn act_on_alert(
             let record = desk.alert(&alert_id).map(|r| record_json(&desk, r));
             axum::Json(json!({"ok": true, "events": events, "alert": record})).into_response()
         }
-        Err(refused) => refused,
+        Err(refused) => refused.into_response(),
     }
 }
 
-fn action_of(verb: &str, alert_id: String, body: &Bytes) -> Result<Action, Response> {
+fn action_of(verb: &str, alert_id: String, body: &Bytes) -> Result<Action, Refusal> {
     let body = body_object(body)?;
     let required = |name: &str| {
         text(&body, name)?.ok_or_else(|| refuse(StatusCode::BAD_REQUEST, format!("the body needs `{name}`")))
@@ -224,7 +239,7 @@ pub(crate) fn record_json(desk: &Desk, record: &AlertRecord) -> Value {
 /// `GET /api/alerts/{alert_id}/history`.
 pub(crate) async fn history(State(state): State<AppState>, Path(alert_id): Path<String>) -> Response {
     let Some(access) = &state.desk else {
-        return no_desk();
+        return no_desk().into_response();
     };
     let desk = access.desk.lock();
     match desk.alert(&alert_id) {
@@ -233,14 +248,14 @@ pub(crate) async fn history(State(state): State<AppState>, Path(alert_id): Path<
             json["history"] = json!(record.history);
             axum::Json(json).into_response()
         }
-        None => refuse(StatusCode::NOT_FOUND, format!("no alert {alert_id}")),
+        None => refuse(StatusCode::NOT_FOUND, format!("no alert {alert_id}")).into_response(),
     }
 }
 
 /// `GET /api/alerts`: every alert on the desk (firing, and resolved ones still kept).
 pub(crate) async fn alerts(State(state): State<AppState>) -> Response {
     let Some(access) = &state.desk else {
-        return no_desk();
+        return no_desk().into_response();
     };
     let desk = access.desk.lock();
     let alerts: Vec<Value> = desk.alerts().map(|r| record_json(&desk, r)).collect();

@@ -7,13 +7,12 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::alert::desk::DeskCounters;
 use crate::alert::desk::book::Desk;
 use crate::alert::desk::silence::SilenceState;
 use crate::alert::desk::stats::TallyReport;
 use crate::flow::Reason;
 use crate::level::Level;
-use crate::metrics::{Metrics, RuleHealthView, Stage};
+use crate::metrics::{DeskCounters, Metrics, RuleHealthView, Stage};
 
 /// Renders every metric.
 pub(crate) fn render(metrics: &Metrics) -> String {
@@ -372,6 +371,9 @@ fn render_rules(out: &mut String, metrics: &Metrics) {
     }
 }
 
+/// Picks one figure of a tally.
+type Pick = fn(&TallyReport) -> Option<f64>;
+
 /// The operations desk: its counters, what fires and is acknowledged or silenced now, and
 /// the response statistics per level (since start and over the last day).
 pub(crate) fn render_desk(out: &mut String, counters: &DeskCounters, desk: &Desk) {
@@ -428,7 +430,7 @@ pub(crate) fn render_desk(out: &mut String, counters: &DeskCounters, desk: &Desk
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
     }
     let (since_start, last_day) = desk.stats();
-    let series: [(&str, &str, fn(&TallyReport) -> Option<f64>); 6] = [
+    let series: [(&str, &str, Pick); 6] = [
         (
             "cityops_response_rate",
             "Alerts acknowledged before their deadline, of those decided",

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::desk::{no_desk, refuse};
+use super::desk::{Refusal, no_desk, refuse};
 use crate::alert::desk::actions::Action;
 use crate::alert::desk::silence::{LabelTest, Silence, labels_of, parse_matcher};
 use crate::time::format_ms;
@@ -23,7 +23,7 @@ use crate::time::format_ms;
 const RECEIVER: &str = "cityops";
 
 /// The query's `filter` matchers and its other parameters.
-fn query_of(raw: Option<String>) -> Result<(Vec<LabelTest>, BTreeMap<String, String>), Response> {
+fn query_of(raw: Option<String>) -> Result<(Vec<LabelTest>, BTreeMap<String, String>), Refusal> {
     let mut filters = Vec::new();
     let mut flags = BTreeMap::new();
     for (name, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
@@ -47,11 +47,11 @@ fn flag(flags: &BTreeMap<String, String>, name: &str) -> bool {
 /// `GET /api/v2/silences`.
 pub(crate) async fn list(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
     let Some(access) = &state.desk else {
-        return no_desk();
+        return no_desk().into_response();
     };
     let (filters, _) = match query_of(raw) {
         Ok(query) => query,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let now = access.now_ms();
     let desk = access.desk.lock();
@@ -76,52 +76,52 @@ pub(crate) async fn list(State(state): State<AppState>, RawQuery(raw): RawQuery)
 /// `GET /api/v2/silence/{id}`.
 pub(crate) async fn get_one(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     let Some(access) = &state.desk else {
-        return no_desk();
+        return no_desk().into_response();
     };
     let now = access.now_ms();
     match access.desk.lock().silence(&id) {
         Some(silence) => axum::Json(silence.gettable(now)).into_response(),
-        None => refuse(StatusCode::NOT_FOUND, format!("no silence {id}")),
+        None => refuse(StatusCode::NOT_FOUND, format!("no silence {id}")).into_response(),
     }
 }
 
 /// `POST /api/v2/silences`: a new silence, or a change to one (its `id` given).
 pub(crate) async fn post(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let Some(access) = &state.desk else {
-        return no_desk();
+        return no_desk().into_response();
     };
     let by = match access.operator(&headers) {
         Ok(by) => by,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let mut silence: Silence = match serde_json::from_slice(&body) {
         Ok(silence) => silence,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("not a silence: {e}")),
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("not a silence: {e}")).into_response(),
     };
     if silence.id.is_empty() {
         silence.id = uuid::Uuid::new_v4().to_string();
     } else if access.desk.lock().silence(&silence.id).is_none() {
-        return refuse(StatusCode::NOT_FOUND, format!("no silence {} to change", silence.id));
+        return refuse(StatusCode::NOT_FOUND, format!("no silence {} to change", silence.id)).into_response();
     }
     let id = silence.id.clone();
     match access.act(by, Action::Silence { silence }).await {
         Ok(_) => axum::Json(json!({"silenceID": id})).into_response(),
-        Err(refused) => refused,
+        Err(refused) => refused.into_response(),
     }
 }
 
 /// `DELETE /api/v2/silence/{id}`: the silence ends now.
 pub(crate) async fn expire(State(state): State<AppState>, Path(id): Path<String>, headers: HeaderMap) -> Response {
     let Some(access) = &state.desk else {
-        return no_desk();
+        return no_desk().into_response();
     };
     let by = match access.operator(&headers) {
         Ok(by) => by,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     match access.act(by, Action::ExpireSilence { silence_id: id }).await {
         Ok(_) => StatusCode::OK.into_response(),
-        Err(refused) => refused,
+        Err(refused) => refused.into_response(),
     }
 }
 
@@ -129,11 +129,11 @@ pub(crate) async fn expire(State(state): State<AppState>, Path(id): Path<String>
 /// when a silence holds them back).
 pub(crate) async fn alerts(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
     let Some(access) = &state.desk else {
-        return no_desk();
+        return no_desk().into_response();
     };
     let (filters, flags) = match query_of(raw) {
         Ok(query) => query,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let (show_active, show_silenced) = (flag(&flags, "active"), flag(&flags, "silenced"));
     let now = access.now_ms();

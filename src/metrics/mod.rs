@@ -169,7 +169,20 @@ pub struct Metrics {
     /// The durable state's log, checkpoints and recovery.
     pub state: StateMetrics,
     /// The operations desk's counters.
-    pub(crate) desk: crate::alert::desk::DeskCounters,
+    pub(crate) desk: DeskCounters,
+}
+
+/// The desk's counters, for `/metrics`.
+#[derive(Debug, Default)]
+pub(crate) struct DeskCounters {
+    /// Operator actions accepted.
+    pub(crate) actions: AtomicU64,
+    /// Escalation notifications sent (deadlines passed).
+    pub(crate) escalations: AtomicU64,
+    /// Notifications a silence held back from the paging sinks.
+    pub(crate) withheld: AtomicU64,
+    /// Journal writes or syncs that failed.
+    pub(crate) journal_errors: AtomicU64,
 }
 
 /// Whether the run is ready for its work, as a supervisor asks `/health/ready`: the rules
@@ -284,7 +297,7 @@ impl Metrics {
             stages: std::array::from_fn(|_| Mutex::new(new_histogram())),
             rules: RuleBoard::default(),
             state: StateMetrics::default(),
-            desk: crate::alert::desk::DeskCounters::default(),
+            desk: DeskCounters::default(),
         }
     }
 

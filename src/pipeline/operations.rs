@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::RunError;
+use crate::alert::desk::book::Desk;
 use crate::alert::desk::keeper::DeskKeeper;
 use crate::alert::sink::Notice;
 use crate::config::Config;
@@ -35,11 +36,11 @@ pub(super) fn open_desk(
 ) -> Result<(DeskKeeper, DeskAccess), RunError> {
     let operators =
         Operators::new(&config.http.operators, std::env::var(OPERATOR_ENV).ok()).map_err(RunError::Config)?;
-    let (keeper, desk) =
-        DeskKeeper::open(config.operations.clone(), state, Arc::clone(metrics)).map_err(|source| RunError::Io {
-            context: "reading the operations journal".to_string(),
-            source,
-        })?;
+    let desk = Desk::new(config.operations.clone()).map_err(RunError::Config)?;
+    let (keeper, desk) = DeskKeeper::open(desk, state, Arc::clone(metrics)).map_err(|source| RunError::Io {
+        context: "reading the operations journal".to_string(),
+        source,
+    })?;
     let weak = notices.downgrade();
     if clock == DetectionClock::Wall {
         let ticks = weak.clone();

@@ -73,7 +73,7 @@ pub fn run(
     }
     scripted.sort();
     let mut scripted: VecDeque<(EpochMs, usize)> = scripted.into();
-    let mut desk = Desk::new(config.clone());
+    let mut desk = Desk::new(config.clone())?;
     let mut out = Vec::new();
     let mut clock = EpochMs::MIN;
     loop {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use super::actions::{Action, ActionError, Operation};
 use super::record::{AlertRecord, EventKind, HistoryEvent};
-use super::silence::{KeptSilence, labels_of};
+use super::silence::{KeptSilence, MaintenanceWindow, labels_of};
 use super::stats::{Breakdown, BreakdownReport};
 use crate::alert::warning::{Acknowledgement, Warning, WarningStatus};
 use crate::config::operations::OperationsConfig;
@@ -40,6 +40,8 @@ pub(crate) struct Desk {
     config: OperationsConfig,
     alerts: BTreeMap<String, AlertRecord>,
     silences: BTreeMap<String, KeptSilence>,
+    /// The config's daily maintenance windows.
+    maintenance: Vec<MaintenanceWindow>,
     since_start: Breakdown,
     now_ms: EpochMs,
 }
@@ -48,14 +50,24 @@ pub(crate) struct Desk {
 const DAY_MS: i64 = 86_400_000;
 
 impl Desk {
-    pub(crate) fn new(config: OperationsConfig) -> Self {
-        Desk {
+    /// A desk with the config's deadlines and maintenance windows (refused when a window's
+    /// matcher or the offset does not parse).
+    pub(crate) fn new(config: OperationsConfig) -> Result<Self, String> {
+        config.check()?;
+        let offset = crate::config::operations::offset_minutes(&config.utc_offset)?;
+        let maintenance = config
+            .maintenance
+            .iter()
+            .map(|m| MaintenanceWindow::new(m, offset))
+            .collect::<Result<_, _>>()?;
+        Ok(Desk {
             config,
             alerts: BTreeMap::new(),
             silences: BTreeMap::new(),
+            maintenance,
             since_start: Breakdown::default(),
             now_ms: 0,
-        }
+        })
     }
 
     /// The latest time the desk was told.
@@ -63,14 +75,21 @@ impl Desk {
         self.now_ms
     }
 
-    /// The active silences that mute a warning at `at_ms`.
+    /// The active silences and open maintenance windows (`maintenance:<name>`) that mute a
+    /// warning at `at_ms`.
     fn muted_by(&self, warning: &Warning, at_ms: EpochMs) -> Vec<String> {
         let labels = labels_of(warning);
-        self.silences
+        let silences = self
+            .silences
             .values()
             .filter(|s| s.mutes(&labels, at_ms))
-            .map(|s| s.id().to_string())
-            .collect()
+            .map(|s| s.id().to_string());
+        let windows = self
+            .maintenance
+            .iter()
+            .filter(|w| w.mutes(&labels, at_ms))
+            .map(|w| format!("maintenance:{}", w.name));
+        silences.chain(windows).collect()
     }
 
     /// Takes a lifecycle notification (firing, level change, resolved); returns it marked,
@@ -346,6 +365,7 @@ impl Desk {
             }
         }
         times.extend(self.silences.values().map(|s| s.ends_ms));
+        times.extend(self.maintenance.iter().map(|w| w.next_end(self.now_ms)));
         times.into_iter().filter(|t| *t > self.now_ms).min()
     }
 
@@ -475,7 +495,7 @@ mod tests {
 
     #[test]
     fn operators_act_and_the_history_keeps_every_event_in_order() {
-        let mut desk = Desk::new(OperationsConfig::default());
+        let mut desk = Desk::new(OperationsConfig::default()).unwrap();
         desk.on_warning(&warning("a1", "gas-1", WarningStatus::Firing, Level::Yellow, T0, 1));
         desk.apply(&op(T0 + MIN, "li", ack("a1"))).unwrap();
         let assign = Action::Assign {
@@ -558,7 +578,7 @@ mod tests {
 
     #[test]
     fn an_unacknowledged_deadline_escalates_exactly_once_and_an_acknowledged_one_never() {
-        let mut desk = Desk::new(OperationsConfig::default()); // red: acknowledge within 5 min
+        let mut desk = Desk::new(OperationsConfig::default()).unwrap(); // red: acknowledge within 5 min
         desk.on_warning(&warning("late", "gas-1", WarningStatus::Firing, Level::Red, T0, 1));
         desk.on_warning(&warning("fast", "gas-2", WarningStatus::Firing, Level::Red, T0, 1));
         desk.apply(&op(T0 + 4 * MIN, "li", ack("fast"))).unwrap();
@@ -579,14 +599,14 @@ mod tests {
         assert_eq!(ids, [("fast", Some("resolve")), ("late", Some("resolve"))]);
         assert!(desk.advance(T0 + 600 * MIN, true).is_empty());
         // Without deadlines (a replay's clock) nothing escalates.
-        let mut replay = Desk::new(OperationsConfig::default());
+        let mut replay = Desk::new(OperationsConfig::default()).unwrap();
         replay.on_warning(&warning("r", "gas-3", WarningStatus::Firing, Level::Red, T0, 1));
         assert!(replay.advance(T0 + 600 * MIN, false).is_empty());
     }
 
     #[test]
     fn a_silence_holds_back_paging_and_the_alert_is_notified_once_when_it_ends() {
-        let mut desk = Desk::new(OperationsConfig::default());
+        let mut desk = Desk::new(OperationsConfig::default()).unwrap();
         let silence = Silence {
             id: "maint".into(),
             matchers: vec![parse_matcher("device_id=gas-1").unwrap()],
@@ -648,7 +668,7 @@ mod tests {
 
     #[test]
     fn an_alert_resolved_under_its_silence_never_pages() {
-        let mut desk = Desk::new(OperationsConfig::default());
+        let mut desk = Desk::new(OperationsConfig::default()).unwrap();
         let silence = Silence {
             id: "m".into(),
             matchers: vec![parse_matcher("alertname=gas_lel_high").unwrap()],
@@ -677,7 +697,7 @@ mod tests {
         );
         assert!(desk.advance(T0 + 31 * MIN, false).is_empty());
         // Expiring a silence early releases at once.
-        let mut desk = Desk::new(OperationsConfig::default());
+        let mut desk = Desk::new(OperationsConfig::default()).unwrap();
         let silence = Silence {
             id: "m".into(),
             matchers: vec![parse_matcher("alertname=gas_lel_high").unwrap()],
@@ -696,9 +716,54 @@ mod tests {
     }
 
     #[test]
+    fn a_maintenance_window_holds_back_paging_and_releases_at_its_end() {
+        let mut config = OperationsConfig::default();
+        config.maintenance.push(crate::config::operations::Maintenance {
+            name: "gas detectors".into(),
+            matchers: vec!["device_id=~\"gas-.*\"".into()],
+            from: "07:55".into(), // Beijing: 23:55 UTC the day before T0
+            to: "08:10".into(),   // 00:10 UTC
+        });
+        let mut desk = Desk::new(config).unwrap();
+        let held = desk.on_warning(&warning("m1", "gas-1", WarningStatus::Firing, Level::Red, T0, 1));
+        assert!(!held.page && held.warning.marks.silenced);
+        assert_eq!(desk.silenced_by(&held.warning), ["maintenance:gas detectors"]);
+        assert_eq!(desk.next_due(false), Some(T0 + 10 * MIN));
+        let released = desk.advance(T0 + 10 * MIN, false);
+        assert_eq!(released.len(), 1);
+        assert!(released[0].page && !released[0].warning.marks.silenced);
+        // The next day's window holds a new alert back again.
+        let day = 86_400_000;
+        assert!(
+            !desk
+                .on_warning(&warning("m2", "gas-2", WarningStatus::Firing, Level::Red, T0 + day, 1))
+                .page
+        );
+        assert!(
+            desk.on_warning(&warning(
+                "m3",
+                "gas-3",
+                WarningStatus::Firing,
+                Level::Red,
+                T0 + day + 11 * MIN,
+                1
+            ))
+            .page
+        );
+        let mut bad = OperationsConfig::default();
+        bad.maintenance.push(crate::config::operations::Maintenance {
+            name: "x".into(),
+            matchers: vec!["nonsense".into()],
+            from: "01:00".into(),
+            to: "02:00".into(),
+        });
+        assert!(Desk::new(bad).unwrap_err().contains("not a matcher"));
+    }
+
+    #[test]
     fn response_statistics_match_a_hand_count() {
         // Red: acknowledge within 5 min, resolve within 2 h. Yellow: 1 h and 7 d.
-        let mut desk = Desk::new(OperationsConfig::default());
+        let mut desk = Desk::new(OperationsConfig::default()).unwrap();
         let fire = |desk: &mut Desk, id: &str, device: &str, level: Level, at: EpochMs| {
             desk.on_warning(&warning(id, device, WarningStatus::Firing, level, at, 1));
         };

@@ -137,7 +137,7 @@ mod tests {
                 comment: Some("on it".into()),
             },
         };
-        let mut desk = Desk::new(OperationsConfig::default());
+        let mut desk = Desk::new(OperationsConfig::default()).unwrap();
         let (mut journal, replayed) = Journal::open(&path, &mut desk).unwrap();
         assert_eq!(replayed, 0);
         desk.on_warning(&warning);
@@ -161,7 +161,7 @@ mod tests {
         // A crash mid-write leaves half a line.
         let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
         file.write_all(b"{\"entry\":\"operation\",\"operat").unwrap();
-        let mut again = Desk::new(OperationsConfig::default());
+        let mut again = Desk::new(OperationsConfig::default()).unwrap();
         let (_, replayed) = Journal::open(&path, &mut again).unwrap();
         assert_eq!(replayed, 3);
         let (before, after) = (desk.alert("a").unwrap(), again.alert("a").unwrap());

@@ -12,7 +12,6 @@ use super::actions::{ActionError, Operation};
 use super::book::{Applied, Desk, Outgoing};
 use super::journal::{Entry, Journal};
 use crate::alert::warning::{Warning, WarningStatus};
-use crate::config::operations::OperationsConfig;
 use crate::metrics::Metrics;
 use crate::state::StateDir;
 use crate::time::EpochMs;
@@ -28,13 +27,12 @@ pub(crate) struct DeskKeeper {
 }
 
 impl DeskKeeper {
-    /// A desk for a run; with a state directory, its journal is replayed into it first.
+    /// Keeps `desk` for a run; with a state directory, its journal is replayed into it first.
     pub(crate) fn open(
-        config: OperationsConfig,
+        mut desk: Desk,
         state: Option<&StateDir>,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<(Self, SharedDesk)> {
-        let mut desk = Desk::new(config);
         let journal = match state {
             Some(state) => {
                 let (journal, replayed) = Journal::open(&state.root().join("desk.jsonl"), &mut desk)?;

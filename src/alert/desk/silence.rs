@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::alert::warning::Warning;
+use crate::config::operations::{Maintenance, minute_of_day};
 use crate::time::{EpochMs, format_ms, parse_ts_text};
 
 /// One matcher, as Alertmanager's API writes it.
@@ -66,7 +67,7 @@ impl KeptSilence {
         if silence.matchers.is_empty() {
             return Err("a silence needs at least one matcher".to_string());
         }
-        if silence.matchers.iter().all(|m| matches_empty(m)) {
+        if silence.matchers.iter().all(matches_empty) {
             return Err(
                 "a silence must not match every alert: give at least one matcher that an empty label fails".to_string(),
             );
@@ -191,6 +192,62 @@ impl LabelTest {
     }
 }
 
+/// A daily maintenance window of the config, ready to apply: a silence that comes back every
+/// day from `from` to `to`, local time.
+#[derive(Debug, Clone)]
+pub(crate) struct MaintenanceWindow {
+    pub(crate) name: String,
+    tests: Vec<LabelTest>,
+    from_min: i64,
+    to_min: i64,
+    offset_min: i64,
+}
+
+const DAY_MINUTES: i64 = 1440;
+
+impl MaintenanceWindow {
+    pub(crate) fn new(window: &Maintenance, offset_min: i64) -> Result<Self, String> {
+        let tests = window
+            .matchers
+            .iter()
+            .map(|m| parse_matcher(m).and_then(|m| LabelTest::new(&m)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("operations.maintenance `{}`: {e}", window.name))?;
+        Ok(MaintenanceWindow {
+            name: window.name.clone(),
+            tests,
+            from_min: minute_of_day(&window.from)?,
+            to_min: minute_of_day(&window.to)?,
+            offset_min,
+        })
+    }
+
+    /// Whether the window is open at `at_ms`.
+    pub(crate) fn open(&self, at_ms: EpochMs) -> bool {
+        let minute = (at_ms.div_euclid(60_000) + self.offset_min).rem_euclid(DAY_MINUTES);
+        if self.from_min < self.to_min {
+            (self.from_min..self.to_min).contains(&minute)
+        } else {
+            minute >= self.from_min || minute < self.to_min
+        }
+    }
+
+    pub(crate) fn mutes(&self, labels: &BTreeMap<String, String>, at_ms: EpochMs) -> bool {
+        self.open(at_ms) && self.tests.iter().all(|t| t.accepts(labels))
+    }
+
+    /// The first end of the window after `at_ms`.
+    pub(crate) fn next_end(&self, at_ms: EpochMs) -> EpochMs {
+        let local = at_ms.div_euclid(60_000) + self.offset_min;
+        let day_start = local - local.rem_euclid(DAY_MINUTES);
+        let mut end_ms = (day_start + self.to_min - self.offset_min) * 60_000;
+        while end_ms <= at_ms {
+            end_ms += DAY_MINUTES * 60_000;
+        }
+        end_ms
+    }
+}
+
 /// Parses the matcher text of `amtool` and of the `filter` parameter: `name="value"`,
 /// `name!=value`, `name=~"re"`, `name!~"re"` (quotes optional, `{…}` around a list allowed).
 pub(crate) fn parse_matcher(text: &str) -> Result<Matcher, String> {
@@ -292,6 +349,33 @@ mod tests {
         assert!(!kept.mutes(&hit, start - 1), "pending");
         assert!(!kept.mutes(&hit, start + 2 * 3_600_000), "expired at its end");
         assert_eq!(kept.state(start - 1), SilenceState::Pending);
+    }
+
+    #[test]
+    fn a_nightly_maintenance_window_opens_every_night_in_local_time() {
+        let window = Maintenance {
+            name: "haidian mains".into(),
+            matchers: vec!["district=\"haidian\"".into()],
+            from: "23:30".into(),
+            to: "02:00".into(),
+        };
+        let window = MaintenanceWindow::new(&window, 8 * 60).unwrap(); // Beijing
+        let utc = |text: &str| parse_ts_text(text).unwrap();
+        let haidian = labels(&[("district", "haidian")]);
+        // 23:45 Beijing is 15:45 UTC; 02:00 Beijing is 18:00 UTC.
+        assert!(window.mutes(&haidian, utc("2026-01-14T15:45:00Z")));
+        assert!(window.mutes(&haidian, utc("2026-01-14T17:59:59Z")));
+        assert!(!window.mutes(&haidian, utc("2026-01-14T18:00:00Z")));
+        assert!(!window.mutes(&labels(&[("district", "xicheng")]), utc("2026-01-14T16:00:00Z")));
+        assert!(!window.open(utc("2026-01-14T12:00:00Z")));
+        assert_eq!(
+            window.next_end(utc("2026-01-14T15:45:00Z")),
+            utc("2026-01-14T18:00:00Z")
+        );
+        assert_eq!(
+            window.next_end(utc("2026-01-14T18:00:00Z")),
+            utc("2026-01-15T18:00:00Z")
+        );
     }
 
     #[test]
