@@ -77,21 +77,25 @@ impl Durable {
         })
     }
 
-    /// Whether the sinks already have this notification (a recovery computed it again).
-    pub(crate) fn already_delivered(&self, warning: &Warning) -> bool {
-        let again = self.deliveries.contains(&identity(warning));
+    /// Whether the sinks already have the notification of this identity (a recovery computed
+    /// it again).
+    pub(crate) fn already_delivered(&self, identity: &Identity) -> bool {
+        let again = self.deliveries.contains(identity);
         if again {
             self.metrics.state.resends_skipped.fetch_add(1, Relaxed);
         }
         again
     }
 
-    /// Notes a notification that went to the sinks (`sent`) or was skipped as already sent.
-    pub(crate) fn delivered(&mut self, warning: &Warning, sent: bool) {
+    /// Notes a notification that went to the sinks (`sent`) or was skipped as already sent;
+    /// `paged`: the paging sinks had it (a silenced alert is not among what their receivers
+    /// show as firing).
+    pub(crate) fn delivered(&mut self, warning: &Warning, identity: Identity, sent: bool, paged: bool) {
         match warning.status {
-            WarningStatus::Firing => {
+            WarningStatus::Firing if paged => {
                 self.firing.insert(firing_key(warning), warning.clone());
             }
+            WarningStatus::Firing => {}
             WarningStatus::Resolved => {
                 self.firing.remove(&firing_key(warning));
             }
@@ -103,7 +107,7 @@ impl Durable {
                 .get(&warning.rule)
                 .copied()
                 .unwrap_or(self.recovered_from);
-            self.unconfirmed.push((identity(warning), after));
+            self.unconfirmed.push((identity, after));
         }
     }
 
@@ -263,11 +267,6 @@ impl Durable {
         );
         Ok(())
     }
-}
-
-/// A notification's identity: its alert and number.
-fn identity(warning: &Warning) -> Identity {
-    (warning.alert_id.clone(), warning.transition)
 }
 
 /// Which alert a warning is about: its rule and key.

@@ -19,7 +19,7 @@ use super::warning::{Warning, WarningStatus};
 use super::webhook::WebhookSink;
 use crate::alert::desk::actions::{ActionError, Operation};
 use crate::alert::desk::book::{Applied, Outgoing};
-use crate::alert::desk::keeper::DeskKeeper;
+use crate::alert::desk::keeper::{DeskKeeper, Step};
 use crate::broker::BrokerUrl;
 use crate::config::{MqttConfig, WebhookConfig};
 use crate::flow::Cut;
@@ -222,9 +222,15 @@ impl SinkThread {
                 }
                 Notice::Operator(request) => self.on_operator(*request)?,
                 Notice::Clock(now_ms) => {
-                    let released = self.desk.as_mut().map(|d| d.tick(now_ms, true)).unwrap_or_default();
-                    for out in released {
-                        self.send(&out, false)?;
+                    // Deadlines wait for recovery: a recovered resolve may still be on its way.
+                    let recovered = self
+                        .metrics
+                        .readiness
+                        .recovered
+                        .load(std::sync::atomic::Ordering::Relaxed);
+                    if let Some(desk) = self.desk.as_mut() {
+                        let step = desk.tick(now_ms, recovered);
+                        self.run_step(step)?;
                     }
                 }
             }
@@ -246,18 +252,43 @@ impl SinkThread {
         Ok(())
     }
 
-    /// A lifecycle notification: marked by the desk, skipped by the sinks that already have
-    /// it (a recovery computed it again), recorded as delivered.
+    /// A lifecycle notification, marked by the desk (with what the desk's clock released
+    /// before it, on a replay).
     fn on_warning(&mut self, warning: Warning) -> Result<(), SinkError> {
-        let started = Instant::now();
-        let again = self.durable.as_mut().is_some_and(|d| d.already_delivered(&warning));
-        let out = match self.desk.as_mut() {
-            Some(desk) => desk.on_warning(warning),
-            None => Outgoing { warning, page: true },
+        match self.desk.as_mut() {
+            Some(desk) => {
+                let step = desk.on_warning(warning);
+                self.run_step(step)
+            }
+            None => self.deliver_one(&Outgoing::lifecycle(warning, true)),
+        }
+    }
+
+    /// Delivers what the desk decided, then has it journaled: once the sinks confirmed what
+    /// the desk made itself (escalations, releases), when it made any.
+    fn run_step(&mut self, step: Step) -> Result<(), SinkError> {
+        for out in &step.out {
+            self.deliver_one(out)?;
+        }
+        let confirmed = match self.durable.as_mut() {
+            Some(durable) if step.needs_confirmation() => durable.settle(&mut self.sinks)?,
+            _ => true,
         };
-        self.send(&out, again)?;
+        if let Some(desk) = self.desk.as_mut() {
+            desk.done(step, confirmed);
+        }
+        Ok(())
+    }
+
+    /// One notification: skipped by the sinks that already have it (a recovery computed it
+    /// again), recorded as delivered.
+    fn deliver_one(&mut self, out: &Outgoing) -> Result<(), SinkError> {
+        let started = Instant::now();
+        let identity = out.identity();
+        let again = self.durable.as_mut().is_some_and(|d| d.already_delivered(&identity));
+        self.send(out, again)?;
         if let Some(durable) = self.durable.as_mut() {
-            durable.delivered(&out.warning, !again);
+            durable.delivered(&out.warning, identity, !again, out.page);
         }
         if !again {
             self.metrics
@@ -300,20 +331,24 @@ impl SinkThread {
             return Ok(());
         };
         match desk.operate(request.operation) {
-            Ok((applied, released)) => {
-                for firing in &applied.remarked {
-                    self.sinks.iter_mut().for_each(|sink| sink.remark(firing));
+            Ok(operated) => {
+                for firing in &operated.applied.remarked {
+                    for sink in self.sinks.iter_mut().filter(|s| firing.page || !s.pages()) {
+                        sink.remark(&firing.warning);
+                    }
                 }
-                let _ = request.reply.send(Ok(applied));
-                for out in released {
-                    self.send(&out, false)?;
-                }
+                let answer = match operated.not_durable {
+                    None => Ok(operated.applied),
+                    Some(e) => Err(ActionError::NotDurable(e)),
+                };
+                let _ = request.reply.send(answer);
+                self.run_step(operated.step)
             }
             Err(refused) => {
                 let _ = request.reply.send(Err(refused));
+                Ok(())
             }
         }
-        Ok(())
     }
 }
 

@@ -32,7 +32,11 @@ impl Operators {
                     "http.operators.{name}: give the token's SHA-256 as sha256:<64 hex digits> (`cityops token-hash TOKEN` prints it), not the token itself"
                 ));
             }
-            by_hash.insert(hex, name.clone());
+            if let Some(other) = by_hash.insert(hex, name.clone()) {
+                return Err(format!(
+                    "http.operators: {other} and {name} have the same token; give each operator their own"
+                ));
+            }
         }
         if let Some(pair) = from_env.filter(|p| !p.is_empty()) {
             let (name, token) = pair

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -43,6 +43,13 @@ pub struct DeskAccess {
 pub(crate) struct Refusal {
     status: StatusCode,
     reason: String,
+}
+
+impl Refusal {
+    /// As Alertmanager's API answers an error: the reason as a JSON string.
+    pub(crate) fn plain(self) -> Response {
+        (self.status, axum::Json(self.reason)).into_response()
+    }
 }
 
 impl IntoResponse for Refusal {
@@ -103,17 +110,19 @@ impl DeskAccess {
         };
         let (reply, answer) = oneshot::channel();
         let request = Box::new(OperatorRequest { operation, reply });
-        if notices.send(Notice::Operator(request)).await.is_err() {
-            return Err(no_desk());
-        }
-        drop(notices);
-        match tokio::time::timeout(ANSWER_WAIT, answer).await {
+        // The queue is the warnings' own: a sink that holds it (a broker down) holds actions.
+        let answered = tokio::time::timeout(ANSWER_WAIT, async move {
+            notices.send(Notice::Operator(request)).await.map_err(|_| ())?;
+            answer.await.map_err(|_| ())
+        })
+        .await;
+        match answered {
             Ok(Ok(Ok(applied))) => Ok(applied),
             Ok(Ok(Err(refused))) => Err(refusal(&refused)),
-            Ok(Err(_)) => Err(no_desk()),
+            Ok(Err(())) => Err(no_desk()),
             Err(_) => Err(refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "the sink thread did not answer in 10 s (a slow sink holds it); try again",
+                "the sink thread did not answer in 10 s (a slow sink holds it); the action may still be applied: check the alert's history or the silences before trying again",
             )),
         }
     }
@@ -252,13 +261,20 @@ pub(crate) async fn history(State(state): State<AppState>, Path(alert_id): Path<
     }
 }
 
-/// `GET /api/alerts`: every alert on the desk (firing, and resolved ones still kept).
-pub(crate) async fn alerts(State(state): State<AppState>) -> Response {
+/// `GET /api/alerts`: every alert on the desk (firing, and resolved ones still kept);
+/// `?state=firing` only those firing (what the dashboard polls).
+pub(crate) async fn alerts(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
     let Some(access) = &state.desk else {
         return no_desk().into_response();
     };
-    let desk = access.desk.lock();
-    let alerts: Vec<Value> = desk.alerts().map(|r| record_json(&desk, r)).collect();
+    let firing_only = query.is_some_and(|q| q.split('&').any(|pair| pair == "state=firing"));
+    let alerts: Vec<Value> = {
+        let desk = access.desk.lock();
+        desk.alerts()
+            .filter(|r| !firing_only || r.firing())
+            .map(|r| record_json(&desk, r))
+            .collect()
+    };
     axum::Json(json!({"alerts": alerts})).into_response()
 }
 

@@ -10,7 +10,7 @@
 //! its event stream, which browsers cannot give headers); an operator's token passes too.
 //! `live` keeps what the dashboard shows (fed by its `DashboardFeed` sink); `prometheus`
 //! renders `/metrics`; `desk` is the operator API (`/api/alerts/…`, writes need an
-//! operator's token) and `silences` Alertmanager's API v2 (`/api/v2/…`) for `amtool`.
+//! operator's token) and `alertmanager_api` Alertmanager's API v2 (`/api/v2/…`) for `amtool`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -30,10 +30,10 @@ use serde_json::json;
 use crate::metrics::{Metrics, Stage};
 use crate::summary::Summary;
 
+pub(crate) mod alertmanager_api;
 pub(crate) mod desk;
 pub(crate) mod live;
 pub(crate) mod prometheus;
-pub(crate) mod silences;
 
 pub use desk::DeskAccess;
 use live::LiveState;
@@ -84,12 +84,21 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/api/alerts", get(desk::alerts))
         .route("/api/alerts/{alert_id}/history", get(desk::history))
         .route("/api/alerts/{alert_id}/{action}", post(desk::act_on_alert))
-        .route("/api/v2/silences", get(silences::list).post(silences::post))
-        .route("/api/v2/silence/{id}", get(silences::get_one).delete(silences::expire))
-        .route("/api/v2/silences/{id}", get(silences::get_one).delete(silences::expire))
-        .route("/api/v2/alerts", get(silences::alerts))
-        .route("/api/v2/status", get(silences::status))
-        .route("/api/v2/receivers", get(silences::receivers))
+        .route(
+            "/api/v2/silences",
+            get(alertmanager_api::list).post(alertmanager_api::post),
+        )
+        .route(
+            "/api/v2/silence/{id}",
+            get(alertmanager_api::get_one).delete(alertmanager_api::expire),
+        )
+        .route(
+            "/api/v2/silences/{id}",
+            get(alertmanager_api::get_one).delete(alertmanager_api::expire),
+        )
+        .route("/api/v2/alerts", get(alertmanager_api::alerts))
+        .route("/api/v2/status", get(alertmanager_api::status))
+        .route("/api/v2/receivers", get(alertmanager_api::receivers))
         .layer(axum::extract::DefaultBodyLimit::max(desk::MAX_BODY))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     guarded
@@ -305,7 +314,7 @@ fn interval_percentiles(now: &hdrhistogram::Histogram<u64>, since: &hdrhistogram
 async fn metrics_page(State(state): State<AppState>) -> Response {
     let mut page = prometheus::render(&state.metrics);
     if let Some(access) = &state.desk {
-        prometheus::render_desk(&mut page, &state.metrics.desk, &access.desk.lock());
+        prometheus::render_desk(&mut page, &state.metrics.desk, &mut access.desk.lock());
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], page).into_response()
 }

@@ -376,7 +376,7 @@ type Pick = fn(&TallyReport) -> Option<f64>;
 
 /// The operations desk: its counters, what fires and is acknowledged or silenced now, and
 /// the response statistics per level (since start and over the last day).
-pub(crate) fn render_desk(out: &mut String, counters: &DeskCounters, desk: &Desk) {
+pub(crate) fn render_desk(out: &mut String, counters: &DeskCounters, desk: &mut Desk) {
     let counted: [(&str, &str, u64); 4] = [
         (
             "cityops_operator_actions_total",
@@ -418,7 +418,10 @@ pub(crate) fn render_desk(out: &mut String, counters: &DeskCounters, desk: &Desk
         (
             "cityops_alerts_silenced",
             "Firing alerts a silence holds back",
-            firing.iter().filter(|r| r.withheld).count(),
+            firing
+                .iter()
+                .filter(|r| !desk.silenced_by(&r.warning).is_empty())
+                .count(),
         ),
         (
             "cityops_silences_active",

@@ -37,10 +37,12 @@ pub(super) fn open_desk(
     let operators =
         Operators::new(&config.http.operators, std::env::var(OPERATOR_ENV).ok()).map_err(RunError::Config)?;
     let desk = Desk::new(config.operations.clone()).map_err(RunError::Config)?;
-    let (keeper, desk) = DeskKeeper::open(desk, state, Arc::clone(metrics)).map_err(|source| RunError::Io {
-        context: "reading the operations journal".to_string(),
-        source,
-    })?;
+    let virtual_clock = clock == DetectionClock::EventTime;
+    let (keeper, desk) =
+        DeskKeeper::open(desk, state, virtual_clock, Arc::clone(metrics)).map_err(|source| RunError::Io {
+            context: "reading the operations journal".to_string(),
+            source,
+        })?;
     let weak = notices.downgrade();
     if clock == DetectionClock::Wall {
         let ticks = weak.clone();
@@ -60,7 +62,7 @@ pub(super) fn open_desk(
         desk,
         notices: weak,
         operators: Arc::new(operators),
-        virtual_clock: clock == DetectionClock::EventTime,
+        virtual_clock,
     };
     Ok((keeper, access))
 }

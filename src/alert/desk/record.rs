@@ -68,7 +68,7 @@ impl HistoryEvent {
 }
 
 /// One alert on the desk.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct AlertRecord {
     /// The latest lifecycle notification (firing or resolved), with the desk's marks.
     pub(crate) warning: Warning,
@@ -88,6 +88,8 @@ pub(crate) struct AlertRecord {
     pub(crate) resolved_in_time: Option<bool>,
     /// The paging sinks (MQTT, webhook) hold this alert as firing.
     pub(crate) told: bool,
+    /// Its resolve went to the paging sinks (a recovery sending it again decides the same).
+    pub(crate) resolve_paged: bool,
     /// A firing notification was held back by a silence and not yet sent to them.
     pub(crate) withheld: bool,
     pub(crate) history: Vec<HistoryEvent>,

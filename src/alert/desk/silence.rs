@@ -51,14 +51,55 @@ pub(crate) enum SilenceState {
 }
 
 /// A silence the desk keeps: what was posted, its range in milliseconds and its matchers
-/// ready to apply.
-#[derive(Debug, Clone)]
+/// ready to apply. The journal's snapshot keeps it as [`SilenceText`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(into = "SilenceText", try_from = "SilenceText")]
 pub(crate) struct KeptSilence {
     pub(crate) silence: Silence,
     pub(crate) starts_ms: EpochMs,
     pub(crate) ends_ms: EpochMs,
     pub(crate) updated_ms: EpochMs,
     matchers: Vec<LabelTest>,
+}
+
+/// A kept silence as the journal writes it (its matchers are compiled again on reading).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct SilenceText {
+    silence: Silence,
+    starts_ms: EpochMs,
+    ends_ms: EpochMs,
+    updated_ms: EpochMs,
+}
+
+impl From<KeptSilence> for SilenceText {
+    fn from(kept: KeptSilence) -> Self {
+        SilenceText {
+            silence: kept.silence,
+            starts_ms: kept.starts_ms,
+            ends_ms: kept.ends_ms,
+            updated_ms: kept.updated_ms,
+        }
+    }
+}
+
+impl TryFrom<SilenceText> for KeptSilence {
+    type Error = String;
+
+    fn try_from(text: SilenceText) -> Result<Self, String> {
+        let matchers = text
+            .silence
+            .matchers
+            .iter()
+            .map(LabelTest::new)
+            .collect::<Result<_, _>>()?;
+        Ok(KeptSilence {
+            silence: text.silence,
+            starts_ms: text.starts_ms,
+            ends_ms: text.ends_ms,
+            updated_ms: text.updated_ms,
+            matchers,
+        })
+    }
 }
 
 impl KeptSilence {
@@ -122,10 +163,15 @@ impl KeptSilence {
         self.matchers.iter().all(|m| m.accepts(labels))
     }
 
-    /// Ends the silence at `now_ms` (an expired one stays as it was).
+    /// Ends the silence at `now_ms` (an expired one stays as it was; a pending one ends
+    /// before it started, as Alertmanager does it).
     pub(crate) fn expire(&mut self, now_ms: EpochMs) {
         if self.ends_ms > now_ms {
-            self.ends_ms = now_ms.max(self.starts_ms);
+            if self.starts_ms > now_ms {
+                self.starts_ms = now_ms;
+                self.silence.starts_at = format_ms(now_ms);
+            }
+            self.ends_ms = now_ms;
             self.silence.ends_at = format_ms(self.ends_ms);
             self.updated_ms = now_ms;
         }

@@ -7,13 +7,14 @@
 use std::collections::BTreeMap;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
+use serde::{Deserialize, Serialize};
 
 use super::record::AlertRecord;
 
 /// Counts and time samples of one group (milliseconds; a histogram is made at its first
 /// sample).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct Tally {
     pub(crate) fired: u64,
     ack_decided: u64,
@@ -24,13 +25,65 @@ pub(crate) struct Tally {
     to_resolve_ms: Samples,
 }
 
-/// Durations: an exact count and sum (the mean), and a histogram for the p90.
-#[derive(Debug, Clone, Default)]
+/// Durations: an exact count and sum (the mean), and a histogram for the p90. Kept in the
+/// journal's snapshot with the histogram in its V2 encoding, as hex.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(into = "SamplesText", try_from = "SamplesText")]
 struct Samples {
     count: u64,
     sum_ms: u64,
     /// Made at the first sample.
     histogram: Option<Histogram<u64>>,
+}
+
+/// `Samples` as the journal writes them.
+#[derive(Serialize, Deserialize)]
+struct SamplesText {
+    count: u64,
+    sum_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    histogram: Option<String>,
+}
+
+impl From<Samples> for SamplesText {
+    fn from(samples: Samples) -> Self {
+        let histogram = samples.histogram.and_then(|h| {
+            let mut bytes = Vec::new();
+            V2Serializer::new().serialize(&h, &mut bytes).ok()?;
+            Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
+        });
+        SamplesText {
+            count: samples.count,
+            sum_ms: samples.sum_ms,
+            histogram,
+        }
+    }
+}
+
+impl TryFrom<SamplesText> for Samples {
+    type Error = String;
+
+    fn try_from(text: SamplesText) -> Result<Self, String> {
+        let histogram = match text.histogram {
+            None => None,
+            Some(hex) => {
+                let bytes = (0..hex.len())
+                    .step_by(2)
+                    .map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+                    .collect::<Option<Vec<u8>>>()
+                    .ok_or("a histogram in the journal is not hex")?;
+                let h: Histogram<u64> = Deserializer::new()
+                    .deserialize(&mut bytes.as_slice())
+                    .map_err(|e| format!("a histogram in the journal does not read: {e:?}"))?;
+                Some(h)
+            }
+        };
+        Ok(Samples {
+            count: text.count,
+            sum_ms: text.sum_ms,
+            histogram,
+        })
+    }
 }
 
 impl Samples {
@@ -116,7 +169,7 @@ impl Tally {
 }
 
 /// Tallies over every alert, and per level, district and table.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct Breakdown {
     all: Tally,
     by_level: BTreeMap<String, Tally>,

@@ -3,7 +3,7 @@
 //! and `receivers` that clients read on connecting; so `amtool silence add|query|expire` and
 //! `amtool alert query` work against cityops unchanged (`--alertmanager.url`, with an
 //! operator's token through `--http.config.file` for writes). Shapes follow Alertmanager's
-//! `api/v2/openapi.yaml`.
+//! `api/v2/openapi.yaml` (errors are a JSON string, as there).
 
 use std::collections::BTreeMap;
 
@@ -47,11 +47,11 @@ fn flag(flags: &BTreeMap<String, String>, name: &str) -> bool {
 /// `GET /api/v2/silences`.
 pub(crate) async fn list(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
     let Some(access) = &state.desk else {
-        return no_desk().into_response();
+        return no_desk().plain();
     };
     let (filters, _) = match query_of(raw) {
         Ok(query) => query,
-        Err(refused) => return refused.into_response(),
+        Err(refused) => return refused.plain(),
     };
     let now = access.now_ms();
     let desk = access.desk.lock();
@@ -76,52 +76,52 @@ pub(crate) async fn list(State(state): State<AppState>, RawQuery(raw): RawQuery)
 /// `GET /api/v2/silence/{id}`.
 pub(crate) async fn get_one(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     let Some(access) = &state.desk else {
-        return no_desk().into_response();
+        return no_desk().plain();
     };
     let now = access.now_ms();
     match access.desk.lock().silence(&id) {
         Some(silence) => axum::Json(silence.gettable(now)).into_response(),
-        None => refuse(StatusCode::NOT_FOUND, format!("no silence {id}")).into_response(),
+        None => refuse(StatusCode::NOT_FOUND, format!("no silence {id}")).plain(),
     }
 }
 
 /// `POST /api/v2/silences`: a new silence, or a change to one (its `id` given).
 pub(crate) async fn post(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let Some(access) = &state.desk else {
-        return no_desk().into_response();
+        return no_desk().plain();
     };
     let by = match access.operator(&headers) {
         Ok(by) => by,
-        Err(refused) => return refused.into_response(),
+        Err(refused) => return refused.plain(),
     };
     let mut silence: Silence = match serde_json::from_slice(&body) {
         Ok(silence) => silence,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("not a silence: {e}")).into_response(),
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("not a silence: {e}")).plain(),
     };
     if silence.id.is_empty() {
         silence.id = uuid::Uuid::new_v4().to_string();
     } else if access.desk.lock().silence(&silence.id).is_none() {
-        return refuse(StatusCode::NOT_FOUND, format!("no silence {} to change", silence.id)).into_response();
+        return refuse(StatusCode::NOT_FOUND, format!("no silence {} to change", silence.id)).plain();
     }
     let id = silence.id.clone();
     match access.act(by, Action::Silence { silence }).await {
         Ok(_) => axum::Json(json!({"silenceID": id})).into_response(),
-        Err(refused) => refused.into_response(),
+        Err(refused) => refused.plain(),
     }
 }
 
 /// `DELETE /api/v2/silence/{id}`: the silence ends now.
 pub(crate) async fn expire(State(state): State<AppState>, Path(id): Path<String>, headers: HeaderMap) -> Response {
     let Some(access) = &state.desk else {
-        return no_desk().into_response();
+        return no_desk().plain();
     };
     let by = match access.operator(&headers) {
         Ok(by) => by,
-        Err(refused) => return refused.into_response(),
+        Err(refused) => return refused.plain(),
     };
     match access.act(by, Action::ExpireSilence { silence_id: id }).await {
         Ok(_) => StatusCode::OK.into_response(),
-        Err(refused) => refused.into_response(),
+        Err(refused) => refused.plain(),
     }
 }
 
@@ -129,11 +129,11 @@ pub(crate) async fn expire(State(state): State<AppState>, Path(id): Path<String>
 /// when a silence holds them back).
 pub(crate) async fn alerts(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
     let Some(access) = &state.desk else {
-        return no_desk().into_response();
+        return no_desk().plain();
     };
     let (filters, flags) = match query_of(raw) {
         Ok(query) => query,
-        Err(refused) => return refused.into_response(),
+        Err(refused) => return refused.plain(),
     };
     let (show_active, show_silenced) = (flag(&flags, "active"), flag(&flags, "silenced"));
     let now = access.now_ms();
