@@ -303,7 +303,9 @@ impl Desk {
                 let kept = KeptSilence::new(silence, at_ms).map_err(ActionError::Invalid)?;
                 self.now_ms = self.now_ms.max(at_ms);
                 for record in self.alerts.values_mut().filter(|r| r.firing()) {
-                    if kept.matches(&labels_of(&record.warning)) {
+                    // In the history of what it mutes now (a pending one says so when it starts
+                    // to hold a notification back).
+                    if kept.mutes(&labels_of(&record.warning), at_ms) {
                         let event = HistoryEvent::new(at_ms, EventKind::Silenced)
                             .by(&op.by)
                             .detail(kept.id().to_string());
