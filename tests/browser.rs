@@ -169,6 +169,20 @@ fn post(url: &str, body: &Value) -> Value {
     serde_json::from_str(&reply.body_mut().read_to_string().unwrap()).unwrap()
 }
 
+/// Whether Chromium and chromedriver are there; their absence fails when
+/// `CITYOPS_TEST_CHROMIUM` says they should be.
+fn browser_installed() -> bool {
+    let installed = Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists();
+    if !installed {
+        assert!(
+            std::env::var_os("CITYOPS_TEST_CHROMIUM").is_none(),
+            "CITYOPS_TEST_CHROMIUM is set but {CHROMIUM} or {CHROMEDRIVER} is missing"
+        );
+        eprintln!("browser test did not run: install chromium and chromium-driver (.ci/run does)");
+    }
+    installed
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -199,13 +213,7 @@ const OBSERVER: &str = r##"
 
 #[test]
 fn the_dashboard_shows_each_tables_warnings_in_their_colour_and_resolved_ones_leave() {
-    let installed = Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists();
-    if !installed {
-        assert!(
-            std::env::var_os("CITYOPS_TEST_CHROMIUM").is_none(),
-            "CITYOPS_TEST_CHROMIUM is set but {CHROMIUM} or {CHROMEDRIVER} is missing"
-        );
-        eprintln!("browser test did not run: install chromium and chromium-driver (.ci/run does)");
+    if !browser_installed() {
         return;
     }
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("browser-{}", std::process::id()));
@@ -371,13 +379,7 @@ fn get_json(url: &str) -> Value {
 /// shows both, and the page shows the marks.
 #[test]
 fn an_operator_acknowledges_a_warning_and_silences_a_group_on_the_page() {
-    let installed = Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists();
-    if !installed {
-        assert!(
-            std::env::var_os("CITYOPS_TEST_CHROMIUM").is_none(),
-            "CITYOPS_TEST_CHROMIUM is set but {CHROMIUM} or {CHROMEDRIVER} is missing"
-        );
-        eprintln!("browser test did not run: install chromium and chromium-driver (.ci/run does)");
+    if !browser_installed() {
         return;
     }
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("browser-actions-{}", std::process::id()));

@@ -12,9 +12,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use parking_lot::Mutex;
 
 use super::actions::{ActionError, Operation};
-use super::book::{Applied, Desk, Outgoing};
+use super::book::{Applied, Desk, Made, Outgoing};
 use super::journal::{Entry, Journal};
-use crate::alert::warning::{Warning, WarningStatus};
+use crate::alert::warning::Warning;
 use crate::metrics::Metrics;
 use crate::state::StateDir;
 use crate::time::{EpochMs, parse_ts_text};
@@ -167,10 +167,7 @@ impl DeskKeeper {
         let out = self.desk.lock().advance(now_ms, deadlines);
         let mut step = Step::default();
         if !out.is_empty() {
-            let escalations = out
-                .iter()
-                .filter(|o| o.warning.status == WarningStatus::Escalated)
-                .count();
+            let escalations = out.iter().filter(|o| o.made == Some(Made::Escalation)).count();
             self.metrics.desk.escalations.fetch_add(escalations as u64, Relaxed);
             step.entries.push(Entry::Advanced { now_ms, deadlines });
             step.out = out;

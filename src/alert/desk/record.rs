@@ -90,6 +90,9 @@ pub(crate) struct AlertRecord {
     pub(crate) told: bool,
     /// Its resolve went to the paging sinks (a recovery sending it again decides the same).
     pub(crate) resolve_paged: bool,
+    /// Escalations (deadline, when it passed) a silence held back from them.
+    #[serde(default)]
+    pub(crate) held_escalations: Vec<(String, EpochMs)>,
     /// A firing notification was held back by a silence and not yet sent to them.
     pub(crate) withheld: bool,
     pub(crate) history: Vec<HistoryEvent>,

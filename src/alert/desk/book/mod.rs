@@ -31,7 +31,8 @@ pub(crate) struct Outgoing {
 /// A notification the desk makes itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Made {
-    /// A silence ended while the alert fires: its latest notification, to the paging sinks.
+    /// A silence ended while the alert fires: its latest notification (and escalations the
+    /// silence held back), to the paging sinks.
     Release,
     /// A deadline passed (the warning says which).
     Escalation,
@@ -54,7 +55,8 @@ impl Outgoing {
         let w = &self.warning;
         let id = match (self.made, &w.marks.escalation) {
             (None, _) => w.alert_id.clone(),
-            (Some(Made::Release), _) => format!("{}/released", w.alert_id),
+            (Some(Made::Release), None) => format!("{}/released", w.alert_id),
+            (Some(Made::Release), Some(deadline)) => format!("{}/released-escalated-{deadline}", w.alert_id),
             (Some(Made::Escalation), deadline) => {
                 format!("{}/escalated-{}", w.alert_id, deadline.as_deref().unwrap_or("deadline"))
             }
@@ -419,7 +421,7 @@ impl Desk {
             let ack_late =
                 deadlines && !record.ack_escalated && record.warning.marks.acknowledged.is_none() && now >= ack_due;
             let resolve_late = deadlines && !record.resolve_escalated && now >= resolve_due;
-            if !(record.withheld || ack_late || resolve_late) {
+            if !(record.withheld || ack_late || resolve_late || !record.held_escalations.is_empty()) {
                 continue;
             }
             let quiet = self.muted_by(&record.warning, now).is_empty();
@@ -437,6 +439,14 @@ impl Desk {
                     page: true,
                     made: Some(Made::Release),
                 });
+            }
+            // Escalations a silence held back reach the paging sinks once it ends.
+            if quiet {
+                for (deadline, due_ms) in std::mem::take(&mut record.held_escalations) {
+                    let mut released = escalation(record, &deadline, due_ms, true);
+                    released.made = Some(Made::Release);
+                    out.push(released);
+                }
             }
             if ack_late {
                 record.ack_escalated = true;
@@ -556,19 +566,29 @@ fn new_record(warning: &Warning, at_ms: EpochMs) -> AlertRecord {
         resolved_in_time: None,
         told: false,
         resolve_paged: false,
+        held_escalations: Vec::new(),
         withheld: false,
         history: Vec::new(),
     }
 }
 
 /// The escalation notification of a deadline that passed, recorded in the alert's history
-/// at the time it passed (not when the clock noticed: the same on every run).
+/// at the time it passed (not when the clock noticed: the same on every run). Held back by a
+/// silence, it is kept for the paging sinks until the silence ends.
 fn escalate(record: &mut AlertRecord, deadline: &str, due_ms: EpochMs, page: bool) -> Outgoing {
     record.history.push(
         HistoryEvent::new(due_ms, EventKind::Escalated)
             .level(record.level())
             .detail(format!("not {deadline}d in time")),
     );
+    if !page {
+        record.held_escalations.push((deadline.to_string(), due_ms));
+    }
+    escalation(record, deadline, due_ms, page)
+}
+
+/// The notification that a deadline passed.
+fn escalation(record: &AlertRecord, deadline: &str, due_ms: EpochMs, page: bool) -> Outgoing {
     let mut warning = record.warning.clone();
     warning.status = WarningStatus::Escalated;
     warning.detected_at = format_ms(due_ms);

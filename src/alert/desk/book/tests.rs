@@ -35,6 +35,19 @@ fn warning(id: &str, device: &str, status: WarningStatus, level: Level, at: Epoc
     }
 }
 
+/// A silence from T0 for 30 minutes, made by li.
+fn silence_for_half_an_hour(desk: &mut Desk, id: &str, matcher: &str) {
+    let silence = Silence {
+        id: id.into(),
+        matchers: vec![parse_matcher(matcher).unwrap()],
+        starts_at: format_ms(T0),
+        ends_at: format_ms(T0 + 30 * MIN),
+        created_by: String::new(),
+        comment: String::new(),
+    };
+    desk.apply(&op(T0, "li", Action::Silence { silence })).unwrap();
+}
+
 fn op(at: EpochMs, by: &str, action: Action) -> Operation {
     Operation {
         at_ms: at,
@@ -170,15 +183,7 @@ fn an_unacknowledged_deadline_escalates_exactly_once_and_an_acknowledged_one_nev
 #[test]
 fn a_silence_holds_back_paging_and_the_alert_is_notified_once_when_it_ends() {
     let mut desk = Desk::new(OperationsConfig::default()).unwrap();
-    let silence = Silence {
-        id: "maint".into(),
-        matchers: vec![parse_matcher("device_id=gas-1").unwrap()],
-        starts_at: format_ms(T0),
-        ends_at: format_ms(T0 + 30 * MIN),
-        created_by: String::new(),
-        comment: "valve work".into(),
-    };
-    desk.apply(&op(T0, "li", Action::Silence { silence })).unwrap();
+    silence_for_half_an_hour(&mut desk, "maint", "device_id=gas-1");
     let held = desk.on_warning(&warning(
         "s1",
         "gas-1",
@@ -232,15 +237,7 @@ fn a_silence_holds_back_paging_and_the_alert_is_notified_once_when_it_ends() {
 #[test]
 fn an_alert_resolved_under_its_silence_never_pages() {
     let mut desk = Desk::new(OperationsConfig::default()).unwrap();
-    let silence = Silence {
-        id: "m".into(),
-        matchers: vec![parse_matcher("alertname=gas_lel_high").unwrap()],
-        starts_at: format_ms(T0),
-        ends_at: format_ms(T0 + 30 * MIN),
-        created_by: String::new(),
-        comment: String::new(),
-    };
-    desk.apply(&op(T0, "li", Action::Silence { silence })).unwrap();
+    silence_for_half_an_hour(&mut desk, "m", "alertname=gas_lel_high");
     assert!(
         !desk
             .on_warning(&warning("q", "gas-1", WarningStatus::Firing, Level::Blue, T0 + MIN, 1))
@@ -261,15 +258,7 @@ fn an_alert_resolved_under_its_silence_never_pages() {
     assert!(desk.advance(T0 + 31 * MIN, false).is_empty());
     // Expiring a silence early releases at once.
     let mut desk = Desk::new(OperationsConfig::default()).unwrap();
-    let silence = Silence {
-        id: "m".into(),
-        matchers: vec![parse_matcher("alertname=gas_lel_high").unwrap()],
-        starts_at: format_ms(T0),
-        ends_at: format_ms(T0 + 30 * MIN),
-        created_by: String::new(),
-        comment: String::new(),
-    };
-    desk.apply(&op(T0, "li", Action::Silence { silence })).unwrap();
+    silence_for_half_an_hour(&mut desk, "m", "alertname=gas_lel_high");
     desk.on_warning(&warning("q", "gas-1", WarningStatus::Firing, Level::Blue, T0 + MIN, 1));
     let expire = Action::ExpireSilence { silence_id: "m".into() };
     desk.apply(&op(T0 + 5 * MIN, "li", expire)).unwrap();
@@ -375,15 +364,7 @@ fn response_statistics_match_a_hand_count() {
 #[test]
 fn a_notification_computed_again_pages_as_it_did_the_first_time() {
     let mut desk = Desk::new(OperationsConfig::default()).unwrap();
-    let silence = Silence {
-        id: "m".into(),
-        matchers: vec![parse_matcher("device_id=gas-1").unwrap()],
-        starts_at: format_ms(T0),
-        ends_at: format_ms(T0 + 30 * MIN),
-        created_by: String::new(),
-        comment: String::new(),
-    };
-    desk.apply(&op(T0, "li", Action::Silence { silence })).unwrap();
+    silence_for_half_an_hour(&mut desk, "m", "device_id=gas-1");
     let held = warning("d1", "gas-1", WarningStatus::Firing, Level::Red, T0 + MIN, 1);
     assert!(!desk.on_warning(&held).page);
     assert!(!desk.on_warning(&held).page, "held back again after a crash");
@@ -401,4 +382,29 @@ fn a_notification_computed_again_pages_as_it_did_the_first_time() {
     assert_eq!(escalated.len(), 1);
     assert_eq!(escalated[0].identity(), ("d2/escalated-acknowledge".to_string(), 1));
     assert_eq!(Outgoing::lifecycle(told, true).identity(), ("d2".to_string(), 1));
+}
+
+#[test]
+fn an_escalation_a_silence_held_back_pages_when_it_ends() {
+    let mut desk = Desk::new(OperationsConfig::default()).unwrap();
+    // Told it fires, then silenced: its 5 min deadline passes under the silence.
+    assert!(
+        desk.on_warning(&warning("h1", "gas-1", WarningStatus::Firing, Level::Red, T0, 1))
+            .page
+    );
+    silence_for_half_an_hour(&mut desk, "m", "device_id=gas-1");
+    let held = desk.advance(T0 + 5 * MIN, true);
+    assert_eq!(held.len(), 1);
+    assert!(!held[0].page, "held back");
+    let after = desk.advance(T0 + 30 * MIN, true);
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert!(after[0].page);
+    assert_eq!(after[0].warning.marks.escalation.as_deref(), Some("acknowledge"));
+    assert_eq!(
+        after[0].warning.detected_at,
+        format_ms(T0 + 5 * MIN),
+        "stamped when it passed"
+    );
+    assert_ne!(after[0].identity(), held[0].identity(), "the paging sinks never had it");
+    assert!(desk.advance(T0 + 40 * MIN, true).is_empty(), "once");
 }
