@@ -258,9 +258,19 @@ fn operators_acknowledge_assign_comment_and_close_with_a_token_and_nothing_chang
     assert_eq!(gas7[1].marks.assigned_to.as_deref(), Some("xicheng gas unit"));
 }
 
+/// A child process killed when dropped, so a failing test leaves nothing running.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `cityops run` on a live broker with a state directory, one operator from the environment.
-fn start_cityops(broker: std::net::SocketAddr, state: &std::path::Path, addr: &str) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_cityops"))
+fn start_cityops(broker: std::net::SocketAddr, state: &std::path::Path, addr: &str) -> Killed {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_cityops"))
         .args(["run", "--quiet"])
         .arg(format!("--mqtt=mqtt://{broker}"))
         .arg(format!("--state={}", state.display()))
@@ -274,7 +284,8 @@ fn start_cityops(broker: std::net::SocketAddr, state: &std::path::Path, addr: &s
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .unwrap()
+        .unwrap();
+    Killed(child)
 }
 
 #[test]
@@ -284,7 +295,7 @@ fn acknowledgements_and_silences_survive_sigkill_and_restart() {
     let broker = common::rumqttd();
     let addr = free_addr();
     let base = format!("http://{addr}");
-    let mut cityops = start_cityops(broker, &state, &addr);
+    let cityops = start_cityops(broker, &state, &addr);
     let started = Instant::now();
     while call("GET", &format!("{base}/health/ready"), None, None).0 != 200 {
         assert!(started.elapsed() < Duration::from_secs(60), "cityops did not get ready");
@@ -325,9 +336,8 @@ fn acknowledgements_and_silences_survive_sigkill_and_restart() {
     let silence_id = body["silenceID"].as_str().unwrap().to_string();
 
     // SIGKILL: no shutdown, no checkpoint; the answers above were already durable.
-    cityops.kill().unwrap();
-    cityops.wait().unwrap();
-    let mut cityops = start_cityops(broker, &state, &addr);
+    drop(cityops);
+    let _cityops = start_cityops(broker, &state, &addr);
     let alert = alert_of(&base, "gas-9", |a| a["alert_id"] == id.as_str());
     assert_eq!(alert["acknowledged"]["by"], "li", "{alert}");
     let (_, history) = call("GET", &format!("{base}/api/alerts/{id}/history"), None, None);
@@ -343,8 +353,6 @@ fn acknowledgements_and_silences_survive_sigkill_and_restart() {
     assert_eq!(silences[0]["id"], silence_id.as_str());
     assert_eq!(silences[0]["status"]["state"], "active");
     assert_eq!(silences[0]["comment"], "detector replaced tonight");
-    cityops.kill().unwrap();
-    cityops.wait().unwrap();
 }
 
 /// On the wall clock of a live run, a red alert nobody acknowledges within its deadline is
