@@ -1,11 +1,13 @@
 //! Getting telemetry in: the sources (the live MQTT subscription with its QoS 1 acks, and
 //! fixture replay), and the decode stage that turns payloads into typed rows (`scan`, its
 //! allocation-free fast path; `decode`, which explains every rejection) and runs on the
-//! decode `worker` threads. Sources never decode; the decoder never does I/O. `takeover`
-//! tells the MQTT source when another client keeps taking its client id.
+//! decode `worker` threads. Sources never decode; the decoder never does I/O. A fixture's
+//! lines are read by `fixture`, whose common envelope `envelope` scans without parsing the
+//! payload. `takeover` tells the MQTT source when another client keeps taking its client id.
 
 pub(crate) mod acks;
 pub(crate) mod decode;
+pub(crate) mod envelope;
 pub(crate) mod fixture;
 pub(crate) mod mqtt;
 pub(crate) mod recovery;

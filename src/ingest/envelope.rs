@@ -1,0 +1,193 @@
+//! A fixture line's envelope, `{"at": …, "topic": "…", "payload": {…}}` in any key order,
+//! scanned by hand: the payload is skipped structurally (strings, escapes and nesting
+//! followed, nothing else looked at), not parsed, since the decode worker parses it anyway.
+//! Anything else (`raw`, escapes in the topic, a scalar payload, a missing or repeated key,
+//! trailing bytes, a payload whose brackets do not close) is left to the full parser, so
+//! every line reads as it did; a payload that closes but is not JSON inside reaches the
+//! decoder, which dead-letters it as `malformed_json` with its topic.
+
+/// The envelope's parts, borrowed from the line.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Envelope<'a> {
+    pub(crate) at: f64,
+    pub(crate) topic: &'a str,
+    pub(crate) payload: &'a [u8],
+}
+
+/// The common envelope shape, or `None` for the full parser.
+pub(crate) fn scan(line: &[u8]) -> Option<Envelope<'_>> {
+    let mut s = Scanner { bytes: line, at: 0 };
+    s.expect(b'{')?;
+    let (mut at, mut topic, mut payload) = (None, None, None);
+    loop {
+        let key = s.plain_string()?;
+        s.expect(b':')?;
+        s.skip_space();
+        match key {
+            b"at" if at.is_none() => at = Some(s.number()?),
+            b"topic" if topic.is_none() => topic = Some(std::str::from_utf8(s.plain_string()?).ok()?),
+            b"payload" if payload.is_none() => payload = Some(s.container()?),
+            _ => return None,
+        }
+        s.skip_space();
+        match s.next()? {
+            b',' => continue,
+            b'}' => break,
+            _ => return None,
+        }
+    }
+    s.skip_space();
+    if s.at != line.len() {
+        return None;
+    }
+    Some(Envelope {
+        at: at?,
+        topic: topic?,
+        payload: payload?,
+    })
+}
+
+struct Scanner<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Scanner<'a> {
+    fn next(&mut self) -> Option<u8> {
+        let b = *self.bytes.get(self.at)?;
+        self.at += 1;
+        Some(b)
+    }
+
+    fn skip_space(&mut self) {
+        while self.bytes.get(self.at).is_some_and(u8::is_ascii_whitespace) {
+            self.at += 1;
+        }
+    }
+
+    fn expect(&mut self, byte: u8) -> Option<()> {
+        self.skip_space();
+        (self.next()? == byte).then_some(())
+    }
+
+    /// A string without escapes (its bytes between the quotes).
+    fn plain_string(&mut self) -> Option<&'a [u8]> {
+        self.expect(b'"')?;
+        let rest = &self.bytes[self.at..];
+        let end = memchr::memchr2(b'"', b'\\', rest)?;
+        if rest[end] != b'"' {
+            return None;
+        }
+        self.at += end + 1;
+        Some(&rest[..end])
+    }
+
+    /// A JSON number (what `f64` parses of it).
+    fn number(&mut self) -> Option<f64> {
+        let start = self.at;
+        while self
+            .bytes
+            .get(self.at)
+            .is_some_and(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'))
+        {
+            self.at += 1;
+        }
+        let text = std::str::from_utf8(&self.bytes[start..self.at]).ok()?;
+        // JSON has no leading `+`, no bare `.5`, no leading zeros; anything odd goes to the
+        // full parser.
+        let digits = text.strip_prefix('-').unwrap_or(text).as_bytes();
+        let leading_zero = digits.len() > 1 && digits[0] == b'0' && digits[1].is_ascii_digit();
+        if !digits.first().is_some_and(u8::is_ascii_digit) || leading_zero {
+            return None;
+        }
+        text.parse().ok()
+    }
+
+    /// An object or array, skipped to its closing bracket; its bytes.
+    fn container(&mut self) -> Option<&'a [u8]> {
+        let start = self.at;
+        if !matches!(self.bytes.get(start), Some(b'{' | b'[')) {
+            return None;
+        }
+        let mut depth = 0usize;
+        while let Some(b) = self.next() {
+            match b {
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' => {
+                    depth = depth.checked_sub(1)?;
+                    if depth == 0 {
+                        return Some(&self.bytes[start..self.at]);
+                    }
+                }
+                b'"' => loop {
+                    let rest = self.bytes.get(self.at..)?;
+                    let hit = memchr::memchr2(b'"', b'\\', rest)?;
+                    self.at += hit + 1;
+                    if rest[hit] == b'"' {
+                        break;
+                    }
+                    self.at += 1; // the escaped byte
+                },
+                _ => {}
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize)]
+    struct Full<'a> {
+        at: f64,
+        topic: String,
+        #[serde(borrow)]
+        payload: &'a serde_json::value::RawValue,
+    }
+
+    /// The scan agrees with the full parser wherever it answers.
+    fn same_as_serde(line: &str) -> Envelope<'_> {
+        let fast = scan(line.as_bytes()).unwrap_or_else(|| panic!("not scanned: {line}"));
+        let full: Full = serde_json::from_str(line).unwrap();
+        assert_eq!(fast.at, full.at, "{line}");
+        assert_eq!(fast.topic, full.topic, "{line}");
+        assert_eq!(fast.payload, full.payload.get().as_bytes(), "{line}");
+        fast
+    }
+
+    #[test]
+    fn common_lines_scan_as_the_full_parser_reads_them() {
+        same_as_serde(
+            r#"{"at":0,"payload":{"kind":"station","ts":1768435200000},"topic":"city/chaoyang/heating/hs-1"}"#,
+        );
+        same_as_serde(r#"{"at":2460,"topic":"city/a/water/w1","payload":{"ts":"2026-01-14T16:00:02Z","v":-1.5e3}}"#);
+        same_as_serde(r#"{ "at" : 12.5 , "topic" : "t/x" , "payload" : [ {"a":"}]{["}, 5, "\"}\\" ] }"#);
+        same_as_serde("{\"at\":1,\"topic\":\"t\",\"payload\":{\"名\":\"朝阳区 \\u00e9 {\"}}");
+        let nested = same_as_serde(r#"{"at":3,"topic":"t","payload":{"a":{"b":[1,{"c":"]"}]}}}"#);
+        assert_eq!(nested.payload, br#"{"a":{"b":[1,{"c":"]"}]}}"#);
+    }
+
+    #[test]
+    fn everything_else_is_left_to_the_full_parser() {
+        for line in [
+            r#"{"at":1,"topic":"t","raw":"{not json"}"#,
+            r#"{"at":1,"topic":"a\/b","payload":{}}"#,
+            r#"{"at":1,"topic":"t","payload":42}"#,
+            r#"{"at":1,"topic":"t"}"#,
+            r#"{"at":1,"at":2,"topic":"t","payload":{}}"#,
+            r#"{"at":1,"topic":"t","payload":{"a":1}} trailing"#,
+            r#"{"at":1,"topic":"t","payload":{"a":[1}"#,
+            r#"{"at":"soon","topic":"t","payload":{}}"#,
+            r#"{"at":01,"topic":"t","payload":{}}"#,
+            r#"{"at":+1,"topic":"t","payload":{}}"#,
+            "{\"at\":1,\"topic\":\"t\",\"payload\":{\"a\":\"x\\",
+            r#"{"at":1,"topic":"t","payload":{"a":"unclosed}}"#,
+            r#"{"at":1,"topic":"t","payload":{},"extra":1}"#,
+            "",
+        ] {
+            assert_eq!(scan(line.as_bytes()), None, "{line}");
+        }
+    }
+}
