@@ -222,28 +222,8 @@ fn the_dashboard_shows_each_tables_warnings_in_their_colour_and_resolved_ones_le
 
     // The demo day at 1800× recorded speed: 48 s, long enough to watch alerts come and go.
     let jsonl = dir.join("warnings.jsonl");
-    let mut run = Killed(
-        Command::new(env!("CARGO_BIN_EXE_cityops"))
-            .args(["run", "--speed", "1800", "--quiet", "--http", "127.0.0.1:0", "--jsonl"])
-            .arg(&jsonl)
-            .arg("--dead-letter")
-            .arg(dir.join("dead.jsonl"))
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let mut stderr = BufReader::new(run.0.stderr.take().unwrap());
-    let address = loop {
-        let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "cityops ended before serving");
-        if let Some(rest) = line.split("dashboard on ").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    // Keep reading stderr so cityops never blocks on a full pipe.
-    let drain = std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let jsonl_arg = jsonl.display().to_string();
+    let (mut run, address, drain) = start_demo("1800", &dir, None, &["--jsonl", &jsonl_arg]);
 
     browser.open(&address);
     assert_eq!(browser.script(OBSERVER), json!(true));
@@ -339,15 +319,22 @@ fn the_dashboard_shows_each_tables_warnings_in_their_colour_and_resolved_ones_le
     assert!(screenshot.exists() && std::fs::metadata(&screenshot).unwrap().len() > 10_000);
 }
 
-/// `cityops run` of the demo at `speed` on a free port, with one operator; returns the
-/// process and the dashboard's address.
-fn start_demo(speed: &str, dir: &Path, token: &str) -> (Killed, String, std::thread::JoinHandle<std::io::Result<u64>>) {
+/// `cityops run` of the demo at `speed` on a free port (with `operator`'s token for `li`,
+/// and `extra` arguments); returns the process, the dashboard's address, and the thread that
+/// keeps reading its stderr so it never blocks on a full pipe.
+fn start_demo(
+    speed: &str,
+    dir: &Path,
+    operator: Option<&str>,
+    extra: &[&str],
+) -> (Killed, String, std::thread::JoinHandle<std::io::Result<u64>>) {
     let mut run = Killed(
         Command::new(env!("CARGO_BIN_EXE_cityops"))
             .args(["run", "--speed", speed, "--quiet", "--http", "127.0.0.1:0"])
+            .args(extra)
             .arg("--dead-letter")
             .arg(dir.join("dead.jsonl"))
-            .env("CITYOPS_OPERATOR", format!("li:{token}"))
+            .envs(operator.map(|token| ("CITYOPS_OPERATOR", format!("li:{token}"))))
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
@@ -388,7 +375,7 @@ fn an_operator_acknowledges_a_warning_and_silences_a_group_on_the_page() {
     let token = "li-dashboard-token";
     // 600x: the 20 cold rooms of a Haidian compound fire at 19:00 of event time and stay
     // firing for about 36 s.
-    let (_run, address, _drain) = start_demo("600", &dir, token);
+    let (_run, address, _drain) = start_demo("600", &dir, Some(token), &[]);
     browser.open(&address);
     browser.type_into("#operator-token", token);
     let group = "details.group[data-group='room_temp_low/haidian']";

@@ -7,11 +7,10 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cityops::pipeline::{self, RunOptions, Source};
-use cityops::{Config, DurationMs, Message};
+use cityops::{DurationMs, Message};
 use common::T0;
 use serde_json::{Value, json};
 
@@ -96,14 +95,7 @@ fn operators_acknowledge_assign_comment_and_close_with_a_token_and_nothing_chang
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();
     let base = format!("http://{addr}");
-    let mut config = Config::default();
-    config.rules.dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("queries");
-    config.rules.reload_interval = DurationMs(0);
-    config.http.bind = addr.clone();
-    config
-        .http
-        .operators
-        .insert("li".into(), format!("sha256:{}", cityops::token_hash(TOKEN)));
+    let config = common::operator_config(&addr, TOKEN);
     let (tx, rx) = crossbeam_channel::unbounded();
     let options = RunOptions {
         ..common::options(config, Source::Channel(rx), &dir.path().join("dead-letters.jsonl"))
@@ -388,14 +380,7 @@ fn a_live_deadline_escalates_an_unacknowledged_alert_once_on_its_own_topic() {
     });
     subscribed.recv_timeout(Duration::from_secs(10)).expect("subscribed");
 
-    let mut config = Config::default();
-    config.rules.dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("queries");
-    config.rules.reload_interval = DurationMs(0);
-    config.http.bind = addr.clone();
-    config
-        .http
-        .operators
-        .insert("li".into(), format!("sha256:{}", cityops::token_hash(TOKEN)));
+    let mut config = common::operator_config(&addr, TOKEN);
     config.operations.red.acknowledge = DurationMs(3_000);
     config.mqtt.warnings_prefix = "escalation-warnings".into();
     config.mqtt.client_id = "escalation-test".into();

@@ -11,14 +11,14 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::routing::post;
 use cityops::pipeline::{self, RunOptions, Source};
-use cityops::{BrokerUrl, Config, DetectionClock, DurationMs, Message, SinkConfig};
+use cityops::{BrokerUrl, DetectionClock, Message, SinkConfig};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
 
@@ -150,14 +150,7 @@ fn amtool_silences_hold_back_exactly_the_matching_warnings_until_they_expire() {
     )
     .unwrap();
 
-    let mut config = Config::default();
-    config.rules.dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("queries");
-    config.rules.reload_interval = DurationMs(0);
-    config.http.bind = addr.to_string();
-    config
-        .http
-        .operators
-        .insert("li".into(), format!("sha256:{}", cityops::token_hash(TOKEN)));
+    let mut config = common::operator_config(&addr.to_string(), TOKEN);
     config.webhook.url = Some(hook);
     config.webhook.spool_dir = dir.path().join("spool");
     config.mqtt.warnings_prefix = "silences-warnings".into();

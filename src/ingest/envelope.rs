@@ -17,11 +17,11 @@ pub(crate) struct Envelope<'a> {
 /// The common envelope shape, or `None` for the full parser.
 pub(crate) fn scan(line: &[u8]) -> Option<Envelope<'_>> {
     let mut s = Scanner { bytes: line, at: 0 };
-    s.expect(b'{')?;
+    s.eat(b'{')?;
     let (mut at, mut topic, mut payload) = (None, None, None);
     loop {
         let key = s.plain_string()?;
-        s.expect(b':')?;
+        s.eat(b':')?;
         s.skip_space();
         match key {
             b"at" if at.is_none() => at = Some(s.number()?),
@@ -65,14 +65,14 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    fn expect(&mut self, byte: u8) -> Option<()> {
+    fn eat(&mut self, byte: u8) -> Option<()> {
         self.skip_space();
         (self.next()? == byte).then_some(())
     }
 
     /// A string without escapes (its bytes between the quotes).
     fn plain_string(&mut self) -> Option<&'a [u8]> {
-        self.expect(b'"')?;
+        self.eat(b'"')?;
         let rest = &self.bytes[self.at..];
         let end = memchr::memchr2(b'"', b'\\', rest)?;
         if rest[end] != b'"' {

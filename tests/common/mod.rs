@@ -169,6 +169,20 @@ pub fn steps(warnings: &[Warning], rule: &str) -> Vec<(String, String, Option<St
         .collect()
 }
 
+/// The shipped rules without hot reload, the HTTP side on `bind`, and one operator, `li`,
+/// whose bearer token is `token`.
+pub fn operator_config(bind: &str, token: &str) -> Config {
+    let mut config = Config::default();
+    config.rules.dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("queries");
+    config.rules.reload_interval = cityops::DurationMs(0);
+    config.http.bind = bind.to_string();
+    config
+        .http
+        .operators
+        .insert("li".into(), format!("sha256:{}", cityops::token_hash(token)));
+    config
+}
+
 /// RFC 3339 of `T0 + offset_ms`.
 pub fn at(offset_ms: i64) -> String {
     cityops::time::format_ms(T0 + offset_ms)

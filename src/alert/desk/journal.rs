@@ -168,6 +168,30 @@ mod tests {
     use serde_json::Map;
 
     use super::*;
+
+    /// A red alert of `device` firing at `at_ms`, its first notification.
+    fn firing(alert_id: &str, device: &str, at_ms: i64) -> Warning {
+        let mut key = Map::new();
+        key.insert("device_id".into(), serde_json::Value::from(device));
+        Warning {
+            alert_id: alert_id.into(),
+            rule: "gas_lel_high".into(),
+            status: WarningStatus::Firing,
+            level: Level::Red,
+            table: "sensor".into(),
+            key,
+            values: Map::new(),
+            window_start: None,
+            window_end: None,
+            first_breach: format_ms(at_ms),
+            detected_at: format_ms(at_ms),
+            latency_ms: 0.0,
+            description: String::new(),
+            transition: 1,
+            escalated_from: None,
+            marks: Marks::default(),
+        }
+    }
     use crate::alert::desk::actions::Action;
     use crate::alert::warning::{Marks, WarningStatus};
     use crate::config::operations::OperationsConfig;
@@ -179,24 +203,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("desk.jsonl");
         let t0 = 1_768_435_200_000;
-        let warning = Warning {
-            alert_id: "a".into(),
-            rule: "pressure_low".into(),
-            status: WarningStatus::Firing,
-            level: Level::Red,
-            table: "water".into(),
-            key: Map::new(),
-            values: Map::new(),
-            window_start: None,
-            window_end: None,
-            first_breach: format_ms(t0),
-            detected_at: format_ms(t0),
-            latency_ms: 0.0,
-            description: String::new(),
-            transition: 1,
-            escalated_from: None,
-            marks: Marks::default(),
-        };
+        let warning = firing("a", "wp-1", t0);
         let ack = Operation {
             at_ms: t0 + 1_000,
             by: "li".into(),
@@ -262,26 +269,7 @@ mod tests {
         let (mut journal, _) = Journal::open(&path, &mut desk).unwrap();
         journal.compact_after = 3;
         for (i, device) in ["gas-1", "gas-2", "gas-3"].iter().enumerate() {
-            let mut key = Map::new();
-            key.insert("device_id".into(), serde_json::Value::from(*device));
-            let warning = Warning {
-                alert_id: format!("a{i}"),
-                rule: "gas_lel_high".into(),
-                status: WarningStatus::Firing,
-                level: Level::Red,
-                table: "sensor".into(),
-                key,
-                values: Map::new(),
-                window_start: None,
-                window_end: None,
-                first_breach: format_ms(t0),
-                detected_at: format_ms(t0),
-                latency_ms: 0.0,
-                description: String::new(),
-                transition: 1,
-                escalated_from: None,
-                marks: Marks::default(),
-            };
+            let warning = firing(&format!("a{i}"), device, t0);
             desk.on_warning(&warning);
             journal
                 .append(&Entry::Warning {
