@@ -20,17 +20,7 @@ const VALID_FOR_INTERVALS: u32 = 4;
 /// One alert in Alertmanager's `POST /api/v2/alerts` shape (a one-alert array). A firing
 /// alert has no `endsAt` here: it is set when the alert is sent ([`ActiveAlerts::prepare`]).
 pub fn alertmanager_body(warning: &Warning) -> Value {
-    let mut labels = serde_json::Map::new();
-    labels.insert("alertname".to_string(), json!(warning.rule));
-    labels.insert("severity".to_string(), json!(warning.level.as_str()));
-    labels.insert("table".to_string(), json!(warning.table));
-    for (name, value) in &warning.key {
-        let text = match value {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        labels.insert(name.clone(), json!(text));
-    }
+    let labels = super::desk::silence::labels_of(warning);
     let mut alert = json!({
         "labels": labels,
         "annotations": {

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::desk::{Refusal, no_desk, refuse};
+use crate::alert::alertmanager::alertmanager_body;
 use crate::alert::desk::actions::Action;
 use crate::alert::desk::silence::{LabelTest, Silence, labels_of, parse_matcher};
 use crate::time::format_ms;
@@ -150,32 +151,25 @@ pub(crate) async fn alerts(State(state): State<AppState>, RawQuery(raw): RawQuer
         if (suppressed && !show_silenced) || (!suppressed && !show_active) {
             continue;
         }
-        let mut annotations = json!({
-            "description": warning.description,
-            "alert_id": warning.alert_id,
-            "values": Value::Object(warning.values.clone()).to_string(),
-        });
-        if let Some(ack) = &warning.marks.acknowledged {
-            annotations["acknowledged_by"] = json!(ack.by);
-        }
+        // The alert as cityops posts it to Alertmanager, plus what a listing adds.
+        let mut alert = alertmanager_body(warning)
+            .get_mut(0)
+            .map(Value::take)
+            .unwrap_or_default();
         if let Some(to) = &warning.marks.assigned_to {
-            annotations["assigned_to"] = json!(to);
+            alert["annotations"]["assigned_to"] = json!(to);
         }
-        alerts.push(json!({
-            "labels": labels,
-            "annotations": annotations,
-            "startsAt": warning.first_breach,
-            "updatedAt": warning.detected_at,
-            // Firing: Alertmanager shows the end its resolve timeout would give.
-            "endsAt": format_ms(now + 5 * 60_000),
-            "fingerprint": warning.alert_id,
-            "receivers": [{"name": RECEIVER}],
-            "status": {
-                "state": if suppressed { "suppressed" } else { "active" },
-                "silencedBy": silenced_by,
-                "inhibitedBy": [],
-            },
-        }));
+        alert["updatedAt"] = json!(warning.detected_at);
+        // Firing: Alertmanager shows the end its resolve timeout would give.
+        alert["endsAt"] = json!(format_ms(now + 5 * 60_000));
+        alert["fingerprint"] = json!(warning.alert_id);
+        alert["receivers"] = json!([{"name": RECEIVER}]);
+        alert["status"] = json!({
+            "state": if suppressed { "suppressed" } else { "active" },
+            "silencedBy": silenced_by,
+            "inhibitedBy": [],
+        });
+        alerts.push(alert);
     }
     axum::Json(alerts).into_response()
 }
