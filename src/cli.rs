@@ -129,8 +129,17 @@ pub(crate) struct ReplayArgs {
     /// Fixture to publish; default: the embedded demo city.
     pub(crate) file: Option<PathBuf>,
     /// Broker to publish to.
+    #[arg(
+        long,
+        value_name = "URL",
+        required_unless_present = "to_nats",
+        conflicts_with = "to_nats"
+    )]
+    pub(crate) to_mqtt: Option<String>,
+    /// Publish into the NATS JetStream stream of [cluster] instead (nats://host:4222),
+    /// each reading on its partition's subject; the stream is created when missing.
     #[arg(long, value_name = "URL")]
-    pub(crate) to_mqtt: String,
+    pub(crate) to_nats: Option<String>,
     /// A factor of recorded speed (1, 60, …) or `max`.
     #[arg(long, default_value = "max")]
     pub(crate) speed: Speed,
@@ -159,6 +168,7 @@ pub(crate) struct TestArgs {
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("live").args(["mqtt", "nats"])))]
 pub(crate) struct RunArgs {
     /// Fixture to replay (JSON Lines, optionally .zst); default: the embedded demo city.
     #[arg(long, value_name = "FILE")]
@@ -188,14 +198,22 @@ pub(crate) struct RunArgs {
     /// ends on Ctrl-C or SIGTERM (cleanly: queued work finished, sinks flushed, summary printed). Credentials: [mqtt] in the config or CITYOPS_MQTT_USERNAME/PASSWORD.
     #[arg(long, value_name = "URL", conflicts_with = "replay")]
     pub(crate) mqtt: Option<String>,
+    /// Run as a cluster instance on this NATS JetStream server (nats://host:4222, several
+    /// comma-separated): the partitions this instance holds a lease on, from the stream
+    /// of [cluster]. Ends on Ctrl-C or SIGTERM by handing its partitions over.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["replay", "mqtt"])]
+    pub(crate) nats: Option<String>,
+    /// Cluster: this instance's name in the leases (default: [cluster] instance, else <host>-<pid>).
+    #[arg(long, value_name = "NAME", requires = "nats")]
+    pub(crate) instance: Option<String>,
     /// Live: subscription QoS (default: [mqtt] qos of the config, 1).
     #[arg(long, requires = "mqtt")]
     pub(crate) qos: Option<u8>,
     /// Live: end after this many messages.
-    #[arg(long, value_name = "N", requires = "mqtt")]
+    #[arg(long, value_name = "N", requires = "live")]
     pub(crate) max_messages: Option<u64>,
     /// Live: end once no message has come for this long (e.g. `10s`), after the first one.
-    #[arg(long, value_name = "DURATION", requires = "mqtt")]
+    #[arg(long, value_name = "DURATION", requires = "live")]
     pub(crate) idle_exit: Option<String>,
     /// Publish warnings to this broker: `warnings/<level>/<rule>` (QoS 1) and retained
     /// state on `warnings/state/<rule>/<key>`.

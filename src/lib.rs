@@ -30,6 +30,7 @@
 mod alert;
 mod batch;
 mod broker;
+mod cluster;
 mod config;
 mod deadletter;
 mod flow;
@@ -55,6 +56,11 @@ pub use alert::sink::{SinkConfig, SinkError};
 pub use alert::warning::{Acknowledgement, Marks, Warning, WarningStatus};
 pub use batch::{Batchers, TableBatcher};
 pub use broker::{BrokerUrl, qos as mqtt_qos};
+pub use cluster::{
+    ClusterSource, Published as NatsPublished, publish as publish_to_nats, server_mapping as nats_server_mapping,
+    stream_subject as nats_stream_subject,
+};
+pub use config::cluster::ClusterConfig;
 pub use config::operations::{LevelDeadlines, OperationsConfig};
 pub use config::operators::token_hash;
 pub use config::{Config, DurationMs, EngineConfig, LogFormat, MqttConfig, StateConfig};
@@ -66,7 +72,7 @@ pub use ingest::fixture::FixtureReader;
 pub use ingest::mqtt::MqttSource;
 pub use ingest::replay::Speed;
 pub use level::Level;
-pub use metrics::{Metrics, RuleHealthView};
+pub use metrics::{ClusterMetrics, Metrics, RuleHealthView};
 pub use rules::bundled::{SHIPPED_RULES, ShippedRulesDir, shipped_rules_dir};
 pub use rules::compile::{EngineColumns, RuleKind, compile};
 pub use rules::loader::parse_rule;

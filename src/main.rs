@@ -11,8 +11,8 @@ use cityops::pipeline::{self, RunError, RunOptions, Source, StateOptions};
 use cityops::time::{parse_duration_ms, parse_ts_text};
 use cityops::tools;
 use cityops::{
-    BrokerUrl, Config, DetectionClock, FixtureReader, LogFormat, MqttConfig, MqttSource, Severity, Shutdown,
-    SinkConfig, mqtt_qos, shipped_rules_dir,
+    BrokerUrl, ClusterSource, Config, DetectionClock, FixtureReader, LogFormat, MqttConfig, MqttSource, Severity,
+    Shutdown, SinkConfig, mqtt_qos, shipped_rules_dir,
 };
 
 mod cli;
@@ -151,7 +151,10 @@ fn run(args: RunArgs) -> Result<(), CliError> {
     if let Some(bind) = &args.http {
         config.http.bind = bind.clone();
     }
-    let demo = args.replay.is_none() && args.mqtt.is_none();
+    let demo = args.replay.is_none() && args.mqtt.is_none() && args.nats.is_none();
+    if let Some(instance) = &args.instance {
+        config.cluster.instance = instance.clone();
+    }
     if args.no_http {
         config.http.bind.clear();
     } else if demo && config.http.bind.is_empty() {
@@ -187,12 +190,38 @@ fn run(args: RunArgs) -> Result<(), CliError> {
         dir,
         checkpoint_interval: std::time::Duration::from_millis(config.state.checkpoint_interval.0.max(1) as u64),
     });
-    if source.is_some() && state.is_none() {
+    if source.is_some() && state.is_none() && args.nats.is_none() {
         tracing::warn!(
             "this run keeps no state: a restart loses open windows and firing alerts, and messages acked but not yet judged; use --state DIR"
         );
     }
+    let nats = match &args.nats {
+        Some(url) => Some(ClusterSource {
+            url: url.clone(),
+            max_messages: args.max_messages,
+            idle_exit: match args.idle_exit.as_deref() {
+                Some(text) => Some(std::time::Duration::from_millis(
+                    parse_duration_ms(text)
+                        .map_err(|e| CliError::invalid(format!("--idle-exit: {e}")))?
+                        .max(0) as u64,
+                )),
+                None => None,
+            },
+        }),
+        None => None,
+    };
     let (fixture, clock) = match (source, args.replay) {
+        _ if nats.is_some() => {
+            let cluster = nats.ok_or_else(|| CliError::failure("no NATS source".to_string()))?;
+            tracing::info!(
+                nats = %cluster.url,
+                stream = %config.cluster.stream,
+                partitions = config.cluster.partitions,
+                rules = %config.rules.dir.display(),
+                "running as a cluster instance; Ctrl-C or SIGTERM hands its partitions over"
+            );
+            (Source::Cluster(Box::new(cluster)), DetectionClock::Wall)
+        }
         (Some(live), _) => {
             tracing::info!(
                 broker = %format!("mqtt://{}:{}", live.url.host, live.url.port),
@@ -309,11 +338,42 @@ fn record(args: RecordArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+fn replay_to_nats(args: &ReplayArgs, url: &str) -> Result<(), CliError> {
+    let config = load_config(args.config.as_ref(), None)?;
+    let reader = match &args.file {
+        Some(path) => FixtureReader::open(path),
+        None => FixtureReader::demo(),
+    };
+    let published = reader
+        .map_err(|e| e.to_string())
+        .and_then(|mut reader| cityops::publish_to_nats(&mut reader, url, &config, args.speed))
+        .map_err(CliError::failure)?;
+    println!(
+        "published {} messages in {:.3} s: {:.0} messages/s into stream {} ({} partitions, speed {}){}",
+        published.messages,
+        published.seconds,
+        published.messages as f64 / published.seconds.max(1e-9),
+        config.cluster.stream,
+        config.cluster.partitions,
+        args.speed,
+        match published.skipped {
+            0 => String::new(),
+            n => format!("; {n} skipped: their topics are not valid NATS subjects"),
+        }
+    );
+    Ok(())
+}
+
 fn replay_to_mqtt(args: ReplayArgs) -> Result<(), CliError> {
+    if let Some(url) = &args.to_nats {
+        return replay_to_nats(&args, url);
+    }
     let mut config = load_config(args.config.as_ref(), None)?;
     config.settle_client_id();
     let (url, qos) = args
         .to_mqtt
+        .clone()
+        .unwrap_or_default()
         .parse::<BrokerUrl>()
         .and_then(|url| mqtt_qos(args.qos).map(|qos| (url, qos)))
         .map_err(CliError::invalid)?;

@@ -3,7 +3,7 @@
 
 /// One segment of a topic pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Segment {
+pub(crate) enum Segment {
     Literal(String),
     District,
     Table,
@@ -75,6 +75,11 @@ impl TopicPattern {
             table,
             device_id,
         })
+    }
+
+    /// The pattern's segments, in order.
+    pub(crate) fn segments(&self) -> &[Segment] {
+        &self.segments
     }
 
     /// The MQTT subscription filter for one table, e.g. `city/+/water/+`.

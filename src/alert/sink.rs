@@ -34,6 +34,9 @@ use crate::time::EpochMs;
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Notice {
     Warning(Warning),
+    /// A warning computed by one partition of a cluster instance (`run --nats`): the fence
+    /// lets it out only while this instance holds that partition.
+    FromPartition(u32, Warning),
     /// A rule's state at a checkpoint's cut; every warning the rule emitted before the cut
     /// came first. `rules` names every rule the checkpoint waits for.
     Snapshot {
@@ -45,6 +48,9 @@ pub(crate) enum Notice {
     Operator(Box<OperatorRequest>),
     /// The wall clock (epoch ms), each second of a live run: deadlines run on it.
     Clock(EpochMs),
+    /// Everything queued before this is sent and settled (a cluster instance about to give
+    /// a partition up: what it sent is recorded before a peer computes the partition).
+    Drained(oneshot::Sender<()>),
 }
 
 /// An action and where its answer goes.
@@ -86,6 +92,12 @@ pub(crate) trait Sink: Send {
     /// A firing alert's marks changed (acknowledged, assigned): a sink that keeps a view of
     /// what fires (the retained MQTT state, the dashboard) shows the new marks.
     fn remark(&mut self, _firing: &Warning) {}
+
+    /// Whether the sink only hands warnings on to another run's sink thread (a cluster
+    /// partition's), which counts them when it sends them.
+    fn forwards(&self) -> bool {
+        false
+    }
 
     /// Flushes and lets go, after the last warning.
     fn close(self: Box<Self>) -> Result<(), SinkError>;
@@ -148,6 +160,23 @@ pub(crate) fn open(config: &SinkConfig, metrics: &Arc<Metrics>) -> Result<Vec<Bo
     Ok(sinks)
 }
 
+/// Which warnings this instance may send (a cluster instance: those of partitions whose
+/// lease it holds, so an owner that stalled past its lease stays silent).
+pub(crate) trait Fence: Send + Sync + std::fmt::Debug {
+    /// Whether `warning`, computed by `partition` (by every partition, when `None`), may go
+    /// out from here now.
+    fn admits(&self, partition: Option<u32>, warning: &Warning) -> bool;
+    /// `warning` went out (to be recorded once the sinks confirm it).
+    fn sent(&self, _warning: &Warning) {}
+    /// The sinks confirmed (or could not confirm) what went out so far: what was sent is
+    /// recorded for whoever sends these alerts' notifications next.
+    fn settled(&self, _confirmed: bool) {}
+    /// Whether sent notifications wait for `settled` now.
+    fn waits(&self) -> bool {
+        false
+    }
+}
+
 /// The running sink thread.
 pub(crate) struct SinkHandle {
     handle: JoinHandle<Result<Vec<Warning>, SinkError>>,
@@ -171,13 +200,17 @@ pub(crate) fn start(
     rx: mpsc::Receiver<Notice>,
     durable: Option<Durable>,
     desk: Option<DeskKeeper>,
+    fence: Option<Arc<dyn Fence>>,
     metrics: Arc<Metrics>,
 ) -> Result<SinkHandle, SinkError> {
+    let counts = !sinks.iter().all(|s| s.forwards()) || sinks.is_empty();
     let mut thread = SinkThread {
+        counts,
         sinks,
         collect,
         durable,
         desk,
+        fence,
         metrics,
         delivered: Vec::new(),
     };
@@ -190,10 +223,13 @@ pub(crate) fn start(
 
 /// The sink thread's state.
 struct SinkThread {
+    /// Whether this thread counts what it sends (not when it only forwards).
+    counts: bool,
     sinks: Vec<Box<dyn Sink>>,
     collect: bool,
     durable: Option<Durable>,
     desk: Option<DeskKeeper>,
+    fence: Option<Arc<dyn Fence>>,
     metrics: Arc<Metrics>,
     delivered: Vec<Warning>,
 }
@@ -214,13 +250,18 @@ impl SinkThread {
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
             };
             match notice {
-                Notice::Warning(warning) => self.on_warning(warning)?,
+                Notice::Warning(warning) => self.on_warning(None, warning)?,
+                Notice::FromPartition(partition, warning) => self.on_warning(Some(partition), warning)?,
                 Notice::Snapshot { cut, rules, snapshot } => {
                     if let Some(durable) = self.durable.as_mut() {
                         durable.on_snapshot(cut, &rules, *snapshot, &mut self.sinks)?;
                     }
                 }
                 Notice::Operator(request) => self.on_operator(*request)?,
+                Notice::Drained(reply) => {
+                    self.settle()?;
+                    let _ = reply.send(());
+                }
                 Notice::Clock(now_ms) => {
                     // Deadlines wait for recovery: a recovered resolve may still be on its way.
                     let recovered = self
@@ -246,6 +287,13 @@ impl SinkThread {
         if let Some(durable) = self.durable.as_mut() {
             durable.settle(&mut self.sinks)?;
         }
+        if let Some(fence) = self.fence.as_ref().filter(|f| f.waits()) {
+            let mut confirmed = true;
+            for sink in &mut self.sinks {
+                confirmed &= sink.settle();
+            }
+            fence.settled(confirmed);
+        }
         if let Some(desk) = self.desk.as_mut() {
             desk.settle();
         }
@@ -254,7 +302,22 @@ impl SinkThread {
 
     /// A lifecycle notification, marked by the desk (with what the desk's clock released
     /// before it, on a replay).
-    fn on_warning(&mut self, warning: Warning) -> Result<(), SinkError> {
+    fn on_warning(&mut self, partition: Option<u32>, warning: Warning) -> Result<(), SinkError> {
+        let fence = self.fence.clone();
+        let Some(fence) = fence else {
+            return self.lifecycle(warning);
+        };
+        if !fence.admits(partition, &warning) {
+            return Ok(());
+        }
+        let record = warning.clone();
+        self.lifecycle(warning)?;
+        fence.sent(&record);
+        Ok(())
+    }
+
+    /// A lifecycle notification through the desk (when there is one) to the sinks.
+    fn lifecycle(&mut self, warning: Warning) -> Result<(), SinkError> {
         match self.desk.as_mut() {
             Some(desk) => {
                 let step = desk.on_warning(warning);
@@ -290,7 +353,7 @@ impl SinkThread {
         if let Some(durable) = self.durable.as_mut() {
             durable.delivered(&out.warning, identity, !again, out.page);
         }
-        if !again {
+        if !again && self.counts {
             self.metrics
                 .record(Stage::SinkSend, started.elapsed().as_nanos() as u64);
         }
@@ -310,17 +373,24 @@ impl SinkThread {
         if again {
             return Ok(());
         }
-        match out.warning.status {
-            WarningStatus::Firing => self.metrics.add_warning(out.warning.level),
-            WarningStatus::Resolved => {
-                self.metrics.resolved.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            WarningStatus::Escalated => {}
+        if self.counts {
+            self.count(&out.warning);
         }
         if self.collect {
             self.delivered.push(out.warning.clone());
         }
         Ok(())
+    }
+
+    /// A notification sent, in the warning counters.
+    fn count(&self, warning: &Warning) {
+        match warning.status {
+            WarningStatus::Firing => self.metrics.add_warning(warning.level),
+            WarningStatus::Resolved => {
+                self.metrics.resolved.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            WarningStatus::Escalated => {}
+        }
     }
 
     /// An operator's action: applied by the desk, its answer sent back, the receivers'

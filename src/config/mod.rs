@@ -9,6 +9,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::schema::{Catalog, ColumnType};
 
+pub(crate) mod cluster;
 pub(crate) mod operations;
 pub(crate) mod operators;
 use crate::time::parse_duration_ms;
@@ -128,6 +129,9 @@ pub struct Config {
     /// Response deadlines and the desk's memory (`[operations]`).
     #[serde(default)]
     pub operations: operations::OperationsConfig,
+    /// Scale-out over NATS JetStream (`[cluster]`, used by `run --nats`).
+    #[serde(default)]
+    pub cluster: cluster::ClusterConfig,
     /// Extra columns per table, or whole new tables: `[tables.water] nitrate_mg_l = "float"`.
     #[serde(default)]
     pub tables: BTreeMap<String, BTreeMap<String, ColumnType>>,
@@ -438,6 +442,9 @@ impl Config {
         if let Err(message) = self.operations.check() {
             problems.push(message);
         }
+        if let Err(message) = self.cluster.check() {
+            problems.push(message);
+        }
         if let Err(message) = crate::config::operators::Operators::new(&self.http.operators, None) {
             problems.push(message);
         }
@@ -505,7 +512,7 @@ fn derived_client_id(host: &str, place: &Path) -> String {
 }
 
 /// This machine's host name (Linux), else `$HOSTNAME`, else "host".
-fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())

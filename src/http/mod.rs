@@ -31,6 +31,7 @@ use crate::metrics::{Metrics, Stage};
 use crate::summary::Summary;
 
 pub(crate) mod alertmanager_api;
+mod cluster_metrics;
 pub(crate) mod desk;
 pub(crate) mod live;
 pub(crate) mod prometheus;

@@ -165,6 +165,7 @@ pub(crate) fn render(metrics: &Metrics) -> String {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
     }
     render_state(&mut out, metrics);
+    super::cluster_metrics::render_cluster(&mut out, &metrics.cluster);
     let _ = writeln!(
         out,
         "# HELP cityops_decode_queue_depth Messages waiting in each decode queue\n# TYPE cityops_decode_queue_depth gauge"

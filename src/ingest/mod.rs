@@ -3,13 +3,15 @@
 //! allocation-free fast path; `decode`, which explains every rejection) and runs on the
 //! decode `worker` threads. Sources never decode; the decoder never does I/O. A fixture's
 //! lines are read by `fixture`, whose common envelope `envelope` scans without parsing the
-//! payload. `takeover` tells the MQTT source when another client keeps taking its client id.
+//! payload. `partition_feed` feeds one stream partition on a cluster instance (`run --nats`).
+//! `takeover` tells the MQTT source when another client keeps taking its client id.
 
 pub(crate) mod acks;
 pub(crate) mod decode;
 pub(crate) mod envelope;
 pub(crate) mod fixture;
 pub(crate) mod mqtt;
+pub(crate) mod partition_feed;
 pub(crate) mod recovery;
 pub(crate) mod replay;
 pub(crate) mod scan;

@@ -14,8 +14,10 @@ use parking_lot::Mutex;
 use crate::flow::Reason;
 use crate::level::Level;
 
+mod cluster;
 mod rule_board;
 
+pub use cluster::ClusterMetrics;
 pub use rule_board::RuleHealthView;
 pub(crate) use rule_board::{RuleBoard, RuleHealth};
 
@@ -170,6 +172,8 @@ pub struct Metrics {
     pub state: StateMetrics,
     /// The operations desk's counters.
     pub(crate) desk: DeskCounters,
+    /// Partitions, leases and lag when running on NATS JetStream.
+    pub cluster: ClusterMetrics,
 }
 
 /// The desk's counters, for `/metrics`.
@@ -298,6 +302,7 @@ impl Metrics {
             rules: RuleBoard::default(),
             state: StateMetrics::default(),
             desk: DeskCounters::default(),
+            cluster: ClusterMetrics::default(),
         }
     }
 

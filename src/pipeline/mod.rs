@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 mod operations;
+mod partitions;
 mod restart;
 
 use restart::{last_arrivals, open_state, recover, remember_client_id, resolutions_of_removed};
@@ -47,6 +48,9 @@ use restart::{last_arrivals, open_state, recover, remember_client_id, resolution
 use crate::alert::durable::Durable;
 use crate::alert::sink::{self, Notice, SinkConfig, SinkError};
 use crate::alert::warning::Warning;
+use crate::cluster::ClusterSource;
+use crate::cluster::forward::ForwardSink;
+use crate::cluster::instance::{Instance, open_fence, run_instance};
 use crate::config::Config;
 use crate::deadletter;
 use crate::flow::{DeadLetter, Ingest, Message, Reason};
@@ -55,6 +59,7 @@ use crate::http::{self, HttpError};
 use crate::ingest::decode::Decoder;
 use crate::ingest::fixture::{FixtureError, FixtureReader};
 use crate::ingest::mqtt::{Logged, MqttError, MqttSource, subscribe};
+use crate::ingest::partition_feed::{Fed, feed};
 use crate::ingest::replay::{Downstream, ReplayError, Speed, replay};
 use crate::ingest::wal::Intake;
 use crate::ingest::worker::{DecodeSettings, DecodeWorker};
@@ -88,6 +93,20 @@ pub enum Source {
     Channel(crossbeam_channel::Receiver<Message>),
     /// A live MQTT subscription.
     Mqtt(Box<MqttSource>),
+    /// A cluster instance on a NATS JetStream stream (`run --nats`): a pipeline per
+    /// partition it holds, their warnings sent from this run.
+    Cluster(Box<ClusterSource>),
+    /// One partition of a cluster instance (its readings and ticks in stream order); its
+    /// warnings go to the instance.
+    Partition(PartitionFeed),
+}
+
+/// A partition's input and where its warnings go (see `cluster::instance`).
+#[derive(Debug, Clone)]
+pub struct PartitionFeed {
+    pub(crate) partition: u32,
+    pub(crate) items: crossbeam_channel::Receiver<Fed>,
+    pub(crate) forward: mpsc::Sender<Notice>,
 }
 
 /// Everything a run needs.
@@ -149,6 +168,8 @@ pub enum RunError {
     Http(#[from] HttpError),
     #[error("mqtt: {0}")]
     Mqtt(String),
+    #[error("nats: {0}")]
+    Nats(String),
     /// The decode queues closed early: a decode worker is gone.
     #[error("the decode workers have stopped")]
     DecodeStopped,
@@ -203,7 +224,17 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
                 .map_err(|e| RunError::Config(format!("http.bind `{bind}`: {e}")))?,
         ),
     };
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    // A cluster partition is one of many pipelines in the process: one rule thread each.
+    let embedded = matches!(options.fixture, Source::Partition(_));
+    if options.state.is_some() && matches!(options.fixture, Source::Cluster(_)) {
+        return Err(RunError::Config(
+            "--state with --nats: on a NATS stream the stream is the log and partitions are computed again from it on takeover; run without --state".to_string(),
+        ));
+    }
+    let cores = match embedded {
+        true => 1,
+        false => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores)
         .thread_name("rules")
@@ -228,14 +259,28 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
     // What the dashboard shows; fed by the sink when an HTTP address is configured.
     let live = Arc::new(LiveState::new());
     let (warnings_tx, warnings_rx) = mpsc::channel(WARNING_QUEUE);
-    let (desk, desk_access) = operations::open_desk(
-        config,
-        state.as_ref().map(|s| &s.dir),
-        options.clock,
-        &warnings_tx,
-        &metrics,
-        &runtime,
-    )?;
+    let (desk, desk_access) = match embedded {
+        true => (None, None),
+        false => {
+            let (desk, access) = operations::open_desk(
+                config,
+                state.as_ref().map(|s| &s.dir),
+                options.clock,
+                &warnings_tx,
+                &metrics,
+                &runtime,
+            )?;
+            (Some(desk), Some(access))
+        }
+    };
+    // A cluster instance's fence (leases and the shared delivery record) guards its sinks.
+    let cluster = match &options.fixture {
+        Source::Cluster(source) => {
+            let (ownership, fence) = open_fence(source, config, &metrics).map_err(RunError::Nats)?;
+            Some((ownership, Arc::new(fence)))
+        }
+        _ => None,
+    };
     let http = match http_addr {
         None => None,
         Some(addr) => Some(
@@ -246,7 +291,7 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
                 config.http.token.clone(),
                 Arc::clone(&metrics),
                 Arc::clone(&live),
-                Some(desk_access),
+                desk_access,
             )
             .map_err(|e| match e {
                 HttpError::OpenWithoutToken(_) => RunError::Config(e.to_string()),
@@ -266,7 +311,12 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
             .map_err(io("opening the dead-letter file"))?;
     let mut sink_config = options.sinks.clone();
     sink_config.append |= resumes;
-    let mut sinks = sink::open(&sink_config, &metrics)?;
+    let mut sinks = match &options.fixture {
+        Source::Partition(partition) => {
+            vec![Box::new(ForwardSink::new(partition.partition, partition.forward.clone())) as Box<dyn sink::Sink>]
+        }
+        _ => sink::open(&sink_config, &metrics)?,
+    };
     if http.is_some() {
         sinks.push(Box::new(DashboardFeed::new(Arc::clone(&live))));
     }
@@ -283,7 +333,10 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
         options.sinks.collect,
         warnings_rx,
         durable,
-        Some(desk),
+        desk,
+        cluster
+            .as_ref()
+            .map(|(_, fence)| Arc::clone(fence) as Arc<dyn sink::Fence>),
         Arc::clone(&metrics),
     )?;
 
@@ -321,6 +374,11 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
     }
     let fanout = rule_set.apply();
     let rule_set = Arc::new(Mutex::new(rule_set));
+    // A cluster instance's partitions send their warnings into this run's sink queue.
+    let mut cluster_warnings = cluster.is_some().then(|| warnings_tx.clone());
+    if let Some((ownership, _)) = &cluster {
+        ownership.drain_through(&warnings_tx);
+    }
     drop(warnings_tx);
     drop(results_tx);
 
@@ -394,6 +452,33 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
     let sourced: Result<(), RunError> = match state {
         None => match &options.fixture {
             Source::Mqtt(source) => from_broker(source, &handoff, &metrics, &shutdown, None),
+            Source::Cluster(source) => {
+                let ownership = cluster
+                    .as_ref()
+                    .map(|(ownership, _)| Arc::clone(ownership))
+                    .ok_or_else(|| RunError::Internal("a cluster run without its fence".to_string()))?;
+                let partitions = partitions::Partitions {
+                    config: config.clone(),
+                    warnings: cluster_warnings
+                        .take()
+                        .ok_or_else(|| RunError::Internal("the cluster's warning queue is gone".to_string()))?,
+                    metrics: Arc::clone(&metrics),
+                    dead_letter_path: options.dead_letter_path.clone(),
+                };
+                let start_partition = |partition: u32, items| partitions.start(partition, items);
+                let instance = Instance {
+                    config,
+                    metrics: Arc::clone(&metrics),
+                    ownership,
+                    start_partition: &start_partition,
+                };
+                let ran = run_instance(source, instance, &shutdown).map_err(RunError::Nats);
+                drop(partitions);
+                ran
+            }
+            Source::Partition(partition) => feed(&partition.items, &mut &*handoff, &metrics)
+                .map(|_| ())
+                .map_err(|_| RunError::DecodeStopped),
             replayed => replay_source(replayed, &mut &*handoff, options.speed, &metrics, &dead_letters, 0),
         },
         Some(state) => {
@@ -526,7 +611,9 @@ fn replay_source(
             return replay_all(&mut rx.iter().map(Ok), downstream, speed, metrics, dead_letters, skip)
                 .map_err(RunError::from);
         }
-        Source::Mqtt(_) => return Err(RunError::Internal("a live source is not a replay".to_string())),
+        Source::Mqtt(_) | Source::Cluster(_) | Source::Partition(_) => {
+            return Err(RunError::Internal("a live source is not a replay".to_string()));
+        }
     };
     replay_all(&mut reader.messages(), downstream, speed, metrics, dead_letters, skip).map_err(RunError::from)
 }

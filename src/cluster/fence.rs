@@ -1,0 +1,127 @@
+//! The sink's fence on a cluster instance: a warning goes out only while the lease of its
+//! partition is valid here (an owner that stalled past its lease stays silent; a warning
+//! whose lease lapsed waits until it is renewed, or found taken and dropped), and only if
+//! no instance sent it before (the shared delivery record, a KV bucket keyed by the
+//! notification's identity, `<alert_id>.<transition>`): the instance that takes a partition
+//! over computes its alerts again from the stream and sends only what was not yet sent.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use parking_lot::Mutex;
+
+use super::ownership::{Ownership, Standing};
+use crate::alert::sink::Fence;
+use crate::alert::warning::Warning;
+use crate::metrics::Metrics;
+
+/// How long the sink waits on the delivery record before sending anyway (twice is better
+/// than never).
+const RECORD_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a warning whose lease lapsed looks again.
+const LAPSED_POLL: Duration = Duration::from_millis(20);
+
+/// Leases and the delivery record, for the sink thread.
+#[derive(Debug)]
+pub(crate) struct ClusterFence {
+    ownership: Arc<Ownership>,
+    record: kv::Store,
+    /// Sent, waiting for the sinks to confirm before they are recorded.
+    pending: Mutex<BTreeSet<String>>,
+    /// Drives the record's connection; the sink thread blocks on it.
+    runtime: tokio::runtime::Runtime,
+    metrics: Arc<Metrics>,
+}
+
+fn key(warning: &Warning) -> String {
+    format!("{}.{}", warning.alert_id, warning.transition)
+}
+
+impl ClusterFence {
+    pub(crate) fn new(
+        ownership: Arc<Ownership>,
+        record: kv::Store,
+        runtime: tokio::runtime::Runtime,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        ClusterFence {
+            ownership,
+            record,
+            pending: Mutex::new(BTreeSet::new()),
+            runtime,
+            metrics,
+        }
+    }
+}
+
+impl Fence for ClusterFence {
+    fn admits(&self, partition: Option<u32>, warning: &Warning) -> bool {
+        // A lapsed lease either comes back (a late renewal) or is found taken: until then
+        // nothing goes out, and nothing is dropped that no other instance will send.
+        loop {
+            match self.ownership.standing(partition) {
+                Standing::Valid => break,
+                Standing::Lapsed => std::thread::sleep(LAPSED_POLL),
+                Standing::NotHeld => {
+                    self.metrics.cluster.fenced_warnings.fetch_add(1, Relaxed);
+                    return false;
+                }
+            }
+        }
+        let key = key(warning);
+        if self.pending.lock().contains(&key) {
+            self.metrics.cluster.already_sent.fetch_add(1, Relaxed);
+            return false;
+        }
+        let looked = self
+            .runtime
+            .block_on(async { tokio::time::timeout(RECORD_TIMEOUT, self.record.get(key)).await });
+        match looked {
+            Ok(Ok(Some(_))) => {
+                self.metrics.cluster.already_sent.fetch_add(1, Relaxed);
+                false
+            }
+            Ok(Ok(None)) => true,
+            _ => {
+                self.metrics.cluster.record_errors.fetch_add(1, Relaxed);
+                true
+            }
+        }
+    }
+
+    fn sent(&self, warning: &Warning) {
+        self.pending.lock().insert(key(warning));
+    }
+
+    fn waits(&self) -> bool {
+        !self.pending.lock().is_empty()
+    }
+
+    /// Records what the sinks confirmed; what they could not is left unrecorded, so the
+    /// instance that takes its partition over sends it again, with the same identity.
+    fn settled(&self, confirmed: bool) {
+        let keys = std::mem::take(&mut *self.pending.lock());
+        if !confirmed || keys.is_empty() {
+            return;
+        }
+        let written = self.runtime.block_on(async {
+            let mut acks = Vec::new();
+            for key in keys {
+                acks.push(self.record.put(key, bytes::Bytes::from_static(b"sent")));
+            }
+            tokio::time::timeout(RECORD_TIMEOUT, futures::future::join_all(acks)).await
+        });
+        match written {
+            Ok(results) => {
+                let failed = results.iter().filter(|r| r.is_err()).count() as u64;
+                self.metrics.cluster.record_errors.fetch_add(failed, Relaxed);
+            }
+            Err(_) => {
+                self.metrics.cluster.record_errors.fetch_add(1, Relaxed);
+            }
+        }
+    }
+}

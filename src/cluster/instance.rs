@@ -1,0 +1,442 @@
+//! A cluster instance (`cityops run --nats URL`): the source loop of its run. It checks the
+//! stream, starts the lease keeper, and for each partition it holds runs a pipeline of its
+//! own (`Source::Partition`: one partition's readings and ticks, in stream order) fed by a
+//! consumer from the partition's first reading; their warnings come back to this
+//! run's sink thread, where the fence and the shared delivery record decide what goes out.
+//! Each second it writes a tick into every partition it holds, so quiet partitions still
+//! close their windows, at a time every later reader sees the same.
+//!
+//! How a run ends:
+//! - `--max-messages` or `--idle-exit` (the input is over): the partitions' pipelines end
+//!   and close their open windows while their leases are still held, then the leases are
+//!   given back;
+//! - a stop (Ctrl-C, SIGTERM): a handover. The partitions are fenced first (what their
+//!   pipelines still compute is not sent), then the leases are given back, and the peers
+//!   that take them compute the rest from the stream.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, stream};
+use futures::StreamExt;
+
+use super::fence::ClusterFence;
+use super::keeper;
+use super::ownership::Ownership;
+use super::partition::Layout;
+use super::stream::{bucket, connect, ensure_stream};
+use crate::config::Config;
+use crate::flow::Message;
+use crate::ingest::partition_feed::Fed;
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+use crate::time::wall_now_ms;
+use crate::topic::TopicPattern;
+
+/// Items a partition's feed holds before its consumer waits.
+const FEED_CAPACITY: usize = 4_096;
+/// How often the loop looks at ownership changes, ticks and end conditions.
+const POLL: Duration = Duration::from_millis(50);
+/// Readings one pull asks for.
+const BATCH: usize = 1_000;
+/// The longest wait before a partition's consumer is created again after failures.
+const RETRY: Duration = Duration::from_secs(1);
+/// A tick is published to `<subject>.<partition>.tick` with this header, which no device
+/// can set (MQTT has no headers), so a reading on topic `tick` stays a reading.
+pub(crate) const TICK_HEADER: &str = "Cityops-Tick";
+
+/// A live run on a NATS JetStream stream, and when it ends.
+#[derive(Debug, Clone)]
+pub struct ClusterSource {
+    /// `nats://host:4222` (several, comma-separated, for a cluster).
+    pub url: String,
+    /// End after this many readings (load runs, tests).
+    pub max_messages: Option<u64>,
+    /// End once no reading has come for this long, after the first (a partition taken
+    /// counts as a reading: its stream is read first).
+    pub idle_exit: Option<Duration>,
+}
+
+/// The instance's name in the leases: `[cluster] instance`, else `<host>-<pid>`.
+pub(crate) fn instance_name(config: &Config) -> String {
+    match config.cluster.instance.as_str() {
+        "" => format!("{}-{}", crate::config::host_name(), std::process::id()),
+        name => name.to_string(),
+    }
+}
+
+/// Opens what the sink thread needs before the source starts: the ownership the keeper
+/// will fill, and the fence over it with the shared delivery record.
+pub(crate) fn open_fence(
+    source: &ClusterSource,
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> Result<(Arc<Ownership>, ClusterFence), String> {
+    let pattern = TopicPattern::parse(&config.topics.pattern)?;
+    let layout = Layout::new(&config.cluster.subject, config.cluster.partitions, pattern);
+    let ownership = Ownership::new(&instance_name(config), layout, Arc::clone(metrics));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("delivery-record")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the delivery record: {e}"))?;
+    let record = runtime.block_on(async {
+        let client = connect(&source.url, &format!("{}-deliveries", ownership.instance)).await?;
+        let js = jetstream::new(client);
+        bucket(
+            &js,
+            &config.cluster.deliveries_bucket,
+            "cityops notifications sent",
+            &config.cluster,
+        )
+        .await
+    })?;
+    let fence = ClusterFence::new(Arc::clone(&ownership), record, runtime, Arc::clone(metrics));
+    Ok((ownership, fence))
+}
+
+/// Starts a partition's pipeline on a thread of its own, reading `items` until they end
+/// (the run wires it: `pipeline::partitions`).
+pub(crate) type StartPartition<'a> =
+    dyn Fn(u32, crossbeam_channel::Receiver<Fed>) -> Result<std::thread::JoinHandle<()>, String> + 'a;
+
+/// What the instance needs from its run.
+pub(crate) struct Instance<'a> {
+    pub config: &'a Config,
+    pub metrics: Arc<Metrics>,
+    pub ownership: Arc<Ownership>,
+    pub start_partition: &'a StartPartition<'a>,
+}
+
+/// A partition this instance runs.
+struct Running {
+    consumer: tokio::task::JoinHandle<()>,
+    pipeline: std::thread::JoinHandle<()>,
+    /// Readings handed to its pipeline.
+    readings: Arc<AtomicU64>,
+    /// Whether its consumer has read to the stream's end (nothing pending) and works.
+    caught_up: Arc<AtomicBool>,
+}
+
+/// One partition consumer's counts.
+struct Counts {
+    readings: Arc<AtomicU64>,
+    caught_up: Arc<AtomicBool>,
+}
+
+/// Counts shared by the partitions' consumers.
+#[derive(Debug, Default)]
+struct Progress {
+    readings: AtomicU64,
+    /// Wall ms of the last reading, 0 before the first.
+    last_ms: AtomicI64,
+}
+
+/// Runs the instance until its source ends (see the module docs for how).
+pub(crate) fn run_instance(source: &ClusterSource, instance: Instance<'_>, shutdown: &Shutdown) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the NATS source: {e}"))?;
+    runtime.block_on(run(source, instance, shutdown))
+}
+
+async fn run(source: &ClusterSource, instance: Instance<'_>, shutdown: &Shutdown) -> Result<(), String> {
+    let config = instance.config;
+    let ownership = Arc::clone(&instance.ownership);
+    let client = connect(&source.url, &ownership.instance).await?;
+    let js = jetstream::new(client);
+    let stream = ensure_stream(&js, &config.cluster, ownership.layout()).await?;
+    let keeper = keeper::start(
+        &source.url,
+        &config.cluster,
+        Arc::clone(&ownership),
+        Arc::clone(&instance.metrics),
+    )?;
+    tracing::info!(
+        instance = %ownership.instance,
+        stream = %config.cluster.stream,
+        partitions = config.cluster.partitions,
+        "cluster: joined; taking a fair share of the partitions"
+    );
+    let progress = Arc::new(Progress::default());
+    let mut running: BTreeMap<u32, Running> = BTreeMap::new();
+    let mut changes = ownership.watch();
+    let mut next_tick_ms = 0;
+    let handover = loop {
+        // What is held and what runs agree after every change.
+        if changes.has_changed().unwrap_or(false) || running.is_empty() {
+            changes.mark_unchanged();
+            let held = ownership.held();
+            for (partition, gone) in running.extract_if(.., |p, _| !held.contains_key(p)).collect::<Vec<_>>() {
+                stop(partition, gone, &ownership).await;
+            }
+            for partition in held
+                .keys()
+                .copied()
+                .filter(|p| !running.contains_key(p))
+                .collect::<Vec<_>>()
+            {
+                let started = start(partition, &stream, &instance, &progress)?;
+                running.insert(partition, started);
+            }
+        }
+        let now_ms = wall_now_ms();
+        if now_ms >= next_tick_ms {
+            write_ticks(&js, &ownership, running.keys().copied()).await;
+            next_tick_ms = now_ms - now_ms.rem_euclid(1_000) + 1_000;
+        }
+        if shutdown.is_requested() {
+            break true;
+        }
+        let readings = progress.readings.load(Relaxed);
+        let last = progress.last_ms.load(Relaxed);
+        // Idle means the input is over: nothing came for a while and every partition has
+        // read its stream to the end (not a consumer stuck on a NATS failure).
+        let idle = source
+            .idle_exit
+            .is_some_and(|limit| last > 0 && now_ms - last >= limit.as_millis() as i64)
+            && running.values().all(|r| r.caught_up.load(Relaxed));
+        if idle || source.max_messages.is_some_and(|m| readings >= m) {
+            break false;
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    if handover {
+        // Fence first: what the partitions' pipelines still compute is not sent.
+        for partition in running.keys().copied().collect::<Vec<_>>() {
+            ownership.lose(partition, false);
+        }
+    }
+    for (partition, gone) in std::mem::take(&mut running) {
+        stop(partition, gone, &ownership).await;
+    }
+    // What the partitions sent is settled and recorded before their leases go.
+    ownership.drain().await;
+    tokio::task::spawn_blocking(move || keeper.release_all())
+        .await
+        .map_err(|e| format!("the lease keeper: {e}"))?;
+    let c = &instance.metrics.cluster;
+    tracing::info!(
+        instance = %ownership.instance,
+        handover,
+        takeovers = c.takeovers.load(Relaxed),
+        leases_lost = c.leases_lost.load(Relaxed),
+        fenced_warnings = c.fenced_warnings.load(Relaxed),
+        already_sent = c.already_sent.load(Relaxed),
+        record_errors = c.record_errors.load(Relaxed),
+        "cluster: left; its partitions are given back"
+    );
+    Ok(())
+}
+
+/// Starts a partition: its pipeline on a thread of its own, and its consumer.
+fn start(
+    partition: u32,
+    stream: &stream::Stream,
+    instance: &Instance<'_>,
+    progress: &Arc<Progress>,
+) -> Result<Running, String> {
+    let (feed, items) = crossbeam_channel::bounded(FEED_CAPACITY);
+    let pipeline = (instance.start_partition)(partition, items)?;
+    // A partition just taken has its stream to read: the idle exit waits for it.
+    progress.last_ms.store(wall_now_ms(), Relaxed);
+    let readings = Arc::new(AtomicU64::new(0));
+    let caught_up = Arc::new(AtomicBool::new(false));
+    let consumer = tokio::spawn(consume(
+        partition,
+        stream.clone(),
+        Arc::clone(&instance.ownership),
+        feed,
+        Arc::clone(progress),
+        Counts {
+            readings: Arc::clone(&readings),
+            caught_up: Arc::clone(&caught_up),
+        },
+        Arc::clone(&instance.metrics),
+    ));
+    tracing::info!(
+        partition,
+        "cluster: consuming partition {partition} from its first reading"
+    );
+    Ok(Running {
+        consumer,
+        pipeline,
+        readings,
+        caught_up,
+    })
+}
+
+/// Stops a partition: its consumer ends, so its feed closes and its pipeline ends.
+async fn stop(partition: u32, running: Running, ownership: &Ownership) {
+    running.consumer.abort();
+    let _ = running.consumer.await;
+    let _ = tokio::task::spawn_blocking(move || running.pipeline.join()).await;
+    ownership.stopped(partition);
+    tracing::info!(
+        partition,
+        readings = running.readings.load(Relaxed),
+        "cluster: partition {partition} stopped"
+    );
+}
+
+/// Reads one partition from its first message into its feed, in stream order. The
+/// position is kept here (the next stream sequence to hand over), and the consumer, an
+/// ephemeral one without acks, is created again from it after any error (a NATS node gone,
+/// the consumer with it): no reading is skipped or handed over twice. While the lease has
+/// lapsed here (NATS unreachable, the process stalled) it waits: it either renews and goes
+/// on where it was, or is found taken and is stopped.
+async fn consume(
+    partition: u32,
+    stream: stream::Stream,
+    ownership: Arc<Ownership>,
+    feed: crossbeam_channel::Sender<Fed>,
+    progress: Arc<Progress>,
+    counts: Counts,
+    metrics: Arc<Metrics>,
+) {
+    let layout = ownership.layout().clone();
+    let mut next: u64 = 1;
+    let mut failures = 0u32;
+    loop {
+        if failures > 0 {
+            tokio::time::sleep(RETRY.min(POLL * failures)).await;
+        }
+        let config = consumer::pull::Config {
+            filter_subject: layout.partition_filter(partition),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: next },
+            ack_policy: consumer::AckPolicy::None,
+            inactive_threshold: Duration::from_secs(30),
+            ..Default::default()
+        };
+        counts.caught_up.store(false, Relaxed);
+        let consumer = match stream.create_consumer(config).await {
+            Ok(consumer) => consumer,
+            Err(e) => {
+                failures += 1;
+                if failures % 20 == 1 {
+                    tracing::warn!(partition, error = %e, "cluster: cannot read partition {partition}; retrying (check the NATS servers)");
+                }
+                continue;
+            }
+        };
+        // Within one consumer, delivery numbers run 1, 2, 3…: a gap means messages were lost
+        // on the way (a reconnect), and the consumer is made again from `next`.
+        let mut delivered = 0u64;
+        loop {
+            let batch = consumer
+                .batch()
+                .max_messages(BATCH)
+                .expires(Duration::from_secs(1))
+                .messages()
+                .await;
+            let mut batch = match batch {
+                Ok(batch) => batch,
+                Err(_) => {
+                    failures += 1;
+                    break;
+                }
+            };
+            let (mut broken, mut pending) = (false, 0);
+            while let Some(message) = batch.next().await {
+                let Ok(message) = message else {
+                    broken = true;
+                    break;
+                };
+                let Ok(info) = message.info() else {
+                    broken = true;
+                    break;
+                };
+                if info.consumer_sequence != delivered + 1 {
+                    broken = true;
+                    break;
+                }
+                delivered = info.consumer_sequence;
+                if info.stream_sequence < next {
+                    continue;
+                }
+                next = info.stream_sequence + 1;
+                let at_ms = (info.published.unix_timestamp_nanos() / 1_000_000) as i64;
+                pending = info.pending;
+                metrics.cluster.lag.lock().insert(partition, pending);
+                while !ownership.admits(partition, Instant::now()) {
+                    metrics.cluster.fenced_messages.fetch_add(1, Relaxed);
+                    tokio::time::sleep(POLL).await;
+                }
+                let tick = message.headers.as_ref().is_some_and(|h| h.get(TICK_HEADER).is_some());
+                let item = match layout.topic_of_subject(message.subject.as_str()) {
+                    _ if tick => Fed::Tick(at_ms),
+                    Some((_, topic)) => Fed::Message(reading(at_ms, topic, message.payload.clone())),
+                    // Not of this layout (someone else published under the subject): the
+                    // pipeline dead-letters it by its topic.
+                    None => Fed::Message(reading(at_ms, message.subject.to_string(), message.payload.clone())),
+                };
+                let is_reading = matches!(item, Fed::Message(_));
+                if !send(&feed, item).await {
+                    return;
+                }
+                if is_reading {
+                    counts.readings.fetch_add(1, Relaxed);
+                    progress.readings.fetch_add(1, Relaxed);
+                    progress.last_ms.store(wall_now_ms(), Relaxed);
+                }
+                failures = 0;
+            }
+            if broken {
+                failures += 1;
+                break;
+            }
+            // A whole pull without error, ending with nothing pending: read to the end.
+            counts.caught_up.store(pending == 0, Relaxed);
+        }
+    }
+}
+
+fn reading(at_ms: i64, topic: String, payload: bytes::Bytes) -> Message {
+    Message {
+        at_ms,
+        topic,
+        payload,
+        recorded_invalid: false,
+        arrived_ns: 0,
+        received_ms: wall_now_ms(),
+        seq: 0,
+        rebuild: false,
+    }
+}
+
+/// Hands an item to the partition's pipeline, waiting (without holding the runtime) while
+/// its feed is full; false once the pipeline is gone.
+async fn send(feed: &crossbeam_channel::Sender<Fed>, mut item: Fed) -> bool {
+    loop {
+        match feed.try_send(item) {
+            Ok(()) => return true,
+            Err(crossbeam_channel::TrySendError::Full(back)) => {
+                item = back;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => return false,
+        }
+    }
+}
+
+/// Writes a tick into each partition held here whose lease is valid.
+async fn write_ticks(js: &jetstream::Context, ownership: &Ownership, partitions: impl Iterator<Item = u32>) {
+    let now = Instant::now();
+    let mut acks = Vec::new();
+    for partition in partitions.filter(|p| ownership.admits(*p, now)) {
+        let subject = format!("{}.{partition}.tick", ownership.layout().subject());
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(TICK_HEADER, "1");
+        if let Ok(ack) = js.publish_with_headers(subject, headers, bytes::Bytes::new()).await {
+            acks.push(ack);
+        }
+    }
+    for ack in acks {
+        let _ = ack.await;
+    }
+}

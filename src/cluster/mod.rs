@@ -1,0 +1,59 @@
+//! Scale-out on NATS JetStream: several instances share a city's stream, each computing
+//! the partitions it holds a lease on.
+//!
+//! ```text
+//! devices ─MQTT─► NATS (MQTT listener or a Mosquitto bridge) ─mapping─► stream <subject>.<p>.<topic>
+//! replay --to-nats ──────────────────────────────(partitioned here)──►   (fixed partitions)
+//!   stream ─ordered consumer per held partition─► a pipeline per partition ─► instance sinks
+//!   lease bucket (KV, compare-and-swap, epochs) ◄─► keeper thread ─► Ownership ─► fence
+//!   delivery bucket (KV) ◄─► fence in the sink thread: each notification sent once
+//! ```
+//!
+//! - `partition`: a reading's partition (NATS's `partition()` hash) and subject.
+//! - `stream`: connecting, creating or checking the stream and the lease bucket.
+//! - `lease`: the pure lease plan; `keeper`: the thread carrying it out; `ownership`:
+//!   what is held now, shared.
+//! - `instance`: the source loop of `run --nats` (a pipeline per partition, ticks);
+//!   `forward`: the partition pipelines' sink; `fence`: what the instance may send.
+//! - `publish`: `replay --to-nats`.
+//!
+//! Exactness: a partition's pipeline is a pure function of the partition's stream (its
+//! readings and ticks, with stream timestamps), so any instance computing it gets the same
+//! warnings; the delivery record keeps a takeover from sending one twice.
+
+pub(crate) mod fence;
+pub(crate) mod forward;
+pub(crate) mod instance;
+pub(crate) mod keeper;
+pub(crate) mod lease;
+pub(crate) mod ownership;
+pub(crate) mod partition;
+pub(crate) mod publish;
+pub(crate) mod stream;
+
+pub use instance::ClusterSource;
+pub use publish::{Published, publish};
+
+use crate::config::Config;
+use crate::topic::TopicPattern;
+
+fn layout_of(config: &Config) -> Result<partition::Layout, String> {
+    let pattern = TopicPattern::parse(&config.topics.pattern)?;
+    Ok(partition::Layout::new(
+        &config.cluster.subject,
+        config.cluster.partitions,
+        pattern,
+    ))
+}
+
+/// The stream subject `replay --to-nats` publishes `topic` to under `config`: the same one
+/// the server's mapping (`server_mapping`) gives what a device publishes over NATS.
+pub fn stream_subject(config: &Config, topic: &str) -> Result<String, String> {
+    layout_of(config)?.subject_for_topic(topic).map_err(|e| e.to_string())
+}
+
+/// The server's `mappings` entry that partitions device subjects as cityops does, as
+/// (subject, destination): `"city.*.*.*": "cityops.{{partition(32,1,3)}}.city.…"`.
+pub fn server_mapping(config: &Config) -> Result<(String, String), String> {
+    Ok(layout_of(config)?.server_mapping())
+}

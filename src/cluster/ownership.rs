@@ -1,0 +1,176 @@
+//! What this instance holds now, shared by the lease keeper (which changes it), the NATS
+//! source (which consumes what it holds) and the sink thread (which sends only warnings of
+//! partitions it holds): the fence that keeps a stalled owner silent once its lease lapsed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+use super::lease::Held;
+use super::partition::Layout;
+use crate::alert::sink::Notice;
+
+/// How long giving a partition up waits for the sinks to settle what it sent.
+const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+use crate::metrics::Metrics;
+
+/// A partition this instance gained: its tenure and the one before (where to resume).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Tenure {
+    pub epoch: u64,
+    pub previous_epoch: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    held: BTreeMap<u32, (Held, Tenure)>,
+    /// Partitions the source has stopped consuming since they were given up.
+    stopped: Vec<u32>,
+}
+
+/// The partitions held, shared.
+#[derive(Debug)]
+pub(crate) struct Ownership {
+    pub(crate) instance: String,
+    layout: Layout,
+    inner: Mutex<Inner>,
+    /// Bumped at each gain or loss; the source watches it.
+    changed: tokio::sync::watch::Sender<u64>,
+    metrics: Arc<Metrics>,
+    /// The run's sink queue, to drain before a partition is given up.
+    sinks: Mutex<Option<tokio::sync::mpsc::WeakSender<Notice>>>,
+}
+
+impl Ownership {
+    pub(crate) fn new(instance: &str, layout: Layout, metrics: Arc<Metrics>) -> Arc<Self> {
+        let (changed, _) = tokio::sync::watch::channel(0);
+        *metrics.cluster.instance.lock() = instance.to_string();
+        metrics
+            .cluster
+            .partitions
+            .store(u64::from(layout.partitions()), Relaxed);
+        Arc::new(Ownership {
+            instance: instance.to_string(),
+            layout,
+            inner: Mutex::new(Inner::default()),
+            changed,
+            metrics,
+            sinks: Mutex::new(None),
+        })
+    }
+
+    /// Where `drain` sends its marker: the run's sink queue (held weakly, so the queue
+    /// still closes when the run's senders are gone).
+    pub(crate) fn drain_through(&self, sinks: &tokio::sync::mpsc::Sender<Notice>) {
+        *self.sinks.lock() = Some(sinks.downgrade());
+    }
+
+    /// Waits until the sink thread has sent and settled everything queued so far (and the
+    /// delivery record holds it), or a while at most.
+    pub(crate) async fn drain(&self) {
+        let sinks = self.sinks.lock().as_ref().and_then(|weak| weak.upgrade());
+        let Some(sinks) = sinks else { return };
+        let (reply, settled) = tokio::sync::oneshot::channel();
+        if sinks.send(Notice::Drained(reply)).await.is_ok() {
+            let _ = tokio::time::timeout(DRAIN_LIMIT, settled).await;
+        }
+    }
+
+    pub(crate) fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub(crate) fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn bump(&self, inner: &Inner) {
+        self.metrics.cluster.owned.store(inner.held.len() as u64, Relaxed);
+        *self.metrics.cluster.held.lock() = inner.held.iter().map(|(p, (_, t))| (*p, t.epoch)).collect();
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// The partitions held, with their tenures.
+    pub(crate) fn held(&self) -> BTreeMap<u32, (Held, Tenure)> {
+        self.inner.lock().held.clone()
+    }
+
+    /// A partition claimed.
+    pub(crate) fn gain(&self, partition: u32, held: Held, tenure: Tenure) {
+        let mut inner = self.inner.lock();
+        inner.held.insert(partition, (held, tenure));
+        inner.stopped.retain(|p| *p != partition);
+        if tenure.previous_epoch.is_some() {
+            self.metrics.cluster.takeovers.fetch_add(1, Relaxed);
+        }
+        self.bump(&inner);
+    }
+
+    /// A lease rewritten: valid again until `held.valid_until`.
+    pub(crate) fn renewed(&self, partition: u32, held: Held) {
+        if let Some((h, _)) = self.inner.lock().held.get_mut(&partition) {
+            *h = held;
+        }
+    }
+
+    /// A partition no longer held (released, or found taken by a peer).
+    pub(crate) fn lose(&self, partition: u32, taken: bool) {
+        let mut inner = self.inner.lock();
+        if inner.held.remove(&partition).is_some() {
+            if taken {
+                self.metrics.cluster.leases_lost.fetch_add(1, Relaxed);
+            }
+            self.bump(&inner);
+        }
+    }
+
+    /// The source stopped consuming a partition it no longer holds.
+    pub(crate) fn stopped(&self, partition: u32) {
+        self.inner.lock().stopped.push(partition);
+    }
+
+    /// Whether the source has stopped consuming `partition` (a release waits for it).
+    pub(crate) fn has_stopped(&self, partition: u32) -> bool {
+        self.inner.lock().stopped.contains(&partition)
+    }
+
+    /// Whether this instance may act on `partition` now: held, and its lease not lapsed.
+    pub(crate) fn admits(&self, partition: u32, now: Instant) -> bool {
+        self.inner
+            .lock()
+            .held
+            .get(&partition)
+            .is_some_and(|(h, _)| now < h.valid_until)
+    }
+
+    /// Where a warning computed by `partition` stands here now: the partition held with a
+    /// valid lease, held but the lease lapsed (renewals late: it may come back), or not
+    /// held. `None` (computed from every partition) stands with the worst of them.
+    pub(crate) fn standing(&self, partition: Option<u32>) -> Standing {
+        let now = Instant::now();
+        let inner = self.inner.lock();
+        let standing = |held: Option<&(Held, Tenure)>| match held {
+            None => Standing::NotHeld,
+            Some((h, _)) if now < h.valid_until => Standing::Valid,
+            Some(_) => Standing::Lapsed,
+        };
+        match partition {
+            Some(partition) => standing(inner.held.get(&partition)),
+            None => (0..self.layout.partitions())
+                .map(|p| standing(inner.held.get(&p)))
+                .max()
+                .unwrap_or(Standing::NotHeld),
+        }
+    }
+}
+
+/// Where a warning stands (see `Ownership::standing`), from best to worst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Standing {
+    Valid,
+    Lapsed,
+    NotHeld,
+}

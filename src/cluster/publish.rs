@@ -1,0 +1,138 @@
+//! `cityops replay FILE --to-nats URL`: publishes a fixture into the stream (created or
+//! checked first), each reading on its partition's subject, at the recorded speed, scaled,
+//! at a fixed rate or as fast as JetStream acknowledges. It ends once JetStream has
+//! acknowledged (stored) every reading; one whose acknowledgement is lost (a node gone) is
+//! sent again under the same `Nats-Msg-Id`, which JetStream stores once. A topic NATS cannot carry is skipped and counted.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use async_nats::jetstream::context::PublishAckFuture;
+
+use super::partition::Layout;
+use super::stream::{connect, ensure_stream};
+use crate::config::Config;
+use crate::ingest::fixture::FixtureReader;
+use crate::ingest::replay::Speed;
+use crate::time::wall_now_ms;
+use crate::topic::TopicPattern;
+
+/// Publications awaiting JetStream's acknowledgement before the next waits.
+const IN_FLIGHT: usize = 2_000;
+/// Tries of one reading whose acknowledgement does not come (a NATS node gone meanwhile).
+const TRIES: u32 = 10;
+
+/// A reading sent, with what sending it again takes.
+type Publication = (PublishAckFuture, String, String, bytes::Bytes);
+
+async fn send(
+    js: &jetstream::Context,
+    subject: &str,
+    id: &str,
+    payload: &bytes::Bytes,
+) -> Result<PublishAckFuture, String> {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", id);
+    js.publish_with_headers(subject.to_string(), headers, payload.clone())
+        .await
+        .map_err(|e| format!("publishing to NATS: {e}"))
+}
+
+/// Waits for a reading's acknowledgement, sending it again (same id) while none comes.
+async fn confirm(js: &jetstream::Context, (ack, subject, id, payload): Publication) -> Result<(), String> {
+    let mut last = match ack.await {
+        Ok(_) => return Ok(()),
+        Err(e) => e.to_string(),
+    };
+    for attempt in 1..TRIES {
+        tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+        match send(js, &subject, &id, &payload).await {
+            Ok(ack) => match ack.await {
+                Ok(_) => return Ok(()),
+                Err(e) => last = e.to_string(),
+            },
+            Err(e) => last = e,
+        }
+    }
+    Err(format!("JetStream did not store a reading after {TRIES} tries: {last}"))
+}
+
+/// What a publishing run did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Published {
+    pub messages: u64,
+    /// Readings whose topic is not a valid NATS subject.
+    pub skipped: u64,
+    pub seconds: f64,
+}
+
+/// Publishes every message of `reader` into the stream at `url`, paced by `speed`.
+pub fn publish(reader: &mut FixtureReader, url: &str, config: &Config, speed: Speed) -> Result<Published, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the publisher: {e}"))?;
+    runtime.block_on(publish_all(reader, url, config, speed))
+}
+
+async fn publish_all(
+    reader: &mut FixtureReader,
+    url: &str,
+    config: &Config,
+    speed: Speed,
+) -> Result<Published, String> {
+    let pattern = TopicPattern::parse(&config.topics.pattern)?;
+    let layout = Layout::new(&config.cluster.subject, config.cluster.partitions, pattern);
+    let client = connect(url, &format!("cityops-replay-{}", std::process::id())).await?;
+    let js = jetstream::new(client);
+    ensure_stream(&js, &config.cluster, &layout).await?;
+    let started = Instant::now();
+    // Each reading carries an id (`Nats-Msg-Id`): one sent again after a lost ack is
+    // stored once (JetStream's duplicate window).
+    let run = format!("{}-{}", std::process::id(), wall_now_ms());
+    let mut origin: Option<i64> = None;
+    let (mut messages, mut skipped) = (0u64, 0u64);
+    let mut waiting = VecDeque::new();
+    for msg in reader.messages() {
+        let msg = msg.map_err(|e| e.to_string())?;
+        let subject = match layout.subject_for_topic(&msg.topic) {
+            Ok(subject) => subject,
+            Err(e) => {
+                if skipped < 5 {
+                    tracing::warn!("replay: {e}; skipped");
+                }
+                skipped += 1;
+                continue;
+            }
+        };
+        let origin = *origin.get_or_insert(msg.at_ms);
+        let due = match speed {
+            Speed::Max => None,
+            Speed::Factor(factor) => Some(Duration::from_secs_f64(
+                (msg.at_ms - origin).max(0) as f64 / 1_000.0 / factor,
+            )),
+            Speed::Rate(rate) => Some(Duration::from_secs_f64(messages as f64 / rate)),
+        };
+        if let Some(wait) = due.and_then(|due| due.checked_sub(started.elapsed())) {
+            tokio::time::sleep(wait).await;
+        }
+        let id = format!("{run}-{messages}");
+        let ack = send(&js, &subject, &id, &msg.payload).await?;
+        waiting.push_back((ack, subject, id, msg.payload));
+        if waiting.len() >= IN_FLIGHT
+            && let Some(oldest) = waiting.pop_front()
+        {
+            confirm(&js, oldest).await?;
+        }
+        messages += 1;
+    }
+    for publication in waiting {
+        confirm(&js, publication).await?;
+    }
+    Ok(Published {
+        messages,
+        skipped,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,595 @@
+//! Scale-out on NATS JetStream against real `nats-server` processes (Debian's 2.9), each
+//! test on loopback ports of its own: a 3-node JetStream cluster (or one server where the
+//! test is about the server's mapping). `.ci/run` installs nats-server and names it in
+//! `CITYOPS_TEST_NATS`; without it these tests say so and pass.
+//!
+//! The cluster tests publish the demo with `replay --to-nats` and run three `cityops run
+//! --nats` instances as processes. Their warnings together must equal the golden demo
+//! warnings (without `detected_at` and `latency_ms`, which are wall-clock), none twice,
+//! also when an instance is killed mid-stream, when one stalls past its lease and comes
+//! back, and when a NATS node dies.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use cityops::{Config, FixtureReader, Speed};
+use serde_json::Value;
+
+/// The cluster tests are heavy (three servers, three instances): one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Partitions of the test stream.
+const PARTITIONS: u32 = 8;
+/// The lease of the test instances (short, so takeovers are quick).
+const LEASE: Duration = Duration::from_secs(2);
+
+fn nats_binary() -> Option<String> {
+    match std::env::var("CITYOPS_TEST_NATS") {
+        Ok(binary) => Some(binary),
+        Err(_) => {
+            eprintln!("CITYOPS_TEST_NATS is not set: skipping the NATS test (.ci/run sets it)");
+            None
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A nats-server process, killed on drop.
+struct Server {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl Server {
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn start_server(binary: &str, config: &Path, port: u16) -> Server {
+    let child = Command::new(binary)
+        .arg("-c")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nats-server starts");
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "nats-server did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Server {
+        child: Some(child),
+        port,
+    }
+}
+
+/// One JetStream server with `extra` in its config.
+fn single_server(binary: &str, dir: &Path, extra: &str) -> Server {
+    let port = free_port();
+    let config = dir.join("single.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:{port}\nserver_name: single\njetstream {{ store_dir: {:?} }}\n{extra}\n",
+            dir.join("single-store")
+        ),
+    )
+    .unwrap();
+    start_server(binary, &config, port)
+}
+
+/// A 3-node JetStream cluster on loopback.
+fn three_node_cluster(binary: &str, dir: &Path) -> Vec<Server> {
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let routes: Vec<String> = ports
+        .iter()
+        .map(|(_, c)| format!("nats-route://127.0.0.1:{c}"))
+        .collect();
+    let servers: Vec<Server> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (port, cluster_port))| {
+            let config = dir.join(format!("n{i}.conf"));
+            std::fs::write(
+                &config,
+                format!(
+                    "listen: 127.0.0.1:{port}\nserver_name: n{i}\njetstream {{ store_dir: {:?} }}\ncluster {{\n  name: cityops-test\n  listen: 127.0.0.1:{cluster_port}\n  routes: [{}]\n}}\n",
+                    dir.join(format!("n{i}-store")),
+                    routes.join(", ")
+                ),
+            )
+            .unwrap();
+            start_server(binary, &config, *port)
+        })
+        .collect();
+    servers
+}
+
+fn urls(servers: &[Server]) -> String {
+    servers.iter().map(Server::url).collect::<Vec<_>>().join(",")
+}
+
+/// The cluster settings of the tests.
+fn cluster_config(replicas: usize) -> Config {
+    let mut config = Config::default();
+    config.cluster.partitions = PARTITIONS;
+    config.cluster.replicas = replicas;
+    config.cluster.lease = cityops::DurationMs(LEASE.as_millis() as i64);
+    config
+}
+
+fn config_file(dir: &Path, replicas: usize) -> PathBuf {
+    let path = dir.join("cityops.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[cluster]\npartitions = {PARTITIONS}\nreplicas = {replicas}\nlease = \"{}ms\"\n",
+            LEASE.as_millis()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Publishes the demo into the stream, retrying while a new cluster elects its leaders.
+fn publish_demo(url: &str, config: &Config, speed: Speed) -> u64 {
+    let started = Instant::now();
+    loop {
+        let mut reader = FixtureReader::demo().unwrap();
+        match cityops::publish_to_nats(&mut reader, url, config, speed) {
+            Ok(published) => {
+                assert_eq!(published.skipped, 0);
+                return published.messages;
+            }
+            Err(e) if started.elapsed() < Duration::from_secs(30) && e.contains("creating or opening stream") => {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("replay --to-nats: {e}"),
+        }
+    }
+}
+
+/// A `cityops run --nats` process; its warnings go to `<dir>/<name>.jsonl`, its log
+/// (JSON) is kept in memory.
+struct Instance {
+    name: String,
+    child: Option<Child>,
+    jsonl: PathBuf,
+    log: std::sync::Arc<Mutex<Vec<Value>>>,
+}
+
+impl Instance {
+    fn start(dir: &Path, name: &str, url: &str, config: &Path, idle_exit: &str) -> Self {
+        let jsonl = dir.join(format!("{name}.jsonl"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cityops"))
+            .args(["--log-format", "json", "run", "--quiet", "--no-http"])
+            .arg(format!("--nats={url}"))
+            .arg(format!("--instance={name}"))
+            .arg(format!("--config={}", config.display()))
+            .arg(format!("--queries={}", concat!(env!("CARGO_MANIFEST_DIR"), "/queries")))
+            .arg(format!("--jsonl={}", jsonl.display()))
+            .arg(format!(
+                "--dead-letter={}",
+                dir.join(format!("{name}-dead.jsonl")).display()
+            ))
+            .arg(format!("--idle-exit={idle_exit}"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cityops starts");
+        let log = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let lines = std::sync::Arc::clone(&log);
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(value) = serde_json::from_str::<Value>(&line) {
+                    lines.lock().unwrap().push(value);
+                }
+            }
+        });
+        Instance {
+            name: name.to_string(),
+            child: Some(child),
+            jsonl,
+            log,
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or_default()
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{signal} {}", self.name);
+    }
+
+    /// Waits for the process to end by itself; its exit status.
+    fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let started = Instant::now();
+        let child = self.child.as_mut().unwrap();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(started.elapsed() < limit, "{} did not end", self.name);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Log lines whose message contains `text`.
+    fn logged(&self, text: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l["message"].as_str().is_some_and(|m| m.contains(text)))
+            .count()
+    }
+
+    fn warnings(&self) -> Vec<Value> {
+        match std::fs::read_to_string(&self.jsonl) {
+            Ok(text) => text.lines().map(|l| serde_json::from_str(l).unwrap()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-CONT")
+                .arg(child.id().to_string())
+                .stderr(Stdio::null())
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A warning without its wall-clock fields, floats rounded as the golden file's, as
+/// comparable text.
+fn comparable(warning: &Value) -> String {
+    let mut warning = warning.clone();
+    if let Some(obj) = warning.as_object_mut() {
+        obj.entry("latency_ms").or_insert(Value::from(0.0));
+    }
+    let warning: cityops::Warning = serde_json::from_value(warning).expect("a warning");
+    let mut stable = common::stable(&warning);
+    if let Some(obj) = stable.as_object_mut() {
+        obj.remove("detected_at");
+    }
+    stable.to_string()
+}
+
+fn golden() -> Vec<String> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/demo-warnings.jsonl");
+    let mut lines: Vec<String> = common::read_jsonl(&path).iter().map(comparable).collect();
+    lines.sort();
+    lines
+}
+
+/// The instances' warnings together equal the golden file, and no notification
+/// (`alert_id`, `transition`) was sent twice.
+fn assert_golden_once(instances: &[Instance], what: &str) {
+    let all: Vec<Value> = instances.iter().flat_map(Instance::warnings).collect();
+    let mut seen = BTreeMap::new();
+    for w in &all {
+        let identity = format!("{}#{}", w["alert_id"], w["transition"]);
+        *seen.entry(identity).or_insert(0) += 1;
+    }
+    let twice: Vec<&String> = seen.iter().filter(|(_, n)| **n > 1).map(|(k, _)| k).collect();
+    assert!(twice.is_empty(), "{what}: sent more than once: {twice:?}");
+    let mut actual: Vec<String> = all.iter().map(comparable).collect();
+    actual.sort();
+    let expected = golden();
+    if actual != expected {
+        for instance in instances {
+            for line in instance.log.lock().unwrap().iter() {
+                let message = line["message"].as_str().unwrap_or_default();
+                if line["level"] != "INFO" || message.contains("cluster") || message.contains("leases") {
+                    eprintln!("{}: {line}", instance.name);
+                }
+            }
+        }
+        let missing: Vec<&String> = expected.iter().filter(|e| !actual.contains(e)).collect();
+        let extra: Vec<&String> = actual.iter().filter(|a| !expected.contains(a)).collect();
+        panic!(
+            "{what}: {} warnings against the golden {}\nmissing ({}):\n{}\nunexpected ({}):\n{}",
+            actual.len(),
+            expected.len(),
+            missing.len(),
+            missing
+                .iter()
+                .take(10)
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
+            extra.len(),
+            extra.iter().take(10).map(|s| s.as_str()).collect::<Vec<_>>().join("\n"),
+        );
+    }
+}
+
+/// Each instance's share of the partitions, per its log.
+fn partitions_claimed(instance: &Instance) -> usize {
+    instance.logged("claimed partition")
+}
+
+#[test]
+fn the_partition_hash_matches_the_servers_partition_mapping() {
+    let Some(binary) = nats_binary() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.cluster.partitions = 32;
+    let (from, to) = cityops::nats_server_mapping(&config).unwrap();
+    assert_eq!(from, "city.*.*.*");
+    let server = single_server(&binary, dir.path(), &format!("mappings = {{ {from:?}: {to:?} }}"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        use futures::StreamExt;
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let mut mapped = client.subscribe("cityops.>").await.unwrap();
+        client.flush().await.unwrap();
+        let topics: Vec<String> = (0..300)
+            .map(|i| format!("city/district-{}/water/wm-{i:04}", i % 7))
+            .collect();
+        for topic in &topics {
+            client.publish(topic.replace('/', "."), "{}".into()).await.unwrap();
+        }
+        client.flush().await.unwrap();
+        for topic in &topics {
+            let message = tokio::time::timeout(Duration::from_secs(5), mapped.next())
+                .await
+                .expect("the mapped message arrives")
+                .unwrap();
+            assert_eq!(
+                message.subject.as_str(),
+                cityops::nats_stream_subject(&config, topic).unwrap(),
+                "{topic}: the server's partition() and cityops's differ"
+            );
+        }
+    });
+}
+
+#[test]
+fn three_instances_send_the_golden_demo_warnings_once() {
+    let Some(binary) = nats_binary() else { return };
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let servers = three_node_cluster(&binary, dir.path());
+    let url = urls(&servers);
+    let file = config_file(dir.path(), 3);
+    let published = publish_demo(&url, &cluster_config(3), Speed::Max);
+    assert_eq!(published, 254_507);
+    let mut instances: Vec<Instance> = (1..=3)
+        .map(|i| Instance::start(dir.path(), &format!("node-{i}"), &url, &file, "4s"))
+        .collect();
+    for instance in &mut instances {
+        assert!(
+            instance.wait(Duration::from_secs(240)).success(),
+            "{} failed",
+            instance.name
+        );
+    }
+    assert_golden_once(&instances, "three instances");
+    assert!(
+        instances.iter().all(|i| partitions_claimed(i) > 0),
+        "every instance took a share: {:?}",
+        instances.iter().map(partitions_claimed).collect::<Vec<_>>()
+    );
+}
+
+/// Who holds each partition now, per the lease bucket.
+fn lease_owners(url: &str) -> BTreeMap<u32, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let servers: Vec<&str> = url.split(',').collect();
+        let client = async_nats::connect(servers.as_slice()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let store = js.get_key_value("cityops-leases").await.unwrap();
+        let mut owners = BTreeMap::new();
+        for p in 0..PARTITIONS {
+            if let Ok(Some(value)) = store.get(format!("p.{p}")).await
+                && let Ok(lease) = serde_json::from_slice::<Value>(&value)
+            {
+                owners.insert(p, lease["owner"].as_str().unwrap_or_default().to_string());
+            }
+        }
+        owners
+    })
+}
+
+/// Starts three instances and waits until every partition is held, by at least two of
+/// them (the third may still be joining: partitions are balanced as instances come).
+fn three_instances(dir: &Path, url: &str, file: &Path, idle_exit: &str) -> Vec<Instance> {
+    let instances: Vec<Instance> = (1..=3)
+        .map(|i| Instance::start(dir, &format!("node-{i}"), url, file, idle_exit))
+        .collect();
+    let started = Instant::now();
+    loop {
+        let owners = lease_owners_when_ready(url);
+        let holders: std::collections::BTreeSet<&String> = owners.values().filter(|o| !o.is_empty()).collect();
+        if owners.len() == PARTITIONS as usize && owners.values().all(|o| !o.is_empty()) && holders.len() >= 2 {
+            return instances;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the instances did not share the partitions: {owners:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Like `lease_owners`, empty until the bucket exists.
+fn lease_owners_when_ready(url: &str) -> BTreeMap<u32, String> {
+    std::panic::catch_unwind(|| lease_owners(url)).unwrap_or_default()
+}
+
+/// Publishes the demo at `rate` readings/s on a thread of its own.
+fn publish_paced(url: &str, rate: f64) -> std::thread::JoinHandle<u64> {
+    let url = url.to_string();
+    std::thread::spawn(move || publish_demo(&url, &cluster_config(3), Speed::Rate(rate)))
+}
+
+#[test]
+fn a_killed_instance_s_partitions_are_taken_over_and_nothing_is_lost_or_sent_twice() {
+    let Some(binary) = nats_binary() else { return };
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let servers = three_node_cluster(&binary, dir.path());
+    let url = urls(&servers);
+    let file = config_file(dir.path(), 3);
+    // The stream exists before the instances start.
+    publish_demo_prefix(&url);
+    let mut instances = three_instances(dir.path(), &url, &file, "10s");
+    let publisher = publish_paced(&url, 30_000.0);
+    std::thread::sleep(Duration::from_secs(3));
+    let victim = &instances[1];
+    let held: Vec<u32> = lease_owners(&url)
+        .into_iter()
+        .filter(|(_, owner)| *owner == victim.name)
+        .map(|(p, _)| p)
+        .collect();
+    assert!(!held.is_empty(), "node-2 held no partition when it was killed");
+    victim.signal("KILL");
+    let killed = Instant::now();
+    loop {
+        let owners = lease_owners(&url);
+        if held
+            .iter()
+            .all(|p| owners.get(p).is_some_and(|o| !o.is_empty() && *o != victim.name))
+        {
+            break;
+        }
+        assert!(
+            killed.elapsed() < 2 * LEASE,
+            "partitions {held:?} were not taken over within two leases: {owners:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(publisher.join().unwrap(), 254_507);
+    for i in [0, 2] {
+        assert!(instances[i].wait(Duration::from_secs(240)).success());
+    }
+    assert_golden_once(&instances, "one instance killed mid-stream");
+}
+
+#[test]
+fn an_instance_stalled_past_its_lease_sends_nothing_stale_when_it_comes_back() {
+    let Some(binary) = nats_binary() else { return };
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let servers = three_node_cluster(&binary, dir.path());
+    let url = urls(&servers);
+    let file = config_file(dir.path(), 3);
+    publish_demo_prefix(&url);
+    let mut instances = three_instances(dir.path(), &url, &file, "10s");
+    let publisher = publish_paced(&url, 30_000.0);
+    std::thread::sleep(Duration::from_secs(2));
+    let stalled = &instances[1];
+    stalled.signal("STOP");
+    std::thread::sleep(3 * LEASE);
+    let owners = lease_owners(&url);
+    assert!(
+        owners.values().all(|o| *o != stalled.name),
+        "node-2's partitions were not taken while it stalled: {owners:?}"
+    );
+    stalled.signal("CONT");
+    assert_eq!(publisher.join().unwrap(), 254_507);
+    for instance in &mut instances {
+        assert!(
+            instance.wait(Duration::from_secs(240)).success(),
+            "{} failed",
+            instance.name
+        );
+    }
+    assert!(
+        instances[1].logged("a peer holds partition") > 0,
+        "node-2 came back and found its partitions taken"
+    );
+    assert_golden_once(&instances, "one instance stalled past its lease");
+}
+
+#[test]
+#[ignore = "not yet passing: with a node killed mid-stream, consumers reading through it stall or lose readings (see the issue 22 note); run with --ignored"]
+fn a_nats_node_killed_mid_stream_loses_nothing() {
+    let Some(binary) = nats_binary() else { return };
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let mut servers = three_node_cluster(&binary, dir.path());
+    let url = urls(&servers);
+    let file = config_file(dir.path(), 3);
+    publish_demo_prefix(&url);
+    let mut instances = three_instances(dir.path(), &url, &file, "10s");
+    let publisher = publish_paced(&url, 30_000.0);
+    std::thread::sleep(Duration::from_secs(3));
+    servers[2].kill();
+    assert_eq!(publisher.join().unwrap(), 254_507);
+    for instance in &mut instances {
+        assert!(
+            instance.wait(Duration::from_secs(240)).success(),
+            "{} failed",
+            instance.name
+        );
+    }
+    assert_golden_once(&instances, "a NATS node killed mid-stream");
+}
+
+/// Creates the stream (and waits for a new cluster's leaders) by publishing nothing.
+fn publish_demo_prefix(url: &str) {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    loop {
+        let mut reader = FixtureReader::open(&empty).unwrap();
+        match cityops::publish_to_nats(&mut reader, url, &cluster_config(3), Speed::Max) {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(started.elapsed() < Duration::from_secs(30), "the stream: {e}");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+}
