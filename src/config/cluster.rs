@@ -1,6 +1,6 @@
 //! `[cluster]`: how instances share a city on NATS JetStream (`cityops run --nats URL`):
 //! the stream and its subjects, the fixed partition count, the lease bucket, and this
-//! instance's name. See `crate::cluster` for what each means on the wire.
+//! instance's name. The top-level `cluster` module says what each means on the wire.
 
 use serde::Deserialize;
 

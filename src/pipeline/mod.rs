@@ -30,6 +30,9 @@
 //! | `mqtt-warnings`, `webhook` (when configured) | `sink::open` | their sink is closed | `Sink::close` |
 //! | `dead-letters` | `deadletter::start` | every `DeadLetter` sender is dropped | `DeadLetterWriter::finish` |
 //! | HTTP server (a task on `rules`) | `http::start` | `HttpServer::stop`, after the rules finish | not joined: graceful shutdown |
+//! | `leases` (`run --nats`) | `cluster::keeper::start` | the instance loop ends (leases given back) | `KeeperHandle::release_all` |
+//! | `partition-N` (`run --nats`): a whole pipeline per held partition | `pipeline::partitions` | its partition is stopped (given up, or the run ends) | the instance loop's `stop` |
+//! | `delivery-record` (`run --nats`) | `cluster::instance::open_fence` | the run ends | dropped with the fence |
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
