@@ -249,6 +249,10 @@ impl Keeper {
                         },
                     ),
                     Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                        tracing::warn!(
+                            partition,
+                            "leases: a peer holds partition {partition} now; stopping it here"
+                        );
                         self.ownership.lose(partition, true);
                     }
                     Err(e) => self.failed("renewing a lease", &e),

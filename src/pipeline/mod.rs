@@ -45,8 +45,10 @@ use tokio::sync::mpsc;
 mod operations;
 mod partitions;
 mod restart;
+mod sources;
 
 use restart::{last_arrivals, open_state, recover, remember_client_id, resolutions_of_removed};
+use sources::{from_broker, replay_source};
 
 use crate::alert::durable::Durable;
 use crate::alert::sink::{self, Notice, SinkConfig, SinkError};
@@ -56,14 +58,14 @@ use crate::cluster::forward::ForwardSink;
 use crate::cluster::instance::{Instance, open_fence, run_instance};
 use crate::config::Config;
 use crate::deadletter;
-use crate::flow::{DeadLetter, Ingest, Message, Reason};
+use crate::flow::{Ingest, Message};
 use crate::http::live::{DashboardFeed, LiveState};
 use crate::http::{self, HttpError};
 use crate::ingest::decode::Decoder;
-use crate::ingest::fixture::{FixtureError, FixtureReader};
-use crate::ingest::mqtt::{Logged, MqttError, MqttSource, subscribe};
+use crate::ingest::fixture::FixtureError;
+use crate::ingest::mqtt::{Logged, MqttSource};
 use crate::ingest::partition_feed::{Fed, feed};
-use crate::ingest::replay::{Downstream, ReplayError, Speed, replay};
+use crate::ingest::replay::Speed;
 use crate::ingest::wal::Intake;
 use crate::ingest::worker::{DecodeSettings, DecodeWorker};
 use crate::metrics::Metrics;
@@ -582,74 +584,3 @@ fn reroute_through(handoff: Arc<Handoff>, checkpoint_after: CheckpointAfter) -> 
 
 /// Where a reroute asks for a checkpoint (the log stage's queue, once recovery started it).
 type CheckpointAfter = Arc<parking_lot::Mutex<Option<crossbeam_channel::Sender<Intake>>>>;
-
-/// Reads the live broker until the source ends.
-fn from_broker(
-    source: &MqttSource,
-    handoff: &Handoff,
-    metrics: &Metrics,
-    shutdown: &Shutdown,
-    logged: Option<Logged>,
-) -> Result<(), RunError> {
-    match subscribe(source, handoff, metrics, shutdown, logged) {
-        Ok(_) => Ok(()),
-        Err(MqttError::Setup(e)) => Err(RunError::Mqtt(e)),
-        Err(MqttError::Closed(_)) => Err(RunError::DecodeStopped),
-    }
-}
-
-/// Replays a recorded source until it ends, skipping the first `skip` messages.
-fn replay_source(
-    source: &Source,
-    downstream: &mut dyn Downstream,
-    speed: Speed,
-    metrics: &Metrics,
-    dead_letters: &crossbeam_channel::Sender<DeadLetter>,
-    skip: u64,
-) -> Result<(), RunError> {
-    let mut reader = match source {
-        Source::Demo => FixtureReader::demo()?,
-        Source::File(path) => FixtureReader::open(path)?,
-        Source::Channel(rx) => {
-            return replay_all(&mut rx.iter().map(Ok), downstream, speed, metrics, dead_letters, skip)
-                .map_err(RunError::from);
-        }
-        Source::Mqtt(_) | Source::Cluster(_) | Source::Partition(_) => {
-            return Err(RunError::Internal("a live source is not a replay".to_string()));
-        }
-    };
-    replay_all(&mut reader.messages(), downstream, speed, metrics, dead_letters, skip).map_err(RunError::from)
-}
-
-impl From<ReplayError> for RunError {
-    fn from(e: ReplayError) -> Self {
-        match e {
-            ReplayError::Fixture(e) => RunError::Fixture(e),
-            ReplayError::Closed(_) => RunError::DecodeStopped,
-        }
-    }
-}
-
-/// Replays a fixture; a line whose envelope is broken is dead-lettered and skipped.
-fn replay_all(
-    messages: &mut dyn Iterator<Item = Result<Message, FixtureError>>,
-    downstream: &mut dyn Downstream,
-    speed: Speed,
-    metrics: &Metrics,
-    dead_letters: &crossbeam_channel::Sender<DeadLetter>,
-    skip: u64,
-) -> Result<(), ReplayError> {
-    let mut on_bad_line = |error: FixtureError| {
-        metrics.messages_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        metrics.add_rejected(Reason::MalformedJson, 1);
-        let _ = dead_letters.send(DeadLetter {
-            reason: Reason::MalformedJson,
-            detail: error.to_string(),
-            topic: String::new(),
-            at: 0,
-            rules: Vec::new(),
-            payload: serde_json::Value::Null,
-        });
-    };
-    replay(messages, downstream, speed, metrics, skip, &mut on_bad_line).map(|_| ())
-}
