@@ -199,14 +199,7 @@ fn run(args: RunArgs) -> Result<(), CliError> {
         Some(url) => Some(ClusterSource {
             url: url.clone(),
             max_messages: args.max_messages,
-            idle_exit: match args.idle_exit.as_deref() {
-                Some(text) => Some(std::time::Duration::from_millis(
-                    parse_duration_ms(text)
-                        .map_err(|e| CliError::invalid(format!("--idle-exit: {e}")))?
-                        .max(0) as u64,
-                )),
-                None => None,
-            },
+            idle_exit: idle_exit(args.idle_exit.as_deref()).map_err(CliError::invalid)?,
         }),
         None => None,
     };
@@ -303,13 +296,18 @@ fn mqtt_source(
     }
     let mut source = MqttSource::new(url, &config)?;
     source.max_messages = max_messages;
-    source.idle_exit = match idle_exit {
-        Some(text) => Some(std::time::Duration::from_millis(
-            parse_duration_ms(text).map_err(|e| format!("--idle-exit: {e}"))?.max(0) as u64,
-        )),
-        None => None,
-    };
+    source.idle_exit = crate::idle_exit(idle_exit)?;
     Ok(source)
+}
+
+/// `--idle-exit`: how long a live run waits without a message before it ends.
+fn idle_exit(text: Option<&str>) -> Result<Option<std::time::Duration>, String> {
+    text.map(|text| {
+        parse_duration_ms(text)
+            .map(|ms| std::time::Duration::from_millis(ms.max(0) as u64))
+            .map_err(|e| format!("--idle-exit: {e}"))
+    })
+    .transpose()
 }
 
 fn record(args: RecordArgs) -> Result<(), CliError> {

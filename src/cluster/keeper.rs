@@ -14,7 +14,7 @@ use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
 
 use super::lease::{Held, LeaseValue, Planner, Seen, Step, View};
-use super::ownership::{Ownership, Tenure};
+use super::ownership::Ownership;
 use super::stream::{connect, lease_bucket};
 use crate::config::cluster::ClusterConfig;
 use crate::metrics::Metrics;
@@ -211,7 +211,7 @@ impl Keeper {
             Err(e) => return self.failed("reading the lease bucket", &e),
         };
         let mut held = BTreeMap::new();
-        for (partition, (h, _)) in self.ownership.held() {
+        for (partition, h) in self.ownership.held() {
             if view.partitions.get(&partition).map(|s| s.revision) == Some(h.revision) {
                 held.insert(partition, h);
             } else {
@@ -319,7 +319,7 @@ impl Keeper {
                             epoch,
                             valid_until: self.valid_until(sent),
                         },
-                        Tenure { epoch, previous_epoch },
+                        previous_epoch.is_some(),
                     );
                 }
             }
@@ -334,7 +334,7 @@ impl Keeper {
             wait_stopped(&self.ownership, *partition).await;
         }
         self.ownership.drain().await;
-        for (partition, (h, _)) in held {
+        for (partition, h) in held {
             if let Err(e) = self
                 .store
                 .update(lease_key(partition), lease_bytes("", h.epoch), h.revision)

@@ -17,16 +17,9 @@ use crate::alert::sink::Notice;
 const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 use crate::metrics::Metrics;
 
-/// A partition this instance gained: its tenure and the one before (where to resume).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Tenure {
-    pub epoch: u64,
-    pub previous_epoch: Option<u64>,
-}
-
 #[derive(Debug, Default)]
 struct Inner {
-    held: BTreeMap<u32, (Held, Tenure)>,
+    held: BTreeMap<u32, Held>,
     /// Partitions the source has stopped consuming since they were given up.
     stopped: Vec<u32>,
 }
@@ -89,21 +82,22 @@ impl Ownership {
 
     fn bump(&self, inner: &Inner) {
         self.metrics.cluster.owned.store(inner.held.len() as u64, Relaxed);
-        *self.metrics.cluster.held.lock() = inner.held.iter().map(|(p, (_, t))| (*p, t.epoch)).collect();
+        *self.metrics.cluster.held.lock() = inner.held.iter().map(|(p, h)| (*p, h.epoch)).collect();
         self.changed.send_modify(|n| *n += 1);
     }
 
-    /// The partitions held, with their tenures.
-    pub(crate) fn held(&self) -> BTreeMap<u32, (Held, Tenure)> {
+    /// The partitions held.
+    pub(crate) fn held(&self) -> BTreeMap<u32, Held> {
         self.inner.lock().held.clone()
     }
 
     /// A partition claimed.
-    pub(crate) fn gain(&self, partition: u32, held: Held, tenure: Tenure) {
+    /// A partition claimed; `took_over` when it ends an earlier holder's tenure.
+    pub(crate) fn gain(&self, partition: u32, held: Held, took_over: bool) {
         let mut inner = self.inner.lock();
-        inner.held.insert(partition, (held, tenure));
+        inner.held.insert(partition, held);
         inner.stopped.retain(|p| *p != partition);
-        if tenure.previous_epoch.is_some() {
+        if took_over {
             self.metrics.cluster.takeovers.fetch_add(1, Relaxed);
         }
         self.bump(&inner);
@@ -111,7 +105,7 @@ impl Ownership {
 
     /// A lease rewritten: valid again until `held.valid_until`.
     pub(crate) fn renewed(&self, partition: u32, held: Held) {
-        if let Some((h, _)) = self.inner.lock().held.get_mut(&partition) {
+        if let Some(h) = self.inner.lock().held.get_mut(&partition) {
             *h = held;
         }
     }
@@ -143,7 +137,7 @@ impl Ownership {
             .lock()
             .held
             .get(&partition)
-            .is_some_and(|(h, _)| now < h.valid_until)
+            .is_some_and(|h| now < h.valid_until)
     }
 
     /// Where a warning computed by `partition` stands here now: the partition held with a
@@ -152,9 +146,9 @@ impl Ownership {
     pub(crate) fn standing(&self, partition: Option<u32>) -> Standing {
         let now = Instant::now();
         let inner = self.inner.lock();
-        let standing = |held: Option<&(Held, Tenure)>| match held {
+        let standing = |held: Option<&Held>| match held {
             None => Standing::NotHeld,
-            Some((h, _)) if now < h.valid_until => Standing::Valid,
+            Some(h) if now < h.valid_until => Standing::Valid,
             Some(_) => Standing::Lapsed,
         };
         match partition {

@@ -107,13 +107,7 @@ async fn publish_all(
             }
         };
         let origin = *origin.get_or_insert(msg.at_ms);
-        let due = match speed {
-            Speed::Max => None,
-            Speed::Factor(factor) => Some(Duration::from_secs_f64(
-                (msg.at_ms - origin).max(0) as f64 / 1_000.0 / factor,
-            )),
-            Speed::Rate(rate) => Some(Duration::from_secs_f64(messages as f64 / rate)),
-        };
+        let due = speed.due(msg.at_ms, origin, messages);
         if let Some(wait) = due.and_then(|due| due.checked_sub(started.elapsed())) {
             tokio::time::sleep(wait).await;
         }

@@ -4,12 +4,8 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 
+use super::prometheus::escape;
 use crate::metrics::ClusterMetrics;
-
-/// Escapes a label value.
-fn escape(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
 
 /// Appends the cluster series when this run consumes a NATS stream.
 pub(crate) fn render_cluster(out: &mut String, c: &ClusterMetrics) {

@@ -319,7 +319,7 @@ fn render_state(out: &mut String, metrics: &Metrics) {
 }
 
 /// Escapes a label value.
-fn escape(value: &str) -> String {
+pub(super) fn escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 

@@ -5,7 +5,7 @@
 //! same stream whichever instance runs it and whenever: the instance that takes a partition
 //! over computes exactly what the one before it did.
 
-use super::replay::{Downstream, TICK_MS};
+use super::replay::{Downstream, Ticks};
 use crate::flow::{Closed, Message};
 use crate::metrics::Metrics;
 
@@ -25,18 +25,14 @@ pub(crate) fn feed(
     downstream: &mut dyn Downstream,
     metrics: &Metrics,
 ) -> Result<u64, Closed> {
-    let mut next_tick: Option<i64> = None;
+    let mut ticks = Ticks::default();
     let mut count = 0;
     for item in items.iter() {
         let at_ms = match &item {
             Fed::Message(msg) => msg.at_ms,
             Fed::Tick(at_ms) => *at_ms,
         };
-        let tick = next_tick.get_or_insert(at_ms - at_ms.rem_euclid(TICK_MS) + TICK_MS);
-        while *tick <= at_ms {
-            downstream.tick(*tick)?;
-            *tick += TICK_MS;
-        }
+        ticks.through(at_ms, downstream)?;
         if let Fed::Message(mut msg) = item {
             msg.arrived_ns = metrics.now_ns();
             metrics.messages_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

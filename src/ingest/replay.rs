@@ -59,6 +59,52 @@ impl std::str::FromStr for Speed {
 /// Virtual milliseconds between clock ticks.
 pub(crate) const TICK_MS: i64 = 1_000;
 
+impl Speed {
+    /// When the `count`-th message (from 0), recorded at `at_ms`, is due after the start of a
+    /// replay whose first message was recorded at `origin_ms`; `None` as fast as possible.
+    pub(crate) fn due(&self, at_ms: i64, origin_ms: i64, count: u64) -> Option<Duration> {
+        match *self {
+            Speed::Max => None,
+            Speed::Factor(factor) => Some(Duration::from_secs_f64(
+                ((at_ms - origin_ms).max(0) as f64 / 1_000.0) / factor,
+            )),
+            Speed::Rate(rate) => Some(Duration::from_secs_f64(count as f64 / rate)),
+        }
+    }
+}
+
+/// The virtual clock's ticks: one at each whole second the stream's time passes.
+#[derive(Debug, Default)]
+pub(crate) struct Ticks {
+    next: Option<i64>,
+}
+
+impl Ticks {
+    /// The ticks up to `at_ms`, in order (the first at the second after the first time seen).
+    fn due_through(&mut self, at_ms: i64) -> impl Iterator<Item = i64> + '_ {
+        let next = self.next.get_or_insert(at_ms - at_ms.rem_euclid(TICK_MS) + TICK_MS);
+        std::iter::from_fn(move || {
+            (*next <= at_ms).then(|| {
+                *next += TICK_MS;
+                *next - TICK_MS
+            })
+        })
+    }
+
+    /// Sends the ticks up to `at_ms` downstream.
+    pub(crate) fn through(&mut self, at_ms: i64, downstream: &mut dyn Downstream) -> Result<(), Closed> {
+        for tick in self.due_through(at_ms) {
+            downstream.tick(tick)?;
+        }
+        Ok(())
+    }
+
+    /// Passes the ticks up to `at_ms` without sending them (messages skipped on a resume).
+    fn skip_through(&mut self, at_ms: i64) {
+        self.due_through(at_ms).for_each(drop);
+    }
+}
+
 /// A replay that could not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -101,16 +147,13 @@ pub(crate) fn replay(
     let started = Instant::now();
     let started_ns = metrics.now_ns();
     let mut first_at: Option<i64> = None;
-    let mut next_tick: Option<i64> = None;
+    let mut ticks = Ticks::default();
     let mut count = 0;
     for next in messages {
         let mut msg = match next {
             Ok(msg) if skipped < skip => {
                 skipped += 1;
-                next_tick.get_or_insert(msg.at_ms - msg.at_ms.rem_euclid(TICK_MS) + TICK_MS);
-                while next_tick.is_some_and(|tick| tick <= msg.at_ms) {
-                    next_tick = next_tick.map(|tick| tick + TICK_MS);
-                }
+                ticks.skip_through(msg.at_ms);
                 continue;
             }
             Ok(msg) => msg,
@@ -124,24 +167,14 @@ pub(crate) fn replay(
         let origin = *first_at.get_or_insert(msg.at_ms);
         // When paced, a message's arrival is when it was due, not when the source got to it:
         // a pipeline that falls behind shows it in its latency (no coordinated omission).
-        let due = match speed {
-            Speed::Max => None,
-            Speed::Factor(factor) => Some(Duration::from_secs_f64(
-                ((msg.at_ms - origin).max(0) as f64 / 1_000.0) / factor,
-            )),
-            Speed::Rate(rate) => Some(Duration::from_secs_f64(count as f64 / rate)),
-        };
+        let due = speed.due(msg.at_ms, origin, count);
         if let Some(due) = due
             && let Some(wait) = due.checked_sub(started.elapsed())
             && wait > Duration::from_micros(100)
         {
             std::thread::sleep(wait);
         }
-        let tick = next_tick.get_or_insert(msg.at_ms - msg.at_ms.rem_euclid(TICK_MS) + TICK_MS);
-        while *tick <= msg.at_ms {
-            downstream.tick(*tick)?;
-            *tick += TICK_MS;
-        }
+        ticks.through(msg.at_ms, downstream)?;
         msg.arrived_ns = match due {
             Some(due) => started_ns + due.as_nanos() as u64,
             None => metrics.now_ns(),
