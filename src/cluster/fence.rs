@@ -21,6 +21,8 @@ use crate::metrics::Metrics;
 /// How long the sink waits on the delivery record before sending anyway (twice is better
 /// than never).
 const RECORD_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a write to the delivery record is tried.
+const RECORD_TRIES: usize = 5;
 /// How often a warning whose lease lapsed looks again.
 const LAPSED_POLL: Duration = Duration::from_millis(20);
 
@@ -54,6 +56,21 @@ impl ClusterFence {
             runtime,
             metrics,
         }
+    }
+}
+
+impl ClusterFence {
+    /// Writes `keys` into the delivery record; those whose write failed.
+    async fn record_all(&self, keys: Vec<String>) -> Vec<String> {
+        let writes = keys
+            .iter()
+            .map(|key| tokio::time::timeout(RECORD_TIMEOUT, self.record.put(key, bytes::Bytes::from_static(b"sent"))));
+        let results = futures::future::join_all(writes).await;
+        keys.into_iter()
+            .zip(results)
+            .filter(|(_, written)| !matches!(written, Ok(Ok(_))))
+            .map(|(key, _)| key)
+            .collect()
     }
 }
 
@@ -101,27 +118,21 @@ impl Fence for ClusterFence {
     }
 
     /// Records what the sinks confirmed; what they could not is left unrecorded, so the
-    /// instance that takes its partition over sends it again, with the same identity.
+    /// instance that takes its partition over sends it again, with the same identity. A
+    /// write that fails (a NATS node gone, its leader being elected again) is tried again,
+    /// `RECORD_TRIES` times: a notification sent but not recorded is sent twice after a
+    /// takeover.
     fn settled(&self, confirmed: bool) {
-        let keys = std::mem::take(&mut *self.pending.lock());
-        if !confirmed || keys.is_empty() {
+        let mut keys: Vec<String> = std::mem::take(&mut *self.pending.lock()).into_iter().collect();
+        if !confirmed {
             return;
         }
-        let written = self.runtime.block_on(async {
-            let mut acks = Vec::new();
-            for key in keys {
-                acks.push(self.record.put(key, bytes::Bytes::from_static(b"sent")));
+        for _ in 0..RECORD_TRIES {
+            if keys.is_empty() {
+                return;
             }
-            tokio::time::timeout(RECORD_TIMEOUT, futures::future::join_all(acks)).await
-        });
-        match written {
-            Ok(results) => {
-                let failed = results.iter().filter(|r| r.is_err()).count() as u64;
-                self.metrics.cluster.record_errors.fetch_add(failed, Relaxed);
-            }
-            Err(_) => {
-                self.metrics.cluster.record_errors.fetch_add(1, Relaxed);
-            }
+            keys = self.runtime.block_on(self.record_all(keys));
         }
+        self.metrics.cluster.record_errors.fetch_add(keys.len() as u64, Relaxed);
     }
 }

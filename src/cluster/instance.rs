@@ -44,6 +44,9 @@ const POLL: Duration = Duration::from_millis(50);
 const BATCH: usize = 1_000;
 /// The longest wait before a partition's consumer is created again after failures.
 const RETRY: Duration = Duration::from_secs(1);
+/// How long a pull waits for its server (a pull expires after 1 s): longer means the
+/// server is gone, and the consumer is made again.
+const PULL_SILENCE: Duration = Duration::from_secs(5);
 /// A tick is published to `<subject>.<partition>.tick` with this header, which no device
 /// can set (MQTT has no headers), so a reading on topic `tick` stays a reading.
 pub(crate) const TICK_HEADER: &str = "Cityops-Tick";
@@ -69,14 +72,17 @@ pub(crate) fn instance_name(config: &Config) -> String {
 }
 
 /// Opens what the sink thread needs before the source starts: the ownership the keeper
-/// will fill, and the fence over it with the shared delivery record.
+/// will fill, and the fence over it with the shared delivery record. `whole_stream`: some
+/// rule needs every partition's readings, so the whole-stream slot is leased too.
 pub(crate) fn open_fence(
     source: &ClusterSource,
     config: &Config,
+    whole_stream: bool,
     metrics: &Arc<Metrics>,
 ) -> Result<(Arc<Ownership>, ClusterFence), String> {
     let pattern = TopicPattern::parse(&config.topics.pattern)?;
-    let layout = Layout::new(&config.cluster.subject, config.cluster.partitions, pattern);
+    let layout =
+        Layout::new(&config.cluster.subject, config.cluster.partitions, pattern).with_whole_stream(whole_stream);
     let ownership = Ownership::new(&instance_name(config), layout, Arc::clone(metrics));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -132,8 +138,35 @@ struct Counts {
 #[derive(Debug, Default)]
 struct Progress {
     readings: AtomicU64,
-    /// Wall ms of the last reading, 0 before the first.
+    /// Wall ms of the last reading or of the last partition started, 0 before either: what
+    /// the idle exit counts from.
     last_ms: AtomicI64,
+    /// Wall ms of the first and the last reading handed over, 0 before the first: the rate
+    /// reported when the instance leaves.
+    first_reading_ms: AtomicI64,
+    last_reading_ms: AtomicI64,
+}
+
+impl Progress {
+    /// Counts a reading handed over now.
+    fn reading(&self) {
+        let now_ms = wall_now_ms();
+        self.readings.fetch_add(1, Relaxed);
+        self.last_ms.store(now_ms, Relaxed);
+        let _ = self.first_reading_ms.compare_exchange(0, now_ms, Relaxed, Relaxed);
+        self.last_reading_ms.store(now_ms, Relaxed);
+    }
+
+    /// Readings handed over, seconds from the first to the last, and their rate.
+    fn rate(&self) -> (u64, f64, f64) {
+        let readings = self.readings.load(Relaxed);
+        let seconds = (self.last_reading_ms.load(Relaxed) - self.first_reading_ms.load(Relaxed)).max(0) as f64 / 1e3;
+        let rate = match seconds > 0.0 {
+            true => readings as f64 / seconds,
+            false => 0.0,
+        };
+        (readings, seconds, rate)
+    }
 }
 
 /// Runs the instance until its source ends (see the module docs for how).
@@ -221,15 +254,19 @@ async fn run(source: &ClusterSource, instance: Instance<'_>, shutdown: &Shutdown
         .await
         .map_err(|e| format!("the lease keeper: {e}"))?;
     let c = &instance.metrics.cluster;
+    let (readings, seconds, rate) = progress.rate();
     tracing::info!(
         instance = %ownership.instance,
         handover,
+        readings,
+        first_reading_ms = progress.first_reading_ms.load(Relaxed),
+        last_reading_ms = progress.last_reading_ms.load(Relaxed),
         takeovers = c.takeovers.load(Relaxed),
         leases_lost = c.leases_lost.load(Relaxed),
         fenced_warnings = c.fenced_warnings.load(Relaxed),
         already_sent = c.already_sent.load(Relaxed),
         record_errors = c.record_errors.load(Relaxed),
-        "cluster: left; its partitions are given back"
+        "cluster: left; its partitions are given back; read {readings} messages in {seconds:.3} s (first to last): {rate:.0} messages/s"
     );
     Ok(())
 }
@@ -259,10 +296,16 @@ fn start(
         },
         Arc::clone(&instance.metrics),
     ));
-    tracing::info!(
-        partition,
-        "cluster: consuming partition {partition} from its first reading"
-    );
+    match instance.ownership.layout().is_whole_stream(partition) {
+        true => tracing::info!(
+            partition,
+            "cluster: consuming the whole stream (slot {partition}, for the rules over many devices) from its first reading"
+        ),
+        false => tracing::info!(
+            partition,
+            "cluster: consuming partition {partition} from its first reading"
+        ),
+    }
     Ok(Running {
         consumer,
         pipeline,
@@ -341,8 +384,13 @@ async fn consume(
                     break;
                 }
             };
-            let (mut broken, mut pending) = (false, 0);
-            while let Some(message) = batch.next().await {
+            let (mut broken, mut pending, mut received) = (false, 0, false);
+            // The pull's end comes from the server: one gone with its node never sends it.
+            while let Some(message) = match tokio::time::timeout(PULL_SILENCE, batch.next()).await {
+                Ok(next) => next,
+                Err(_) => Some(Err("no answer from the server".into())),
+            } {
+                received = true;
                 let Ok(message) = message else {
                     broken = true;
                     break;
@@ -380,10 +428,18 @@ async fn consume(
                 }
                 if is_reading {
                     counts.readings.fetch_add(1, Relaxed);
-                    progress.readings.fetch_add(1, Relaxed);
-                    progress.last_ms.store(wall_now_ms(), Relaxed);
+                    progress.reading();
                 }
                 failures = 0;
+            }
+            // An empty pull is either the end of the partition or a consumer gone with its
+            // NATS node (pulls from it end empty, silently): the server tells which, and
+            // whether it delivered anything that never arrived here.
+            if !broken && !received {
+                match consumer.get_info().await {
+                    Ok(info) if info.delivered.consumer_sequence == delivered => pending = info.num_pending,
+                    _ => broken = true,
+                }
             }
             if broken {
                 failures += 1;
@@ -428,8 +484,10 @@ async fn send(feed: &crossbeam_channel::Sender<Fed>, mut item: Fed) -> bool {
 async fn write_ticks(js: &jetstream::Context, ownership: &Ownership, partitions: impl Iterator<Item = u32>) {
     let now = Instant::now();
     let mut acks = Vec::new();
-    for partition in partitions.filter(|p| ownership.admits(*p, now)) {
-        let subject = format!("{}.{partition}.tick", ownership.layout().subject());
+    // The whole-stream slot reads every partition's ticks: it has none of its own.
+    let layout = ownership.layout();
+    for partition in partitions.filter(|p| !layout.is_whole_stream(*p) && ownership.admits(*p, now)) {
+        let subject = format!("{}.{partition}.tick", layout.subject());
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(TICK_HEADER, "1");
         if let Ok(ack) = js.publish_with_headers(subject, headers, bytes::Bytes::new()).await {

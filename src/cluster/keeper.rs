@@ -98,15 +98,13 @@ pub(crate) fn start(
                         return;
                     }
                 };
+                // The partitions and, when there is one, the whole-stream slot.
+                let slots = ownership.layout().slots();
                 let mut keeper = Keeper {
                     store,
                     lease: Duration::from_millis(config.lease.0 as u64),
-                    planner: Planner::new(
-                        &ownership.instance,
-                        config.partitions,
-                        Duration::from_millis(config.lease.0 as u64),
-                    ),
-                    partitions: config.partitions,
+                    planner: Planner::new(&ownership.instance, slots, Duration::from_millis(config.lease.0 as u64)),
+                    partitions: slots,
                     ownership,
                     metrics,
                 };
@@ -136,6 +134,7 @@ struct Keeper {
     store: kv::Store,
     lease: Duration,
     planner: Planner,
+    /// Lease keys `p.0` … (the partitions, then the whole-stream slot if leased).
     partitions: u32,
     ownership: Arc<Ownership>,
     metrics: Arc<Metrics>,

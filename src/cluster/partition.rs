@@ -13,15 +13,22 @@
 //!
 //! The stream subject is the topic with `/` as `.` behind `<subject>.<partition>`, so any
 //! `topics.pattern` works and the pipeline gets its topic back unchanged.
+//!
+//! Leases cover the partitions and, when some rule needs readings of many devices (per
+//! district, city-wide: not grouped by `device_id`), one more slot, the *whole stream*,
+//! numbered after the partitions: its owner reads every partition's readings, in stream
+//! order, for those rules alone, as one instance would; the partitions compute the rest.
 
 use crate::topic::{Segment, TopicPattern};
 
-/// The stream's layout: its subject token and partition count.
+/// The stream's layout: its subject token and partition count, and whether a whole-stream
+/// slot is leased besides the partitions.
 #[derive(Debug, Clone)]
 pub(crate) struct Layout {
     subject: String,
     partitions: u32,
     pattern: TopicPattern,
+    whole_stream: bool,
 }
 
 /// A topic that cannot travel as a NATS subject (a segment with `.`, `*`, `>` or
@@ -48,11 +55,28 @@ impl Layout {
             subject: subject.to_string(),
             partitions: partitions.max(1),
             pattern,
+            whole_stream: false,
         }
+    }
+
+    /// With the whole-stream slot (when `on`: some rule needs every partition's readings).
+    pub(crate) fn with_whole_stream(mut self, on: bool) -> Self {
+        self.whole_stream = on;
+        self
     }
 
     pub(crate) fn partitions(&self) -> u32 {
         self.partitions
+    }
+
+    /// What is leased: the partitions, then the whole-stream slot if there is one.
+    pub(crate) fn slots(&self) -> u32 {
+        self.partitions + u32::from(self.whole_stream)
+    }
+
+    /// Whether `slot` is the whole-stream slot.
+    pub(crate) fn is_whole_stream(&self, slot: u32) -> bool {
+        self.whole_stream && slot == self.partitions
     }
 
     /// The stream's first subject token.
@@ -65,9 +89,13 @@ impl Layout {
         format!("{}.>", self.subject)
     }
 
-    /// Every reading of one partition: `<subject>.<p>.>`.
-    pub(crate) fn partition_filter(&self, partition: u32) -> String {
-        format!("{}.{partition}.>", self.subject)
+    /// Every reading of one partition, `<subject>.<p>.>`; of every partition for the
+    /// whole-stream slot, `<subject>.>`.
+    pub(crate) fn partition_filter(&self, slot: u32) -> String {
+        match self.is_whole_stream(slot) {
+            true => self.stream_subjects(),
+            false => format!("{}.{slot}.>", self.subject),
+        }
     }
 
     /// A topic's partition: by district and device where the topic matches the pattern;
@@ -210,5 +238,19 @@ mod tests {
                 "x.{{partition(4,3,2)}}.{{wildcard(1)}}.site.{{wildcard(2)}}.{{wildcard(3)}}".to_string()
             )
         );
+    }
+
+    #[test]
+    fn the_whole_stream_slot_follows_the_partitions_and_reads_them_all() {
+        let plain = layout(8);
+        assert_eq!(plain.slots(), 8);
+        assert!(!plain.is_whole_stream(8));
+        let whole = layout(8).with_whole_stream(true);
+        assert_eq!(whole.slots(), 9);
+        assert!(whole.is_whole_stream(8) && !whole.is_whole_stream(7));
+        assert_eq!(whole.partition_filter(7), "cityops.7.>");
+        assert_eq!(whole.partition_filter(8), "cityops.>");
+        // Readings keep their own partition: the whole-stream slot is never a subject's.
+        assert_eq!(whole.topic_of_subject("cityops.8.city.a.water.w1"), None);
     }
 }

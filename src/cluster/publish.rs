@@ -41,10 +41,20 @@ async fn send(
 
 /// Waits for a reading's acknowledgement, sending it again (same id) while none comes.
 async fn confirm(js: &jetstream::Context, (ack, subject, id, payload): Publication) -> Result<(), String> {
-    let mut last = match ack.await {
-        Ok(_) => return Ok(()),
-        Err(e) => e.to_string(),
-    };
+    match ack.await {
+        Ok(_) => Ok(()),
+        Err(e) => send_again(js, subject, id, payload, e.to_string()).await,
+    }
+}
+
+/// Sends a reading whose acknowledgement did not come again (same id), `TRIES` times.
+async fn send_again(
+    js: &jetstream::Context,
+    subject: String,
+    id: String,
+    payload: bytes::Bytes,
+    mut last: String,
+) -> Result<(), String> {
     for attempt in 1..TRIES {
         tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
         match send(js, &subject, &id, &payload).await {
@@ -56,6 +66,15 @@ async fn confirm(js: &jetstream::Context, (ack, subject, id, payload): Publicati
         }
     }
     Err(format!("JetStream did not store a reading after {TRIES} tries: {last}"))
+}
+
+/// Confirms publications together: their acknowledgements are awaited at once, so a window
+/// lost with a NATS node costs one acknowledgement timeout (5 s), not one per reading.
+async fn confirm_all(js: &jetstream::Context, publications: impl Iterator<Item = Publication>) -> Result<(), String> {
+    futures::future::join_all(publications.map(|p| confirm(js, p)))
+        .await
+        .into_iter()
+        .collect()
 }
 
 /// What a publishing run did.
@@ -115,15 +134,21 @@ async fn publish_all(
         let ack = send(&js, &subject, &id, &msg.payload).await?;
         waiting.push_back((ack, subject, id, msg.payload));
         if waiting.len() >= IN_FLIGHT
-            && let Some(oldest) = waiting.pop_front()
+            && let Some((ack, subject, id, payload)) = waiting.pop_front()
+            && let Err(e) = ack.await
         {
-            confirm(&js, oldest).await?;
+            // The rest of the window likely went the same way (its node gone): all of it
+            // is confirmed, or sent again, together.
+            let (again, rest) = tokio::join!(
+                send_again(&js, subject, id, payload, e.to_string()),
+                confirm_all(&js, waiting.drain(..))
+            );
+            again?;
+            rest?;
         }
         messages += 1;
     }
-    for publication in waiting {
-        confirm(&js, publication).await?;
-    }
+    confirm_all(&js, waiting.into_iter()).await?;
     Ok(Published {
         messages,
         skipped,

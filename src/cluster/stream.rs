@@ -58,10 +58,7 @@ pub(crate) async fn ensure_stream(
         storage: stream::StorageType::File,
         ..Default::default()
     };
-    let mut stream = js
-        .get_or_create_stream(wanted)
-        .await
-        .map_err(|e| format!("creating or opening stream {}: {e}", config.stream))?;
+    let mut stream = open_or_create_stream(js, wanted).await?;
     let info = stream
         .info()
         .await
@@ -92,10 +89,57 @@ pub(crate) async fn ensure_stream(
     Ok(stream)
 }
 
+/// How often opening or creating a stream or bucket is tried before the run is refused: instances
+/// starting together race to create it, and a cluster just started may have no JetStream
+/// leader yet.
+const TRIES: u32 = 20;
+
+/// The pause between two tries.
+const RETRY: Duration = Duration::from_millis(500);
+
+/// Opens the stream `wanted` names, or creates it. Tried again on failure (see `TRIES`).
+async fn open_or_create_stream(js: &jetstream::Context, wanted: stream::Config) -> Result<stream::Stream, String> {
+    let mut last = String::new();
+    for attempt in 1..=TRIES {
+        match js.get_or_create_stream(wanted.clone()).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => {
+                tracing::debug!(stream = %wanted.name, attempt, error = %e, "stream not ready, trying again");
+                last = format!("creating or opening stream {}: {e}", wanted.name);
+            }
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+    Err(last)
+}
+
 /// Creates a KV bucket (keys with one value each, compare-and-swap by revision), or opens
 /// the one there. The bucket's stream is created here as the client would (`KV_<bucket>`):
 /// the client's own bucket creation first asks for account details NATS 2.9 does not give.
+/// A failure is tried again (see `TRIES`): a peer creating the same bucket at the
+/// same moment can make this instance's creation fail although the bucket then exists.
 pub(crate) async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    description: &str,
+    config: &ClusterConfig,
+) -> Result<kv::Store, String> {
+    let mut last = String::new();
+    for attempt in 1..=TRIES {
+        match open_or_create_bucket(js, name, description, config).await {
+            Ok(store) => return Ok(store),
+            Err(e) => {
+                tracing::debug!(bucket = name, attempt, error = %e, "bucket not ready, trying again");
+                last = e;
+            }
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+    Err(last)
+}
+
+/// One try of `bucket`.
+async fn open_or_create_bucket(
     js: &jetstream::Context,
     name: &str,
     description: &str,

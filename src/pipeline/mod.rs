@@ -110,6 +110,9 @@ pub enum Source {
 #[derive(Debug, Clone)]
 pub struct PartitionFeed {
     pub(crate) partition: u32,
+    /// Whether this is the whole-stream slot (every partition's readings, for the rules
+    /// over many devices) rather than a partition (the rules over one device at a time).
+    pub(crate) whole_stream: bool,
     pub(crate) items: crossbeam_channel::Receiver<Fed>,
     pub(crate) forward: mpsc::Sender<Notice>,
 }
@@ -246,7 +249,12 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
         .enable_all()
         .build()
         .map_err(io("starting the rule runtime"))?;
-    let (compiled, rule_warnings) = load_rules(config, &runtime)?;
+    let (mut compiled, rule_warnings) = load_rules(config, &runtime)?;
+    // A partition computes the rules over one device at a time; the whole-stream slot
+    // the others (see `cluster::partition`).
+    if let Source::Partition(feed) = &options.fixture {
+        compiled.retain(|rule| rule.per_device != feed.whole_stream);
+    }
     let state = options.state.as_ref().map(open_state).transpose()?;
     // A live source's client id stays with the state directory (see `Config::settle_client_id`).
     if let (Some(kept), Source::Mqtt(source)) = (&options.state, &options.fixture) {
@@ -281,7 +289,8 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
     // A cluster instance's fence (leases and the shared delivery record) guards its sinks.
     let cluster = match &options.fixture {
         Source::Cluster(source) => {
-            let (ownership, fence) = open_fence(source, config, &metrics).map_err(RunError::Nats)?;
+            let whole_stream = compiled.iter().any(|rule| !rule.per_device);
+            let (ownership, fence) = open_fence(source, config, whole_stream, &metrics).map_err(RunError::Nats)?;
             Some((ownership, Arc::new(fence)))
         }
         _ => None,

@@ -52,6 +52,7 @@ impl Partitions {
             config,
             fixture: Source::Partition(PartitionFeed {
                 partition,
+                whole_stream: partition == self.config.cluster.partitions,
                 items,
                 forward: self.warnings.clone(),
             }),

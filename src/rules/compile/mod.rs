@@ -26,7 +26,7 @@ use crate::alert::lifecycle::{FireAfter, Policy};
 use crate::alert::warning::RuleInfo;
 use crate::config::EngineConfig;
 use crate::level::Level;
-use crate::schema::{Catalog, DEVICES, WINDOW_END, WINDOW_START, devices_schema};
+use crate::schema::{Catalog, DEVICE_ID, DEVICES, WINDOW_END, WINDOW_START, devices_schema};
 use crate::window::{WindowSpec, Windowing};
 
 mod diagnostics;
@@ -99,6 +99,12 @@ pub struct CompiledRule {
     /// at their aggregation, the fingerprint of the lower part (`compile::family`); for
     /// `devices` rules, the tables they watch; for row rules, their table.
     pub family: Option<String>,
+    /// Whether its results depend on one device's readings at a time (row rules, and
+    /// window, session and `devices` rules grouped by `device_id`), so that a cluster
+    /// partition, which holds whole devices, computes it alone. Rules over many devices
+    /// (per district, city-wide) need every partition's readings: on a cluster they run in
+    /// the whole-stream slot (`cluster::partition`).
+    pub per_device: bool,
     /// The plan the worker feeds: the whole plan, or the lower part of a split one.
     plan: Arc<dyn ExecutionPlan>,
     /// A split plan's upper part, run over a closed window's aggregation result.
@@ -304,6 +310,7 @@ pub async fn compile(
         session_key,
         version: rule.version(),
         family,
+        per_device: kind == RuleKind::Row || analyzed.group_columns.iter().any(|c| c == DEVICE_ID),
         plan,
         upper,
         feed,
