@@ -1,11 +1,49 @@
-//! The cluster's part of `/metrics` (only on `run --nats`): this instance, its partitions
-//! and their epochs, per-partition lag, takeovers, lost leases and what the fence held back.
+//! The cluster's part of `/metrics` and of the dashboard's stats (only on `run --nats`):
+//! this instance, its partitions and their epochs, per-partition lag, takeovers, lost
+//! leases and what the fence held back.
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 
+use serde_json::{Value, json};
+
 use super::prometheus::escape;
 use crate::metrics::ClusterMetrics;
+
+/// The cluster, for the dashboard; null when this run does not consume a NATS stream. The
+/// slot numbered after the partitions is the whole stream (`cluster::partition`).
+pub(crate) fn cluster_json(c: &ClusterMetrics) -> Value {
+    let instance = c.instance.lock().clone();
+    if instance.is_empty() {
+        return Value::Null;
+    }
+    let partitions = c.partitions.load(Relaxed);
+    let lag = c.lag.lock().clone();
+    let held: Vec<Value> = c
+        .held
+        .lock()
+        .iter()
+        .map(|(slot, epoch)| {
+            json!({
+                "partition": slot,
+                "epoch": epoch,
+                "lag": lag.get(slot),
+                "whole_stream": u64::from(*slot) == partitions,
+            })
+        })
+        .collect();
+    json!({
+        "instance": instance,
+        "partitions": partitions,
+        "held": held,
+        "takeovers": c.takeovers.load(Relaxed),
+        "leases_lost": c.leases_lost.load(Relaxed),
+        "lease_errors": c.lease_errors.load(Relaxed),
+        "fenced_warnings": c.fenced_warnings.load(Relaxed),
+        "already_sent": c.already_sent.load(Relaxed),
+        "record_errors": c.record_errors.load(Relaxed),
+    })
+}
 
 /// Appends the cluster series when this run consumes a NATS stream.
 pub(crate) fn render_cluster(out: &mut String, c: &ClusterMetrics) {
@@ -92,5 +130,33 @@ pub(crate) fn render_cluster(out: &mut String, c: &ClusterMetrics) {
     );
     for (partition, lag) in c.lag.lock().iter() {
         let _ = writeln!(out, "cityops_cluster_partition_lag{{partition=\"{partition}\"}} {lag}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use super::*;
+
+    #[test]
+    fn the_dashboard_sees_no_cluster_off_nats_and_each_held_slot_on_it() {
+        let c = ClusterMetrics::default();
+        assert_eq!(cluster_json(&c), Value::Null);
+        *c.instance.lock() = "node-1".to_string();
+        c.partitions.store(8, Relaxed);
+        c.held.lock().extend([(3, 2), (8, 1)]);
+        c.lag.lock().insert(3, 120);
+        c.takeovers.store(1, Relaxed);
+        let shown = cluster_json(&c);
+        assert_eq!(shown["instance"], "node-1");
+        assert_eq!(
+            shown["held"],
+            json!([
+                {"partition": 3, "epoch": 2, "lag": 120, "whole_stream": false},
+                {"partition": 8, "epoch": 1, "lag": null, "whole_stream": true},
+            ])
+        );
+        assert_eq!(shown["takeovers"], 1);
     }
 }

@@ -236,6 +236,7 @@ fn stats_json(state: &AppState) -> serde_json::Value {
     stats["queue_depths"] = json!(metrics.queue_depths());
     stats["mqtt_connected"] = json!(metrics.mqtt_connected.load(std::sync::atomic::Ordering::Relaxed));
     stats["state"] = state_json(metrics);
+    stats["cluster"] = cluster_metrics::cluster_json(&metrics.cluster);
     stats["response"] = desk::response_json(state);
     stats
 }
