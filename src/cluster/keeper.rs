@@ -175,10 +175,20 @@ impl Keeper {
                 );
             }
         }
-        let mut keys = self.store.keys().await.map_err(|e| e.to_string())?;
+        // The heartbeats' keys, from the bucket stream's subjects: one request, where the
+        // client's `keys()` would create a consumer each round (slow on a loaded cluster,
+        // and stuck while its node is gone).
+        let heartbeats = format!("{}i.", self.store.prefix);
+        let mut subjects = self
+            .store
+            .stream
+            .info_with_subjects(format!("{heartbeats}>"))
+            .await
+            .map_err(|e| e.to_string())?;
         let mut instances = Vec::new();
-        while let Some(key) = keys.next().await {
-            if let Some(instance) = key.map_err(|e| e.to_string())?.strip_prefix("i.") {
+        while let Some(subject) = subjects.next().await {
+            let (subject, _) = subject.map_err(|e| e.to_string())?;
+            if let Some(instance) = subject.strip_prefix(&heartbeats) {
                 instances.push(instance.to_string());
             }
         }

@@ -2,7 +2,13 @@
 //! checked first), each reading on its partition's subject, at the recorded speed, scaled,
 //! at a fixed rate or as fast as JetStream acknowledges. It ends once JetStream has
 //! acknowledged (stored) every reading; one whose acknowledgement is lost (a node gone) is
-//! sent again under the same `Nats-Msg-Id`, which JetStream stores once. A topic NATS cannot carry is skipped and counted.
+//! sent again under the same `Nats-Msg-Id`, which JetStream stores once, with the rest of
+//! its window, in order. A topic NATS cannot carry is skipped and counted.
+//!
+//! Order: where a node's loss takes the end of the window with it (what a connection had
+//! not yet delivered), the stream keeps the fixture's order. Where it takes a reading
+//! whose successors were stored (a connection moved to another server mid-window), those
+//! successors stay ahead of it: JetStream cannot insert behind them.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -39,25 +45,36 @@ async fn send(
         .map_err(|e| format!("publishing to NATS: {e}"))
 }
 
-/// Waits for a reading's acknowledgement, sending it again (same id) while none comes.
-async fn confirm(js: &jetstream::Context, (ack, subject, id, payload): Publication) -> Result<(), String> {
-    match ack.await {
-        Ok(_) => Ok(()),
-        Err(e) => send_again(js, subject, id, payload, e.to_string()).await,
+/// Waits for the oldest acknowledgements until at most `keep` readings are in flight. One
+/// that does not come was lost with a node, and likely the rest of the window after it:
+/// all of it is stored again in order, one reading at a time (one acknowledgement timeout,
+/// not one per reading; those already stored are dropped as duplicates), so the stream
+/// keeps the fixture's order where what was lost is the end of the window.
+async fn settle(js: &jetstream::Context, waiting: &mut VecDeque<Publication>, keep: usize) -> Result<(), String> {
+    while waiting.len() > keep {
+        let Some((ack, subject, id, payload)) = waiting.pop_front() else {
+            break;
+        };
+        if ack.await.is_err() {
+            store(js, &subject, &id, &payload).await?;
+            for (_, subject, id, payload) in waiting.drain(..) {
+                store(js, &subject, &id, &payload).await?;
+            }
+        }
     }
+    Ok(())
 }
 
-/// Sends a reading whose acknowledgement did not come again (same id), `TRIES` times.
-async fn send_again(
-    js: &jetstream::Context,
-    subject: String,
-    id: String,
-    payload: bytes::Bytes,
-    mut last: String,
-) -> Result<(), String> {
-    for attempt in 1..TRIES {
-        tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
-        match send(js, &subject, &id, &payload).await {
+/// Sends a reading and waits for JetStream to store it, `TRIES` times with a growing pause
+/// (a node lost, its streams electing a new leader). JetStream stores an id once: a reading
+/// already stored is acknowledged as a duplicate.
+async fn store(js: &jetstream::Context, subject: &str, id: &str, payload: &bytes::Bytes) -> Result<(), String> {
+    let mut last = String::new();
+    for attempt in 0..TRIES {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+        }
+        match send(js, subject, id, payload).await {
             Ok(ack) => match ack.await {
                 Ok(_) => return Ok(()),
                 Err(e) => last = e.to_string(),
@@ -66,15 +83,6 @@ async fn send_again(
         }
     }
     Err(format!("JetStream did not store a reading after {TRIES} tries: {last}"))
-}
-
-/// Confirms publications together: their acknowledgements are awaited at once, so a window
-/// lost with a NATS node costs one acknowledgement timeout (5 s), not one per reading.
-async fn confirm_all(js: &jetstream::Context, publications: impl Iterator<Item = Publication>) -> Result<(), String> {
-    futures::future::join_all(publications.map(|p| confirm(js, p)))
-        .await
-        .into_iter()
-        .collect()
 }
 
 /// What a publishing run did.
@@ -133,22 +141,10 @@ async fn publish_all(
         let id = format!("{run}-{messages}");
         let ack = send(&js, &subject, &id, &msg.payload).await?;
         waiting.push_back((ack, subject, id, msg.payload));
-        if waiting.len() >= IN_FLIGHT
-            && let Some((ack, subject, id, payload)) = waiting.pop_front()
-            && let Err(e) = ack.await
-        {
-            // The rest of the window likely went the same way (its node gone): all of it
-            // is confirmed, or sent again, together.
-            let (again, rest) = tokio::join!(
-                send_again(&js, subject, id, payload, e.to_string()),
-                confirm_all(&js, waiting.drain(..))
-            );
-            again?;
-            rest?;
-        }
+        settle(&js, &mut waiting, IN_FLIGHT - 1).await?;
         messages += 1;
     }
-    confirm_all(&js, waiting.into_iter()).await?;
+    settle(&js, &mut waiting, 0).await?;
     Ok(Published {
         messages,
         skipped,
