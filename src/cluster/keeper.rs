@@ -107,6 +107,7 @@ pub(crate) fn start(
                     partitions: slots,
                     ownership,
                     metrics,
+                    joined: false,
                 };
                 let round = keeper.lease / 4;
                 while stopping.load(Relaxed) == RUNNING {
@@ -138,6 +139,10 @@ struct Keeper {
     partitions: u32,
     ownership: Arc<Ownership>,
     metrics: Arc<Metrics>,
+    /// Whether a round has run: the first only announces this instance (its heartbeat),
+    /// so that instances starting together see each other before they claim, instead of
+    /// the first claiming every partition and giving most back once its peers appear.
+    joined: bool,
 }
 
 impl Keeper {
@@ -230,6 +235,9 @@ impl Keeper {
                 );
                 self.ownership.lose(partition, true);
             }
+        }
+        if !std::mem::replace(&mut self.joined, true) {
+            return;
         }
         for step in self.planner.plan(&view, &held, Instant::now()) {
             self.carry_out(step, &me).await;
