@@ -4,7 +4,8 @@
 //! ```text
 //! devices ─MQTT─► NATS (MQTT listener or a Mosquitto bridge) ─mapping─► stream <subject>.<p>.<topic>
 //! replay --to-nats ──────────────────────────────(partitioned here)──►   (fixed partitions)
-//!   stream ─ordered consumer per held partition─► a pipeline per partition ─► instance sinks
+//!   stream ─pull consumer per held partition─► a pipeline per partition ─► instance sinks
+//!   stream ─pull consumer of every partition─► the whole-stream pipeline (rules over many devices)
 //!   lease bucket (KV, compare-and-swap, epochs) ◄─► keeper thread ─► Ownership ─► fence
 //!   delivery bucket (KV) ◄─► fence in the sink thread: each notification sent once
 //! ```
@@ -19,7 +20,9 @@
 //!
 //! Exactness: a partition's pipeline is a pure function of the partition's stream (its
 //! readings and ticks, with stream timestamps), so any instance computing it gets the same
-//! warnings; the delivery record keeps a takeover from sending one twice.
+//! warnings; the delivery record keeps a takeover from sending one twice. Rules over many
+//! devices (not grouped by `device_id`) run in the whole-stream slot, leased like a
+//! partition, which reads every partition in stream order (see `partition`).
 
 pub(crate) mod fence;
 pub(crate) mod forward;
