@@ -26,8 +26,11 @@ use crate::topic::TopicPattern;
 
 /// Publications awaiting JetStream's acknowledgement before the next waits.
 const IN_FLIGHT: usize = 2_000;
-/// Tries of one reading whose acknowledgement does not come (a NATS node gone meanwhile).
-const TRIES: u32 = 10;
+/// How long one reading whose acknowledgement does not come (a NATS node gone, its
+/// streams electing a new leader) is tried before the publisher gives up.
+const PATIENCE: Duration = Duration::from_secs(60);
+/// The longest pause between two tries.
+const MAX_PAUSE: Duration = Duration::from_secs(2);
 
 /// A reading sent, with what sending it again takes.
 type Publication = (PublishAckFuture, String, String, bytes::Bytes);
@@ -65,24 +68,29 @@ async fn settle(js: &jetstream::Context, waiting: &mut VecDeque<Publication>, ke
     Ok(())
 }
 
-/// Sends a reading and waits for JetStream to store it, `TRIES` times with a growing pause
-/// (a node lost, its streams electing a new leader). JetStream stores an id once: a reading
-/// already stored is acknowledged as a duplicate.
+/// Sends a reading and waits for JetStream to store it, trying again with a growing pause
+/// for up to `PATIENCE` (a node lost, its streams electing a new leader). JetStream stores
+/// an id once: a reading already stored is acknowledged as a duplicate.
 async fn store(js: &jetstream::Context, subject: &str, id: &str, payload: &bytes::Bytes) -> Result<(), String> {
-    let mut last = String::new();
-    for attempt in 0..TRIES {
-        if attempt > 0 {
-            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
-        }
-        match send(js, subject, id, payload).await {
+    let started = Instant::now();
+    let mut pause = Duration::ZERO;
+    loop {
+        tokio::time::sleep(pause).await;
+        let last = match send(js, subject, id, payload).await {
             Ok(ack) => match ack.await {
                 Ok(_) => return Ok(()),
-                Err(e) => last = e.to_string(),
+                Err(e) => e.to_string(),
             },
-            Err(e) => last = e,
+            Err(e) => e,
+        };
+        if started.elapsed() >= PATIENCE {
+            return Err(format!(
+                "JetStream did not store a reading within {} s: {last}",
+                PATIENCE.as_secs()
+            ));
         }
+        pause = (pause + Duration::from_millis(200)).min(MAX_PAUSE);
     }
-    Err(format!("JetStream did not store a reading after {TRIES} tries: {last}"))
 }
 
 /// What a publishing run did.
