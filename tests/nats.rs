@@ -6,8 +6,9 @@
 //! The cluster tests publish the demo with `replay --to-nats` and run three `cityops run
 //! --nats` instances as processes. Their warnings together must equal the golden demo
 //! warnings (without `detected_at` and `latency_ms`, which are wall-clock), none twice,
-//! also when an instance is killed mid-stream and when one stalls past its lease and comes
-//! back, and when the NATS node leading the stream is killed mid-stream. A district rule
+//! also when the NATS node leading the stream is killed mid-stream; when an instance is
+//! killed mid-stream or stalls past its lease and comes back, none twice but what it had
+//! sent and not yet recorded when it stopped (at-least-once). A district rule
 //! (computed in the whole-stream slot) gives the same warnings on one instance, on three,
 //! and in one process reading the demo file.
 
