@@ -12,7 +12,10 @@
 //! clicking on the page, and checks both in the API.
 //!
 //! The run is `cityops run --speed 1800` of the demo (about 48 s) on a free port. The alerts
-//! that leave the board must be exactly those the run resolved, each found in the history.
+//! that leave the board must be resolved ones, each found in the history, and every alert
+//! the run resolved after the observer started watching must leave it (the page starts from
+//! the server's board and then takes every warning after it, so none falls in between; the
+//! demo's first four resolve within a second of the start, often before the page is up).
 //! The screenshot is retaken whenever the board holds more cards than before and lands in
 //! `$CARGO_TARGET_TMPDIR/browser-<pid>/dashboard.png` (under `target/tmp/`); the README's
 //! `docs/dashboard.png` is one. `.ci/run` installs Debian's `chromium` and `chromium-driver`.
@@ -227,6 +230,15 @@ fn the_dashboard_shows_each_tables_warnings_in_their_colour_and_resolved_ones_le
 
     browser.open(&address);
     assert_eq!(browser.script(OBSERVER), json!(true));
+    // What resolved before the observer watched (the demo's first alerts resolve within a
+    // second of the start) may have come and gone unseen; anything after it may not.
+    let resolved_before: BTreeSet<String> = get_json(&format!("{address}/api/warnings"))["recent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["status"] == "resolved")
+        .map(|w| w["alert_id"].as_str().unwrap().to_string())
+        .collect();
     let screenshot = dir.join("dashboard.png");
     let mut most = 0;
     while run.0.try_wait().unwrap().is_none() {
@@ -292,10 +304,20 @@ fn the_dashboard_shows_each_tables_warnings_in_their_colour_and_resolved_ones_le
     };
     let (left, history) = (strings("left"), strings("history"));
     // The demo's last resolution comes hours of event time (seconds here) before its end.
-    assert_eq!(
-        left, resolved,
-        "the alerts that left the board are exactly those the run resolved"
+    assert!(
+        left.is_subset(&resolved),
+        "only resolved alerts leave the board: {:?}",
+        left.difference(&resolved).collect::<Vec<_>>()
     );
+    let missed: Vec<&String> = resolved
+        .difference(&resolved_before)
+        .filter(|id| !left.contains(*id))
+        .collect();
+    assert!(
+        missed.is_empty(),
+        "every alert resolved while the page watched left its board: {missed:?} did not"
+    );
+    assert!(!left.is_empty(), "no alert left the board while the page watched");
     for id in &left {
         assert!(
             history.contains(id),
@@ -312,8 +334,9 @@ fn the_dashboard_shows_each_tables_warnings_in_their_colour_and_resolved_ones_le
                 m
             });
     eprintln!(
-        "browser: {} alerts left the board, most on it at once {most}, cards by level {by_level:?}; screenshot {}",
+        "browser: {} alerts left the board ({} had resolved before the page watched), most on it at once {most}, cards by level {by_level:?}; screenshot {}",
         left.len(),
+        resolved_before.len(),
         screenshot.display()
     );
     assert!(screenshot.exists() && std::fs::metadata(&screenshot).unwrap().len() > 10_000);

@@ -162,3 +162,88 @@ async fn with_a_token_every_route_but_health_requires_it() {
     );
     assert_eq!(get(state(Some("s3cret")), "/health", None).await.0, StatusCode::OK);
 }
+
+/// The named events (name, data) of a server-sent event stream's text so far, but `stats`.
+fn warning_events(text: &str) -> Vec<(String, Value)> {
+    text.split("\n\n")
+        .filter(|block| block.contains("data:"))
+        .filter_map(|block| {
+            let field = |name: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().to_string())
+            };
+            let event = field("event:")?;
+            let data = serde_json::from_str(&field("data:")?).ok()?;
+            (event != "stats").then_some((event, data))
+        })
+        .collect()
+}
+
+/// Reads `/events` until it has given `count` warning or board events.
+async fn read_events(body: Body, count: usize) -> Vec<(String, Value)> {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut text = String::new();
+    loop {
+        let events = warning_events(&text);
+        if events.len() >= count {
+            return events;
+        }
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(10), stream.next())
+            .await
+            .expect("an event within 10 s")
+            .expect("the stream goes on")
+            .unwrap();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+}
+
+fn ids(warnings: &Value) -> Vec<&str> {
+    warnings
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["alert_id"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_event_stream_starts_from_the_board_then_sends_each_warning_after_it() {
+    let state = state(None);
+    let live = state.live.clone();
+    let response = router(state)
+        .oneshot(Request::get("/events").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    // Recorded once the page is connected: not in its board, so it must come as an event.
+    live.record(&warning("d", "orange", "firing", "2026-01-15T00:09:00.000Z"));
+    let events = read_events(response.into_body(), 2).await;
+    assert_eq!(events[0].0, "board");
+    assert_eq!(ids(&events[0].1["firing"]), ["c", "b"]);
+    assert_eq!(ids(&events[0].1["recent"]), ["a", "c", "b", "a"]);
+    assert_eq!(events[1].0, "warning");
+    assert_eq!(events[1].1["alert_id"], "d");
+    assert_eq!(events.len(), 2, "nothing twice: {events:?}");
+}
+
+#[tokio::test]
+async fn a_page_that_falls_behind_gets_the_whole_board_again() {
+    let state = state(None);
+    let live = state.live.clone();
+    let response = router(state)
+        .oneshot(Request::get("/events").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    // More than the 1024 warnings a page may fall behind by: it cannot get them one by one.
+    for n in 0..1100 {
+        live.record(&warning(&format!("w{n}"), "blue", "firing", "2026-01-15T01:00:00.000Z"));
+    }
+    let events = read_events(response.into_body(), 2).await;
+    assert_eq!(ids(&events[0].1["firing"]), ["c", "b"], "the board it connected to");
+    assert_eq!(events[1].0, "board", "then the board again, not a gap");
+    let firing = ids(&events[1].1["firing"]);
+    assert_eq!(firing.len(), 2 + 1100);
+    assert!(firing.contains(&"w0") && firing.contains(&"w1099"));
+}

@@ -76,18 +76,6 @@ impl ClusterFence {
 
 impl Fence for ClusterFence {
     fn admits(&self, partition: Option<u32>, warning: &Warning) -> bool {
-        // A lapsed lease either comes back (a late renewal) or is found taken: until then
-        // nothing goes out, and nothing is dropped that no other instance will send.
-        loop {
-            match self.ownership.standing(partition) {
-                Standing::Valid => break,
-                Standing::Lapsed => std::thread::sleep(LAPSED_POLL),
-                Standing::NotHeld => {
-                    self.metrics.cluster.fenced_warnings.fetch_add(1, Relaxed);
-                    return false;
-                }
-            }
-        }
         let key = key(warning);
         if self.pending.lock().contains(&key) {
             self.metrics.cluster.already_sent.fetch_add(1, Relaxed);
@@ -96,15 +84,31 @@ impl Fence for ClusterFence {
         let looked = self
             .runtime
             .block_on(async { tokio::time::timeout(RECORD_TIMEOUT, self.record.get(key)).await });
-        match looked {
-            Ok(Ok(Some(_))) => {
-                self.metrics.cluster.already_sent.fetch_add(1, Relaxed);
-                false
-            }
+        let unsent = match looked {
+            Ok(Ok(Some(_))) => false,
             Ok(Ok(None)) => true,
             _ => {
                 self.metrics.cluster.record_errors.fetch_add(1, Relaxed);
                 true
+            }
+        };
+        if !unsent {
+            self.metrics.cluster.already_sent.fetch_add(1, Relaxed);
+            return false;
+        }
+        // The lease is looked at last, right before the send: an instance frozen while it
+        // waited on the record (SIGSTOP, a long GC-like pause of the host) finds its lease
+        // lapsed when it wakes. A lapsed lease either comes back (a late renewal) or is
+        // found taken: until then nothing goes out, and nothing is dropped that no other
+        // instance will send.
+        loop {
+            match self.ownership.standing(partition) {
+                Standing::Valid => return true,
+                Standing::Lapsed => std::thread::sleep(LAPSED_POLL),
+                Standing::NotHeld => {
+                    self.metrics.cluster.fenced_warnings.fetch_add(1, Relaxed);
+                    return false;
+                }
             }
         }
     }

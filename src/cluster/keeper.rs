@@ -210,19 +210,25 @@ impl Keeper {
     /// One round: heartbeat, read, drop what peers took, then renew, release and claim.
     async fn round(&mut self) {
         let me = self.ownership.instance.clone();
-        if let Err(e) = self
-            .store
-            .put(
-                format!("i.{me}"),
-                bytes::Bytes::from(format!("{{\"instance\":{me:?}}}")),
-            )
-            .await
-        {
-            self.failed("the heartbeat", &e);
+        // A request NATS does not answer within half a lease fails the round (the next one
+        // asks again), where the client would wait 10 s, as long as the default lease: a
+        // keeper stuck on one answer (a bucket just created, its leader not yet elected)
+        // would let every lease it holds lapse, and a joining one would stay unseen by its
+        // peers. Half a lease leaves what it holds valid (renewed a round before).
+        let limit = self.lease / 2;
+        let heartbeat = self.store.put(
+            format!("i.{me}"),
+            bytes::Bytes::from(format!("{{\"instance\":{me:?}}}")),
+        );
+        match tokio::time::timeout(limit, heartbeat).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => self.failed("the heartbeat", &e),
+            Err(_) => self.failed("the heartbeat", &"no answer within half a lease"),
         }
-        let view = match self.read().await {
-            Ok(view) => view,
-            Err(e) => return self.failed("reading the lease bucket", &e),
+        let view = match tokio::time::timeout(limit, self.read()).await {
+            Ok(Ok(view)) => view,
+            Ok(Err(e)) => return self.failed("reading the lease bucket", &e),
+            Err(_) => return self.failed("reading the lease bucket", &"no answer within half a lease"),
         };
         let mut held = BTreeMap::new();
         for (partition, h) in self.ownership.held() {

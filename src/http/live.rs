@@ -1,9 +1,12 @@
 //! What the live view shows: the warnings firing now (one per alert), the recent history,
 //! and a broadcast of every warning for `/events`. The sink thread feeds it through
-//! [`DashboardFeed`], one more `Sink`; HTTP handlers read it.
+//! [`DashboardFeed`], one more `Sink`; HTTP handlers read it. A page subscribes with
+//! [`LiveState::watch`], which gives the board as it is and every warning after it with no
+//! gap between the two: a warning recorded while a page connects is either in the board it
+//! starts from or among the events it receives, never neither.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::broadcast;
 
@@ -44,6 +47,8 @@ impl LiveState {
 
     /// Takes one delivered warning.
     pub fn record(&self, warning: &Warning) {
+        // Broadcast under the lock, so that `watch` (which subscribes under it) sees each
+        // warning either in its board or as an event.
         if let Ok(mut board) = self.board.lock() {
             match warning.status {
                 WarningStatus::Firing => {
@@ -58,28 +63,19 @@ impl LiveState {
             if board.recent.len() > HISTORY {
                 board.recent.pop_front();
             }
+            // No subscriber is fine: nobody is watching.
+            let _ = self.events.send(warning.clone());
         }
-        // No subscriber is fine: nobody is watching.
-        let _ = self.events.send(warning.clone());
     }
 
     /// Firing now, highest level first, then the longest firing first.
     pub fn firing(&self) -> Vec<Warning> {
-        let mut firing: Vec<Warning> = self
-            .board
-            .lock()
-            .map(|b| b.firing.values().cloned().collect())
-            .unwrap_or_default();
-        firing.sort_by(|a, b| b.level.cmp(&a.level).then_with(|| a.first_breach.cmp(&b.first_breach)));
-        firing
+        self.board.lock().map(|b| b.firing()).unwrap_or_default()
     }
 
     /// The latest warnings, newest first.
     pub fn recent(&self) -> Vec<Warning> {
-        self.board
-            .lock()
-            .map(|b| b.recent.iter().rev().cloned().collect())
-            .unwrap_or_default()
+        self.board.lock().map(|b| b.recent()).unwrap_or_default()
     }
 
     /// A firing alert's marks changed: the board shows them (no new notification).
@@ -91,8 +87,37 @@ impl LiveState {
         }
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Warning> {
-        self.events.subscribe()
+    /// The board now and every warning recorded after it, taken together.
+    pub fn watch(&self) -> Watch {
+        let board = self.board.lock().unwrap_or_else(PoisonError::into_inner);
+        Watch {
+            firing: board.firing(),
+            recent: board.recent(),
+            events: self.events.subscribe(),
+        }
+    }
+}
+
+/// What a page starts from: the board at one instant and the warnings recorded after it.
+#[derive(Debug)]
+pub struct Watch {
+    /// Firing at that instant, as [`LiveState::firing`] orders them.
+    pub firing: Vec<Warning>,
+    /// The latest warnings at that instant, newest first.
+    pub recent: Vec<Warning>,
+    /// Every warning recorded after that instant.
+    pub events: broadcast::Receiver<Warning>,
+}
+
+impl Board {
+    fn firing(&self) -> Vec<Warning> {
+        let mut firing: Vec<Warning> = self.firing.values().cloned().collect();
+        firing.sort_by(|a, b| b.level.cmp(&a.level).then_with(|| a.first_breach.cmp(&b.first_breach)));
+        firing
+    }
+
+    fn recent(&self) -> Vec<Warning> {
+        self.recent.iter().rev().cloned().collect()
     }
 }
 

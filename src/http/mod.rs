@@ -2,7 +2,7 @@
 //! live dashboard (one embedded page, no external assets), `/api/warnings` (firing now and
 //! recent history), `/api/rules` (each rule's version, last evaluation, rows in, breaches,
 //! errors and state size), `/api/stats` (counters, queue depths, latency per stage), `/events`
-//! (server-sent events: each warning, and stats every second with the detection latency
+//! (server-sent events: the board, then each warning after it, and stats every second with the detection latency
 //! of that second), `/metrics` (Prometheus), and `/health`, `/health/live`, `/health/ready`
 //! for supervisors. It binds to loopback unless told otherwise; a non-loopback address needs
 //! a bearer token (`[http] token` or `CITYOPS_HTTP_TOKEN`), and with a token every route
@@ -26,7 +26,9 @@ use axum::routing::{get, post};
 use futures::Stream;
 use futures::StreamExt;
 use serde_json::json;
+use tokio::sync::broadcast;
 
+use crate::alert::warning::Warning;
 use crate::metrics::{Metrics, Stage};
 use crate::summary::Summary;
 
@@ -37,7 +39,7 @@ pub(crate) mod live;
 pub(crate) mod prometheus;
 
 pub use desk::DeskAccess;
-use live::LiveState;
+use live::{LiveState, Watch};
 
 /// Environment variable that overrides `[http] token`.
 pub(crate) const TOKEN_ENV: &str = "CITYOPS_HTTP_TOKEN";
@@ -269,20 +271,31 @@ async fn stats(State(state): State<AppState>) -> Response {
 }
 
 async fn events(State(state): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let warnings = futures::stream::unfold(state.live.subscribe(), |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(warning) => {
-                    let event = Event::default()
-                        .event("warning")
-                        .json_data(&warning)
-                        .unwrap_or_default();
-                    return Some((event, rx));
-                }
-                // A slow page skips what it missed; the board refreshes from /api/warnings.
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+    // The page starts from a `board` event (firing now, recent history) and then takes each
+    // `warning` recorded after it; a page too slow to keep up gets a fresh `board` in place
+    // of what it missed. A page that reconnects starts again from a `board`.
+    let first = PageFeed::Board(state.live.watch());
+    let warnings = futures::stream::unfold((state.live.clone(), first), |(live, feed)| async move {
+        let mut events = match feed {
+            PageFeed::Board(watch) => {
+                let (event, events) = board_event(watch);
+                return Some((event, (live, PageFeed::Events(events))));
             }
+            PageFeed::Events(events) => events,
+        };
+        match events.recv().await {
+            Ok(warning) => {
+                let event = Event::default()
+                    .event("warning")
+                    .json_data(&warning)
+                    .unwrap_or_default();
+                Some((event, (live, PageFeed::Events(events))))
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                let (event, events) = board_event(live.watch());
+                Some((event, (live, PageFeed::Events(events))))
+            }
+            Err(broadcast::error::RecvError::Closed) => None,
         }
     });
     let stats_state = state.clone();
@@ -300,6 +313,19 @@ async fn events(State(state): State<AppState>) -> Sse<impl Stream<Item = Result<
     });
     let merged = futures::stream::select(warnings, stats).map(Ok);
     Sse::new(merged).keep_alive(KeepAlive::default())
+}
+
+/// Where one page's event stream stands: about to send the board, or sending warnings.
+enum PageFeed {
+    Board(Watch),
+    Events(broadcast::Receiver<Warning>),
+}
+
+/// The `board` event of a watch, and the warnings that follow it.
+fn board_event(watch: Watch) -> (Event, broadcast::Receiver<Warning>) {
+    let board = json!({"firing": watch.firing, "recent": watch.recent});
+    let event = Event::default().event("board").json_data(board).unwrap_or_default();
+    (event, watch.events)
 }
 
 /// Percentiles of what a cumulative histogram recorded since an earlier copy of it, so the
