@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
 use parking_lot::Mutex;
@@ -18,11 +18,14 @@ use crate::alert::sink::Fence;
 use crate::alert::warning::Warning;
 use crate::metrics::Metrics;
 
-/// How long the sink waits on the delivery record before sending anyway (twice is better
-/// than never).
+/// How long one request to the delivery record may take.
 const RECORD_TIMEOUT: Duration = Duration::from_secs(2);
-/// How often a write to the delivery record is tried.
-const RECORD_TRIES: usize = 5;
+/// How long the sink keeps asking the delivery record (a NATS node lost: its buckets elect
+/// new leaders, which takes seconds) before it sends anyway, or gives up recording: twice
+/// is better than never. Warnings wait that long at most while NATS cannot answer.
+pub(crate) const RECORD_PATIENCE: Duration = Duration::from_secs(15);
+/// The pause between two tries.
+const RECORD_RETRY: Duration = Duration::from_millis(200);
 /// How often a warning whose lease lapsed looks again.
 const LAPSED_POLL: Duration = Duration::from_millis(20);
 
@@ -81,15 +84,19 @@ impl Fence for ClusterFence {
             self.metrics.cluster.already_sent.fetch_add(1, Relaxed);
             return false;
         }
-        let looked = self
-            .runtime
-            .block_on(async { tokio::time::timeout(RECORD_TIMEOUT, self.record.get(key)).await });
-        let unsent = match looked {
-            Ok(Ok(Some(_))) => false,
-            Ok(Ok(None)) => true,
-            _ => {
-                self.metrics.cluster.record_errors.fetch_add(1, Relaxed);
-                true
+        let asked = Instant::now();
+        let unsent = loop {
+            let looked = self
+                .runtime
+                .block_on(async { tokio::time::timeout(RECORD_TIMEOUT, self.record.get(&key)).await });
+            match looked {
+                Ok(Ok(Some(_))) => break false,
+                Ok(Ok(None)) => break true,
+                _ if asked.elapsed() < RECORD_PATIENCE => std::thread::sleep(RECORD_RETRY),
+                _ => {
+                    self.metrics.cluster.record_errors.fetch_add(1, Relaxed);
+                    break true;
+                }
             }
         };
         if !unsent {
@@ -123,19 +130,24 @@ impl Fence for ClusterFence {
 
     /// Records what the sinks confirmed; what they could not is left unrecorded, so the
     /// instance that takes its partition over sends it again, with the same identity. A
-    /// write that fails (a NATS node gone, its leader being elected again) is tried again,
-    /// `RECORD_TRIES` times: a notification sent but not recorded is sent twice after a
+    /// write that fails (a NATS node gone, its leader being elected again) is tried again
+    /// for `RECORD_PATIENCE`: a notification sent but not recorded is sent twice after a
     /// takeover.
     fn settled(&self, confirmed: bool) {
         let mut keys: Vec<String> = std::mem::take(&mut *self.pending.lock()).into_iter().collect();
         if !confirmed {
             return;
         }
-        for _ in 0..RECORD_TRIES {
+        let started = Instant::now();
+        loop {
+            keys = self.runtime.block_on(self.record_all(keys));
             if keys.is_empty() {
                 return;
             }
-            keys = self.runtime.block_on(self.record_all(keys));
+            if started.elapsed() >= RECORD_PATIENCE {
+                break;
+            }
+            std::thread::sleep(RECORD_RETRY);
         }
         self.metrics.cluster.record_errors.fetch_add(keys.len() as u64, Relaxed);
     }

@@ -13,8 +13,10 @@ use super::lease::Held;
 use super::partition::Layout;
 use crate::alert::sink::Notice;
 
-/// How long giving a partition up waits for the sinks to settle what it sent.
-const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long giving a partition up waits for the sinks to settle what it sent: longer than
+/// the fence keeps trying to record it, so its successor finds it recorded.
+const DRAIN_LIMIT: std::time::Duration =
+    super::fence::RECORD_PATIENCE.saturating_add(std::time::Duration::from_secs(5));
 use crate::metrics::Metrics;
 
 #[derive(Debug, Default)]
