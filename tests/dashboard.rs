@@ -209,17 +209,23 @@ fn ids(warnings: &Value) -> Vec<&str> {
         .collect()
 }
 
-#[tokio::test]
-async fn the_event_stream_starts_from_the_board_then_sends_each_warning_after_it() {
+/// A page connected to `/events` of the test state: the state's board, and the stream.
+async fn connect_events() -> (Arc<LiveState>, Body) {
     let state = state(None);
     let live = state.live.clone();
     let response = router(state)
         .oneshot(Request::get("/events").body(Body::empty()).unwrap())
         .await
         .unwrap();
+    (live, response.into_body())
+}
+
+#[tokio::test]
+async fn the_event_stream_starts_from_the_board_then_sends_each_warning_after_it() {
+    let (live, events) = connect_events().await;
     // Recorded once the page is connected: not in its board, so it must come as an event.
     live.record(&warning("d", "orange", "firing", "2026-01-15T00:09:00.000Z"));
-    let events = read_events(response.into_body(), 2).await;
+    let events = read_events(events, 2).await;
     assert_eq!(events[0].0, "board");
     assert_eq!(ids(&events[0].1["firing"]), ["c", "b"]);
     assert_eq!(ids(&events[0].1["recent"]), ["a", "c", "b", "a"]);
@@ -230,17 +236,12 @@ async fn the_event_stream_starts_from_the_board_then_sends_each_warning_after_it
 
 #[tokio::test]
 async fn a_page_that_falls_behind_gets_the_whole_board_again() {
-    let state = state(None);
-    let live = state.live.clone();
-    let response = router(state)
-        .oneshot(Request::get("/events").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
+    let (live, events) = connect_events().await;
     // More than the 1024 warnings a page may fall behind by: it cannot get them one by one.
     for n in 0..1100 {
         live.record(&warning(&format!("w{n}"), "blue", "firing", "2026-01-15T01:00:00.000Z"));
     }
-    let events = read_events(response.into_body(), 2).await;
+    let events = read_events(events, 2).await;
     assert_eq!(ids(&events[0].1["firing"]), ["c", "b"], "the board it connected to");
     assert_eq!(events[1].0, "board", "then the board again, not a gap");
     let firing = ids(&events[1].1["firing"]);
