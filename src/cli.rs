@@ -22,6 +22,8 @@ pub(crate) struct Cli {
     pub(crate) log_format: Option<LogFormat>,
 }
 
+// Parsed once per process: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub(crate) enum Command {
     /// Run the pipeline: with no source, replay the bundled demo city as fast as possible.

@@ -212,7 +212,7 @@ fn ids(warnings: &Value) -> Vec<&str> {
 /// A page connected to `/events` of the test state: the state's board, and the stream.
 async fn connect_events() -> (Arc<LiveState>, Body) {
     let state = state(None);
-    let live = state.live.clone();
+    let live = Arc::clone(&state.live);
     let response = router(state)
         .oneshot(Request::get("/events").body(Body::empty()).unwrap())
         .await

@@ -13,6 +13,8 @@
 //! (computed in the whole-stream slot) gives the same warnings on one instance, on three,
 //! and in one process reading the demo file.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -275,7 +275,7 @@ async fn events(State(state): State<AppState>) -> Sse<impl Stream<Item = Result<
     // `warning` recorded after it; a page too slow to keep up gets a fresh `board` in place
     // of what it missed. A page that reconnects starts again from a `board`.
     let first = PageFeed::Board(state.live.watch());
-    let warnings = futures::stream::unfold((state.live.clone(), first), |(live, feed)| async move {
+    let warnings = futures::stream::unfold((Arc::clone(&state.live), first), |(live, feed)| async move {
         let mut events = match feed {
             PageFeed::Board(watch) => {
                 let (event, events) = board_event(watch);
