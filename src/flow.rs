@@ -70,6 +70,9 @@ pub(crate) struct Cut {
     /// Messages logged up to the cut, over the state directory's life (where a replayed
     /// fixture resumes).
     pub messages: u64,
+    /// A cluster partition's stream clock: the next whole second its feed ticks at (`None`
+    /// elsewhere: the write-ahead log holds the ticks themselves).
+    pub next_tick_ms: Option<i64>,
 }
 
 /// The decode queues closed: every decode worker has gone (only at shutdown or after a

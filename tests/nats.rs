@@ -35,6 +35,9 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 const PARTITIONS: u32 = 8;
 /// The lease of the test instances (short, so takeovers are quick).
 const LEASE: Duration = Duration::from_secs(2);
+/// How often the test instances checkpoint their partitions (short, so a takeover in a
+/// short test goes on from a checkpoint rather than from the stream's start).
+const CHECKPOINT_EVERY: &str = "1s";
 /// How long instances under load wait for more input before they end: the publisher starts
 /// once the instances share the partitions, which a loaded machine can take seconds to do,
 /// and an instance that ends before then never sees the readings.
@@ -161,7 +164,7 @@ fn config_file(dir: &Path, replicas: usize) -> PathBuf {
     std::fs::write(
         &path,
         format!(
-            "[cluster]\npartitions = {PARTITIONS}\nreplicas = {replicas}\nlease = \"{}ms\"\n",
+            "[cluster]\npartitions = {PARTITIONS}\nreplicas = {replicas}\nlease = \"{}ms\"\ncheckpoint_interval = \"{CHECKPOINT_EVERY}\"\n",
             LEASE.as_millis()
         ),
     )
@@ -598,6 +601,19 @@ fn a_killed_instance_s_partitions_are_taken_over_and_nothing_is_lost_or_sent_twi
         .map(|(p, _)| p)
         .collect();
     assert!(!held.is_empty(), "node-2 held no partition when it was killed");
+    // Its partitions' state is stored before it dies, so the survivors go on from there.
+    let asked = Instant::now();
+    while !held
+        .iter()
+        .all(|p| victim.logged(&format!("partition {p}'s state is checkpointed")) > 0)
+    {
+        assert!(
+            asked.elapsed() < Duration::from_secs(60),
+            "node-2 stored no checkpoint of {held:?}:\n{}",
+            victim.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     victim.signal("KILL");
     let killed = Instant::now();
     let unrecorded = unrecorded(&run.url, victim);
@@ -616,6 +632,11 @@ fn a_killed_instance_s_partitions_are_taken_over_and_nothing_is_lost_or_sent_twi
         std::thread::sleep(Duration::from_millis(50));
     }
     run.finish(&[0, 2]);
+    let resumed: usize = [0, 2]
+        .iter()
+        .map(|i| run.instances[*i].logged("from its checkpoint"))
+        .sum();
+    assert!(resumed > 0, "no survivor went on from a stored checkpoint");
     assert_golden_once_but(&run.instances, "one instance killed mid-stream", &unrecorded);
 }
 
@@ -854,7 +875,7 @@ fn a_district_rule_gives_the_same_warnings_on_one_instance_and_on_three() {
         std::fs::write(
             &config,
             format!(
-                "[cluster]\npartitions = {PARTITIONS}\nreplicas = 3\nlease = \"{}ms\"\nlease_bucket = \"leases-{count}\"\ndeliveries_bucket = \"deliveries-{count}\"\n",
+                "[cluster]\npartitions = {PARTITIONS}\nreplicas = 3\nlease = \"{}ms\"\nlease_bucket = \"leases-{count}\"\ndeliveries_bucket = \"deliveries-{count}\"\ncheckpoint_bucket = \"checkpoints-{count}\"\ncheckpoint_interval = \"{CHECKPOINT_EVERY}\"\n",
                 LEASE.as_millis()
             ),
         )

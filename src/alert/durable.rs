@@ -16,18 +16,11 @@ use super::warning::{Warning, WarningStatus};
 use crate::flow::Cut;
 use crate::metrics::Metrics;
 use crate::state::StateDir;
+use crate::state::assembly::{Assembler, checkpoint_at};
 use crate::state::checkpoint::{self, Checkpoint};
 use crate::state::deliveries::{Deliveries, Identity};
 use crate::state::log;
 use crate::state::snapshot::RuleSnapshot;
-use crate::time::wall_now_ms;
-
-/// A checkpoint whose rule snapshots are still coming in.
-struct Assembly {
-    cut: Cut,
-    expected: Arc<[String]>,
-    rules: Vec<RuleSnapshot>,
-}
 
 /// Deliveries, checkpoints and the alerts firing now, for the sink thread.
 pub(crate) struct Durable {
@@ -42,7 +35,7 @@ pub(crate) struct Durable {
     unconfirmed: Vec<(Identity, u64)>,
     /// The alerts firing now, by rule and key.
     firing: BTreeMap<(String, String), Warning>,
-    assembling: BTreeMap<u64, Assembly>,
+    assembler: Assembler,
     reconciled: bool,
     metrics: Arc<Metrics>,
 }
@@ -71,7 +64,7 @@ impl Durable {
             recovered_from: recovered.map_or(0, |c| c.number),
             unconfirmed: Vec::new(),
             firing,
-            assembling: BTreeMap::new(),
+            assembler: Assembler::default(),
             reconciled: false,
             metrics,
         })
@@ -142,51 +135,27 @@ impl Durable {
         sinks: &mut [Box<dyn Sink>],
     ) -> Result<(), SinkError> {
         self.after_cut.insert(snapshot.rule.clone(), cut.checkpoint);
-        // A checkpoint still missing snapshots three cuts later never completes (a rule's
-        // task died): it is dropped, loudly, rather than held.
-        let stale: Vec<u64> = self
-            .assembling
-            .keys()
-            .copied()
-            .filter(|number| number + 3 <= cut.checkpoint)
-            .collect();
-        for number in stale {
-            if let Some(dropped) = self.assembling.remove(&number) {
-                let missing: Vec<&String> = dropped
-                    .expected
-                    .iter()
-                    .filter(|id| !dropped.rules.iter().any(|r| &r.rule == *id))
-                    .collect();
-                self.metrics.state.checkpoint_failures.fetch_add(1, Relaxed);
-                tracing::error!(
-                    checkpoint = number,
-                    ?missing,
-                    "checkpoint abandoned: these rules sent no state (their task likely died: look for their panic or error above, then restart cityops)"
-                );
-            }
+        let added = self.assembler.add(cut, expected, snapshot);
+        for abandoned in added.abandoned {
+            self.metrics.state.checkpoint_failures.fetch_add(1, Relaxed);
+            tracing::error!(
+                checkpoint = abandoned.checkpoint,
+                missing = ?abandoned.missing,
+                "checkpoint abandoned: these rules sent no state (their task likely died: look for their panic or error above, then restart cityops)"
+            );
         }
-        let assembly = self.assembling.entry(cut.checkpoint).or_insert_with(|| Assembly {
-            cut,
-            expected: Arc::clone(expected),
-            rules: Vec::new(),
-        });
-        assembly.rules.push(snapshot);
-        let complete = assembly
-            .expected
-            .iter()
-            .all(|id| assembly.rules.iter().any(|r| &r.rule == id));
-        if !complete {
-            return Ok(());
+        match added.whole {
+            Some((cut, rules)) => self.write_checkpoint(cut, rules, sinks),
+            None => Ok(()),
         }
-        let Some(assembly) = self.assembling.remove(&cut.checkpoint) else {
-            return Ok(());
-        };
-        // An older checkpoint still missing snapshots never completes (a rule went away).
-        self.assembling.retain(|number, _| *number > cut.checkpoint);
-        self.write_checkpoint(assembly, sinks)
     }
 
-    fn write_checkpoint(&mut self, assembly: Assembly, sinks: &mut [Box<dyn Sink>]) -> Result<(), SinkError> {
+    fn write_checkpoint(
+        &mut self,
+        cut: Cut,
+        rules: Vec<RuleSnapshot>,
+        sinks: &mut [Box<dyn Sink>],
+    ) -> Result<(), SinkError> {
         let started = Instant::now();
         // Everything before the cut must be at the receivers before the state says it was sent.
         let settled = self.settle(sinks)?;
@@ -194,7 +163,7 @@ impl Durable {
         if !settled {
             metrics.checkpoint_failures.fetch_add(1, Relaxed);
             tracing::warn!(
-                checkpoint = assembly.cut.checkpoint,
+                checkpoint = cut.checkpoint,
                 "checkpoint skipped: a sink has not confirmed its warnings; the next one tries again (check that the --warnings-mqtt broker is up, and the --jsonl and webhook.spool_dir disks have space)"
             );
             return Ok(());
@@ -219,16 +188,7 @@ impl Durable {
             tracing::error!(error = %e, "checkpoint skipped: the delivery record cannot be synced; the next one tries again (free space on the state directory's disk and check it for I/O errors)");
             return Ok(());
         }
-        let mut rules = assembly.rules;
-        rules.sort_by(|a, b| a.rule.cmp(&b.rule));
-        let checkpoint = Checkpoint {
-            number: assembly.cut.checkpoint,
-            covers_seq: assembly.cut.covers_seq,
-            replay_from: Checkpoint::replay_from(assembly.cut.covers_seq, &rules),
-            messages: assembly.cut.messages,
-            taken_ms: wall_now_ms(),
-            rules,
-        };
+        let checkpoint = checkpoint_at(cut, rules);
         let manifest = match checkpoint::write(&self.checkpoint_dir, &checkpoint) {
             Ok(manifest) => manifest,
             Err(e) => {

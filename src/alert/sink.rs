@@ -24,6 +24,7 @@ use crate::broker::BrokerUrl;
 use crate::config::{MqttConfig, WebhookConfig};
 use crate::flow::Cut;
 use crate::metrics::{Metrics, Stage};
+use crate::state::checkpoint::Checkpoint;
 use crate::state::snapshot::RuleSnapshot;
 use crate::time::EpochMs;
 
@@ -48,6 +49,13 @@ pub(crate) enum Notice {
     Operator(Box<OperatorRequest>),
     /// The wall clock (epoch ms), each second of a live run: deadlines run on it.
     Clock(EpochMs),
+    /// A cluster partition's checkpoint (`epoch`: the lease it was computed under), behind
+    /// every warning the partition computed before its cut: stored once those are sent.
+    PartitionCheckpoint {
+        partition: u32,
+        epoch: u64,
+        checkpoint: Box<Checkpoint>,
+    },
     /// Everything queued before this is sent and settled (a cluster instance about to give
     /// a partition up: what it sent is recorded before a peer computes the partition).
     Drained(oneshot::Sender<()>),
@@ -98,6 +106,10 @@ pub(crate) trait Sink: Send {
     fn forwards(&self) -> bool {
         false
     }
+
+    /// A rule's state at a checkpoint's cut, for a sink that hands checkpoints on (a
+    /// cluster partition's); a run with state assembles its own (`Durable`).
+    fn snapshot(&mut self, _cut: Cut, _rules: &Arc<[String]>, _snapshot: RuleSnapshot) {}
 
     /// Flushes and lets go, after the last warning.
     fn close(self: Box<Self>) -> Result<(), SinkError>;
@@ -175,6 +187,9 @@ pub(crate) trait Fence: Send + Sync + std::fmt::Debug {
     fn waits(&self) -> bool {
         false
     }
+    /// Everything `partition` computed before `checkpoint`'s cut went out (under the lease
+    /// `epoch`): the checkpoint may be stored for whoever computes the partition next.
+    fn checkpoint(&self, _partition: u32, _epoch: u64, _checkpoint: &Checkpoint) {}
 }
 
 /// The running sink thread.
@@ -241,7 +256,7 @@ impl SinkThread {
                 Ok(notice) => notice,
                 Err(mpsc::error::TryRecvError::Empty) => {
                     // A quiet moment: what was delivered is confirmed and recorded.
-                    self.settle()?;
+                    let _ = self.settle()?;
                     match rx.blocking_recv() {
                         Some(notice) => notice,
                         None => break,
@@ -252,14 +267,29 @@ impl SinkThread {
             match notice {
                 Notice::Warning(warning) => self.on_warning(None, warning)?,
                 Notice::FromPartition(partition, warning) => self.on_warning(Some(partition), warning)?,
-                Notice::Snapshot { cut, rules, snapshot } => {
-                    if let Some(durable) = self.durable.as_mut() {
-                        durable.on_snapshot(cut, &rules, *snapshot, &mut self.sinks)?;
+                Notice::Snapshot { cut, rules, snapshot } => match self.durable.as_mut() {
+                    Some(durable) => durable.on_snapshot(cut, &rules, *snapshot, &mut self.sinks)?,
+                    None => {
+                        if let Some(sink) = self.sinks.iter_mut().find(|s| s.forwards()) {
+                            sink.snapshot(cut, &rules, *snapshot);
+                        }
+                    }
+                },
+                Notice::PartitionCheckpoint {
+                    partition,
+                    epoch,
+                    checkpoint,
+                } => {
+                    // Everything the partition computed before the cut is at the receivers
+                    // (and in the delivery record) before its state says so.
+                    let confirmed = self.settle()?;
+                    if let Some(fence) = self.fence.as_ref().filter(|_| confirmed) {
+                        fence.checkpoint(partition, epoch, &checkpoint);
                     }
                 }
                 Notice::Operator(request) => self.on_operator(*request)?,
                 Notice::Drained(reply) => {
-                    self.settle()?;
+                    let _ = self.settle()?;
                     let _ = reply.send(());
                 }
                 Notice::Clock(now_ms) => {
@@ -276,28 +306,32 @@ impl SinkThread {
                 }
             }
         }
-        self.settle()?;
+        let _ = self.settle()?;
         for sink in std::mem::take(&mut self.sinks) {
             sink.close()?;
         }
         Ok(std::mem::take(&mut self.delivered))
     }
 
-    fn settle(&mut self) -> Result<(), SinkError> {
+    /// Has the sinks confirm what they were given and records it; false when some sink
+    /// could not confirm.
+    fn settle(&mut self) -> Result<bool, SinkError> {
+        let mut confirmed = true;
         if let Some(durable) = self.durable.as_mut() {
-            durable.settle(&mut self.sinks)?;
+            confirmed &= durable.settle(&mut self.sinks)?;
         }
         if let Some(fence) = self.fence.as_ref().filter(|f| f.waits()) {
-            let mut confirmed = true;
+            let mut sinks_confirmed = true;
             for sink in &mut self.sinks {
-                confirmed &= sink.settle();
+                sinks_confirmed &= sink.settle();
             }
-            fence.settled(confirmed);
+            fence.settled(sinks_confirmed);
+            confirmed &= sinks_confirmed;
         }
         if let Some(desk) = self.desk.as_mut() {
             desk.settle();
         }
-        Ok(())
+        Ok(confirmed)
     }
 
     /// A lifecycle notification, marked by the desk (with what the desk's clock released

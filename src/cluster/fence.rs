@@ -13,10 +13,12 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::kv;
 use parking_lot::Mutex;
 
+use super::checkpoints::CheckpointStore;
 use super::ownership::{Ownership, Standing};
 use crate::alert::sink::Fence;
 use crate::alert::warning::Warning;
 use crate::metrics::Metrics;
+use crate::state::checkpoint::Checkpoint;
 
 /// How long one request to the delivery record may take.
 const RECORD_TIMEOUT: Duration = Duration::from_secs(2);
@@ -28,6 +30,8 @@ pub(crate) const RECORD_PATIENCE: Duration = Duration::from_secs(15);
 const RECORD_RETRY: Duration = Duration::from_millis(200);
 /// How often a warning whose lease lapsed looks again.
 const LAPSED_POLL: Duration = Duration::from_millis(20);
+/// How long storing one partition checkpoint may take (the sink thread waits for it).
+const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Leases and the delivery record, for the sink thread.
 #[derive(Debug)]
@@ -36,6 +40,10 @@ pub(crate) struct ClusterFence {
     record: kv::Store,
     /// Sent, waiting for the sinks to confirm before they are recorded.
     pending: Mutex<BTreeSet<String>>,
+    /// Where the partitions' checkpoints go (`None`: checkpoints are off).
+    checkpoints: Option<CheckpointStore>,
+    /// The (partition, epoch) pairs whose first checkpoint was stored (logged once each).
+    checkpointed: Mutex<BTreeSet<(u32, u64)>>,
     /// Drives the record's connection; the sink thread blocks on it.
     runtime: tokio::runtime::Runtime,
     metrics: Arc<Metrics>,
@@ -49,6 +57,7 @@ impl ClusterFence {
     pub(crate) fn new(
         ownership: Arc<Ownership>,
         record: kv::Store,
+        checkpoints: Option<CheckpointStore>,
         runtime: tokio::runtime::Runtime,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -56,6 +65,8 @@ impl ClusterFence {
             ownership,
             record,
             pending: Mutex::new(BTreeSet::new()),
+            checkpoints,
+            checkpointed: Mutex::new(BTreeSet::new()),
             runtime,
             metrics,
         }
@@ -150,5 +161,57 @@ impl Fence for ClusterFence {
             std::thread::sleep(RECORD_RETRY);
         }
         self.metrics.cluster.record_errors.fetch_add(keys.len() as u64, Relaxed);
+    }
+
+    /// Stores the checkpoint while the partition is still held under the epoch its pipeline
+    /// started with. A checkpoint stored late (this instance stalled after the look) is
+    /// still true: the partition's state is a function of its stream, and everything before
+    /// the cut went out, so it holds whoever computed it.
+    fn checkpoint(&self, partition: u32, epoch: u64, checkpoint: &Checkpoint) {
+        let Some(store) = &self.checkpoints else { return };
+        let metrics = &self.metrics.cluster;
+        if !self.ownership.holds_at(partition, epoch) {
+            metrics.checkpoint_failures.fetch_add(1, Relaxed);
+            tracing::debug!(
+                partition,
+                epoch,
+                "cluster: checkpoint not stored: the lease it was computed under is gone"
+            );
+            return;
+        }
+        let stored = self
+            .runtime
+            .block_on(async { tokio::time::timeout(CHECKPOINT_TIMEOUT, store.save(partition, checkpoint)).await });
+        match stored {
+            Ok(Ok(bytes)) => {
+                metrics.checkpoints.fetch_add(1, Relaxed);
+                metrics.checkpointed.lock().insert(partition, checkpoint.covers_seq);
+                if self.checkpointed.lock().insert((partition, epoch)) {
+                    tracing::info!(
+                        partition,
+                        epoch,
+                        covers_seq = checkpoint.covers_seq,
+                        bytes,
+                        "cluster: partition {partition}'s state is checkpointed (a takeover goes on from the newest checkpoint)"
+                    );
+                }
+                tracing::debug!(
+                    partition,
+                    checkpoint = checkpoint.number,
+                    covers_seq = checkpoint.covers_seq,
+                    replay_from = checkpoint.replay_from,
+                    bytes,
+                    "cluster: checkpoint stored"
+                );
+            }
+            failed => {
+                metrics.checkpoint_failures.fetch_add(1, Relaxed);
+                let error = match failed {
+                    Ok(Err(e)) => e,
+                    _ => "no answer from NATS".to_string(),
+                };
+                tracing::warn!(partition, error = %error, "cluster: partition {partition}'s checkpoint not stored; the next one tries again (a takeover meanwhile goes on from the one before)");
+            }
+        }
     }
 }

@@ -1,8 +1,10 @@
 //! A cluster instance (`cityops run --nats URL`): the source loop of its run. It checks the
 //! stream, starts the lease keeper, and for each partition it holds runs a pipeline of its
 //! own (`Source::Partition`: one partition's readings and ticks, in stream order) fed by a
-//! consumer from the partition's first reading; their warnings come back to this
-//! run's sink thread, where the fence and the shared delivery record decide what goes out.
+//! consumer from where the partition's stored checkpoint says (`checkpoints`; from the
+//! partition's first reading when it has none); their warnings and new checkpoints come back
+//! to this run's sink thread, where the fence and the shared delivery record decide what
+//! goes out and what is stored.
 //! Each second it writes a tick into every partition it holds, so quiet partitions still
 //! close their windows, at a time every later reader sees the same.
 //!
@@ -23,6 +25,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
 
+use super::checkpoints::CheckpointStore;
 use super::fence::ClusterFence;
 use super::keeper;
 use super::ownership::Ownership;
@@ -30,9 +33,10 @@ use super::partition::Layout;
 use super::stream::{bucket, connect, ensure_stream};
 use crate::config::Config;
 use crate::flow::Message;
-use crate::ingest::partition_feed::Fed;
+use crate::ingest::partition_feed::{Fed, FeedPlan};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
+use crate::state::checkpoint::Checkpoint;
 use crate::time::wall_now_ms;
 use crate::topic::TopicPattern;
 
@@ -44,6 +48,9 @@ const POLL: Duration = Duration::from_millis(50);
 const BATCH: usize = 1_000;
 /// The longest wait before a partition's consumer is created again after failures.
 const RETRY: Duration = Duration::from_secs(1);
+/// How long the instance keeps asking for a partition's checkpoint (a NATS node lost: the
+/// bucket elects a new leader) before it computes the partition from its first reading.
+const CHECKPOINT_PATIENCE: Duration = Duration::from_secs(15);
 /// How long a pull waits for its server (a pull expires after 1 s): longer means the
 /// server is gone, and the consumer is made again.
 const PULL_SILENCE: Duration = Duration::from_secs(5);
@@ -90,25 +97,50 @@ pub(crate) fn open_fence(
         .enable_all()
         .build()
         .map_err(|e| format!("starting the delivery record: {e}"))?;
-    let record = runtime.block_on(async {
+    let (record, checkpoints) = runtime.block_on(async {
         let client = connect(&source.url, &format!("{}-deliveries", ownership.instance)).await?;
         let js = jetstream::new(client);
-        bucket(
+        let record = bucket(
             &js,
             &config.cluster.deliveries_bucket,
             "cityops notifications sent",
             &config.cluster,
         )
-        .await
+        .await?;
+        let checkpoints = match config.cluster.checkpoint_interval.0 {
+            0 => None,
+            _ => {
+                let stream = ensure_stream(&js, &config.cluster, ownership.layout()).await?;
+                Some(CheckpointStore::open(&js, &config.cluster, &stream).await?)
+            }
+        };
+        Ok::<_, String>((record, checkpoints))
     })?;
-    let fence = ClusterFence::new(Arc::clone(&ownership), record, runtime, Arc::clone(metrics));
+    let fence = ClusterFence::new(
+        Arc::clone(&ownership),
+        record,
+        checkpoints,
+        runtime,
+        Arc::clone(metrics),
+    );
     Ok((ownership, fence))
 }
 
-/// Starts a partition's pipeline on a thread of its own, reading `items` until they end
+/// What a partition's pipeline starts with.
+pub(crate) struct PartitionStart {
+    pub partition: u32,
+    /// The lease epoch it runs under.
+    pub epoch: u64,
+    /// Its stream from `resume`'s `replay_from` (or from its first reading), in order.
+    pub items: crossbeam_channel::Receiver<Fed>,
+    /// The stored checkpoint it goes on from.
+    pub resume: Option<Arc<Checkpoint>>,
+    pub plan: FeedPlan,
+}
+
+/// Starts a partition's pipeline on a thread of its own, reading its items until they end
 /// (the run wires it: `pipeline::partitions`).
-pub(crate) type StartPartition<'a> =
-    dyn Fn(u32, crossbeam_channel::Receiver<Fed>) -> Result<std::thread::JoinHandle<()>, String> + 'a;
+pub(crate) type StartPartition<'a> = dyn Fn(PartitionStart) -> Result<std::thread::JoinHandle<()>, String> + 'a;
 
 /// What the instance needs from its run.
 pub(crate) struct Instance<'a> {
@@ -126,6 +158,12 @@ struct Running {
     readings: Arc<AtomicU64>,
     /// Whether its consumer has read to the stream's end (nothing pending) and works.
     caught_up: Arc<AtomicBool>,
+}
+
+/// Which partition a consumer reads, from which stream sequence.
+struct Start {
+    partition: u32,
+    from_seq: u64,
 }
 
 /// One partition consumer's counts.
@@ -184,6 +222,10 @@ async fn run(source: &ClusterSource, instance: Instance<'_>, shutdown: &Shutdown
     let client = connect(&source.url, &ownership.instance).await?;
     let js = jetstream::new(client);
     let stream = ensure_stream(&js, &config.cluster, ownership.layout()).await?;
+    let checkpoints = match config.cluster.checkpoint_interval.0 {
+        0 => None,
+        _ => Some(CheckpointStore::open(&js, &config.cluster, &stream).await?),
+    };
     let keeper = keeper::start(
         &source.url,
         &config.cluster,
@@ -208,13 +250,17 @@ async fn run(source: &ClusterSource, instance: Instance<'_>, shutdown: &Shutdown
             for (partition, gone) in running.extract_if(.., |p, _| !held.contains_key(p)).collect::<Vec<_>>() {
                 stop(partition, gone, &ownership).await;
             }
-            for partition in held
-                .keys()
-                .copied()
-                .filter(|p| !running.contains_key(p))
+            for (partition, epoch) in held
+                .iter()
+                .filter(|(p, _)| !running.contains_key(p))
+                .map(|(p, held)| (*p, held.epoch))
                 .collect::<Vec<_>>()
             {
-                let started = start(partition, &stream, &instance, &progress)?;
+                let resume = match &checkpoints {
+                    Some(store) => stored_checkpoint(store, partition).await,
+                    None => None,
+                };
+                let started = start(partition, epoch, resume, &stream, &instance, &progress)?;
                 running.insert(partition, started);
             }
         }
@@ -271,21 +317,83 @@ async fn run(source: &ClusterSource, instance: Instance<'_>, shutdown: &Shutdown
     Ok(())
 }
 
-/// Starts a partition: its pipeline on a thread of its own, and its consumer.
+/// The checkpoint stored for `partition`, asked for `CHECKPOINT_PATIENCE` at most; `None`
+/// when it has none or NATS cannot give it (the partition is then computed from its first
+/// reading: slower, and just as exact).
+async fn stored_checkpoint(store: &CheckpointStore, partition: u32) -> Option<Checkpoint> {
+    let asked = Instant::now();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), store.load(partition)).await {
+            Ok(Ok(found)) => return found,
+            Ok(Err(e)) if asked.elapsed() >= CHECKPOINT_PATIENCE => {
+                tracing::warn!(partition, error = %e, "cluster: partition {partition}'s checkpoint cannot be read; computing it from its first reading");
+                return None;
+            }
+            Err(_) if asked.elapsed() >= CHECKPOINT_PATIENCE => {
+                tracing::warn!(
+                    partition,
+                    "cluster: no answer for partition {partition}'s checkpoint; computing it from its first reading"
+                );
+                return None;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// Starts a partition: its pipeline on a thread of its own, and its consumer, from `resume`
+/// when a checkpoint was stored.
 fn start(
     partition: u32,
+    epoch: u64,
+    resume: Option<Checkpoint>,
     stream: &stream::Stream,
     instance: &Instance<'_>,
     progress: &Arc<Progress>,
 ) -> Result<Running, String> {
     let (feed, items) = crossbeam_channel::bounded(FEED_CAPACITY);
-    let pipeline = (instance.start_partition)(partition, items)?;
+    let interval = instance.config.cluster.checkpoint_interval.0;
+    let plan = FeedPlan {
+        covers_seq: resume.as_ref().map_or(0, |c| c.covers_seq),
+        next_tick_ms: resume.as_ref().and_then(|c| c.next_tick_ms),
+        next_checkpoint: resume.as_ref().map_or(1, |c| c.number + 1),
+        checkpoint_every: (interval > 0).then(|| Duration::from_millis(interval as u64)),
+    };
+    let from_seq = resume.as_ref().map_or(1, |c| c.replay_from);
+    let whole_stream = instance.ownership.layout().is_whole_stream(partition);
+    let what = match whole_stream {
+        true => format!("the whole stream (slot {partition}, for the rules over many devices)"),
+        false => format!("partition {partition}"),
+    };
+    match &resume {
+        Some(checkpoint) => {
+            instance.metrics.cluster.resumed.fetch_add(1, Relaxed);
+            tracing::info!(
+                partition,
+                checkpoint = checkpoint.number,
+                covers_seq = checkpoint.covers_seq,
+                replay_from = checkpoint.replay_from,
+                "cluster: consuming {what} from its checkpoint {} (through stream sequence {}; open windows refilled from {})",
+                checkpoint.number,
+                checkpoint.covers_seq,
+                checkpoint.replay_from
+            );
+        }
+        None => tracing::info!(partition, "cluster: consuming {what} from its first reading"),
+    }
+    let pipeline = (instance.start_partition)(PartitionStart {
+        partition,
+        epoch,
+        items,
+        resume: resume.map(Arc::new),
+        plan,
+    })?;
     // A partition just taken has its stream to read: the idle exit waits for it.
     progress.last_ms.store(wall_now_ms(), Relaxed);
     let readings = Arc::new(AtomicU64::new(0));
     let caught_up = Arc::new(AtomicBool::new(false));
     let consumer = tokio::spawn(consume(
-        partition,
+        Start { partition, from_seq },
         stream.clone(),
         Arc::clone(&instance.ownership),
         feed,
@@ -296,16 +404,6 @@ fn start(
         },
         Arc::clone(&instance.metrics),
     ));
-    match instance.ownership.layout().is_whole_stream(partition) {
-        true => tracing::info!(
-            partition,
-            "cluster: consuming the whole stream (slot {partition}, for the rules over many devices) from its first reading"
-        ),
-        false => tracing::info!(
-            partition,
-            "cluster: consuming partition {partition} from its first reading"
-        ),
-    }
     Ok(Running {
         consumer,
         pipeline,
@@ -327,14 +425,14 @@ async fn stop(partition: u32, running: Running, ownership: &Ownership) {
     );
 }
 
-/// Reads one partition from its first message into its feed, in stream order. The
+/// Reads one partition from stream sequence `from_seq` into its feed, in stream order. The
 /// position is kept here (the next stream sequence to hand over), and the consumer, an
 /// ephemeral one without acks, is created again from it after any error (a NATS node gone,
 /// the consumer with it): no reading is skipped or handed over twice. While the lease has
 /// lapsed here (NATS unreachable, the process stalled) it waits: it either renews and goes
 /// on where it was, or is found taken and is stopped.
 async fn consume(
-    partition: u32,
+    Start { partition, from_seq }: Start,
     stream: stream::Stream,
     ownership: Arc<Ownership>,
     feed: crossbeam_channel::Sender<Fed>,
@@ -343,7 +441,7 @@ async fn consume(
     metrics: Arc<Metrics>,
 ) {
     let layout = ownership.layout().clone();
-    let mut next: u64 = 1;
+    let mut next: u64 = from_seq.max(1);
     let mut failures = 0u32;
     loop {
         if failures > 0 {
@@ -415,12 +513,18 @@ async fn consume(
                     tokio::time::sleep(POLL).await;
                 }
                 let tick = message.headers.as_ref().is_some_and(|h| h.get(TICK_HEADER).is_some());
+                let seq = info.stream_sequence;
                 let item = match layout.topic_of_subject(message.subject.as_str()) {
-                    _ if tick => Fed::Tick(at_ms),
-                    Some((_, topic)) => Fed::Message(reading(at_ms, topic, message.payload.clone())),
+                    _ if tick => Fed::Tick { at_ms, seq },
+                    Some((_, topic)) => Fed::Message(reading(at_ms, seq, topic, message.payload.clone())),
                     // Not of this layout (someone else published under the subject): the
                     // pipeline dead-letters it by its topic.
-                    None => Fed::Message(reading(at_ms, message.subject.to_string(), message.payload.clone())),
+                    None => Fed::Message(reading(
+                        at_ms,
+                        seq,
+                        message.subject.to_string(),
+                        message.payload.clone(),
+                    )),
                 };
                 let is_reading = matches!(item, Fed::Message(_));
                 if !send(&feed, item).await {
@@ -452,15 +556,18 @@ async fn consume(
     }
 }
 
-fn reading(at_ms: i64, topic: String, payload: bytes::Bytes) -> Message {
+/// A reading stored at `at_ms` (stream time) at stream sequence `seq`. It counts as
+/// received when the stream stored it, so whichever instance reads it, and whenever, judges
+/// it against the same clock (readings too far ahead).
+fn reading(at_ms: i64, seq: u64, topic: String, payload: bytes::Bytes) -> Message {
     Message {
         at_ms,
         topic,
         payload,
         recorded_invalid: false,
         arrived_ns: 0,
-        received_ms: wall_now_ms(),
-        seq: 0,
+        received_ms: at_ms,
+        seq,
         rebuild: false,
     }
 }

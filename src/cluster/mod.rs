@@ -8,22 +8,28 @@
 //!   stream ─pull consumer of every partition─► the whole-stream pipeline (rules over many devices)
 //!   lease bucket (KV, compare-and-swap, epochs) ◄─► keeper thread ─► Ownership ─► fence
 //!   delivery bucket (KV) ◄─► fence in the sink thread: each notification sent once
+//!   checkpoint bucket (object store) ◄── fence: each partition's state at a cut, once its
+//!                                        warnings went out; ──► a takeover goes on from it
 //! ```
 //!
 //! - `partition`: a reading's partition (NATS's `partition()` hash) and subject.
 //! - `stream`: connecting, creating or checking the stream and the lease bucket.
 //! - `lease`: the pure lease plan; `keeper`: the thread carrying it out; `ownership`:
 //!   what is held now, shared.
+//! - `checkpoints`: each partition's checkpoint in the object store.
 //! - `instance`: the source loop of `run --nats` (a pipeline per partition, ticks);
 //!   `forward`: the partition pipelines' sink; `fence`: what the instance may send.
 //! - `publish`: `replay --to-nats`.
 //!
 //! Exactness: a partition's pipeline is a pure function of the partition's stream (its
 //! readings and ticks, with stream timestamps), so any instance computing it gets the same
-//! warnings; the delivery record keeps a takeover from sending one twice. Rules over many
+//! warnings, and its state at a stream sequence is the same whoever computed it: a takeover
+//! goes on from the stored checkpoint (refilling open windows from the stream) and the
+//! delivery record keeps it from sending anything twice. Rules over many
 //! devices (not grouped by `device_id`) run in the whole-stream slot, leased like a
 //! partition, which reads every partition in stream order (see `partition`).
 
+pub(crate) mod checkpoints;
 pub(crate) mod fence;
 pub(crate) mod forward;
 pub(crate) mod instance;

@@ -142,6 +142,18 @@ impl Ownership {
             .is_some_and(|h| now < h.valid_until)
     }
 
+    /// Whether this instance holds `partition` under `epoch` now, its lease not lapsed: a
+    /// pipeline started under that epoch may store its checkpoints (a lost epoch never
+    /// comes back: a new claim raises it).
+    pub(crate) fn holds_at(&self, partition: u32, epoch: u64) -> bool {
+        let now = Instant::now();
+        self.inner
+            .lock()
+            .held
+            .get(&partition)
+            .is_some_and(|h| h.epoch == epoch && now < h.valid_until)
+    }
+
     /// Where a warning computed by `partition` stands here now: the partition held with a
     /// valid lease, held but the lease lapsed (renewals late: it may come back), or not
     /// held. `None` (computed from every partition) stands with the worst of them.

@@ -25,6 +25,12 @@ pub struct ClusterConfig {
     /// The KV bucket recording which notifications went out, so that the instance taking a
     /// partition over does not send them again.
     pub deliveries_bucket: String,
+    /// The JetStream object store holding each partition's checkpoint (its rules' state at a
+    /// stream sequence), from which the instance taking a partition over goes on.
+    pub checkpoint_bucket: String,
+    /// How often each partition's state is checkpointed; 0: never (a takeover computes the
+    /// partition again from the stream's first reading).
+    pub checkpoint_interval: DurationMs,
     /// A lease not renewed for this long is taken over by a peer.
     pub lease: DurationMs,
     /// This instance's name in the leases (default: the MQTT client id, or the host name).
@@ -41,6 +47,8 @@ impl Default for ClusterConfig {
             max_age: DurationMs(0),
             lease_bucket: "cityops-leases".to_string(),
             deliveries_bucket: "cityops-deliveries".to_string(),
+            checkpoint_bucket: "cityops-checkpoints".to_string(),
+            checkpoint_interval: DurationMs(10_000),
             lease: DurationMs(10_000),
             instance: String::new(),
         }
@@ -60,11 +68,17 @@ impl ClusterConfig {
                 self.subject
             ));
         }
-        if ![&self.stream, &self.lease_bucket, &self.deliveries_bucket]
-            .iter()
-            .all(|n| token_ok(n))
-        {
-            return Err("cluster.stream, cluster.lease_bucket and cluster.deliveries_bucket must be plain names (no `.`, `*`, `>`, `/` or spaces)".to_string());
+        let names = [
+            &self.stream,
+            &self.lease_bucket,
+            &self.deliveries_bucket,
+            &self.checkpoint_bucket,
+        ];
+        if !names.iter().all(|n| token_ok(n)) {
+            return Err("cluster.stream, cluster.lease_bucket, cluster.deliveries_bucket and cluster.checkpoint_bucket must be plain names (no `.`, `*`, `>`, `/` or spaces)".to_string());
+        }
+        if self.checkpoint_interval.0 < 0 {
+            return Err("cluster.checkpoint_interval must not be negative".to_string());
         }
         if self.lease.0 < 1_000 {
             return Err(format!("cluster.lease must be at least 1s, got {} ms", self.lease.0));

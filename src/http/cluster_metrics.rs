@@ -19,6 +19,7 @@ pub(crate) fn cluster_json(c: &ClusterMetrics) -> Value {
     }
     let partitions = c.partitions.load(Relaxed);
     let lag = c.lag.lock().clone();
+    let checkpointed = c.checkpointed.lock().clone();
     let held: Vec<Value> = c
         .held
         .lock()
@@ -28,6 +29,7 @@ pub(crate) fn cluster_json(c: &ClusterMetrics) -> Value {
                 "partition": slot,
                 "epoch": epoch,
                 "lag": lag.get(slot),
+                "checkpoint_seq": checkpointed.get(slot),
                 "whole_stream": u64::from(*slot) == partitions,
             })
         })
@@ -42,6 +44,9 @@ pub(crate) fn cluster_json(c: &ClusterMetrics) -> Value {
         "fenced_warnings": c.fenced_warnings.load(Relaxed),
         "already_sent": c.already_sent.load(Relaxed),
         "record_errors": c.record_errors.load(Relaxed),
+        "checkpoints": c.checkpoints.load(Relaxed),
+        "checkpoint_failures": c.checkpoint_failures.load(Relaxed),
+        "resumed": c.resumed.load(Relaxed),
     })
 }
 
@@ -55,7 +60,7 @@ pub(crate) fn render_cluster(out: &mut String, c: &ClusterMetrics) {
         out,
         "# HELP cityops_cluster_instance This instance's name in the leases\n# TYPE cityops_cluster_instance gauge\ncityops_cluster_instance{{instance=\"{instance}\"}} 1"
     );
-    let series: [(&str, &str, &str, u64); 9] = [
+    let series: [(&str, &str, &str, u64); 12] = [
         (
             "cityops_cluster_partitions",
             "gauge",
@@ -110,6 +115,24 @@ pub(crate) fn render_cluster(out: &mut String, c: &ClusterMetrics) {
             "Delivery-record reads or writes that failed (sent regardless)",
             c.record_errors.load(Relaxed),
         ),
+        (
+            "cityops_cluster_checkpoints_total",
+            "counter",
+            "Partition checkpoints stored",
+            c.checkpoints.load(Relaxed),
+        ),
+        (
+            "cityops_cluster_checkpoint_failures_total",
+            "counter",
+            "Partition checkpoints not stored (store failed, or the lease was gone)",
+            c.checkpoint_failures.load(Relaxed),
+        ),
+        (
+            "cityops_cluster_resumed_total",
+            "counter",
+            "Partitions started from a stored checkpoint",
+            c.resumed.load(Relaxed),
+        ),
     ];
     for (name, kind, help, value) in series {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
@@ -131,6 +154,16 @@ pub(crate) fn render_cluster(out: &mut String, c: &ClusterMetrics) {
     for (partition, lag) in c.lag.lock().iter() {
         let _ = writeln!(out, "cityops_cluster_partition_lag{{partition=\"{partition}\"}} {lag}");
     }
+    let _ = writeln!(
+        out,
+        "# HELP cityops_cluster_partition_checkpoint_seq Stream sequence the last checkpoint stored from here covers, per partition\n# TYPE cityops_cluster_partition_checkpoint_seq gauge"
+    );
+    for (partition, seq) in c.checkpointed.lock().iter() {
+        let _ = writeln!(
+            out,
+            "cityops_cluster_partition_checkpoint_seq{{partition=\"{partition}\"}} {seq}"
+        );
+    }
 }
 
 #[cfg(test)]
@@ -147,16 +180,28 @@ mod tests {
         c.partitions.store(8, Relaxed);
         c.held.lock().extend([(3, 2), (8, 1)]);
         c.lag.lock().insert(3, 120);
+        c.checkpointed.lock().insert(3, 4_410);
         c.takeovers.store(1, Relaxed);
+        c.resumed.store(1, Relaxed);
         let shown = cluster_json(&c);
         assert_eq!(shown["instance"], "node-1");
         assert_eq!(
             shown["held"],
             json!([
-                {"partition": 3, "epoch": 2, "lag": 120, "whole_stream": false},
-                {"partition": 8, "epoch": 1, "lag": null, "whole_stream": true},
+                {"partition": 3, "epoch": 2, "lag": 120, "checkpoint_seq": 4_410, "whole_stream": false},
+                {"partition": 8, "epoch": 1, "lag": null, "checkpoint_seq": null, "whole_stream": true},
             ])
         );
-        assert_eq!(shown["takeovers"], 1);
+        assert_eq!(
+            (shown["takeovers"].as_u64(), shown["resumed"].as_u64()),
+            (Some(1), Some(1))
+        );
+        let mut out = String::new();
+        render_cluster(&mut out, &c);
+        assert!(
+            out.contains("cityops_cluster_partition_checkpoint_seq{partition=\"3\"} 4410\n"),
+            "{out}"
+        );
+        assert!(out.contains("cityops_cluster_resumed_total 1\n"), "{out}");
     }
 }

@@ -1,43 +1,110 @@
 //! A partition's input on a cluster instance (`run --nats`): the readings of one stream
 //! partition in stream order and the clock ticks its owners wrote into it, each with its
-//! stream timestamp as its arrival time. Time comes from the stream, not from the clock of
-//! the machine reading it, so a partition's pipeline computes the same warnings from the
-//! same stream whichever instance runs it and whenever: the instance that takes a partition
-//! over computes exactly what the one before it did.
+//! stream timestamp as its arrival time and its stream sequence as its position. Time comes
+//! from the stream, not from the clock of the machine reading it, so a partition's pipeline
+//! computes the same warnings from the same stream whichever instance runs it and whenever:
+//! the instance that takes a partition over computes exactly what the one before it did.
+//!
+//! Checkpoints: every `checkpoint_every` the feed puts a cut (`Ingest::Barrier`) behind the
+//! last item, carrying its stream sequence and the feed's clock; the rules' snapshots at
+//! that cut become the partition's checkpoint. A feed that goes on from a checkpoint gets
+//! the stream from the checkpoint's `replay_from`: items up to its `covers_seq` refill the
+//! open windows (marked `rebuild`, as a recovery from the write-ahead log does), the ones
+//! after go through as they did for the owner before.
+
+use std::time::{Duration, Instant};
 
 use super::replay::{Downstream, Ticks};
-use crate::flow::{Closed, Message};
+use crate::flow::{Closed, Cut, Ingest, Message};
 use crate::metrics::Metrics;
+use crate::queue::Handoff;
 
 /// One item of a partition's stream.
 #[derive(Debug)]
 pub(crate) enum Fed {
-    /// A reading, `at_ms` its stream timestamp.
+    /// A reading: `at_ms` its stream timestamp, `seq` its stream sequence.
     Message(Message),
-    /// The partition's owner wrote a tick at this stream time (epoch ms).
-    Tick(i64),
+    /// The partition's owner wrote a tick at this stream time (epoch ms), at stream
+    /// sequence `seq`.
+    Tick { at_ms: i64, seq: u64 },
+}
+
+impl Fed {
+    fn at_and_seq(&self) -> (i64, u64) {
+        match self {
+            Fed::Message(msg) => (msg.at_ms, msg.seq),
+            Fed::Tick { at_ms, seq } => (*at_ms, *seq),
+        }
+    }
+}
+
+/// Where a partition's feed goes on from and how often it cuts checkpoints.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct FeedPlan {
+    /// The checkpoint's last stream sequence (0: none): items up to it only refill windows.
+    pub covers_seq: u64,
+    /// The checkpoint's clock: the next whole second to tick at.
+    pub next_tick_ms: Option<i64>,
+    /// The number the next checkpoint gets.
+    pub next_checkpoint: u64,
+    /// How often to cut a checkpoint (`None`: never).
+    pub checkpoint_every: Option<Duration>,
+}
+
+/// Where a partition's items go: the decode queues, and cuts to all of them.
+pub(crate) trait PartitionDownstream: Downstream {
+    fn barrier(&mut self, cut: Cut) -> Result<(), Closed>;
+}
+
+impl PartitionDownstream for &Handoff {
+    fn barrier(&mut self, cut: Cut) -> Result<(), Closed> {
+        self.broadcast(|| Ingest::Barrier(cut))
+    }
 }
 
 /// Feeds a partition's stream downstream until its sender is dropped; ticks go to the
-/// decode workers at each whole second the stream's time passes.
+/// decode workers at each whole second the stream's time passes. Returns the readings
+/// handed on live (not those refilling windows).
 pub(crate) fn feed(
     items: &crossbeam_channel::Receiver<Fed>,
-    downstream: &mut dyn Downstream,
+    downstream: &mut dyn PartitionDownstream,
     metrics: &Metrics,
+    plan: FeedPlan,
 ) -> Result<u64, Closed> {
-    let mut ticks = Ticks::default();
+    let mut ticks = Ticks::resumed(plan.next_tick_ms);
     let mut count = 0;
+    let mut next_checkpoint = plan.next_checkpoint;
+    let mut cut_seq = plan.covers_seq;
+    let mut last_cut = Instant::now();
     for item in items.iter() {
-        let at_ms = match &item {
-            Fed::Message(msg) => msg.at_ms,
-            Fed::Tick(at_ms) => *at_ms,
-        };
+        let (at_ms, seq) = item.at_and_seq();
+        if seq <= plan.covers_seq {
+            // Before the checkpoint's cut: its rows refill the open windows, nothing more.
+            ticks.skip_through(at_ms);
+            if let Fed::Message(mut msg) = item {
+                msg.rebuild = true;
+                msg.arrived_ns = metrics.now_ns();
+                downstream.message(msg)?;
+            }
+            continue;
+        }
         ticks.through(at_ms, downstream)?;
         if let Fed::Message(mut msg) = item {
             msg.arrived_ns = metrics.now_ns();
             metrics.messages_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             downstream.message(msg)?;
             count += 1;
+        }
+        if plan.checkpoint_every.is_some_and(|every| last_cut.elapsed() >= every) && seq > cut_seq {
+            downstream.barrier(Cut {
+                checkpoint: next_checkpoint,
+                covers_seq: seq,
+                messages: 0,
+                next_tick_ms: ticks.next(),
+            })?;
+            next_checkpoint += 1;
+            cut_seq = seq;
+            last_cut = Instant::now();
         }
     }
     Ok(count)
@@ -52,7 +119,8 @@ mod tests {
 
     impl Downstream for Seen {
         fn message(&mut self, msg: Message) -> Result<(), Closed> {
-            self.0.push(format!("msg {}", msg.at_ms));
+            let refill = if msg.rebuild { "refill " } else { "" };
+            self.0.push(format!("{refill}msg {} #{}", msg.at_ms, msg.seq));
             Ok(())
         }
         fn tick(&mut self, now_ms: i64) -> Result<(), Closed> {
@@ -61,38 +129,99 @@ mod tests {
         }
     }
 
-    fn message(at_ms: i64) -> Message {
-        Message {
+    impl PartitionDownstream for Seen {
+        fn barrier(&mut self, cut: Cut) -> Result<(), Closed> {
+            self.0.push(format!(
+                "cut {} through #{} next tick {:?}",
+                cut.checkpoint, cut.covers_seq, cut.next_tick_ms
+            ));
+            Ok(())
+        }
+    }
+
+    fn message(at_ms: i64, seq: u64) -> Fed {
+        Fed::Message(Message {
             at_ms,
             topic: "city/a/water/w1".to_string(),
             payload: bytes::Bytes::from_static(b"{}"),
             recorded_invalid: false,
             arrived_ns: 0,
             received_ms: 0,
-            seq: 0,
+            seq,
             rebuild: false,
-        }
+        })
     }
 
-    #[test]
-    fn stream_time_drives_the_ticks_whether_readings_or_ticks_carry_it() {
+    fn fed(items: Vec<Fed>, plan: FeedPlan) -> (Vec<String>, u64, u64) {
         let (tx, rx) = crossbeam_channel::unbounded();
-        for item in [
-            Fed::Message(message(10_500)),
-            Fed::Tick(11_000),
-            Fed::Tick(11_400),
-            Fed::Message(message(13_200)),
-        ] {
+        for item in items {
             tx.send(item).unwrap();
         }
         drop(tx);
         let mut seen = Seen::default();
         let metrics = Metrics::new();
-        assert_eq!(feed(&rx, &mut seen, &metrics).unwrap(), 2);
+        let count = feed(&rx, &mut seen, &metrics, plan).unwrap();
+        let counted = metrics.messages_in.load(std::sync::atomic::Ordering::Relaxed);
+        (seen.0, count, counted)
+    }
+
+    #[test]
+    fn stream_time_drives_the_ticks_whether_readings_or_ticks_carry_it() {
+        let items = vec![
+            message(10_500, 1),
+            Fed::Tick { at_ms: 11_000, seq: 2 },
+            Fed::Tick { at_ms: 11_400, seq: 3 },
+            message(13_200, 4),
+        ];
+        let (seen, count, counted) = fed(items, FeedPlan::default());
         assert_eq!(
-            seen.0,
-            ["msg 10500", "tick 11000", "tick 12000", "tick 13000", "msg 13200"]
+            seen,
+            ["msg 10500 #1", "tick 11000", "tick 12000", "tick 13000", "msg 13200 #4"]
         );
-        assert_eq!(metrics.messages_in.load(std::sync::atomic::Ordering::Relaxed), 2);
+        assert_eq!((count, counted), (2, 2));
+    }
+
+    #[test]
+    fn a_cut_follows_the_item_it_covers_with_the_clock_to_go_on_from() {
+        let plan = FeedPlan {
+            next_checkpoint: 7,
+            checkpoint_every: Some(Duration::ZERO),
+            ..FeedPlan::default()
+        };
+        let items = vec![message(10_500, 3), Fed::Tick { at_ms: 12_100, seq: 5 }];
+        let (seen, _, _) = fed(items, plan);
+        assert_eq!(
+            seen,
+            [
+                "msg 10500 #3",
+                "cut 7 through #3 next tick Some(11000)",
+                "tick 11000",
+                "tick 12000",
+                "cut 8 through #5 next tick Some(13000)",
+            ]
+        );
+    }
+
+    #[test]
+    fn going_on_from_a_checkpoint_refills_up_to_its_cut_then_runs_as_the_owner_before_did() {
+        // The owner before cut through #5 with its clock at 13000 (items #3..#5 were read
+        // for the windows still open); everything after comes as it came to that owner.
+        let plan = FeedPlan {
+            covers_seq: 5,
+            next_tick_ms: Some(13_000),
+            next_checkpoint: 2,
+            checkpoint_every: None,
+        };
+        let items = vec![
+            message(10_500, 3),
+            Fed::Tick { at_ms: 12_100, seq: 5 },
+            message(14_700, 8),
+        ];
+        let (seen, count, counted) = fed(items, plan);
+        assert_eq!(
+            seen,
+            ["refill msg 10500 #3", "tick 13000", "tick 14000", "msg 14700 #8"]
+        );
+        assert_eq!((count, counted), (1, 1));
     }
 }

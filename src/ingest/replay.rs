@@ -80,6 +80,16 @@ pub(crate) struct Ticks {
 }
 
 impl Ticks {
+    /// A clock that goes on where another stopped: `next` is the whole second it ticks at next.
+    pub(crate) fn resumed(next: Option<i64>) -> Self {
+        Ticks { next }
+    }
+
+    /// The whole second this clock ticks at next (`None` before the first time seen).
+    pub(crate) fn next(&self) -> Option<i64> {
+        self.next
+    }
+
     /// The ticks up to `at_ms`, in order (the first at the second after the first time seen).
     fn due_through(&mut self, at_ms: i64) -> impl Iterator<Item = i64> + '_ {
         let next = self.next.get_or_insert(at_ms - at_ms.rem_euclid(TICK_MS) + TICK_MS);
@@ -100,7 +110,7 @@ impl Ticks {
     }
 
     /// Passes the ticks up to `at_ms` without sending them (messages skipped on a resume).
-    fn skip_through(&mut self, at_ms: i64) {
+    pub(crate) fn skip_through(&mut self, at_ms: i64) {
         self.due_through(at_ms).for_each(drop);
     }
 }

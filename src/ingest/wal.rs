@@ -295,6 +295,7 @@ impl Stage {
             checkpoint: self.settings.next_checkpoint,
             covers_seq,
             messages: self.settings.messages_before,
+            next_tick_ms: None,
         };
         self.settings.next_checkpoint += 1;
         self.last_cut_seq = covers_seq;

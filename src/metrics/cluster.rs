@@ -33,4 +33,13 @@ pub struct ClusterMetrics {
     pub already_sent: AtomicU64,
     /// Delivery-record reads or writes that failed (the warning was sent regardless).
     pub record_errors: AtomicU64,
+    /// Partition checkpoints stored.
+    pub checkpoints: AtomicU64,
+    /// Partition checkpoints not stored: the store failed, or the partition's lease was
+    /// lost or lapsed before the write.
+    pub checkpoint_failures: AtomicU64,
+    /// Per partition: the stream sequence its last stored checkpoint covers.
+    pub checkpointed: Mutex<BTreeMap<u32, u64>>,
+    /// Partitions started from a stored checkpoint (the rest from their first reading).
+    pub resumed: AtomicU64,
 }

@@ -64,7 +64,7 @@ use crate::http::{self, HttpError};
 use crate::ingest::decode::Decoder;
 use crate::ingest::fixture::FixtureError;
 use crate::ingest::mqtt::{Logged, MqttSource};
-use crate::ingest::partition_feed::{Fed, feed};
+use crate::ingest::partition_feed::{Fed, FeedPlan, feed};
 use crate::ingest::replay::Speed;
 use crate::ingest::wal::Intake;
 use crate::ingest::worker::{DecodeSettings, DecodeWorker};
@@ -78,6 +78,7 @@ use crate::rules::running::RuleSet;
 use crate::rules::worker::{DetectionClock, RuleReport, WindowResult, WorkerContext};
 use crate::shutdown::Shutdown;
 use crate::state::StateError;
+use crate::state::checkpoint::Checkpoint;
 use crate::state::snapshot::RuleSnapshot;
 use crate::summary::Summary;
 use crate::topic::TopicPattern;
@@ -115,6 +116,12 @@ pub struct PartitionFeed {
     pub(crate) whole_stream: bool,
     pub(crate) items: crossbeam_channel::Receiver<Fed>,
     pub(crate) forward: mpsc::Sender<Notice>,
+    /// The lease epoch this pipeline runs under: its checkpoints are stored only while the
+    /// instance still holds the partition at that epoch.
+    pub(crate) epoch: u64,
+    /// The checkpoint it goes on from (`None`: from the partition's first reading).
+    pub(crate) resume: Option<Arc<Checkpoint>>,
+    pub(crate) plan: FeedPlan,
 }
 
 /// Everything a run needs.
@@ -327,7 +334,8 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
     sink_config.append |= resumes;
     let mut sinks = match &options.fixture {
         Source::Partition(partition) => {
-            vec![Box::new(ForwardSink::new(partition.partition, partition.forward.clone())) as Box<dyn sink::Sink>]
+            let forward = ForwardSink::new(partition.partition, partition.epoch, partition.forward.clone());
+            vec![Box::new(forward) as Box<dyn sink::Sink>]
         }
         _ => sink::open(&sink_config, &metrics)?,
     };
@@ -369,9 +377,16 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
         inputs: 1,
         close_at_end: state.is_none(),
     };
+    // A run on a state directory starts from its checkpoint; a cluster partition from the
+    // checkpoint its previous owner stored.
+    let resumed = match &options.fixture {
+        Source::Partition(feed) => feed.resume.as_deref(),
+        _ => None,
+    };
     let mut saved: BTreeMap<String, RuleSnapshot> = state
         .as_ref()
         .and_then(|s| s.checkpoint.as_ref())
+        .or(resumed)
         .map(|c| c.rules.iter().map(|r| (r.rule.clone(), r.clone())).collect())
         .unwrap_or_default();
     let last_arrivals = last_arrivals(saved.values());
@@ -479,7 +494,7 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
                     metrics: Arc::clone(&metrics),
                     dead_letter_path: options.dead_letter_path.clone(),
                 };
-                let start_partition = |partition: u32, items| partitions.start(partition, items);
+                let start_partition = |start| partitions.start(start);
                 let instance = Instance {
                     config,
                     metrics: Arc::clone(&metrics),
@@ -490,7 +505,7 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
                 drop(partitions);
                 ran
             }
-            Source::Partition(partition) => feed(&partition.items, &mut &*handoff, &metrics)
+            Source::Partition(partition) => feed(&partition.items, &mut &*handoff, &metrics, partition.plan)
                 .map(|_| ())
                 .map_err(|_| RunError::DecodeStopped),
             replayed => replay_source(replayed, &mut &*handoff, options.speed, &metrics, &dead_letters, 0),

@@ -11,8 +11,8 @@ use tokio::sync::mpsc;
 
 use super::{PartitionFeed, RunOptions, Source, run};
 use crate::alert::sink::{Notice, SinkConfig};
+use crate::cluster::instance::PartitionStart;
 use crate::config::{Config, DurationMs};
-use crate::ingest::partition_feed::Fed;
 use crate::ingest::replay::Speed;
 use crate::metrics::Metrics;
 use crate::rules::worker::DetectionClock;
@@ -26,13 +26,10 @@ pub(super) struct Partitions {
 }
 
 impl Partitions {
-    /// Starts partition `partition`'s pipeline, reading `items` until they end.
-    pub(super) fn start(
-        &self,
-        partition: u32,
-        items: crossbeam_channel::Receiver<Fed>,
-    ) -> Result<JoinHandle<()>, String> {
-        let options = self.options(partition, items);
+    /// Starts a partition's pipeline, reading its items until they end.
+    pub(super) fn start(&self, start: PartitionStart) -> Result<JoinHandle<()>, String> {
+        let partition = start.partition;
+        let options = self.options(start);
         std::thread::Builder::new()
             .name(format!("partition-{partition}"))
             .spawn(move || {
@@ -43,7 +40,8 @@ impl Partitions {
             .map_err(|e| format!("starting partition {partition}: {e}"))
     }
 
-    fn options(&self, partition: u32, items: crossbeam_channel::Receiver<Fed>) -> RunOptions {
+    fn options(&self, start: PartitionStart) -> RunOptions {
+        let partition = start.partition;
         let mut config = self.config.clone();
         config.http.bind = String::new();
         config.rules.reload_interval = DurationMs(0);
@@ -53,8 +51,11 @@ impl Partitions {
             fixture: Source::Partition(PartitionFeed {
                 partition,
                 whole_stream: partition == self.config.cluster.partitions,
-                items,
+                items: start.items,
                 forward: self.warnings.clone(),
+                epoch: start.epoch,
+                resume: start.resume,
+                plan: start.plan,
             }),
             speed: Speed::Max,
             sinks: SinkConfig::default(),

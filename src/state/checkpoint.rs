@@ -36,6 +36,10 @@ pub(crate) struct Checkpoint {
     pub messages: u64,
     /// When it was taken (epoch ms).
     pub taken_ms: i64,
+    /// A cluster partition's checkpoint: the next whole second its feed ticks at (see
+    /// `Cut::next_tick_ms`).
+    #[serde(default)]
+    pub next_tick_ms: Option<i64>,
     pub rules: Vec<RuleSnapshot>,
 }
 
@@ -179,7 +183,7 @@ pub(crate) fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<
     File::open(dir)?.sync_all()
 }
 
-fn encode(checkpoint: &Checkpoint) -> Result<Vec<u8>, String> {
+pub(crate) fn encode(checkpoint: &Checkpoint) -> Result<Vec<u8>, String> {
     let json = serde_json::to_vec(checkpoint).map_err(|e| e.to_string())?;
     let mut out = Vec::with_capacity(json.len() + 1024);
     out.extend_from_slice(MAGIC);
@@ -211,7 +215,7 @@ fn encode(checkpoint: &Checkpoint) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
     let body_len = bytes.len().checked_sub(4).ok_or("too short")?;
     let (body, crc) = bytes.split_at(body_len);
     let crc = u32::from_le_bytes(crc.try_into().map_err(|_| "too short")?);
@@ -300,6 +304,7 @@ mod tests {
             replay_from: Checkpoint::replay_from(number * 100, &rules),
             messages: number * 90,
             taken_ms: 1,
+            next_tick_ms: None,
             rules,
         }
     }

@@ -16,6 +16,7 @@ use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 
+pub(crate) mod assembly;
 pub(crate) mod checkpoint;
 pub(crate) mod deliveries;
 pub(crate) mod log;
