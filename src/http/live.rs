@@ -73,9 +73,11 @@ impl LiveState {
         self.board.lock().map(|b| b.firing()).unwrap_or_default()
     }
 
-    /// The latest warnings, newest first.
-    pub fn recent(&self) -> Vec<Warning> {
-        self.board.lock().map(|b| b.recent()).unwrap_or_default()
+    /// What fires (as `firing` orders it) and the latest warnings (newest first), at one
+    /// instant: asked for one after the other, they could differ by a warning.
+    pub fn board(&self) -> (Vec<Warning>, Vec<Warning>) {
+        let board = self.board.lock().unwrap_or_else(PoisonError::into_inner);
+        (board.firing(), board.recent())
     }
 
     /// A firing alert's marks changed: the board shows them (no new notification).

@@ -222,7 +222,8 @@ async fn dashboard() -> Html<&'static str> {
 }
 
 async fn warnings(State(state): State<AppState>) -> Response {
-    axum::Json(json!({"firing": state.live.firing(), "recent": state.live.recent()})).into_response()
+    let (firing, recent) = state.live.board();
+    axum::Json(json!({"firing": firing, "recent": recent})).into_response()
 }
 
 async fn rules(State(state): State<AppState>) -> Response {
