@@ -468,6 +468,81 @@ fn three_instances_send_the_golden_demo_warnings_once() {
     );
 }
 
+#[test]
+fn a_takeover_goes_on_from_the_stored_checkpoints_and_from_the_first_reading_when_they_are_unusable() {
+    let Some(binary) = nats_binary() else { return };
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let server = single_server(&binary, dir.path(), "");
+    let url = server.url();
+    let file = config_file(dir.path(), 1);
+    assert_eq!(publish_demo(&url, &cluster_config(1), Speed::Max), 254_507);
+    let mut first = Instance::start(dir.path(), "first", &url, &file, "4s");
+    first.assert_ends_well(Duration::from_secs(240));
+    let sent = first.warnings().iter().filter(|w| w["status"] != "escalated").count() as u64;
+    // The next instance goes on from every partition's checkpoint: everything it computes
+    // again after the cuts was sent already.
+    let mut second = Instance::start(dir.path(), "second", &url, &file, "4s");
+    second.assert_ends_well(Duration::from_secs(240));
+    assert_eq!(
+        second.logged("from its checkpoint"),
+        PARTITIONS as usize,
+        "{}",
+        second.log_tail()
+    );
+    assert!(second.warnings().is_empty(), "sent again: {:?}", second.warnings());
+    assert!(
+        already_sent(&second) < sent,
+        "a resume computes less than the whole stream"
+    );
+    // Every checkpoint made unusable: the third computes every partition from its first
+    // reading, and finds everything it computes sent.
+    let corrupted = ask_jetstream(&url, async |js| {
+        use futures::StreamExt;
+        let store = js.get_object_store("cityops-checkpoints").await.unwrap();
+        let mut names = Vec::new();
+        let mut list = store.list().await.unwrap();
+        while let Some(info) = list.next().await {
+            names.push(info.unwrap().name);
+        }
+        for name in &names {
+            store.put(name.as_str(), &mut &b"not a checkpoint"[..]).await.unwrap();
+        }
+        names.len()
+    });
+    assert_eq!(corrupted, PARTITIONS as usize);
+    let mut third = Instance::start(dir.path(), "third", &url, &file, "4s");
+    third.assert_ends_well(Duration::from_secs(240));
+    assert_eq!(
+        third.logged("checkpoint is unusable"),
+        PARTITIONS as usize,
+        "{}",
+        third.log_tail()
+    );
+    for p in 0..PARTITIONS {
+        assert_eq!(
+            third.logged(&format!("consuming partition {p} from its first reading")),
+            1
+        );
+    }
+    assert!(third.warnings().is_empty(), "sent again: {:?}", third.warnings());
+    assert_eq!(
+        already_sent(&third),
+        sent,
+        "every notification computed again, and found sent"
+    );
+}
+
+/// What an instance's closing line counts as computed again and found already sent.
+fn already_sent(instance: &Instance) -> u64 {
+    let log = instance.log.lock().unwrap();
+    let left = log
+        .iter()
+        .find(|l| l["message"].as_str().is_some_and(|m| m.starts_with("cluster: left")))
+        .unwrap_or_else(|| panic!("{} logged no closing line", instance.name));
+    left["already_sent"].as_u64().unwrap()
+}
+
 /// Runs `ask` on the cluster at `url`, on a runtime of its own.
 fn ask_jetstream<T>(url: &str, ask: impl AsyncFnOnce(async_nats::jetstream::Context) -> T) -> T {
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -21,6 +21,18 @@ use crate::state::checkpoint::{self, Checkpoint};
 const TRIES: u32 = 20;
 const RETRY: Duration = Duration::from_millis(500);
 
+/// Why a stored checkpoint could not be had.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LoadError {
+    /// NATS did not give it (a node lost, a leader being elected): worth asking again.
+    #[error("{0}")]
+    Unreachable(String),
+    /// It was read and is not a checkpoint (corrupt, or of another format): asking again
+    /// gives the same.
+    #[error("{0}")]
+    Unusable(String),
+}
+
 /// The checkpoint bucket of one stream.
 #[derive(Clone)]
 pub(crate) struct CheckpointStore {
@@ -66,20 +78,21 @@ impl CheckpointStore {
     }
 
     /// The checkpoint stored for `slot`, if any.
-    pub(crate) async fn load(&self, slot: u32) -> Result<Option<Checkpoint>, String> {
-        let mut object = match self.store.get(self.object(slot)).await {
+    pub(crate) async fn load(&self, slot: u32) -> Result<Option<Checkpoint>, LoadError> {
+        let name = self.object(slot);
+        let mut object = match self.store.get(&name).await {
             Ok(object) => object,
             Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("reading checkpoint {}: {e}", self.object(slot))),
+            Err(e) => return Err(LoadError::Unreachable(format!("reading checkpoint {name}: {e}"))),
         };
         let mut bytes = Vec::new();
         object
             .read_to_end(&mut bytes)
             .await
-            .map_err(|e| format!("reading checkpoint {}: {e}", self.object(slot)))?;
+            .map_err(|e| LoadError::Unreachable(format!("reading checkpoint {name}: {e}")))?;
         checkpoint::decode(&bytes)
             .map(Some)
-            .map_err(|e| format!("checkpoint {} is unusable: {e}", self.object(slot)))
+            .map_err(|e| LoadError::Unusable(format!("checkpoint {name} is unusable: {e}")))
     }
 
     /// Stores `checkpoint` as `slot`'s, replacing the one before; its size in bytes.

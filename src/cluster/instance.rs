@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
 
-use super::checkpoints::CheckpointStore;
+use super::checkpoints::{CheckpointStore, LoadError};
 use super::fence::ClusterFence;
 use super::keeper;
 use super::ownership::Ownership;
@@ -323,21 +323,20 @@ async fn run(source: &ClusterSource, instance: Instance<'_>, shutdown: &Shutdown
 async fn stored_checkpoint(store: &CheckpointStore, partition: u32) -> Option<Checkpoint> {
     let asked = Instant::now();
     loop {
-        match tokio::time::timeout(Duration::from_secs(5), store.load(partition)).await {
+        let error = match tokio::time::timeout(Duration::from_secs(5), store.load(partition)).await {
             Ok(Ok(found)) => return found,
-            Ok(Err(e)) if asked.elapsed() >= CHECKPOINT_PATIENCE => {
-                tracing::warn!(partition, error = %e, "cluster: partition {partition}'s checkpoint cannot be read; computing it from its first reading");
+            Ok(Err(LoadError::Unusable(e))) => {
+                tracing::error!(partition, error = %e, "cluster: partition {partition}'s checkpoint is unusable; computing it from its first reading (the next checkpoint replaces it)");
                 return None;
             }
-            Err(_) if asked.elapsed() >= CHECKPOINT_PATIENCE => {
-                tracing::warn!(
-                    partition,
-                    "cluster: no answer for partition {partition}'s checkpoint; computing it from its first reading"
-                );
-                return None;
-            }
-            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            Ok(Err(LoadError::Unreachable(e))) => e,
+            Err(_) => "no answer from NATS".to_string(),
+        };
+        if asked.elapsed() >= CHECKPOINT_PATIENCE {
+            tracing::warn!(partition, error = %error, "cluster: partition {partition}'s checkpoint cannot be read; computing it from its first reading");
+            return None;
         }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

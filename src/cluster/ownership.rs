@@ -182,3 +182,40 @@ pub(crate) enum Standing {
     Lapsed,
     NotHeld,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::topic::TopicPattern;
+
+    fn ownership() -> Arc<Ownership> {
+        let pattern = TopicPattern::parse("city/{district}/{table}/{device_id}").unwrap();
+        Ownership::new("node-1", Layout::new("cityops", 4, pattern), Arc::new(Metrics::new()))
+    }
+
+    fn held(epoch: u64, valid_for: Duration) -> Held {
+        Held {
+            revision: 1,
+            epoch,
+            valid_until: Instant::now() + valid_for,
+        }
+    }
+
+    #[test]
+    fn a_pipeline_may_store_its_checkpoints_only_under_the_epoch_it_started_with() {
+        let ownership = ownership();
+        assert!(!ownership.holds_at(2, 5), "not held");
+        ownership.gain(2, held(5, Duration::from_secs(60)), false);
+        assert!(ownership.holds_at(2, 5));
+        // Lost, then claimed again: the new claim raised the epoch.
+        ownership.lose(2, true);
+        ownership.gain(2, held(7, Duration::from_secs(60)), false);
+        assert!(!ownership.holds_at(2, 5), "a pipeline of the lost epoch");
+        assert!(ownership.holds_at(2, 7));
+        // Held at the epoch, but the lease lapsed here (renewals late).
+        ownership.renewed(2, held(7, Duration::ZERO));
+        assert!(!ownership.holds_at(2, 7), "a lapsed lease");
+    }
+}
