@@ -3,8 +3,12 @@ their own, the demo published into it once they share the partitions, their /met
 until they have read the whole demo. Prints "MESSAGES MESSAGES_PER_SECOND".
 
     python3 benches/nats_round.py CITYOPS NATS_URL PARTITIONS ROUND INSTANCES WORK_DIR
+
+$CHECKPOINT_INTERVAL, when set, is the instances' `[cluster] checkpoint_interval` (e.g. "0s"
+to turn partition checkpoints off, "1s" to store them every second); else the default.
 """
 
+import os
 import socket
 import subprocess
 import sys
@@ -45,7 +49,10 @@ def main():
                 f'[http]\nbind = "127.0.0.1:{port}"\n[cluster]\npartitions = {partitions}\n'
                 f'stream = "BENCH_{tag}"\nsubject = "b{tag}"\n'
                 f'lease_bucket = "leases-{tag}"\ndeliveries_bucket = "deliveries-{tag}"\n'
+                f'checkpoint_bucket = "checkpoints-{tag}"\n'
             )
+            if "CHECKPOINT_INTERVAL" in os.environ:
+                f.write(f'checkpoint_interval = "{os.environ["CHECKPOINT_INTERVAL"]}"\n')
         configs.append(config)
         instances.append(
             subprocess.Popen(
