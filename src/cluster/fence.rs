@@ -32,6 +32,9 @@ const RECORD_RETRY: Duration = Duration::from_millis(200);
 const LAPSED_POLL: Duration = Duration::from_millis(20);
 /// How long storing one partition checkpoint may take (the sink thread waits for it).
 const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a store failed, checkpoints are not tried for this long: with NATS unable to take
+/// them, each would hold the sink thread for `CHECKPOINT_TIMEOUT`.
+const CHECKPOINT_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Leases and the delivery record, for the sink thread.
 #[derive(Debug)]
@@ -44,6 +47,8 @@ pub(crate) struct ClusterFence {
     checkpoints: Option<CheckpointStore>,
     /// The (partition, epoch) pairs whose first checkpoint was stored (logged once each).
     checkpointed: Mutex<BTreeSet<(u32, u64)>>,
+    /// When a checkpoint store last failed.
+    store_failed: Mutex<Option<Instant>>,
     /// Drives the record's connection; the sink thread blocks on it.
     runtime: tokio::runtime::Runtime,
     metrics: Arc<Metrics>,
@@ -67,6 +72,7 @@ impl ClusterFence {
             pending: Mutex::new(BTreeSet::new()),
             checkpoints,
             checkpointed: Mutex::new(BTreeSet::new()),
+            store_failed: Mutex::new(None),
             runtime,
             metrics,
         }
@@ -179,6 +185,14 @@ impl Fence for ClusterFence {
             );
             return;
         }
+        if self
+            .store_failed
+            .lock()
+            .is_some_and(|failed| failed.elapsed() < CHECKPOINT_BACKOFF)
+        {
+            metrics.checkpoint_failures.fetch_add(1, Relaxed);
+            return;
+        }
         let stored = self
             .runtime
             .block_on(async { tokio::time::timeout(CHECKPOINT_TIMEOUT, store.save(partition, checkpoint)).await });
@@ -206,11 +220,12 @@ impl Fence for ClusterFence {
             }
             failed => {
                 metrics.checkpoint_failures.fetch_add(1, Relaxed);
+                *self.store_failed.lock() = Some(Instant::now());
                 let error = match failed {
                     Ok(Err(e)) => e,
                     _ => "no answer from NATS".to_string(),
                 };
-                tracing::warn!(partition, error = %error, "cluster: partition {partition}'s checkpoint not stored; the next one tries again (a takeover meanwhile goes on from the one before)");
+                tracing::warn!(partition, error = %error, "cluster: partition {partition}'s checkpoint not stored; checkpoints are tried again in 10 s (a takeover meanwhile goes on from the one before)");
             }
         }
     }
