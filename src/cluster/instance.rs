@@ -247,6 +247,10 @@ async fn run(source: &ClusterSource, instance: Instance<'_>, shutdown: &Shutdown
         if changes.has_changed().unwrap_or(false) || running.is_empty() {
             changes.mark_unchanged();
             let held = ownership.held();
+            // A partition lost and claimed again between two looks (a new epoch) runs on:
+            // its pipeline is exact, but stores no checkpoint (some of its warnings may have
+            // been fenced meanwhile), and a takeover goes on from the last one stored. Stopping
+            // it would close its windows early while the partition is held.
             for (partition, gone) in running.extract_if(.., |p, _| !held.contains_key(p)).collect::<Vec<_>>() {
                 stop(partition, gone, &ownership).await;
             }
