@@ -479,18 +479,11 @@ fn a_takeover_goes_on_from_the_stored_checkpoints_and_from_the_first_reading_whe
     assert_eq!(publish_demo(&url, &cluster_config(1), Speed::Max), 254_507);
     let mut first = Instance::start(dir.path(), "first", &url, &file, "4s");
     first.assert_ends_well(Duration::from_secs(240));
+    assert_golden_once(std::slice::from_ref(&first), "one instance");
     let sent = first.warnings().iter().filter(|w| w["status"] != "escalated").count() as u64;
     // The next instance goes on from every partition's checkpoint: everything it computes
     // again after the cuts was sent already.
-    let mut second = Instance::start(dir.path(), "second", &url, &file, "4s");
-    second.assert_ends_well(Duration::from_secs(240));
-    assert_eq!(
-        second.logged("from its checkpoint"),
-        PARTITIONS as usize,
-        "{}",
-        second.log_tail()
-    );
-    assert!(second.warnings().is_empty(), "sent again: {:?}", second.warnings());
+    let second = taking_over(dir.path(), "second", &url, &file, "from its checkpoint");
     assert!(
         already_sent(&second) < sent,
         "a resume computes less than the whole stream"
@@ -511,26 +504,28 @@ fn a_takeover_goes_on_from_the_stored_checkpoints_and_from_the_first_reading_whe
         names.len()
     });
     assert_eq!(corrupted, PARTITIONS as usize);
-    let mut third = Instance::start(dir.path(), "third", &url, &file, "4s");
-    third.assert_ends_well(Duration::from_secs(240));
-    assert_eq!(
-        third.logged("checkpoint is unusable"),
-        PARTITIONS as usize,
-        "{}",
-        third.log_tail()
-    );
+    let third = taking_over(dir.path(), "third", &url, &file, "checkpoint is unusable");
     for p in 0..PARTITIONS {
         assert_eq!(
             third.logged(&format!("consuming partition {p} from its first reading")),
             1
         );
     }
-    assert!(third.warnings().is_empty(), "sent again: {:?}", third.warnings());
     assert_eq!(
         already_sent(&third),
         sent,
         "every notification computed again, and found sent"
     );
+}
+
+/// Runs one instance over a stream whose warnings were all sent: it logs `each` once per
+/// partition and sends nothing.
+fn taking_over(dir: &Path, name: &str, url: &str, file: &Path, each: &str) -> Instance {
+    let mut instance = Instance::start(dir, name, url, file, "4s");
+    instance.assert_ends_well(Duration::from_secs(240));
+    assert_eq!(instance.logged(each), PARTITIONS as usize, "{}", instance.log_tail());
+    assert!(instance.warnings().is_empty(), "sent again: {:?}", instance.warnings());
+    instance
 }
 
 /// What an instance's closing line counts as computed again and found already sent.

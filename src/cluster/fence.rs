@@ -101,6 +101,11 @@ impl Fence for ClusterFence {
             self.metrics.cluster.already_sent.fetch_add(1, Relaxed);
             return false;
         }
+        // A partition just taken over: its previous holder's last records may still be on
+        // their way.
+        if let Some(wait) = self.ownership.takeover_wait(partition) {
+            std::thread::sleep(wait);
+        }
         let asked = Instant::now();
         let unsent = loop {
             let looked = self

@@ -90,7 +90,9 @@ pub(crate) fn open_fence(
     let pattern = TopicPattern::parse(&config.topics.pattern)?;
     let layout =
         Layout::new(&config.cluster.subject, config.cluster.partitions, pattern).with_whole_stream(whole_stream);
-    let ownership = Ownership::new(&instance_name(config), layout, Arc::clone(metrics));
+    // Half a lease: the previous holder notices its lease lapsed and settles what it sent.
+    let grace = Duration::from_millis(config.cluster.lease.0.max(0) as u64 / 2);
+    let ownership = Ownership::new(&instance_name(config), layout, grace, Arc::clone(metrics));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("delivery-record")

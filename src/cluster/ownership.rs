@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -22,6 +22,8 @@ use crate::metrics::Metrics;
 #[derive(Debug, Default)]
 struct Inner {
     held: BTreeMap<u32, Held>,
+    /// When each partition taken from an earlier holder was claimed.
+    claimed_at: BTreeMap<u32, Instant>,
     /// Partitions the source has stopped consuming since they were given up.
     stopped: Vec<u32>,
 }
@@ -37,10 +39,13 @@ pub(crate) struct Ownership {
     metrics: Arc<Metrics>,
     /// The run's sink queue, to drain before a partition is given up.
     sinks: Mutex<Option<tokio::sync::mpsc::WeakSender<Notice>>>,
+    /// How long after taking a partition over its first notification waits (see
+    /// `takeover_wait`).
+    takeover_grace: Duration,
 }
 
 impl Ownership {
-    pub(crate) fn new(instance: &str, layout: Layout, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub(crate) fn new(instance: &str, layout: Layout, takeover_grace: Duration, metrics: Arc<Metrics>) -> Arc<Self> {
         let (changed, _) = tokio::sync::watch::channel(0);
         *metrics.cluster.instance.lock() = instance.to_string();
         metrics
@@ -54,6 +59,7 @@ impl Ownership {
             changed,
             metrics,
             sinks: Mutex::new(None),
+            takeover_grace,
         })
     }
 
@@ -101,6 +107,7 @@ impl Ownership {
         inner.stopped.retain(|p| *p != partition);
         if took_over {
             self.metrics.cluster.takeovers.fetch_add(1, Relaxed);
+            inner.claimed_at.insert(partition, Instant::now());
         }
         self.bump(&inner);
     }
@@ -154,6 +161,18 @@ impl Ownership {
             .is_some_and(|h| h.epoch == epoch && now < h.valid_until)
     }
 
+    /// How long a notification of `partition` still waits because the partition was just
+    /// taken over: its previous holder may have sent notifications it has not yet written
+    /// into the delivery record (it records them in batches), and a successor going on from
+    /// a recent checkpoint computes them again within moments. Waiting `takeover_grace`
+    /// after the claim lets those records land, so they are found rather than sent twice.
+    pub(crate) fn takeover_wait(&self, partition: Option<u32>) -> Option<Duration> {
+        let claimed = *self.inner.lock().claimed_at.get(&partition?)?;
+        self.takeover_grace
+            .checked_sub(claimed.elapsed())
+            .filter(|d| !d.is_zero())
+    }
+
     /// Where a warning computed by `partition` stands here now: the partition held with a
     /// valid lease, held but the lease lapsed (renewals late: it may come back), or not
     /// held. `None` (computed from every partition) stands with the worst of them.
@@ -192,7 +211,12 @@ mod tests {
 
     fn ownership() -> Arc<Ownership> {
         let pattern = TopicPattern::parse("city/{district}/{table}/{device_id}").unwrap();
-        Ownership::new("node-1", Layout::new("cityops", 4, pattern), Arc::new(Metrics::new()))
+        Ownership::new(
+            "node-1",
+            Layout::new("cityops", 4, pattern),
+            Duration::from_secs(60),
+            Arc::new(Metrics::new()),
+        )
     }
 
     fn held(epoch: u64, valid_for: Duration) -> Held {
@@ -217,5 +241,19 @@ mod tests {
         // Held at the epoch, but the lease lapsed here (renewals late).
         ownership.renewed(2, held(7, Duration::ZERO));
         assert!(!ownership.holds_at(2, 7), "a lapsed lease");
+    }
+
+    #[test]
+    fn notifications_of_a_partition_just_taken_over_wait_for_the_grace() {
+        let ownership = ownership();
+        ownership.gain(1, held(1, Duration::from_secs(60)), false);
+        ownership.gain(2, held(4, Duration::from_secs(60)), true);
+        assert_eq!(ownership.takeover_wait(Some(1)), None, "claimed fresh");
+        let wait = ownership.takeover_wait(Some(2)).expect("taken over");
+        assert!(
+            wait > Duration::from_secs(59) && wait <= Duration::from_secs(60),
+            "{wait:?}"
+        );
+        assert_eq!(ownership.takeover_wait(None), None);
     }
 }
