@@ -50,7 +50,7 @@ const BATCH: usize = 1_000;
 const RETRY: Duration = Duration::from_secs(1);
 /// How long the instance keeps asking for a partition's checkpoint (a NATS node lost: the
 /// bucket elects a new leader) before it computes the partition from its first reading.
-const CHECKPOINT_PATIENCE: Duration = Duration::from_secs(15);
+const CHECKPOINT_PATIENCE: Duration = Duration::from_secs(10);
 /// How long a pull waits for its server (a pull expires after 1 s): longer means the
 /// server is gone, and the consumer is made again.
 const PULL_SILENCE: Duration = Duration::from_secs(5);
@@ -256,16 +256,21 @@ async fn run(source: &ClusterSource, instance: Instance<'_>, shutdown: &Shutdown
             for (partition, gone) in running.extract_if(.., |p, _| !held.contains_key(p)).collect::<Vec<_>>() {
                 stop(partition, gone, &ownership).await;
             }
-            for (partition, epoch) in held
+            let new: Vec<(u32, u64)> = held
                 .iter()
                 .filter(|(p, _)| !running.contains_key(p))
                 .map(|(p, held)| (*p, held.epoch))
-                .collect::<Vec<_>>()
-            {
-                let resume = match &checkpoints {
-                    Some(store) => stored_checkpoint(store, partition).await,
+                .collect();
+            // Their checkpoints are asked for together: a NATS that answers slowly holds
+            // this loop (ticks, end conditions) one patience at most, not one per partition.
+            let resumes = futures::future::join_all(new.iter().map(|(partition, _)| async {
+                match &checkpoints {
+                    Some(store) => stored_checkpoint(store, *partition).await,
                     None => None,
-                };
+                }
+            }))
+            .await;
+            for ((partition, epoch), resume) in new.into_iter().zip(resumes) {
                 let started = start(partition, epoch, resume, &stream, &instance, &progress)?;
                 running.insert(partition, started);
             }
