@@ -9,7 +9,7 @@
 //! CITYOPS-1733550000123456789/7     checkpoint file bytes (state::checkpoint's format)
 //! ```
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, object_store, stream};
 use tokio::io::AsyncReadExt;
@@ -20,6 +20,9 @@ use crate::state::checkpoint::{self, Checkpoint};
 /// How often opening or creating the bucket is tried (peers race to create it).
 const TRIES: u32 = 20;
 const RETRY: Duration = Duration::from_millis(500);
+/// How long the instance keeps asking for a partition's checkpoint (a NATS node lost: the
+/// bucket elects a new leader) before it computes the partition from its first reading.
+const CHECKPOINT_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Why a stored checkpoint could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +96,29 @@ impl CheckpointStore {
         checkpoint::decode(&bytes)
             .map(Some)
             .map_err(|e| LoadError::Unusable(format!("checkpoint {name} is unusable: {e}")))
+    }
+
+    /// The checkpoint stored for `partition`, asked for `CHECKPOINT_PATIENCE` at most; `None`
+    /// when it has none or NATS cannot give it (the partition is then computed from its first
+    /// reading: slower, and just as exact).
+    pub(crate) async fn load_patiently(&self, partition: u32) -> Option<Checkpoint> {
+        let asked = Instant::now();
+        loop {
+            let error = match tokio::time::timeout(Duration::from_secs(5), self.load(partition)).await {
+                Ok(Ok(found)) => return found,
+                Ok(Err(LoadError::Unusable(e))) => {
+                    tracing::error!(partition, error = %e, "cluster: partition {partition}'s checkpoint is unusable; computing it from its first reading (the next checkpoint replaces it)");
+                    return None;
+                }
+                Ok(Err(LoadError::Unreachable(e))) => e,
+                Err(_) => "no answer from NATS".to_string(),
+            };
+            if asked.elapsed() >= CHECKPOINT_PATIENCE {
+                tracing::warn!(partition, error = %error, "cluster: partition {partition}'s checkpoint cannot be read; computing it from its first reading");
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Stores `checkpoint` as `slot`'s, replacing the one before; its size in bytes.

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
 
-use super::checkpoints::{CheckpointStore, LoadError};
+use super::checkpoints::CheckpointStore;
 use super::fence::ClusterFence;
 use super::keeper;
 use super::ownership::Ownership;
@@ -48,9 +48,6 @@ const POLL: Duration = Duration::from_millis(50);
 const BATCH: usize = 1_000;
 /// The longest wait before a partition's consumer is created again after failures.
 const RETRY: Duration = Duration::from_secs(1);
-/// How long the instance keeps asking for a partition's checkpoint (a NATS node lost: the
-/// bucket elects a new leader) before it computes the partition from its first reading.
-const CHECKPOINT_PATIENCE: Duration = Duration::from_secs(10);
 /// How long a pull waits for its server (a pull expires after 1 s): longer means the
 /// server is gone, and the consumer is made again.
 const PULL_SILENCE: Duration = Duration::from_secs(5);
@@ -265,7 +262,7 @@ async fn run(source: &ClusterSource, instance: Instance<'_>, shutdown: &Shutdown
             // this loop (ticks, end conditions) one patience at most, not one per partition.
             let resumes = futures::future::join_all(new.iter().map(|(partition, _)| async {
                 match &checkpoints {
-                    Some(store) => stored_checkpoint(store, *partition).await,
+                    Some(store) => store.load_patiently(*partition).await,
                     None => None,
                 }
             }))
@@ -326,29 +323,6 @@ async fn run(source: &ClusterSource, instance: Instance<'_>, shutdown: &Shutdown
         "cluster: left; its partitions are given back; read {readings} messages in {seconds:.3} s (first to last): {rate:.0} messages/s"
     );
     Ok(())
-}
-
-/// The checkpoint stored for `partition`, asked for `CHECKPOINT_PATIENCE` at most; `None`
-/// when it has none or NATS cannot give it (the partition is then computed from its first
-/// reading: slower, and just as exact).
-async fn stored_checkpoint(store: &CheckpointStore, partition: u32) -> Option<Checkpoint> {
-    let asked = Instant::now();
-    loop {
-        let error = match tokio::time::timeout(Duration::from_secs(5), store.load(partition)).await {
-            Ok(Ok(found)) => return found,
-            Ok(Err(LoadError::Unusable(e))) => {
-                tracing::error!(partition, error = %e, "cluster: partition {partition}'s checkpoint is unusable; computing it from its first reading (the next checkpoint replaces it)");
-                return None;
-            }
-            Ok(Err(LoadError::Unreachable(e))) => e,
-            Err(_) => "no answer from NATS".to_string(),
-        };
-        if asked.elapsed() >= CHECKPOINT_PATIENCE {
-            tracing::warn!(partition, error = %error, "cluster: partition {partition}'s checkpoint cannot be read; computing it from its first reading");
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// Starts a partition: its pipeline on a thread of its own, and its consumer, from `resume`
