@@ -107,16 +107,22 @@ impl Handoff {
 /// Messages gathered per worker until the source's read is done (or a burst is full).
 pub(crate) struct Bursts {
     pending: Vec<Vec<Message>>,
+    /// The payload bytes of each pending burst.
+    bytes: Vec<usize>,
 }
 
 impl Bursts {
     /// The most messages in one burst: bounds what one queue slot holds, so a full queue
     /// still means a bounded backlog (`queue_capacity` × this).
     pub(crate) const MAX: usize = 64;
+    /// The most payload bytes in one burst (the largest payload accepted by default): a
+    /// full queue holds no more bytes than it did with one message per slot.
+    pub(crate) const MAX_BYTES: usize = 64 << 10;
 
     pub(crate) fn new(handoff: &Handoff) -> Self {
         Bursts {
             pending: (0..handoff.workers()).map(|_| Vec::new()).collect(),
+            bytes: vec![0; handoff.workers()],
         }
     }
 
@@ -124,8 +130,10 @@ impl Bursts {
     pub(crate) fn push(&mut self, handoff: &Handoff, worker: usize, msg: Message) -> Result<(), Closed> {
         let worker = worker.min(self.pending.len() - 1);
         let burst = &mut self.pending[worker];
+        self.bytes[worker] += msg.payload.len();
         burst.push(msg);
-        if burst.len() >= Self::MAX {
+        if burst.len() >= Self::MAX || self.bytes[worker] >= Self::MAX_BYTES {
+            self.bytes[worker] = 0;
             let full = std::mem::replace(burst, Vec::with_capacity(Self::MAX));
             handoff.send(worker, Ingest::Messages(full))?;
         }
@@ -134,6 +142,7 @@ impl Bursts {
 
     /// Hands every waiting burst over (a single message travels alone).
     pub(crate) fn flush(&mut self, handoff: &Handoff) -> Result<(), Closed> {
+        self.bytes.fill(0);
         for (worker, burst) in self.pending.iter_mut().enumerate() {
             let item = match burst.len() {
                 0 => continue,
@@ -217,6 +226,22 @@ mod tests {
         assert_eq!(at_ms(receivers[0].try_recv().expect("rest")), vec![64, 65]);
         // A lone message travels as itself.
         assert!(matches!(receivers[1].try_recv(), Ok(Ingest::Message(m)) if m.at_ms == 1000));
+    }
+
+    #[test]
+    fn a_burst_of_large_payloads_goes_once_it_holds_the_largest_payload_s_bytes() {
+        let (handoff, receivers) = Handoff::new(1, city_topics(), Catalog::builtin(), 16, Arc::new(Metrics::new()));
+        let mut bursts = Bursts::new(&handoff);
+        let big = |n| Message {
+            payload: bytes::Bytes::from(vec![b' '; 40 << 10]),
+            ..message(n)
+        };
+        bursts.push(&handoff, 0, big(1)).expect("open");
+        assert!(receivers[0].try_recv().is_err(), "40 KiB waits for more");
+        bursts.push(&handoff, 0, big(2)).expect("open");
+        assert_eq!(at_ms(receivers[0].try_recv().expect("80 KiB goes")), vec![1, 2]);
+        bursts.push(&handoff, 0, big(3)).expect("open");
+        assert!(receivers[0].try_recv().is_err(), "the count starts again");
     }
 
     #[test]

@@ -262,7 +262,12 @@ impl Instance {
             if let Some(status) = child.try_wait().unwrap() {
                 return status;
             }
-            assert!(started.elapsed() < limit, "{} did not end", self.name);
+            assert!(
+                started.elapsed() < limit,
+                "{} did not end within {limit:?}; its log ends:\n{}",
+                self.name,
+                self.log_tail()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -280,7 +285,7 @@ impl Instance {
     /// Its last stderr lines, for a failure's message.
     fn log_tail(&self) -> String {
         let log = self.log.lock().unwrap();
-        let tail: Vec<String> = log.iter().rev().take(20).rev().map(Value::to_string).collect();
+        let tail: Vec<String> = log.iter().rev().take(40).rev().map(Value::to_string).collect();
         tail.join("\n")
     }
 
@@ -708,6 +713,50 @@ fn a_killed_instance_s_partitions_are_taken_over_and_nothing_is_lost_or_sent_twi
         .sum();
     assert!(resumed > 0, "no survivor went on from a stored checkpoint");
     assert_golden_once_but(&run.instances, "one instance killed mid-stream", &unrecorded);
+}
+
+#[test]
+fn a_stopped_instance_hands_its_partitions_over_at_their_last_reading_and_nothing_is_sent_twice() {
+    let Some(binary) = nats_binary() else { return };
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut run = UnderLoad::start(&binary, IDLE_UNDER_LOAD);
+    std::thread::sleep(Duration::from_secs(3));
+    wait_until_holding(&run.url, &run.instances, "node-2");
+    let leaver = &mut run.instances[1];
+    leaver.signal("TERM");
+    leaver.assert_ends_well(Duration::from_secs(60));
+    assert_eq!(leaver.logged("without its last checkpoint"), 0, "{}", leaver.log_tail());
+    // Each partition node-2 read mid-stream: the stream sequence its last checkpoint covers.
+    let handed: Vec<(u64, u64)> = leaver
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("handed over with its checkpoint"))
+        })
+        .map(|l| (l["partition"].as_u64().unwrap(), l["covers_seq"].as_u64().unwrap()))
+        .collect();
+    assert!(!handed.is_empty(), "node-2 handed nothing over:\n{}", leaver.log_tail());
+    run.finish(&[0, 2]);
+    // Its successors go on from exactly there.
+    for (partition, covers_seq) in &handed {
+        let resumed = [0, 2].iter().any(|i| {
+            run.instances[*i].log.lock().unwrap().iter().any(|l| {
+                l["message"].as_str().is_some_and(|m| m.contains("from its checkpoint"))
+                    && l["partition"].as_u64() == Some(*partition)
+                    && l["covers_seq"].as_u64() == Some(*covers_seq)
+            })
+        });
+        assert!(
+            resumed,
+            "no successor went on from partition {partition}'s last checkpoint (through {covers_seq})"
+        );
+    }
+    // Everything node-2 sent was recorded before its leases went: nothing is sent twice.
+    assert_golden_once(&run.instances, "one instance stopped mid-stream");
 }
 
 #[test]

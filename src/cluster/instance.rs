@@ -12,9 +12,10 @@
 //! - `--max-messages` or `--idle-exit` (the input is over): the partitions' pipelines end
 //!   and close their open windows while their leases are still held, then the leases are
 //!   given back;
-//! - a stop (Ctrl-C, SIGTERM): a handover. The partitions are fenced first (what their
-//!   pipelines still compute is not sent), then the leases are given back, and the peers
-//!   that take them compute the rest from the stream.
+//! - a stop (Ctrl-C, SIGTERM): a handover. Each partition's consumer stops and its state
+//!   through the last reading read is checkpointed (`handover`); then the partitions are
+//!   fenced (what their pipelines still compute is not sent), the leases are given back,
+//!   and the peers that take them go on from those checkpoints.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use futures::StreamExt;
 
 use super::checkpoints::CheckpointStore;
 use super::fence::ClusterFence;
+use super::handover;
 use super::keeper;
 use super::ownership::Ownership;
 use super::partition::Layout;
@@ -150,11 +152,17 @@ pub(crate) struct Instance<'a> {
 }
 
 /// A partition this instance runs.
-struct Running {
-    consumer: tokio::task::JoinHandle<()>,
+pub(super) struct Running {
+    pub consumer: tokio::task::JoinHandle<()>,
     pipeline: std::thread::JoinHandle<()>,
+    /// Its pipeline's input (the consumer holds a sender too): a handover's last cut.
+    pub feed: crossbeam_channel::Sender<Fed>,
+    /// The stream sequence its stored checkpoint covered when it started (0: none).
+    pub resumed_seq: u64,
     /// Readings handed to its pipeline.
     readings: Arc<AtomicU64>,
+    /// The stream sequence of the last item handed to its pipeline (0: none yet).
+    pub fed_seq: Arc<AtomicU64>,
     /// Whether its consumer has read to the stream's end (nothing pending) and works.
     caught_up: Arc<AtomicBool>,
 }
@@ -168,6 +176,7 @@ struct Start {
 /// One partition consumer's counts.
 struct Counts {
     readings: Arc<AtomicU64>,
+    fed_seq: Arc<AtomicU64>,
     caught_up: Arc<AtomicBool>,
 }
 
@@ -294,7 +303,11 @@ async fn run(source: &ClusterSource, instance: Instance<'_>, shutdown: &Shutdown
         tokio::time::sleep(POLL).await;
     };
     if handover {
-        // Fence first: what the partitions' pipelines still compute is not sent.
+        // Each partition's state through its last reading is stored while its lease is
+        // still held; then the fence: what the pipelines still compute is not sent.
+        if checkpoints.is_some() {
+            handover::last_checkpoints(&running, &instance.metrics).await;
+        }
         for partition in running.keys().copied().collect::<Vec<_>>() {
             ownership.lose(partition, false);
         }
@@ -375,15 +388,17 @@ fn start(
     // A partition just taken has its stream to read: the idle exit waits for it.
     progress.last_ms.store(wall_now_ms(), Relaxed);
     let readings = Arc::new(AtomicU64::new(0));
+    let fed_seq = Arc::new(AtomicU64::new(0));
     let caught_up = Arc::new(AtomicBool::new(false));
     let consumer = tokio::spawn(consume(
         Start { partition, from_seq },
         stream.clone(),
         Arc::clone(&instance.ownership),
-        feed,
+        feed.clone(),
         Arc::clone(progress),
         Counts {
             readings: Arc::clone(&readings),
+            fed_seq: Arc::clone(&fed_seq),
             caught_up: Arc::clone(&caught_up),
         },
         Arc::clone(&instance.metrics),
@@ -391,15 +406,19 @@ fn start(
     Ok(Running {
         consumer,
         pipeline,
+        feed,
+        resumed_seq: plan.covers_seq,
         readings,
+        fed_seq,
         caught_up,
     })
 }
 
-/// Stops a partition: its consumer ends, so its feed closes and its pipeline ends.
+/// Stops a partition: its consumer ends and its feed closes, so its pipeline ends.
 async fn stop(partition: u32, running: Running, ownership: &Ownership) {
     running.consumer.abort();
     let _ = running.consumer.await;
+    drop(running.feed);
     let _ = tokio::task::spawn_blocking(move || running.pipeline.join()).await;
     ownership.stopped(partition);
     tracing::info!(
@@ -514,6 +533,7 @@ async fn consume(
                 if !send(&feed, item).await {
                     return;
                 }
+                counts.fed_seq.store(seq, Relaxed);
                 if is_reading {
                     counts.readings.fetch_add(1, Relaxed);
                     progress.reading();
@@ -558,7 +578,7 @@ fn reading(at_ms: i64, seq: u64, topic: String, payload: bytes::Bytes) -> Messag
 
 /// Hands an item to the partition's pipeline, waiting (without holding the runtime) while
 /// its feed is full; false once the pipeline is gone.
-async fn send(feed: &crossbeam_channel::Sender<Fed>, mut item: Fed) -> bool {
+pub(super) async fn send(feed: &crossbeam_channel::Sender<Fed>, mut item: Fed) -> bool {
     loop {
         match feed.try_send(item) {
             Ok(()) => return true,

@@ -18,7 +18,8 @@
 //!   what is held now, shared.
 //! - `checkpoints`: each partition's checkpoint in the object store.
 //! - `instance`: the source loop of `run --nats` (a pipeline per partition, ticks);
-//!   `forward`: the partition pipelines' sink; `fence`: what the instance may send.
+//!   `forward`: the partition pipelines' sink; `fence`: what the instance may send;
+//!   `handover`: a stop's last checkpoints.
 //! - `publish`: `replay --to-nats`.
 //!
 //! Exactness: a partition's pipeline is a pure function of the partition's stream (its
@@ -32,6 +33,7 @@
 pub(crate) mod checkpoints;
 pub(crate) mod fence;
 pub(crate) mod forward;
+pub(crate) mod handover;
 pub(crate) mod instance;
 pub(crate) mod keeper;
 pub(crate) mod lease;

@@ -10,14 +10,15 @@
 //! that cut become the partition's checkpoint. A feed that goes on from a checkpoint gets
 //! the stream from the checkpoint's `replay_from`: items up to its `covers_seq` refill the
 //! open windows (marked `rebuild`, as a recovery from the write-ahead log does), the ones
-//! after go through as they did for the owner before.
+//! after go through as they did for the owner before. A stop's handover ends the feed with
+//! `Fed::LastCut`: one more cut, through the last item read, so the next owner goes on
+//! from exactly there.
 
 use std::time::{Duration, Instant};
 
-use super::replay::{Downstream, Ticks};
+use super::replay::{Bursting, Downstream, Ticks};
 use crate::flow::{Closed, Cut, Ingest, Message};
 use crate::metrics::Metrics;
-use crate::queue::Handoff;
 
 /// One item of a partition's stream.
 #[derive(Debug)]
@@ -27,15 +28,9 @@ pub(crate) enum Fed {
     /// The partition's owner wrote a tick at this stream time (epoch ms), at stream
     /// sequence `seq`.
     Tick { at_ms: i64, seq: u64 },
-}
-
-impl Fed {
-    fn at_and_seq(&self) -> (i64, u64) {
-        match self {
-            Fed::Message(msg) => (msg.at_ms, msg.seq),
-            Fed::Tick { at_ms, seq } => (*at_ms, *seq),
-        }
-    }
+    /// The instance hands the partition over (a stop): its consumer has stopped, and a
+    /// last checkpoint is cut through the last item before this one.
+    LastCut,
 }
 
 /// Where a partition's feed goes on from and how often it cuts checkpoints.
@@ -56,14 +51,16 @@ pub(crate) trait PartitionDownstream: Downstream {
     fn barrier(&mut self, cut: Cut) -> Result<(), Closed>;
 }
 
-impl PartitionDownstream for &Handoff {
+impl PartitionDownstream for Bursting<'_> {
     fn barrier(&mut self, cut: Cut) -> Result<(), Closed> {
-        self.broadcast(|| Ingest::Barrier(cut))
+        self.flush()?;
+        self.handoff().broadcast(|| Ingest::Barrier(cut))
     }
 }
 
 /// Feeds a partition's stream downstream until its sender is dropped; ticks go to the
-/// decode workers at each whole second the stream's time passes. Returns the readings
+/// decode workers at each whole second the stream's time passes. What `downstream` holds
+/// back is flushed whenever the stream has nothing more for now. Returns the readings
 /// handed on live (not those refilling windows).
 pub(crate) fn feed(
     items: &crossbeam_channel::Receiver<Fed>,
@@ -76,8 +73,39 @@ pub(crate) fn feed(
     let mut next_checkpoint = plan.next_checkpoint;
     let mut cut_seq = plan.covers_seq;
     let mut last_cut = Instant::now();
-    for item in items.iter() {
-        let (at_ms, seq) = item.at_and_seq();
+    // The last stream sequence read, refills included.
+    let mut last_seq = plan.covers_seq;
+    loop {
+        let item = match items.try_recv() {
+            Ok(item) => item,
+            Err(crossbeam_channel::TryRecvError::Empty) => {
+                downstream.flush()?;
+                match items.recv() {
+                    Ok(item) => item,
+                    Err(_) => break,
+                }
+            }
+            Err(crossbeam_channel::TryRecvError::Disconnected) => break,
+        };
+        let (at_ms, seq) = match &item {
+            Fed::Message(msg) => (msg.at_ms, msg.seq),
+            Fed::Tick { at_ms, seq } => (*at_ms, *seq),
+            // Cut again even where the last cut covered as much: its store may have failed.
+            Fed::LastCut => {
+                if plan.checkpoint_every.is_some() && last_seq > plan.covers_seq {
+                    downstream.barrier(Cut {
+                        checkpoint: next_checkpoint,
+                        covers_seq: last_seq,
+                        messages: 0,
+                        next_tick_ms: ticks.next(),
+                    })?;
+                    next_checkpoint += 1;
+                    cut_seq = last_seq;
+                }
+                continue;
+            }
+        };
+        last_seq = last_seq.max(seq);
         if seq <= plan.covers_seq {
             // Before the checkpoint's cut: its rows refill the open windows, nothing more.
             ticks.skip_through(at_ms);
@@ -107,6 +135,7 @@ pub(crate) fn feed(
             last_cut = Instant::now();
         }
     }
+    downstream.flush()?;
     Ok(count)
 }
 
@@ -200,6 +229,43 @@ mod tests {
                 "cut 8 through #5 next tick Some(13000)",
             ]
         );
+    }
+
+    #[test]
+    fn a_last_cut_covers_everything_read_and_needs_something_read_since_the_resume() {
+        let plan = FeedPlan {
+            covers_seq: 5,
+            next_tick_ms: Some(13_000),
+            next_checkpoint: 2,
+            checkpoint_every: Some(Duration::from_secs(3_600)),
+        };
+        // Only refills: the checkpoint resumed from still holds.
+        let (seen, _, _) = fed(vec![message(10_500, 3), Fed::LastCut], plan);
+        assert_eq!(seen, ["refill msg 10500 #3"]);
+        let items = vec![
+            message(10_500, 3),
+            message(13_200, 6),
+            Fed::Tick { at_ms: 14_100, seq: 9 },
+            Fed::LastCut,
+        ];
+        let (seen, _, _) = fed(items, plan);
+        assert_eq!(
+            seen,
+            [
+                "refill msg 10500 #3",
+                "tick 13000",
+                "msg 13200 #6",
+                "tick 14000",
+                "cut 2 through #9 next tick Some(15000)",
+            ]
+        );
+        // Checkpoints off: no cut.
+        let off = FeedPlan {
+            checkpoint_every: None,
+            ..plan
+        };
+        let (seen, _, _) = fed(vec![message(13_200, 6), Fed::LastCut], off);
+        assert_eq!(seen, ["tick 13000", "msg 13200 #6"]);
     }
 
     #[test]

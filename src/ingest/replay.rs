@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::fixture::FixtureError;
 use crate::flow::{Closed, Ingest, Message};
 use crate::metrics::Metrics;
-use crate::queue::Handoff;
+use crate::queue::{Bursts, Handoff};
 
 /// How fast to replay.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -129,6 +129,10 @@ pub enum ReplayError {
 pub(crate) trait Downstream {
     fn message(&mut self, msg: Message) -> Result<(), Closed>;
     fn tick(&mut self, now_ms: i64) -> Result<(), Closed>;
+    /// Hands over what is held back (see `Bursting`): before the source waits or ends.
+    fn flush(&mut self) -> Result<(), Closed> {
+        Ok(())
+    }
 }
 
 impl Downstream for &Handoff {
@@ -139,6 +143,48 @@ impl Downstream for &Handoff {
 
     fn tick(&mut self, now_ms: i64) -> Result<(), Closed> {
         self.broadcast(|| Ingest::Tick { now_ms })
+    }
+}
+
+/// The decode workers' queues, a burst of messages at a time: one queue operation (and
+/// one look at the queue by its worker) per `Bursts::MAX` messages of a worker instead of
+/// one per message. A tick, a flush and the replay's end hand every burst over first, so
+/// each worker sees messages and ticks in the same order as before. For sources whose
+/// user flushes before it waits: a paced replay after each message, a file replay at its
+/// end, a partition's feed whenever its stream has nothing more for now (a channel source,
+/// which may block on its next message, hands over one at a time).
+pub(crate) struct Bursting<'h> {
+    handoff: &'h Handoff,
+    bursts: Bursts,
+}
+
+impl<'h> Bursting<'h> {
+    pub(crate) fn new(handoff: &'h Handoff) -> Self {
+        Bursting {
+            handoff,
+            bursts: Bursts::new(handoff),
+        }
+    }
+
+    /// The queues it hands over to.
+    pub(crate) fn handoff(&self) -> &'h Handoff {
+        self.handoff
+    }
+}
+
+impl Downstream for Bursting<'_> {
+    fn message(&mut self, msg: Message) -> Result<(), Closed> {
+        let worker = self.handoff.worker_for(&msg.topic);
+        self.bursts.push(self.handoff, worker, msg)
+    }
+
+    fn tick(&mut self, now_ms: i64) -> Result<(), Closed> {
+        self.bursts.flush(self.handoff)?;
+        self.handoff.broadcast(|| Ingest::Tick { now_ms })
+    }
+
+    fn flush(&mut self) -> Result<(), Closed> {
+        self.bursts.flush(self.handoff)
     }
 }
 
@@ -191,14 +237,85 @@ pub(crate) fn replay(
         };
         metrics.messages_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         downstream.message(msg)?;
+        // Paced, a message is due now: it goes at once, not with a burst.
+        if due.is_some() {
+            downstream.flush()?;
+        }
         count += 1;
     }
+    downstream.flush()?;
     Ok(count)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::sync::Arc;
+
+    use crate::schema::Catalog;
+    use crate::topic::TopicPattern;
+
+    /// What one worker's queue received: messages by `at_ms`, ticks as `tick N`.
+    fn received(queue: &crossbeam_channel::Receiver<Ingest>) -> Vec<String> {
+        let mut seen = Vec::new();
+        for item in queue.try_iter() {
+            match item {
+                Ingest::Message(m) => seen.push(format!("msg {}", m.at_ms)),
+                Ingest::Messages(ms) => seen.push(format!(
+                    "burst {}",
+                    ms.iter().map(|m| m.at_ms.to_string()).collect::<Vec<_>>().join(",")
+                )),
+                Ingest::Tick { now_ms } => seen.push(format!("tick {now_ms}")),
+                other => seen.push(format!("{other:?}")),
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn a_replay_at_maximum_speed_hands_messages_over_in_bursts_that_end_at_each_tick() {
+        let pattern = TopicPattern::parse("city/{district}/{table}/{device_id}").unwrap();
+        let metrics = Metrics::new();
+        let (handoff, queues) = Handoff::new(1, pattern, Catalog::builtin(), 64, Arc::new(Metrics::new()));
+        let at = [100, 200, 900, 1_100, 1_500];
+        let mut messages = at.iter().map(|&at_ms| {
+            Ok(Message {
+                at_ms,
+                topic: "city/a/water/w1".to_string(),
+                ..Message::default()
+            })
+        });
+        let mut bursting = Bursting::new(&handoff);
+        let count = replay(&mut messages, &mut bursting, Speed::Max, &metrics, 0, &mut |_| {}).unwrap();
+        assert_eq!(count, 5);
+        assert_eq!(
+            received(&queues[0]),
+            ["burst 100,200,900", "tick 1000", "burst 1100,1500"]
+        );
+        // Paced, each message goes at once.
+        let mut messages = at.iter().map(|&at_ms| {
+            Ok(Message {
+                at_ms,
+                topic: "city/a/water/w1".to_string(),
+                ..Message::default()
+            })
+        });
+        let mut bursting = Bursting::new(&handoff);
+        replay(
+            &mut messages,
+            &mut bursting,
+            Speed::Factor(1e6),
+            &metrics,
+            0,
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(
+            received(&queues[0]),
+            ["msg 100", "msg 200", "msg 900", "tick 1000", "msg 1100", "msg 1500"]
+        );
+    }
 
     #[test]
     fn speed_parses_max_and_factors() {

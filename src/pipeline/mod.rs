@@ -65,7 +65,7 @@ use crate::ingest::decode::Decoder;
 use crate::ingest::fixture::FixtureError;
 use crate::ingest::mqtt::{Logged, MqttSource};
 use crate::ingest::partition_feed::{Fed, FeedPlan, feed};
-use crate::ingest::replay::Speed;
+use crate::ingest::replay::{Bursting, Speed};
 use crate::ingest::wal::Intake;
 use crate::ingest::worker::{DecodeSettings, DecodeWorker};
 use crate::metrics::Metrics;
@@ -505,10 +505,23 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
                 drop(partitions);
                 ran
             }
-            Source::Partition(partition) => feed(&partition.items, &mut &*handoff, &metrics, partition.plan)
-                .map(|_| ())
-                .map_err(|_| RunError::DecodeStopped),
-            replayed => replay_source(replayed, &mut &*handoff, options.speed, &metrics, &dead_letters, 0),
+            Source::Partition(partition) => {
+                feed(&partition.items, &mut Bursting::new(&handoff), &metrics, partition.plan)
+                    .map(|_| ())
+                    .map_err(|_| RunError::DecodeStopped)
+            }
+            // A channel may wait for its next message: what it sent goes on at once.
+            channel @ Source::Channel(_) => {
+                replay_source(channel, &mut &*handoff, options.speed, &metrics, &dead_letters, 0)
+            }
+            file => replay_source(
+                file,
+                &mut Bursting::new(&handoff),
+                options.speed,
+                &metrics,
+                &dead_letters,
+                0,
+            ),
         },
         Some(state) => {
             let live_mqtt = matches!(options.fixture, Source::Mqtt(_));

@@ -1,0 +1,67 @@
+//! A stop's handover (Ctrl-C, SIGTERM) on a cluster instance: before its partitions are
+//! fenced and their leases given back, each partition's consumer stops and its pipeline
+//! cuts a last checkpoint through the last item it was handed (`Fed::LastCut`); the
+//! instance waits until the sink thread has sent everything before the cut and stored the
+//! checkpoint, `PATIENCE` at most. The peer that takes a partition over goes on from exactly
+//! where this instance stopped: it re-reads only the rows of the open windows and computes
+//! nothing again that was sent. A partition whose last checkpoint is not stored in time
+//! (NATS slow or gone) is handed over all the same, from its checkpoint before.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use super::instance::{Running, send};
+use crate::ingest::partition_feed::Fed;
+use crate::metrics::Metrics;
+
+/// How long a handover waits for its partitions' last checkpoints, all together.
+const PATIENCE: Duration = Duration::from_secs(10);
+/// How often it looks.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Stops every partition's consumer and waits until each partition's state through its
+/// last item read is stored (or `PATIENCE` passed); logs what each partition is handed
+/// over with.
+pub(super) async fn last_checkpoints(running: &BTreeMap<u32, Running>, metrics: &Metrics) {
+    for partition in running.values() {
+        partition.consumer.abort();
+    }
+    while !running.values().all(|p| p.consumer.is_finished()) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Partitions that read something since the checkpoint they started from.
+    let mut waiting: BTreeMap<u32, u64> = BTreeMap::new();
+    for (&partition, run) in running {
+        let fed = run.fed_seq.load(Relaxed);
+        if fed > run.resumed_seq && send(&run.feed, Fed::LastCut).await {
+            waiting.insert(partition, fed);
+        }
+    }
+    let until = Instant::now() + PATIENCE;
+    loop {
+        let stored = metrics.cluster.checkpointed.lock().clone();
+        waiting.retain(|partition, fed| {
+            let covered = stored.get(partition).copied().unwrap_or(0);
+            if covered < *fed {
+                return true;
+            }
+            tracing::info!(
+                partition = *partition,
+                covers_seq = covered,
+                "cluster: partition {partition} handed over with its checkpoint through stream sequence {covered}"
+            );
+            false
+        });
+        if waiting.is_empty() || Instant::now() >= until {
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    for partition in waiting.keys() {
+        tracing::warn!(
+            partition = *partition,
+            "cluster: partition {partition} handed over without its last checkpoint (not stored within {PATIENCE:?}): its next owner goes on from the one before"
+        );
+    }
+}
