@@ -273,19 +273,21 @@ mod tests {
         seen
     }
 
+    fn water(at_ms: i64) -> Message {
+        Message {
+            at_ms,
+            topic: "city/a/water/w1".to_string(),
+            ..Message::default()
+        }
+    }
+
     #[test]
     fn a_replay_at_maximum_speed_hands_messages_over_in_bursts_that_end_at_each_tick() {
         let pattern = TopicPattern::parse("city/{district}/{table}/{device_id}").unwrap();
         let metrics = Metrics::new();
         let (handoff, queues) = Handoff::new(1, pattern, Catalog::builtin(), 64, Arc::new(Metrics::new()));
         let at = [100, 200, 900, 1_100, 1_500];
-        let mut messages = at.iter().map(|&at_ms| {
-            Ok(Message {
-                at_ms,
-                topic: "city/a/water/w1".to_string(),
-                ..Message::default()
-            })
-        });
+        let mut messages = at.iter().map(|&at_ms| Ok(water(at_ms)));
         let mut bursting = Bursting::new(&handoff);
         let count = replay(&mut messages, &mut bursting, Speed::Max, &metrics, 0, &mut |_| {}).unwrap();
         assert_eq!(count, 5);
@@ -294,13 +296,7 @@ mod tests {
             ["burst 100,200,900", "tick 1000", "burst 1100,1500"]
         );
         // Paced, each message goes at once.
-        let mut messages = at.iter().map(|&at_ms| {
-            Ok(Message {
-                at_ms,
-                topic: "city/a/water/w1".to_string(),
-                ..Message::default()
-            })
-        });
+        let mut messages = at.iter().map(|&at_ms| Ok(water(at_ms)));
         let mut bursting = Bursting::new(&handoff);
         replay(
             &mut messages,
