@@ -115,9 +115,10 @@ impl Bursts {
     /// The most messages in one burst: bounds what one queue slot holds, so a full queue
     /// still means a bounded backlog (`queue_capacity` × this).
     pub(crate) const MAX: usize = 64;
-    /// The most payload bytes in one burst (the largest payload accepted by default): a
-    /// full queue holds no more bytes than it did with one message per slot.
-    pub(crate) const MAX_BYTES: usize = 64 << 10;
+    /// The most payload bytes in one burst: single readings (a few hundred bytes) go about
+    /// 50 at a time, gateway payloads (a hundred readings, 13 KB) one at a time as before
+    /// bursts, so a full queue of them holds no more than it did then.
+    pub(crate) const MAX_BYTES: usize = 8 << 10;
 
     pub(crate) fn new(handoff: &Handoff) -> Self {
         Bursts {
@@ -229,18 +230,22 @@ mod tests {
     }
 
     #[test]
-    fn a_burst_of_large_payloads_goes_once_it_holds_the_largest_payload_s_bytes() {
+    fn a_burst_of_large_payloads_goes_once_it_holds_max_bytes() {
         let (handoff, receivers) = Handoff::new(1, city_topics(), Catalog::builtin(), 16, Arc::new(Metrics::new()));
         let mut bursts = Bursts::new(&handoff);
         let big = |n| Message {
-            payload: bytes::Bytes::from(vec![b' '; 40 << 10]),
+            payload: bytes::Bytes::from(vec![b' '; Bursts::MAX_BYTES / 3 + 1]),
             ..message(n)
         };
         bursts.push(&handoff, 0, big(1)).expect("open");
-        assert!(receivers[0].try_recv().is_err(), "40 KiB waits for more");
         bursts.push(&handoff, 0, big(2)).expect("open");
-        assert_eq!(at_ms(receivers[0].try_recv().expect("80 KiB goes")), vec![1, 2]);
+        assert!(receivers[0].try_recv().is_err(), "two thirds wait for more");
         bursts.push(&handoff, 0, big(3)).expect("open");
+        assert_eq!(
+            at_ms(receivers[0].try_recv().expect("a full burst goes")),
+            vec![1, 2, 3]
+        );
+        bursts.push(&handoff, 0, big(4)).expect("open");
         assert!(receivers[0].try_recv().is_err(), "the count starts again");
     }
 
