@@ -624,9 +624,11 @@ fn publish_paced(url: &str, rate: f64) -> std::thread::JoinHandle<u64> {
 /// A 3-node cluster with its stream, three instances sharing the partitions, and the demo
 /// being published at 30,000 readings/s; the servers and files live as long as it does.
 struct UnderLoad {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     _servers: Vec<Server>,
     url: String,
+    /// The instances' config file.
+    config: PathBuf,
     instances: Vec<Instance>,
     publisher: Option<std::thread::JoinHandle<u64>>,
 }
@@ -643,9 +645,10 @@ impl UnderLoad {
         let instances = three_instances(dir.path(), &url, &file, idle_exit);
         let publisher = Some(publish_paced(&url, 30_000.0));
         UnderLoad {
-            _dir: dir,
+            dir,
             _servers: servers,
             url,
+            config: file,
             instances,
             publisher,
         }
@@ -716,7 +719,7 @@ fn a_killed_instance_s_partitions_are_taken_over_and_nothing_is_lost_or_sent_twi
 }
 
 #[test]
-fn a_stopped_instance_hands_its_partitions_over_at_their_last_reading_and_nothing_is_sent_twice() {
+fn stopped_and_balanced_partitions_are_handed_over_at_their_last_reading_and_nothing_is_sent_twice() {
     let Some(binary) = nats_binary() else { return };
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut run = UnderLoad::start(&binary, IDLE_UNDER_LOAD);
@@ -727,7 +730,58 @@ fn a_stopped_instance_hands_its_partitions_over_at_their_last_reading_and_nothin
     leaver.assert_ends_well(Duration::from_secs(60));
     assert_eq!(leaver.logged("without its last checkpoint"), 0, "{}", leaver.log_tail());
     // Each partition node-2 read mid-stream: the stream sequence its last checkpoint covers.
-    let handed: Vec<(u64, u64)> = leaver
+    let handed = handed_over(leaver);
+    assert!(!handed.is_empty(), "node-2 handed nothing over:\n{}", leaver.log_tail());
+    // Once node-1 and node-3 hold every partition, a fourth instance joins mid-stream: they
+    // give it partitions for balance.
+    let asked = Instant::now();
+    while !lease_owners(&run.url)
+        .values()
+        .filter(|o| *o == "node-1" || *o == "node-3")
+        .count()
+        .eq(&(PARTITIONS as usize))
+    {
+        assert!(
+            asked.elapsed() < Duration::from_secs(30),
+            "node-2's partitions were not taken up: {:?}",
+            lease_owners(&run.url)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let node_4 = Instance::start(run.dir.path(), "node-4", &run.url, &run.config, IDLE_UNDER_LOAD);
+    run.instances.push(node_4);
+    wait_until_holding(&run.url, &run.instances, "node-4");
+    run.finish(&[0, 2, 3]);
+    // Every handover, at the stop or for balance, was taken up from exactly its checkpoint.
+    let mut balanced = 0;
+    for (from, instance) in run.instances.iter().enumerate() {
+        for (partition, covers_seq) in handed_over(instance) {
+            let successor = run.instances.iter().enumerate().position(|(i, other)| {
+                i != from
+                    && other.log.lock().unwrap().iter().any(|l| {
+                        l["message"].as_str().is_some_and(|m| m.contains("from its checkpoint"))
+                            && l["partition"].as_u64() == Some(partition)
+                            && l["covers_seq"].as_u64() == Some(covers_seq)
+                    })
+            });
+            let Some(to) = successor else {
+                panic!(
+                    "no successor went on from {}'s last checkpoint of partition {partition} (through {covers_seq})",
+                    instance.name
+                )
+            };
+            balanced += usize::from(from != 1 && to == 3);
+        }
+    }
+    assert!(balanced > 0, "node-4 took no partition handed over for balance");
+    // Everything sent before a handover was recorded before its lease went: nothing twice.
+    assert_golden_once(&run.instances, "one instance stopped, one joined, mid-stream");
+}
+
+/// The (partition, stream sequence) of each checkpoint `instance` handed a partition over
+/// with.
+fn handed_over(instance: &Instance) -> Vec<(u64, u64)> {
+    instance
         .log
         .lock()
         .unwrap()
@@ -738,25 +792,7 @@ fn a_stopped_instance_hands_its_partitions_over_at_their_last_reading_and_nothin
                 .is_some_and(|m| m.contains("handed over with its checkpoint"))
         })
         .map(|l| (l["partition"].as_u64().unwrap(), l["covers_seq"].as_u64().unwrap()))
-        .collect();
-    assert!(!handed.is_empty(), "node-2 handed nothing over:\n{}", leaver.log_tail());
-    run.finish(&[0, 2]);
-    // Its successors go on from exactly there.
-    for (partition, covers_seq) in &handed {
-        let resumed = [0, 2].iter().any(|i| {
-            run.instances[*i].log.lock().unwrap().iter().any(|l| {
-                l["message"].as_str().is_some_and(|m| m.contains("from its checkpoint"))
-                    && l["partition"].as_u64() == Some(*partition)
-                    && l["covers_seq"].as_u64() == Some(*covers_seq)
-            })
-        });
-        assert!(
-            resumed,
-            "no successor went on from partition {partition}'s last checkpoint (through {covers_seq})"
-        );
-    }
-    // Everything node-2 sent was recorded before its leases went: nothing is sent twice.
-    assert_golden_once(&run.instances, "one instance stopped mid-stream");
+        .collect()
 }
 
 #[test]

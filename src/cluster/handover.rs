@@ -1,5 +1,6 @@
-//! A stop's handover (Ctrl-C, SIGTERM) on a cluster instance: before its partitions are
-//! fenced and their leases given back, each partition's consumer stops and its pipeline
+//! A handover on a cluster instance, at a stop (Ctrl-C, SIGTERM) or of a partition given to
+//! a peer for balance: before the partitions are fenced and their leases given back, each
+//! partition's consumer stops and its pipeline
 //! cuts a last checkpoint through the last item it was handed (`Fed::LastCut`); the
 //! instance waits until the sink thread has sent everything before the cut and stored the
 //! checkpoint, `PATIENCE` at most. The peer that takes a partition over goes on from exactly
@@ -15,8 +16,9 @@ use super::instance::{Running, send};
 use crate::ingest::partition_feed::Fed;
 use crate::metrics::Metrics;
 
-/// How long a handover waits for its partitions' last checkpoints, all together.
-const PATIENCE: Duration = Duration::from_secs(10);
+/// How long a handover waits for its partitions' last checkpoints, all together: less
+/// than a balance release waits for the source (`keeper::STOP_WAIT`).
+const PATIENCE: Duration = Duration::from_secs(5);
 /// How often it looks.
 const POLL: Duration = Duration::from_millis(20);
 

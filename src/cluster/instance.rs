@@ -15,7 +15,8 @@
 //! - a stop (Ctrl-C, SIGTERM): a handover. Each partition's consumer stops and its state
 //!   through the last reading read is checkpointed (`handover`); then the partitions are
 //!   fenced (what their pipelines still compute is not sent), the leases are given back,
-//!   and the peers that take them go on from those checkpoints.
+//!   and the peers that take them go on from those checkpoints. A partition the keeper
+//!   gives to a peer for balance is handed over the same way.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -254,6 +255,23 @@ async fn run(source: &ClusterSource, instance: Instance<'_>, shutdown: &Shutdown
         // What is held and what runs agree after every change.
         if changes.has_changed().unwrap_or(false) || running.is_empty() {
             changes.mark_unchanged();
+            // Partitions given to a peer: their state through the last reading read is
+            // stored under the lease, then they are fenced and stopped.
+            let releasing = ownership.releasing();
+            if !releasing.is_empty() {
+                let leaving: BTreeMap<u32, Running> = running.extract_if(.., |p, _| releasing.contains(p)).collect();
+                if checkpoints.is_some() {
+                    handover::last_checkpoints(&leaving, &instance.metrics).await;
+                }
+                for partition in releasing.iter().filter(|p| !leaving.contains_key(p)) {
+                    ownership.lose(*partition, false);
+                    ownership.stopped(*partition);
+                }
+                for (partition, gone) in leaving {
+                    ownership.lose(partition, false);
+                    stop(partition, gone, &ownership).await;
+                }
+            }
             let held = ownership.held();
             // A partition lost and claimed again between two looks (a new epoch) runs on:
             // its pipeline is exact, but stores no checkpoint (some of its warnings may have

@@ -231,7 +231,12 @@ impl Keeper {
             Err(_) => return self.failed("reading the lease bucket", &"no answer within half a lease"),
         };
         let mut held = BTreeMap::new();
+        // Partitions being released are on their way out: neither renewed nor planned.
+        let releasing = self.ownership.releasing();
         for (partition, h) in self.ownership.held() {
+            if releasing.contains(&partition) {
+                continue;
+            }
             if view.partitions.get(&partition).map(|s| s.revision) == Some(h.revision) {
                 held.insert(partition, h);
             } else {
@@ -286,8 +291,9 @@ impl Keeper {
                 revision,
                 epoch,
             } => {
-                // Stopped and settled in the background: renewals of the rest go on meanwhile.
-                self.ownership.lose(partition, false);
+                // Checkpointed, stopped and settled in the background (the source gives it
+                // up once its last checkpoint is stored): renewals of the rest go on.
+                self.ownership.release(partition);
                 let (ownership, store, metrics) = (
                     Arc::clone(&self.ownership),
                     self.store.clone(),
@@ -295,6 +301,8 @@ impl Keeper {
                 );
                 tokio::spawn(async move {
                     wait_stopped(&ownership, partition).await;
+                    // Fenced whether or not the source got to it.
+                    ownership.lose(partition, false);
                     ownership.drain().await;
                     tracing::info!(
                         partition,

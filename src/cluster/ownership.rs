@@ -26,6 +26,9 @@ struct Inner {
     claimed_at: BTreeMap<u32, Instant>,
     /// Partitions the source has stopped consuming since they were given up.
     stopped: Vec<u32>,
+    /// Held partitions being given to a peer (balance): no longer renewed, still valid
+    /// until their source has checkpointed and stopped them.
+    releasing: std::collections::BTreeSet<u32>,
 }
 
 /// The partitions held, shared.
@@ -104,6 +107,7 @@ impl Ownership {
     pub(crate) fn gain(&self, partition: u32, held: Held, took_over: bool) {
         let mut inner = self.inner.lock();
         inner.held.insert(partition, held);
+        inner.releasing.remove(&partition);
         inner.stopped.retain(|p| *p != partition);
         if took_over {
             self.metrics.cluster.takeovers.fetch_add(1, Relaxed);
@@ -122,12 +126,27 @@ impl Ownership {
     /// A partition no longer held (released, or found taken by a peer).
     pub(crate) fn lose(&self, partition: u32, taken: bool) {
         let mut inner = self.inner.lock();
+        inner.releasing.remove(&partition);
         if inner.held.remove(&partition).is_some() {
             if taken {
                 self.metrics.cluster.leases_lost.fetch_add(1, Relaxed);
             }
             self.bump(&inner);
         }
+    }
+
+    /// A held partition is to go to a peer: the source checkpoints it, then gives it up
+    /// (`lose`) and stops it; meanwhile its lease stays valid, unrenewed.
+    pub(crate) fn release(&self, partition: u32) {
+        let mut inner = self.inner.lock();
+        if inner.held.contains_key(&partition) && inner.releasing.insert(partition) {
+            self.bump(&inner);
+        }
+    }
+
+    /// The held partitions being released.
+    pub(crate) fn releasing(&self) -> std::collections::BTreeSet<u32> {
+        self.inner.lock().releasing.clone()
     }
 
     /// The source stopped consuming a partition it no longer holds.
