@@ -205,6 +205,7 @@ impl Fence for ClusterFence {
             Ok(Ok(bytes)) => {
                 metrics.checkpoints.fetch_add(1, Relaxed);
                 metrics.checkpointed.lock().insert(partition, checkpoint.covers_seq);
+                self.ownership.checkpoint_stored(partition, checkpoint.covers_seq);
                 if self.checkpointed.lock().insert((partition, epoch)) {
                     tracing::info!(
                         partition,

@@ -10,22 +10,43 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::instance::{Running, send};
+use super::instance::{Running, send, stop};
+use super::ownership::Ownership;
 use crate::ingest::partition_feed::Fed;
-use crate::metrics::Metrics;
 
 /// How long a handover waits for its partitions' last checkpoints, all together: less
 /// than a balance release waits for the source (`keeper::STOP_WAIT`).
 const PATIENCE: Duration = Duration::from_secs(5);
-/// How often it looks.
-const POLL: Duration = Duration::from_millis(20);
+
+/// Hands over the partitions the keeper gives to a peer for balance (`Ownership::releasing`):
+/// their state through the last reading read is stored under the lease (when `checkpoints`
+/// are kept), then they are fenced and stopped. Those not running are only marked stopped.
+pub(super) async fn released(running: &mut BTreeMap<u32, Running>, ownership: &Ownership, checkpoints: bool) {
+    let releasing = ownership.releasing();
+    if releasing.is_empty() {
+        return;
+    }
+    let leaving: BTreeMap<u32, Running> = running.extract_if(.., |p, _| releasing.contains(p)).collect();
+    if checkpoints {
+        last_checkpoints(&leaving, ownership).await;
+    }
+    for partition in releasing.iter().filter(|p| !leaving.contains_key(p)) {
+        ownership.lose(*partition, false);
+        ownership.stopped(*partition);
+    }
+    for (partition, gone) in leaving {
+        ownership.lose(partition, false);
+        stop(partition, gone, ownership).await;
+    }
+}
 
 /// Stops every partition's consumer and waits until each partition's state through its
 /// last item read is stored (or `PATIENCE` passed); logs what each partition is handed
 /// over with.
-pub(super) async fn last_checkpoints(running: &BTreeMap<u32, Running>, metrics: &Metrics) {
+pub(super) async fn last_checkpoints(running: &BTreeMap<u32, Running>, ownership: &Ownership) {
+    let mut stored = ownership.stored_checkpoints();
     for partition in running.values() {
         partition.consumer.abort();
     }
@@ -40,11 +61,11 @@ pub(super) async fn last_checkpoints(running: &BTreeMap<u32, Running>, metrics: 
             waiting.insert(partition, fed);
         }
     }
-    let until = Instant::now() + PATIENCE;
+    let until = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let stored = metrics.cluster.checkpointed.lock().clone();
+        let newest = stored.borrow_and_update().clone();
         waiting.retain(|partition, fed| {
-            let covered = stored.get(partition).copied().unwrap_or(0);
+            let covered = newest.get(partition).copied().unwrap_or(0);
             if covered < *fed {
                 return true;
             }
@@ -55,10 +76,9 @@ pub(super) async fn last_checkpoints(running: &BTreeMap<u32, Running>, metrics: 
             );
             false
         });
-        if waiting.is_empty() || Instant::now() >= until {
+        if waiting.is_empty() || !matches!(tokio::time::timeout_at(until, stored.changed()).await, Ok(Ok(()))) {
             break;
         }
-        tokio::time::sleep(POLL).await;
     }
     for partition in waiting.keys() {
         tracing::warn!(

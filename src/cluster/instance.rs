@@ -255,23 +255,7 @@ async fn run(source: &ClusterSource, instance: Instance<'_>, shutdown: &Shutdown
         // What is held and what runs agree after every change.
         if changes.has_changed().unwrap_or(false) || running.is_empty() {
             changes.mark_unchanged();
-            // Partitions given to a peer: their state through the last reading read is
-            // stored under the lease, then they are fenced and stopped.
-            let releasing = ownership.releasing();
-            if !releasing.is_empty() {
-                let leaving: BTreeMap<u32, Running> = running.extract_if(.., |p, _| releasing.contains(p)).collect();
-                if checkpoints.is_some() {
-                    handover::last_checkpoints(&leaving, &instance.metrics).await;
-                }
-                for partition in releasing.iter().filter(|p| !leaving.contains_key(p)) {
-                    ownership.lose(*partition, false);
-                    ownership.stopped(*partition);
-                }
-                for (partition, gone) in leaving {
-                    ownership.lose(partition, false);
-                    stop(partition, gone, &ownership).await;
-                }
-            }
+            handover::released(&mut running, &ownership, checkpoints.is_some()).await;
             let held = ownership.held();
             // A partition lost and claimed again between two looks (a new epoch) runs on:
             // its pipeline is exact, but stores no checkpoint (some of its warnings may have
@@ -324,7 +308,7 @@ async fn run(source: &ClusterSource, instance: Instance<'_>, shutdown: &Shutdown
         // Each partition's state through its last reading is stored while its lease is
         // still held; then the fence: what the pipelines still compute is not sent.
         if checkpoints.is_some() {
-            handover::last_checkpoints(&running, &instance.metrics).await;
+            handover::last_checkpoints(&running, &ownership).await;
         }
         for partition in running.keys().copied().collect::<Vec<_>>() {
             ownership.lose(partition, false);
@@ -433,7 +417,7 @@ fn start(
 }
 
 /// Stops a partition: its consumer ends and its feed closes, so its pipeline ends.
-async fn stop(partition: u32, running: Running, ownership: &Ownership) {
+pub(super) async fn stop(partition: u32, running: Running, ownership: &Ownership) {
     running.consumer.abort();
     let _ = running.consumer.await;
     drop(running.feed);

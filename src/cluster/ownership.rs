@@ -39,6 +39,9 @@ pub(crate) struct Ownership {
     inner: Mutex<Inner>,
     /// Bumped at each gain or loss; the source watches it.
     changed: tokio::sync::watch::Sender<u64>,
+    /// The stream sequence each partition's newest checkpoint stored by this run goes
+    /// through; a handover watches it.
+    stored: tokio::sync::watch::Sender<BTreeMap<u32, u64>>,
     metrics: Arc<Metrics>,
     /// The run's sink queue, to drain before a partition is given up.
     sinks: Mutex<Option<tokio::sync::mpsc::WeakSender<Notice>>>,
@@ -50,6 +53,7 @@ pub(crate) struct Ownership {
 impl Ownership {
     pub(crate) fn new(instance: &str, layout: Layout, takeover_grace: Duration, metrics: Arc<Metrics>) -> Arc<Self> {
         let (changed, _) = tokio::sync::watch::channel(0);
+        let (stored, _) = tokio::sync::watch::channel(BTreeMap::new());
         *metrics.cluster.instance.lock() = instance.to_string();
         metrics
             .cluster
@@ -60,6 +64,7 @@ impl Ownership {
             layout,
             inner: Mutex::new(Inner::default()),
             changed,
+            stored,
             metrics,
             sinks: Mutex::new(None),
             takeover_grace,
@@ -89,6 +94,19 @@ impl Ownership {
 
     pub(crate) fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+
+    /// A checkpoint of `partition` through stream sequence `covers_seq` is stored.
+    pub(crate) fn checkpoint_stored(&self, partition: u32, covers_seq: u64) {
+        self.stored.send_modify(|stored| {
+            stored.insert(partition, covers_seq);
+        });
+    }
+
+    /// Where each partition's newest checkpoint stored by this run goes through, as it
+    /// changes.
+    pub(crate) fn stored_checkpoints(&self) -> tokio::sync::watch::Receiver<BTreeMap<u32, u64>> {
+        self.stored.subscribe()
     }
 
     fn bump(&self, inner: &Inner) {
