@@ -58,6 +58,37 @@ impl PartitionDownstream for Bursting<'_> {
     }
 }
 
+/// The checkpoint cuts a feed has made.
+struct Cuts {
+    /// The number of the next checkpoint.
+    next_checkpoint: u64,
+    /// The stream sequence the last cut went through.
+    through_seq: u64,
+    /// When the last cut was made.
+    at: Instant,
+}
+
+impl Cuts {
+    /// Cuts the next checkpoint through stream sequence `seq`.
+    fn cut(
+        &mut self,
+        seq: u64,
+        next_tick_ms: Option<i64>,
+        downstream: &mut dyn PartitionDownstream,
+    ) -> Result<(), Closed> {
+        downstream.barrier(Cut {
+            checkpoint: self.next_checkpoint,
+            covers_seq: seq,
+            messages: 0,
+            next_tick_ms,
+        })?;
+        self.next_checkpoint += 1;
+        self.through_seq = seq;
+        self.at = Instant::now();
+        Ok(())
+    }
+}
+
 /// Feeds a partition's stream downstream until its sender is dropped; ticks go to the
 /// decode workers at each whole second the stream's time passes. What `downstream` holds
 /// back is flushed whenever the stream has nothing more for now. Returns the readings
@@ -70,9 +101,11 @@ pub(crate) fn feed(
 ) -> Result<u64, Closed> {
     let mut ticks = Ticks::resumed(plan.next_tick_ms);
     let mut count = 0;
-    let mut next_checkpoint = plan.next_checkpoint;
-    let mut cut_seq = plan.covers_seq;
-    let mut last_cut = Instant::now();
+    let mut cuts = Cuts {
+        next_checkpoint: plan.next_checkpoint,
+        through_seq: plan.covers_seq,
+        at: Instant::now(),
+    };
     // The last stream sequence read, refills included.
     let mut last_seq = plan.covers_seq;
     loop {
@@ -93,14 +126,7 @@ pub(crate) fn feed(
             // Cut again even where the last cut covered as much: its store may have failed.
             Fed::LastCut => {
                 if plan.checkpoint_every.is_some() && last_seq > plan.covers_seq {
-                    downstream.barrier(Cut {
-                        checkpoint: next_checkpoint,
-                        covers_seq: last_seq,
-                        messages: 0,
-                        next_tick_ms: ticks.next(),
-                    })?;
-                    next_checkpoint += 1;
-                    cut_seq = last_seq;
+                    cuts.cut(last_seq, ticks.next(), downstream)?;
                 }
                 continue;
             }
@@ -123,16 +149,8 @@ pub(crate) fn feed(
             downstream.message(msg)?;
             count += 1;
         }
-        if plan.checkpoint_every.is_some_and(|every| last_cut.elapsed() >= every) && seq > cut_seq {
-            downstream.barrier(Cut {
-                checkpoint: next_checkpoint,
-                covers_seq: seq,
-                messages: 0,
-                next_tick_ms: ticks.next(),
-            })?;
-            next_checkpoint += 1;
-            cut_seq = seq;
-            last_cut = Instant::now();
+        if plan.checkpoint_every.is_some_and(|every| cuts.at.elapsed() >= every) && seq > cuts.through_seq {
+            cuts.cut(seq, ticks.next(), downstream)?;
         }
     }
     downstream.flush()?;
