@@ -55,7 +55,7 @@ use crate::alert::sink::{self, Notice, SinkConfig, SinkError};
 use crate::alert::warning::Warning;
 use crate::cluster::ClusterSource;
 use crate::cluster::forward::ForwardSink;
-use crate::cluster::instance::{Instance, open_fence, run_instance};
+use crate::cluster::instance::open_fence;
 use crate::config::Config;
 use crate::deadletter;
 use crate::flow::{Ingest, Message};
@@ -494,16 +494,7 @@ pub fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
                     metrics: Arc::clone(&metrics),
                     dead_letter_path: options.dead_letter_path.clone(),
                 };
-                let start_partition = |start| partitions.start(start);
-                let instance = Instance {
-                    config,
-                    metrics: Arc::clone(&metrics),
-                    ownership,
-                    start_partition: &start_partition,
-                };
-                let ran = run_instance(source, instance, &shutdown).map_err(RunError::Nats);
-                drop(partitions);
-                ran
+                partitions.run_instance(source, ownership, &shutdown)
             }
             Source::Partition(partition) => {
                 feed(&partition.items, &mut Bursting::new(&handoff), &metrics, partition.plan)

@@ -9,13 +9,16 @@ use std::thread::JoinHandle;
 
 use tokio::sync::mpsc;
 
-use super::{PartitionFeed, RunOptions, Source, run};
+use super::{PartitionFeed, RunError, RunOptions, Source, run};
 use crate::alert::sink::{Notice, SinkConfig};
-use crate::cluster::instance::PartitionStart;
+use crate::cluster::ClusterSource;
+use crate::cluster::instance::{Instance, PartitionStart, run_instance};
+use crate::cluster::ownership::Ownership;
 use crate::config::{Config, DurationMs};
 use crate::ingest::replay::Speed;
 use crate::metrics::Metrics;
 use crate::rules::worker::DetectionClock;
+use crate::shutdown::Shutdown;
 
 /// What every partition of one instance shares.
 pub(super) struct Partitions {
@@ -26,6 +29,24 @@ pub(super) struct Partitions {
 }
 
 impl Partitions {
+    /// Runs the cluster instance (`run --nats`) on this thread until it ends, starting and
+    /// stopping a pipeline per partition as it takes and gives them up.
+    pub(super) fn run_instance(
+        self,
+        source: &ClusterSource,
+        ownership: Arc<Ownership>,
+        shutdown: &Shutdown,
+    ) -> Result<(), RunError> {
+        let start_partition = |start| self.start(start);
+        let instance = Instance {
+            config: &self.config,
+            metrics: Arc::clone(&self.metrics),
+            ownership,
+            start_partition: &start_partition,
+        };
+        run_instance(source, instance, shutdown).map_err(RunError::Nats)
+    }
+
     /// Starts a partition's pipeline, reading its items until they end.
     pub(super) fn start(&self, start: PartitionStart) -> Result<JoinHandle<()>, String> {
         let partition = start.partition;
