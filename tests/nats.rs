@@ -581,38 +581,46 @@ fn three_instances(dir: &Path, url: &str, file: &Path, idle_exit: &str) -> Vec<I
     let instances: Vec<Instance> = (1..=3)
         .map(|i| Instance::start(dir, &format!("node-{i}"), url, file, idle_exit))
         .collect();
+    wait_for(
+        Duration::from_secs(60),
+        || {
+            let owners = lease_owners(url);
+            let holders: std::collections::BTreeSet<&String> = owners.values().filter(|o| !o.is_empty()).collect();
+            owners.len() == PARTITIONS as usize && owners.values().all(|o| !o.is_empty()) && holders.len() >= 2
+        },
+        || format!("the instances did not share the partitions: {:?}", lease_owners(url)),
+    );
+    instances
+}
+
+/// Waits until `condition` holds, looking every 50 ms; fails with `what()` after `limit`.
+fn wait_for(limit: Duration, mut condition: impl FnMut() -> bool, what: impl FnOnce() -> String) {
     let started = Instant::now();
-    loop {
-        let owners = lease_owners(url);
-        let holders: std::collections::BTreeSet<&String> = owners.values().filter(|o| !o.is_empty()).collect();
-        if owners.len() == PARTITIONS as usize && owners.values().all(|o| !o.is_empty()) && holders.len() >= 2 {
-            return instances;
+    while !condition() {
+        if started.elapsed() > limit {
+            panic!("after {limit:?}: {}", what());
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the instances did not share the partitions: {owners:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 /// Waits until `instance` holds a partition (instances share them out over a few rounds).
 fn wait_until_holding(url: &str, instances: &[Instance], instance: &str) {
-    let started = Instant::now();
-    loop {
-        let owners = lease_owners(url);
-        if owners.values().any(|o| o == instance) {
-            return;
-        }
-        if started.elapsed() > Duration::from_secs(60) {
+    wait_for(
+        Duration::from_secs(60),
+        || lease_owners(url).values().any(|o| o == instance),
+        || {
             let logs: Vec<String> = instances
                 .iter()
                 .map(|i| format!("{}:\n{}", i.name, i.log_tail()))
                 .collect();
-            panic!("{instance} never held a partition: {owners:?}\n{}", logs.join("\n"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+            format!(
+                "{instance} never held a partition: {:?}\n{}",
+                lease_owners(url),
+                logs.join("\n")
+            )
+        },
+    );
 }
 
 /// Publishes the demo at `rate` readings/s on a thread of its own.
@@ -680,35 +688,30 @@ fn a_killed_instance_s_partitions_are_taken_over_and_nothing_is_lost_or_sent_twi
         .collect();
     assert!(!held.is_empty(), "node-2 held no partition when it was killed");
     // Its partitions' state is stored before it dies, so the survivors go on from there.
-    let asked = Instant::now();
-    while !held
-        .iter()
-        .all(|p| victim.logged(&format!("partition {p}'s state is checkpointed")) > 0)
-    {
-        assert!(
-            asked.elapsed() < Duration::from_secs(60),
-            "node-2 stored no checkpoint of {held:?}:\n{}",
-            victim.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for(
+        Duration::from_secs(60),
+        || {
+            held.iter()
+                .all(|p| victim.logged(&format!("partition {p}'s state is checkpointed")) > 0)
+        },
+        || format!("node-2 stored no checkpoint of {held:?}:\n{}", victim.log_tail()),
+    );
     victim.signal("KILL");
-    let killed = Instant::now();
     let unrecorded = unrecorded(&run.url, victim);
-    loop {
-        let owners = lease_owners(&run.url);
-        if held
-            .iter()
-            .all(|p| owners.get(p).is_some_and(|o| !o.is_empty() && *o != victim.name))
-        {
-            break;
-        }
-        assert!(
-            killed.elapsed() < 2 * LEASE,
-            "partitions {held:?} were not taken over within two leases: {owners:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for(
+        2 * LEASE,
+        || {
+            let owners = lease_owners(&run.url);
+            held.iter()
+                .all(|p| owners.get(p).is_some_and(|o| !o.is_empty() && *o != victim.name))
+        },
+        || {
+            format!(
+                "partitions {held:?} were not taken over within two leases: {:?}",
+                lease_owners(&run.url)
+            )
+        },
+    );
     run.finish(&[0, 2]);
     let resumed: usize = [0, 2]
         .iter()
@@ -734,20 +737,17 @@ fn stopped_and_balanced_partitions_are_handed_over_at_their_last_reading_and_not
     assert!(!handed.is_empty(), "node-2 handed nothing over:\n{}", leaver.log_tail());
     // Once node-1 and node-3 hold every partition, a fourth instance joins mid-stream: they
     // give it partitions for balance.
-    let asked = Instant::now();
-    while !lease_owners(&run.url)
-        .values()
-        .filter(|o| *o == "node-1" || *o == "node-3")
-        .count()
-        .eq(&(PARTITIONS as usize))
-    {
-        assert!(
-            asked.elapsed() < Duration::from_secs(30),
-            "node-2's partitions were not taken up: {:?}",
+    wait_for(
+        Duration::from_secs(30),
+        || {
             lease_owners(&run.url)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+                .values()
+                .filter(|o| *o == "node-1" || *o == "node-3")
+                .count()
+                == PARTITIONS as usize
+        },
+        || format!("node-2's partitions were not taken up: {:?}", lease_owners(&run.url)),
+    );
     let node_4 = Instance::start(run.dir.path(), "node-4", &run.url, &run.config, IDLE_UNDER_LOAD);
     run.instances.push(node_4);
     wait_until_holding(&run.url, &run.instances, "node-4");
