@@ -11,7 +11,7 @@ use datafusion::arrow::array::{ArrayRef, Float64Builder, StringBuilder, Timestam
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 
-use crate::flow::{LateRows, Message, TableBatch};
+use crate::flow::{LateRows, Received, TableBatch};
 use crate::schema::{ColumnType, TableDef, UTC};
 use crate::time::EpochMs;
 
@@ -34,7 +34,7 @@ pub struct Row<'a> {
 
 /// Where decoded rows go (the batcher).
 pub trait RowSink {
-    fn push(&mut self, table: usize, row: &Row<'_>, msg: &Message);
+    fn push(&mut self, table: usize, row: &Row<'_>, msg: &Received<'_>);
 }
 
 enum ColumnBuilder {
@@ -109,7 +109,7 @@ impl TableBatcher {
     }
 
     /// Appends one decoded row.
-    pub fn push(&mut self, row: &Row<'_>, msg: &Message) {
+    pub fn push(&mut self, row: &Row<'_>, msg: &Received<'_>) {
         self.ts.append_value(row.ts);
         self.device_id.append_value(row.device_id);
         self.district.append_value(row.district);
@@ -128,7 +128,7 @@ impl TableBatcher {
         }
         self.arrivals_ns.push(msg.arrived_ns);
         self.at_ms.push(msg.at_ms);
-        self.topics.append_value(&msg.topic);
+        self.topics.append_value(msg.topic);
     }
 
     /// Finishes the waiting rows into a batch. The builders start again with room for as
@@ -178,7 +178,7 @@ pub struct Batchers {
 }
 
 impl RowSink for Batchers {
-    fn push(&mut self, table: usize, row: &Row<'_>, msg: &Message) {
+    fn push(&mut self, table: usize, row: &Row<'_>, msg: &Received<'_>) {
         if let Some(Some(batcher)) = self.by_table.get_mut(table) {
             batcher.push(row, msg);
             self.last_table = Some(table);
@@ -198,13 +198,13 @@ mod tests {
         let catalog = Catalog::builtin();
         let water = catalog.get("water").cloned().expect("water table");
         let mut batcher = TableBatcher::new(3, Arc::clone(&water), 4);
-        let msg = Message {
+        let msg = crate::flow::Message {
             at_ms: 7,
             topic: "city/a/water/w1".into(),
             payload: bytes::Bytes::new(),
             recorded_invalid: false,
             arrived_ns: 99,
-            ..Message::default()
+            ..crate::flow::Message::default()
         };
         let cells = [
             Cell::Text("pressure".into()),
@@ -220,8 +220,8 @@ mod tests {
             district,
             cells: &cells,
         };
-        batcher.push(&row(1000, "w1", "a"), &msg);
-        batcher.push(&row(2000, "w1", "a"), &msg);
+        batcher.push(&row(1000, "w1", "a"), &msg.received());
+        batcher.push(&row(2000, "w1", "a"), &msg.received());
         let flushed = batcher.flush().expect("valid batch");
         assert_eq!(flushed.batch.num_rows(), 2);
         assert_eq!(flushed.batch.schema(), water.schema);
@@ -231,7 +231,7 @@ mod tests {
         assert!(batcher.is_empty());
         assert_eq!(batcher.flush().expect("empty batch").batch.num_rows(), 0);
         // The renewed builders take the next batch as the first ones did.
-        batcher.push(&row(3000, "w2", "b"), &msg);
+        batcher.push(&row(3000, "w2", "b"), &msg.received());
         let next = batcher.flush().expect("valid batch");
         assert_eq!(next.batch.num_rows(), 1);
         assert_eq!(next.batch.column(1).as_string::<i32>().value(0), "w2");

@@ -1,9 +1,11 @@
 //! The vocabulary of the pipeline: the typed messages its stages hand each other, and
 //! nothing else. Sources produce [`Message`]s, wrapped with control items in [`Ingest`] on
-//! the decode queues; decode workers flush [`TableBatch`]es and send [`TableEvent`]s to the
-//! rule queues named by the [`RuleFanout`]; anything unusable becomes a [`DeadLetter`] with
-//! its [`Reason`]. This module imports only `time` and external crates, so every
-//! stage can depend on it and it depends on no stage.
+//! the decode queues (a file replay hands over fixture lines in place, [`LineBurst`]s,
+//! which decode workers read as [`Received`] views, as they read messages); decode workers
+//! flush [`TableBatch`]es and send [`TableEvent`]s to the rule queues named by the
+//! [`RuleFanout`]; anything unusable becomes a [`DeadLetter`] with its [`Reason`]. This
+//! module imports only `time` and external crates, so every stage can depend on it and it
+//! depends on no stage.
 
 use std::sync::Arc;
 
@@ -41,6 +43,93 @@ pub struct Message {
     pub rebuild: bool,
 }
 
+impl Message {
+    /// The message as the decoder reads it.
+    pub fn received(&self) -> Received<'_> {
+        Received {
+            at_ms: self.at_ms,
+            topic: &self.topic,
+            payload: &self.payload,
+            recorded_invalid: self.recorded_invalid,
+            arrived_ns: self.arrived_ns,
+            received_ms: self.received_ms,
+            seq: self.seq,
+            rebuild: self.rebuild,
+        }
+    }
+}
+
+/// A message as the decoder reads it, borrowed: from a [`Message`], or from a block of
+/// fixture lines ([`LineBurst`]) without a handle or a copy per line. The fields mean what
+/// [`Message`]'s do.
+#[derive(Debug, Clone, Copy)]
+pub struct Received<'a> {
+    pub at_ms: i64,
+    pub topic: &'a str,
+    pub payload: &'a [u8],
+    pub recorded_invalid: bool,
+    pub arrived_ns: u64,
+    pub received_ms: i64,
+    pub seq: u64,
+    pub rebuild: bool,
+}
+
+/// Fixture lines a file replay read for one decode worker, in file order: one shared
+/// block of the file and where each line's parts lie in it. A replay at full speed hands
+/// over millions of lines a second; a `Message` each would cost the reader an allocation
+/// (the topic) and a shared reference count (the payload's slice) per line, counts the
+/// decode workers, dropping them, keep pulling back across cores.
+#[derive(Debug)]
+pub(crate) struct LineBurst {
+    pub block: bytes::Bytes,
+    pub lines: Vec<LineAt>,
+}
+
+/// One fixture line of a [`LineBurst`]: its envelope's time, when it was handed over, and
+/// its topic and payload as byte ranges of the block (the topic checked to be UTF-8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LineAt {
+    pub at_ms: i64,
+    pub arrived_ns: u64,
+    pub topic: (usize, usize),
+    pub payload: (usize, usize),
+}
+
+impl LineAt {
+    /// The line as a message of its own (its payload a slice of `block`).
+    pub(crate) fn message_in(&self, block: &bytes::Bytes) -> Message {
+        Message {
+            at_ms: self.at_ms,
+            topic: String::from_utf8_lossy(&block[self.topic.0..self.topic.1]).into_owned(),
+            payload: block.slice(self.payload.0..self.payload.1),
+            arrived_ns: self.arrived_ns,
+            ..Message::default()
+        }
+    }
+
+    /// Its topic in `block`; empty where it is not UTF-8 (never, from the reader, which
+    /// scanned it as text): dead-lettered as an unknown topic.
+    pub(crate) fn topic_in<'b>(&self, block: &'b [u8]) -> &'b str {
+        std::str::from_utf8(&block[self.topic.0..self.topic.1]).unwrap_or("")
+    }
+}
+
+impl LineBurst {
+    /// Each line as the decoder reads it.
+    pub(crate) fn received(&self) -> impl Iterator<Item = Received<'_>> {
+        self.lines.iter().map(|line| Received {
+            at_ms: line.at_ms,
+            topic: line.topic_in(&self.block),
+            payload: &self.block[line.payload.0..line.payload.1],
+            recorded_invalid: false,
+            arrived_ns: line.arrived_ns,
+            received_ms: 0,
+            seq: 0,
+            rebuild: false,
+        })
+    }
+}
+
 /// What travels through the decode queues, in order.
 #[derive(Debug)]
 pub(crate) enum Ingest {
@@ -48,6 +137,8 @@ pub(crate) enum Ingest {
     /// Messages a source read together for the same worker, in arrival order: one queue
     /// operation and at most one wake-up for the lot (see `queue::Bursts`).
     Messages(Vec<Message>),
+    /// Fixture lines a file replay read for this worker, in file order.
+    Lines(LineBurst),
     /// The virtual clock reached `now_ms`; lets idle tables advance their watermark.
     Tick {
         now_ms: i64,

@@ -12,7 +12,9 @@ use std::sync::atomic::Ordering;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 
-use crate::flow::{Closed, Ingest, Message};
+use bytes::Bytes;
+
+use crate::flow::{Closed, Ingest, LineAt, LineBurst, Message};
 use crate::metrics::Metrics;
 use crate::schema::Catalog;
 use crate::topic::TopicPattern;
@@ -163,9 +165,63 @@ impl Bursts {
         self.pending.iter().map(Vec::len).sum()
     }
 
-    #[cfg(test)]
-    fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// Whether no message waits.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.pending.iter().all(Vec::is_empty)
+    }
+}
+
+/// Fixture lines gathered per worker, like `Bursts`, all lying in one block of the file.
+pub(crate) struct LineBursts {
+    block: Bytes,
+    pending: Vec<Vec<LineAt>>,
+    /// The payload bytes of each pending burst.
+    bytes: Vec<usize>,
+}
+
+impl LineBursts {
+    pub(crate) fn new(handoff: &Handoff) -> Self {
+        LineBursts {
+            block: Bytes::new(),
+            pending: (0..handoff.workers()).map(|_| Vec::new()).collect(),
+            bytes: vec![0; handoff.workers()],
+        }
+    }
+
+    /// The lines that follow lie in `block`: those gathered in the one before go first.
+    pub(crate) fn begin(&mut self, handoff: &Handoff, block: &Bytes) -> Result<(), Closed> {
+        self.flush(handoff)?;
+        self.block = block.clone();
+        Ok(())
+    }
+
+    /// Adds a line for `worker`; hands that worker's burst over once it is full (the
+    /// limits of `Bursts`).
+    pub(crate) fn push(&mut self, handoff: &Handoff, worker: usize, line: LineAt) -> Result<(), Closed> {
+        let worker = worker.min(self.pending.len() - 1);
+        let burst = &mut self.pending[worker];
+        self.bytes[worker] += line.payload.1 - line.payload.0;
+        burst.push(line);
+        if burst.len() >= Bursts::MAX || self.bytes[worker] >= Bursts::MAX_BYTES {
+            self.bytes[worker] = 0;
+            let lines = std::mem::replace(burst, Vec::with_capacity(Bursts::MAX));
+            let block = self.block.clone();
+            handoff.send(worker, Ingest::Lines(LineBurst { block, lines }))?;
+        }
+        Ok(())
+    }
+
+    /// Hands every waiting burst over.
+    pub(crate) fn flush(&mut self, handoff: &Handoff) -> Result<(), Closed> {
+        self.bytes.fill(0);
+        for (worker, burst) in self.pending.iter_mut().enumerate() {
+            if !burst.is_empty() {
+                let lines = std::mem::take(burst);
+                let block = self.block.clone();
+                handoff.send(worker, Ingest::Lines(LineBurst { block, lines }))?;
+            }
+        }
+        Ok(())
     }
 }
 

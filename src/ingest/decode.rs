@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use super::scan::{FieldIndex, Scalar, Scanned, scalar_of, scan};
 use crate::batch::{Cell, Row, RowSink};
-use crate::flow::{DeadLetter, Message, Reason};
+use crate::flow::{DeadLetter, Message, Reason, Received};
 use crate::schema::{Catalog, ColumnType, TableDef};
 use crate::time::{EpochMs, parse_ts_text};
 use crate::topic::TopicPattern;
@@ -72,13 +72,24 @@ impl Decoder {
         sink: &mut impl RowSink,
         reject: &mut impl FnMut(DeadLetter),
     ) -> Outcome {
+        self.decode_received(&msg.received(), now_ms, sink, reject)
+    }
+
+    /// `decode`, for a message read in place (from a `Message` or a block of fixture lines).
+    pub(crate) fn decode_received(
+        &self,
+        msg: &Received<'_>,
+        now_ms: EpochMs,
+        sink: &mut impl RowSink,
+        reject: &mut impl FnMut(DeadLetter),
+    ) -> Outcome {
         let whole = |reason: Reason, detail: String| DeadLetter {
             reason,
             detail,
-            topic: msg.topic.clone(),
+            topic: msg.topic.to_string(),
             at: msg.at_ms,
             rules: Vec::new(),
-            payload: Value::String(kept_text(&msg.payload)),
+            payload: Value::String(kept_text(msg.payload)),
         };
         let rejected_whole = Outcome {
             accepted: 0,
@@ -95,7 +106,7 @@ impl Decoder {
             ));
             return rejected_whole;
         }
-        let Some(parts) = self.pattern.parts(&msg.topic) else {
+        let Some(parts) = self.pattern.parts(msg.topic) else {
             reject(whole(
                 Reason::UnknownTopic,
                 "topic does not match the topic pattern".to_string(),
@@ -121,11 +132,11 @@ impl Decoder {
             max_ts: now_ms.saturating_add(self.max_future_ms),
         };
         if let Some(outcome) =
-            scan(&msg.payload, &self.fields[table]).and_then(|rows| ctx.push_scanned(&rows, msg, sink))
+            scan(msg.payload, &self.fields[table]).and_then(|rows| ctx.push_scanned(&rows, msg, sink))
         {
             return outcome;
         }
-        let value: Value = match serde_json::from_slice(&msg.payload) {
+        let value: Value = match serde_json::from_slice(msg.payload) {
             Ok(v) => v,
             Err(e) => {
                 reject(whole(Reason::MalformedJson, e.to_string()));
@@ -140,7 +151,7 @@ impl Decoder {
                 reject(DeadLetter {
                     reason,
                     detail,
-                    topic: msg.topic.clone(),
+                    topic: msg.topic.to_string(),
                     at: msg.at_ms,
                     rules: Vec::new(),
                     payload: row.clone(),
@@ -167,7 +178,7 @@ struct RowContext<'t> {
 type RowError = (Reason, String);
 
 impl RowContext<'_> {
-    fn decode_row(&self, row: &Value, msg: &Message, sink: &mut impl RowSink) -> Result<(), RowError> {
+    fn decode_row(&self, row: &Value, msg: &Received<'_>, sink: &mut impl RowSink) -> Result<(), RowError> {
         let Value::Object(obj) = row else {
             return Err((
                 Reason::NotAnObject,
@@ -220,7 +231,7 @@ impl RowContext<'_> {
 
     /// Pushes every scanned row, or none when any row is bad (the full path then decodes
     /// the message and explains each bad row).
-    fn push_scanned(&self, scanned: &Scanned<'_>, msg: &Message, sink: &mut impl RowSink) -> Option<Outcome> {
+    fn push_scanned(&self, scanned: &Scanned<'_>, msg: &Received<'_>, sink: &mut impl RowSink) -> Option<Outcome> {
         let columns = self.def.columns.len();
         let mut heads = Vec::new();
         let mut cells = Vec::new();
@@ -348,7 +359,7 @@ mod tests {
     struct Collected(Vec<(usize, EpochMs, String, String, Vec<Cell<'static>>)>);
 
     impl RowSink for Collected {
-        fn push(&mut self, table: usize, row: &Row<'_>, _msg: &Message) {
+        fn push(&mut self, table: usize, row: &Row<'_>, _msg: &Received<'_>) {
             let cells = row
                 .cells
                 .iter()

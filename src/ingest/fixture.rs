@@ -1,7 +1,10 @@
 //! Fixture files: JSON Lines of `{"at": ms_offset, "topic": "…", "payload": <JSON>}` (or
 //! `"raw": "<text>"` for a recorded payload that was not JSON), optionally zstd-compressed.
 //! The reader yields messages in file order; it parses only the envelope, never the payload
-//! (the common shape is scanned by hand, `envelope`; the rest goes through serde).
+//! (the common shape is scanned by hand, `envelope`; the rest goes through serde). It reads
+//! blocks of whole lines; a replay takes the common envelope's lines in place (`reads`: a
+//! block, then each line's topic and payload as ranges of it), other users whole
+//! `Message`s (`messages`).
 
 use std::fs::File;
 use std::io::Read;
@@ -12,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::flow::Message;
+use crate::flow::{LineAt, Message};
 
 /// The demo city's recorded day, embedded so `cityops run` works from any directory.
 pub(crate) const DEMO_FIXTURE: &[u8] = include_bytes!("../../fixtures/demo/city-day.jsonl.zst");
@@ -46,9 +49,35 @@ struct Envelope<'a> {
 
 /// Streams the messages of a fixture.
 pub struct FixtureReader {
-    lines: Lines,
+    blocks: Blocks,
+    /// The block whose lines are being read, and where the next line starts in it.
+    block: Bytes,
+    at: usize,
     source_name: String,
     line_no: u64,
+}
+
+/// What the reader reads next (`FixtureReader::next_read`).
+#[derive(Debug)]
+pub(crate) enum LineRead {
+    /// A new block of whole lines begins: the `Line`s that follow lie in it.
+    Block(Bytes),
+    /// A line of the common envelope, in place in the current block.
+    Line(LineAt),
+    /// A line read into a message of its own (`raw`, or an envelope the hand scan leaves
+    /// to serde).
+    Message(Message),
+}
+
+impl LineRead {
+    /// The envelope's time (`None` for a block).
+    pub(crate) fn at_ms(&self) -> Option<i64> {
+        match self {
+            LineRead::Block(_) => None,
+            LineRead::Line(line) => Some(line.at_ms),
+            LineRead::Message(msg) => Some(msg.at_ms),
+        }
+    }
 }
 
 /// Bytes read ahead at a time. Lines are cut from one shared buffer, so a message's payload
@@ -56,26 +85,26 @@ pub struct FixtureReader {
 /// recycled by the allocator; megabyte chunks went back to the kernel and came back zeroed.
 const CHUNK: usize = 64 << 10;
 
-/// Newline-separated lines of a reader, as shared slices of chunk buffers.
-struct Lines {
+/// A byte stream cut into blocks of whole lines.
+struct Blocks {
     reader: Box<dyn Read + Send>,
+    /// What was read and not yet handed out as a block: a line still unfinished.
     buf: BytesMut,
-    /// Bytes of `buf` already searched for a newline.
-    searched: usize,
     eof: bool,
 }
 
-impl Lines {
-    fn next_line(&mut self) -> std::io::Result<Option<Bytes>> {
+impl Blocks {
+    /// Everything read so far up to its last newline (at the end, the rest, newline or
+    /// not); `None` once the stream is used up.
+    fn next_block(&mut self) -> std::io::Result<Option<Bytes>> {
+        // Bytes of `buf` known to hold no newline.
+        let mut searched = 0;
         loop {
-            if let Some(at) = memchr::memchr(b'\n', &self.buf[self.searched..]) {
-                let line = self.buf.split_to(self.searched + at + 1).freeze();
-                self.searched = 0;
-                return Ok(Some(line));
+            if let Some(last) = memchr::memrchr(b'\n', &self.buf[searched..]) {
+                return Ok(Some(self.buf.split_to(searched + last + 1).freeze()));
             }
-            self.searched = self.buf.len();
+            searched = self.buf.len();
             if self.eof {
-                self.searched = 0;
                 return Ok((!self.buf.is_empty()).then(|| self.buf.split().freeze()));
             }
             // A new chunk (the old one stays alive while its messages are in flight).
@@ -133,12 +162,13 @@ impl FixtureReader {
     /// Any byte stream of fixture lines (uncompressed).
     pub fn from_reader(reader: Box<dyn Read + Send>, source_name: String) -> Self {
         FixtureReader {
-            lines: Lines {
+            blocks: Blocks {
                 reader,
                 buf: BytesMut::new(),
-                searched: 0,
                 eof: false,
             },
+            block: Bytes::new(),
+            at: 0,
             source_name,
             line_no: 0,
         }
@@ -149,18 +179,45 @@ impl FixtureReader {
         std::iter::from_fn(|| self.next_message().transpose())
     }
 
+    /// The lines in order, read in place where they can be (see `next_read`).
+    pub(crate) fn reads(&mut self) -> impl Iterator<Item = Result<LineRead, FixtureError>> + '_ {
+        std::iter::from_fn(|| self.next_read().transpose())
+    }
+
     /// The next message, `None` at the end. `arrived_ns` is left 0 for the caller to stamp.
     pub fn next_message(&mut self) -> Result<Option<Message>, FixtureError> {
         loop {
-            let line = self.lines.next_line().map_err(|source| FixtureError::Io {
-                source_name: self.source_name.clone(),
-                source,
-            })?;
-            let Some(line) = line else {
-                return Ok(None);
-            };
+            match self.next_read()? {
+                None => return Ok(None),
+                Some(LineRead::Block(_)) => {}
+                Some(LineRead::Line(line)) => return Ok(Some(line.message_in(&self.block))),
+                Some(LineRead::Message(msg)) => return Ok(Some(msg)),
+            }
+        }
+    }
+
+    /// What comes next: a new block, or the next line of the current one, read in place
+    /// when it has the common envelope (no allocation, no shared count per line); `None` at
+    /// the end. `arrived_ns` is left 0 for the caller to stamp.
+    pub(crate) fn next_read(&mut self) -> Result<Option<LineRead>, FixtureError> {
+        loop {
+            if self.at >= self.block.len() {
+                let block = self.blocks.next_block().map_err(|source| FixtureError::Io {
+                    source_name: self.source_name.clone(),
+                    source,
+                })?;
+                let Some(block) = block else {
+                    return Ok(None);
+                };
+                self.block = block;
+                self.at = 0;
+                return Ok(Some(LineRead::Block(self.block.clone())));
+            }
+            let rest = &self.block[self.at..];
+            let start = self.at;
+            self.at += memchr::memchr(b'\n', rest).map_or(rest.len(), |newline| newline + 1);
             self.line_no += 1;
-            let text = line.trim_ascii();
+            let text = self.block[start..self.at].trim_ascii();
             if text.is_empty() {
                 continue;
             }
@@ -168,32 +225,30 @@ impl FixtureReader {
                 && fast.at.is_finite()
                 && fast.at >= 0.0
             {
-                return Ok(Some(Message {
+                return Ok(Some(LineRead::Line(LineAt {
                     at_ms: fast.at as i64,
-                    topic: fast.topic.to_string(),
-                    payload: slice_of(&line, fast.payload),
-                    recorded_invalid: false,
                     arrived_ns: 0,
-                    ..Message::default()
-                }));
+                    topic: range_in(&self.block, fast.topic.as_bytes()),
+                    payload: range_in(&self.block, fast.payload),
+                })));
             }
             let envelope: Envelope = serde_json::from_slice(text).map_err(|e| self.line_error(e.to_string()))?;
             let (payload, recorded_invalid) = match (envelope.payload, envelope.raw) {
-                (Some(p), None) => (slice_of(&line, p.get().as_bytes()), false),
+                (Some(p), None) => (slice_of(&self.block, p.get().as_bytes()), false),
                 (None, Some(raw)) => (Bytes::from(raw.into_bytes()), true),
                 _ => return Err(self.line_error("needs exactly one of `payload` and `raw`".to_string())),
             };
             if !envelope.at.is_finite() || envelope.at < 0.0 {
                 return Err(self.line_error("`at` must be a non-negative number of milliseconds".to_string()));
             }
-            return Ok(Some(Message {
+            return Ok(Some(LineRead::Message(Message {
                 at_ms: envelope.at as i64,
                 topic: envelope.topic,
                 payload,
                 recorded_invalid,
                 arrived_ns: 0,
                 ..Message::default()
-            }));
+            })));
         }
     }
 
@@ -204,6 +259,12 @@ impl FixtureReader {
             message,
         }
     }
+}
+
+/// Where `part`, borrowed from `block`, lies in it.
+fn range_in(block: &[u8], part: &[u8]) -> (usize, usize) {
+    let start = part.as_ptr() as usize - block.as_ptr() as usize;
+    (start, start + part.len())
 }
 
 /// `part` (borrowed from `line`) as a shared slice of `line`, without copying.
@@ -236,6 +297,53 @@ mod tests {
         assert!(second.recorded_invalid);
         assert_eq!(&*second.payload, b"{not json");
         assert!(r.next_message().expect("ok").is_none());
+    }
+
+    /// Hands out a few bytes per read, so lines straddle reads.
+    struct Trickle(&'static [u8]);
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(7).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn lines_are_read_in_place_from_blocks_of_whole_lines() {
+        let text = "{\"at\": 5, \"topic\": \"city/a/water/w1\", \"payload\": {\"ts\": 1}}\n\
+                    {\"at\": 9, \"topic\": \"city/a/water/w1\", \"raw\": \"{not json\"}\n\n\
+                    {\"at\": 12, \"topic\": \"city/b/water/w2\", \"payload\": [{\"ts\": 2}]}";
+        let mut r = FixtureReader::from_reader(Box::new(Trickle(text.as_bytes())), "test".to_string());
+        let mut block = Bytes::new();
+        let mut seen = Vec::new();
+        for read in r.reads() {
+            match read.expect("readable") {
+                LineRead::Block(next) => {
+                    assert!(next.ends_with(b"\n") || next.ends_with(b"}]}"), "{next:?}");
+                    block = next;
+                }
+                LineRead::Line(line) => seen.push(format!(
+                    "{} {} {}",
+                    line.at_ms,
+                    line.topic_in(&block),
+                    String::from_utf8_lossy(&block[line.payload.0..line.payload.1])
+                )),
+                LineRead::Message(msg) => {
+                    seen.push(format!("{} {} raw {}", msg.at_ms, msg.topic, msg.recorded_invalid))
+                }
+            }
+        }
+        assert_eq!(
+            seen,
+            [
+                r#"5 city/a/water/w1 {"ts": 1}"#,
+                "9 city/a/water/w1 raw true",
+                r#"12 city/b/water/w2 [{"ts": 2}]"#
+            ]
+        );
     }
 
     #[test]

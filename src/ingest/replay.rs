@@ -4,10 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use super::fixture::FixtureError;
-use crate::flow::{Closed, Ingest, Message};
+use bytes::Bytes;
+
+use super::fixture::{FixtureError, LineRead};
+use crate::flow::{Closed, Ingest, LineAt, Message};
 use crate::metrics::Metrics;
-use crate::queue::{Bursts, Handoff};
+use crate::queue::{Bursts, Handoff, LineBursts};
 
 /// How fast to replay.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -129,6 +131,14 @@ pub enum ReplayError {
 pub(crate) trait Downstream {
     fn message(&mut self, msg: Message) -> Result<(), Closed>;
     fn tick(&mut self, now_ms: i64) -> Result<(), Closed>;
+    /// A new block of fixture lines begins: the `line`s that follow lie in it.
+    fn block(&mut self, _block: &Bytes) -> Result<(), Closed> {
+        Ok(())
+    }
+    /// A fixture line read in place in `block`; unless taken as it is, a message of its own.
+    fn line(&mut self, block: &Bytes, line: LineAt) -> Result<(), Closed> {
+        self.message(line.message_in(block))
+    }
     /// Hands over what is held back (see `Bursting`): before the source waits or ends.
     fn flush(&mut self) -> Result<(), Closed> {
         Ok(())
@@ -153,9 +163,12 @@ impl Downstream for &Handoff {
 /// user flushes before it waits: a paced replay after each message, a file replay at its
 /// end, a partition's feed whenever its stream has nothing more for now (a channel source,
 /// which may block on its next message, hands over one at a time).
+/// Fixture lines read in place go the same way, as `LineBurst`s: a burst of messages and
+/// one of lines are never pending for a worker at once, so its order holds.
 pub(crate) struct Bursting<'h> {
     handoff: &'h Handoff,
     bursts: Bursts,
+    lines: LineBursts,
 }
 
 impl<'h> Bursting<'h> {
@@ -163,6 +176,7 @@ impl<'h> Bursting<'h> {
         Bursting {
             handoff,
             bursts: Bursts::new(handoff),
+            lines: LineBursts::new(handoff),
         }
     }
 
@@ -174,17 +188,31 @@ impl<'h> Bursting<'h> {
 
 impl Downstream for Bursting<'_> {
     fn message(&mut self, msg: Message) -> Result<(), Closed> {
+        self.lines.flush(self.handoff)?;
         let worker = self.handoff.worker_for(&msg.topic);
         self.bursts.push(self.handoff, worker, msg)
     }
 
     fn tick(&mut self, now_ms: i64) -> Result<(), Closed> {
-        self.bursts.flush(self.handoff)?;
+        self.flush()?;
         self.handoff.broadcast(|| Ingest::Tick { now_ms })
     }
 
+    fn block(&mut self, block: &Bytes) -> Result<(), Closed> {
+        self.lines.begin(self.handoff, block)
+    }
+
+    fn line(&mut self, block: &Bytes, line: LineAt) -> Result<(), Closed> {
+        if !self.bursts.is_empty() {
+            self.bursts.flush(self.handoff)?;
+        }
+        let worker = self.handoff.worker_for(line.topic_in(block));
+        self.lines.push(self.handoff, worker, line)
+    }
+
     fn flush(&mut self) -> Result<(), Closed> {
-        self.bursts.flush(self.handoff)
+        self.bursts.flush(self.handoff)?;
+        self.lines.flush(self.handoff)
     }
 }
 
@@ -192,7 +220,7 @@ impl Downstream for Bursting<'_> {
 /// `skip` (a run on a state directory resumes a fixture where its log ends). A line whose
 /// envelope is broken goes to `on_bad_line` and the replay goes on.
 pub(crate) fn replay(
-    messages: &mut dyn Iterator<Item = Result<Message, FixtureError>>,
+    reads: &mut dyn Iterator<Item = Result<LineRead, FixtureError>>,
     downstream: &mut dyn Downstream,
     speed: Speed,
     metrics: &Metrics,
@@ -205,14 +233,16 @@ pub(crate) fn replay(
     let mut first_at: Option<i64> = None;
     let mut ticks = Ticks::default();
     let mut count = 0;
-    for next in messages {
-        let mut msg = match next {
-            Ok(msg) if skipped < skip => {
-                skipped += 1;
-                ticks.skip_through(msg.at_ms);
+    // The block the lines read in place lie in.
+    let mut block = Bytes::new();
+    for next in reads {
+        let read = match next {
+            Ok(LineRead::Block(next)) => {
+                downstream.block(&next)?;
+                block = next;
                 continue;
             }
-            Ok(msg) => msg,
+            Ok(read) => read,
             Err(FixtureError::Line { .. }) if skipped < skip => continue,
             Err(bad @ FixtureError::Line { .. }) => {
                 on_bad_line(bad);
@@ -220,23 +250,39 @@ pub(crate) fn replay(
             }
             Err(other) => return Err(other.into()),
         };
-        let origin = *first_at.get_or_insert(msg.at_ms);
+        let at_ms = read.at_ms().unwrap_or_default();
+        if skipped < skip {
+            skipped += 1;
+            ticks.skip_through(at_ms);
+            continue;
+        }
+        let origin = *first_at.get_or_insert(at_ms);
         // When paced, a message's arrival is when it was due, not when the source got to it:
         // a pipeline that falls behind shows it in its latency (no coordinated omission).
-        let due = speed.due(msg.at_ms, origin, count);
+        let due = speed.due(at_ms, origin, count);
         if let Some(due) = due
             && let Some(wait) = due.checked_sub(started.elapsed())
             && wait > Duration::from_micros(100)
         {
             std::thread::sleep(wait);
         }
-        ticks.through(msg.at_ms, downstream)?;
-        msg.arrived_ns = match due {
+        ticks.through(at_ms, downstream)?;
+        let arrived_ns = match due {
             Some(due) => started_ns + due.as_nanos() as u64,
             None => metrics.now_ns(),
         };
         metrics.messages_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        downstream.message(msg)?;
+        match read {
+            LineRead::Line(mut line) => {
+                line.arrived_ns = arrived_ns;
+                downstream.line(&block, line)?;
+            }
+            LineRead::Message(mut msg) => {
+                msg.arrived_ns = arrived_ns;
+                downstream.message(msg)?;
+            }
+            LineRead::Block(_) => {}
+        }
         // Paced, a message is due now: it goes at once, not with a burst.
         if due.is_some() {
             downstream.flush()?;
@@ -253,6 +299,7 @@ mod tests {
 
     use std::sync::Arc;
 
+    use crate::ingest::fixture::FixtureReader;
     use crate::schema::Catalog;
     use crate::topic::TopicPattern;
 
@@ -265,6 +312,14 @@ mod tests {
                 Ingest::Messages(ms) => seen.push(format!(
                     "burst {}",
                     ms.iter().map(|m| m.at_ms.to_string()).collect::<Vec<_>>().join(",")
+                )),
+                Ingest::Lines(burst) => seen.push(format!(
+                    "lines {}",
+                    burst
+                        .received()
+                        .map(|m| format!("{} {}", m.at_ms, String::from_utf8_lossy(m.payload)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )),
                 Ingest::Tick { now_ms } => seen.push(format!("tick {now_ms}")),
                 other => seen.push(format!("{other:?}")),
@@ -287,7 +342,7 @@ mod tests {
         let metrics = Metrics::new();
         let (handoff, queues) = Handoff::new(1, pattern, Catalog::builtin(), 64, Arc::new(Metrics::new()));
         let at = [100, 200, 900, 1_100, 1_500];
-        let mut messages = at.iter().map(|&at_ms| Ok(water(at_ms)));
+        let mut messages = at.iter().map(|&at_ms| Ok(LineRead::Message(water(at_ms))));
         let mut bursting = Bursting::new(&handoff);
         let count = replay(&mut messages, &mut bursting, Speed::Max, &metrics, 0, &mut |_| {}).unwrap();
         assert_eq!(count, 5);
@@ -296,7 +351,7 @@ mod tests {
             ["burst 100,200,900", "tick 1000", "burst 1100,1500"]
         );
         // Paced, each message goes at once.
-        let mut messages = at.iter().map(|&at_ms| Ok(water(at_ms)));
+        let mut messages = at.iter().map(|&at_ms| Ok(LineRead::Message(water(at_ms))));
         let mut bursting = Bursting::new(&handoff);
         replay(
             &mut messages,
@@ -310,6 +365,32 @@ mod tests {
         assert_eq!(
             received(&queues[0]),
             ["msg 100", "msg 200", "msg 900", "tick 1000", "msg 1100", "msg 1500"]
+        );
+    }
+
+    #[test]
+    fn fixture_lines_go_in_bursts_of_lines_in_file_order_with_the_messages_between_them() {
+        let pattern = TopicPattern::parse("city/{district}/{table}/{device_id}").unwrap();
+        let metrics = Metrics::new();
+        let (handoff, queues) = Handoff::new(1, pattern, Catalog::builtin(), 64, Arc::new(Metrics::new()));
+        let text = "{\"at\": 100, \"topic\": \"city/a/water/w1\", \"payload\": {\"ts\": 1}}\n\
+                    {\"at\": 150, \"topic\": \"city/a/water/w2\", \"payload\": {\"ts\": 1}}\n\
+                    {\"at\": 200, \"topic\": \"city/a/water/w1\", \"raw\": \"x\"}\n\
+                    {\"at\": 300, \"topic\": \"city/a/water/w1\", \"payload\": {\"ts\": 2}}\n\
+                    {\"at\": 1100, \"topic\": \"city/a/water/w1\", \"payload\": {\"ts\": 3}}\n";
+        let mut reader = FixtureReader::from_reader(Box::new(text.as_bytes()), "test".to_string());
+        let mut bursting = Bursting::new(&handoff);
+        let count = replay(&mut reader.reads(), &mut bursting, Speed::Max, &metrics, 0, &mut |_| {}).unwrap();
+        assert_eq!(count, 5);
+        assert_eq!(
+            received(&queues[0]),
+            [
+                r#"lines 100 {"ts": 1}, 150 {"ts": 1}"#,
+                "msg 200",
+                r#"lines 300 {"ts": 2}"#,
+                "tick 1000",
+                r#"lines 1100 {"ts": 3}"#
+            ]
         );
     }
 

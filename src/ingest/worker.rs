@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use super::decode::Decoder;
 use crate::batch::{Batchers, TableBatcher};
 use crate::deadletter::LateLetters;
-use crate::flow::{Cut, DeadLetter, Ingest, LateRows, LateRowsOut, Message, RuleFanout, TableEvent};
+use crate::flow::{Cut, DeadLetter, Ingest, LateRows, LateRowsOut, Received, RuleFanout, TableEvent};
 use crate::metrics::{LocalLatency, MERGE_EVERY, Metrics, Stage};
 use crate::schema::Catalog;
 use crate::time::{EpochMs, wall_now_ms};
@@ -146,8 +146,9 @@ impl DecodeWorker {
                 self.metrics.set_queue_depth(self.index, rx.len());
             }
             match item {
-                Ok(Ingest::Message(msg)) => self.on_message(&msg),
-                Ok(Ingest::Messages(burst)) => burst.iter().for_each(|msg| self.on_message(msg)),
+                Ok(Ingest::Message(msg)) => self.on_message(&msg.received()),
+                Ok(Ingest::Messages(burst)) => burst.iter().for_each(|msg| self.on_message(&msg.received())),
+                Ok(Ingest::Lines(burst)) => burst.received().for_each(|msg| self.on_message(&msg)),
                 Ok(Ingest::Tick { now_ms }) => self.on_tick(now_ms),
                 Ok(Ingest::Reroute(fanout)) => {
                     // Everything before the reroute goes to the versions that were running.
@@ -205,7 +206,7 @@ impl DecodeWorker {
         }
     }
 
-    fn on_message(&mut self, msg: &Message) {
+    fn on_message(&mut self, msg: &Received<'_>) {
         if msg.rebuild != self.rebuilding {
             // Refill rows and live rows never share a batch.
             self.flush_all();
@@ -222,13 +223,16 @@ impl DecodeWorker {
         self.batchers.last_table = None;
         let metrics = &self.metrics;
         let dead_letters = &self.dead_letters;
-        let outcome = self
-            .decoder
-            .decode(msg, self.now_for(msg), &mut self.batchers, &mut |letter: DeadLetter| {
+        let outcome = self.decoder.decode_received(
+            msg,
+            self.now_for(msg, started),
+            &mut self.batchers,
+            &mut |letter: DeadLetter| {
                 metrics.add_rejected(letter.reason, 1);
                 // The writer only goes away at shutdown; the count above still holds.
                 let _ = dead_letters.send(letter);
-            });
+            },
+        );
         self.unpublished_accepted += outcome.accepted;
         self.decode_latency.record(started.elapsed().as_nanos().max(1) as u64);
         if let Some(table) = self.batchers.last_table {
@@ -243,20 +247,22 @@ impl DecodeWorker {
     }
 
     /// The wall clock a message is judged against (readings too far ahead): when the source
-    /// received it, so a replay of the log after a crash judges it as the live run did.
-    fn now_for(&self, msg: &Message) -> EpochMs {
+    /// received it, so a replay of the log after a crash judges it as the live run did;
+    /// else `now`, the monotonic clock as it was read for the message.
+    fn now_for(&self, msg: &Received<'_>, now: Instant) -> EpochMs {
         if msg.received_ms > 0 {
             return msg.received_ms;
         }
-        self.wall_base_ms + self.wall_base_at.elapsed().as_millis() as EpochMs
+        self.wall_base_ms + now.saturating_duration_since(self.wall_base_at).as_millis() as EpochMs
     }
 
     /// Decodes a message recovery feeds again to refill open windows: its rows go to the
     /// batches, and nothing is counted or dead-lettered (the run before the crash did that).
-    fn refill(&mut self, msg: &Message) {
+    fn refill(&mut self, msg: &Received<'_>) {
         self.batchers.last_table = None;
-        let now_ms = self.now_for(msg);
-        self.decoder.decode(msg, now_ms, &mut self.batchers, &mut |_| {});
+        let now_ms = self.now_for(msg, Instant::now());
+        self.decoder
+            .decode_received(msg, now_ms, &mut self.batchers, &mut |_| {});
         if let Some(table) = self.batchers.last_table {
             let full = self.batchers.by_table[table]
                 .as_ref()

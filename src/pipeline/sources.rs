@@ -2,8 +2,8 @@
 //! (the demo, a file, a channel), with broken fixture lines dead-lettered.
 
 use super::{RunError, Source};
-use crate::flow::{DeadLetter, Message, Reason};
-use crate::ingest::fixture::{FixtureError, FixtureReader};
+use crate::flow::{DeadLetter, Reason};
+use crate::ingest::fixture::{FixtureError, FixtureReader, LineRead};
 use crate::ingest::mqtt::{Logged, MqttError, MqttSource, subscribe};
 use crate::ingest::replay::{Downstream, ReplayError, Speed, replay};
 use crate::metrics::Metrics;
@@ -38,14 +38,14 @@ pub(super) fn replay_source(
         Source::Demo => FixtureReader::demo()?,
         Source::File(path) => FixtureReader::open(path)?,
         Source::Channel(rx) => {
-            return replay_all(&mut rx.iter().map(Ok), downstream, speed, metrics, dead_letters, skip)
-                .map_err(RunError::from);
+            let mut messages = rx.iter().map(|msg| Ok(LineRead::Message(msg)));
+            return replay_all(&mut messages, downstream, speed, metrics, dead_letters, skip).map_err(RunError::from);
         }
         Source::Mqtt(_) | Source::Cluster(_) | Source::Partition(_) => {
             return Err(RunError::Internal("a live source is not a replay".to_string()));
         }
     };
-    replay_all(&mut reader.messages(), downstream, speed, metrics, dead_letters, skip).map_err(RunError::from)
+    replay_all(&mut reader.reads(), downstream, speed, metrics, dead_letters, skip).map_err(RunError::from)
 }
 
 impl From<ReplayError> for RunError {
@@ -59,7 +59,7 @@ impl From<ReplayError> for RunError {
 
 /// Replays a fixture; a line whose envelope is broken is dead-lettered and skipped.
 fn replay_all(
-    messages: &mut dyn Iterator<Item = Result<Message, FixtureError>>,
+    reads: &mut dyn Iterator<Item = Result<LineRead, FixtureError>>,
     downstream: &mut dyn Downstream,
     speed: Speed,
     metrics: &Metrics,
@@ -78,5 +78,5 @@ fn replay_all(
             payload: serde_json::Value::Null,
         });
     };
-    replay(messages, downstream, speed, metrics, skip, &mut on_bad_line).map(|_| ())
+    replay(reads, downstream, speed, metrics, skip, &mut on_bad_line).map(|_| ())
 }
