@@ -51,14 +51,27 @@ impl TopicPattern {
         Ok(TopicPattern { segments })
     }
 
-    /// Splits a topic by the pattern; `None` when it does not match.
+    /// Splits a topic by the pattern; `None` when it does not match. Runs for every
+    /// message, twice (routing, decoding): a plain byte loop, faster than `str::split` on
+    /// topics this short.
     pub fn parts<'a>(&self, topic: &'a str) -> Option<TopicParts<'a>> {
         let mut district = "";
         let mut table = "";
         let mut device_id = "";
-        let mut pieces = topic.split('/');
-        for segment in &self.segments {
-            let piece = pieces.next()?;
+        let bytes = topic.as_bytes();
+        let mut start = 0;
+        for (i, segment) in self.segments.iter().enumerate() {
+            let end = match bytes[start..].iter().position(|&b| b == b'/') {
+                Some(slash) => start + slash,
+                None => bytes.len(),
+            };
+            let last = i + 1 == self.segments.len();
+            if last != (end == bytes.len()) {
+                return None;
+            }
+            // `/` is ASCII: both ends are character boundaries.
+            let piece = &topic[start..end];
+            start = end + 1;
             match segment {
                 Segment::Literal(lit) if lit != piece => return None,
                 Segment::Literal(_) | Segment::Any => {}
@@ -67,7 +80,7 @@ impl TopicPattern {
                 Segment::Device => device_id = piece,
             }
         }
-        if pieces.next().is_some() || table.is_empty() {
+        if table.is_empty() {
             return None;
         }
         Some(TopicParts {
@@ -114,6 +127,17 @@ mod tests {
         assert_eq!(pattern.parts("city/haidian/heating"), None);
         assert_eq!(pattern.parts("town/haidian/heating/hs-07"), None);
         assert_eq!(pattern.parts("city/haidian/heating/hs-07/extra"), None);
+        assert_eq!(
+            pattern.parts("city/haidian/heating/"),
+            Some(TopicParts {
+                district: "haidian",
+                table: "heating",
+                device_id: ""
+            })
+        );
+        assert_eq!(pattern.parts("city//heating/hs-07").map(|p| p.district), Some(""));
+        assert_eq!(pattern.parts("city"), None);
+        assert_eq!(pattern.parts(""), None);
         assert_eq!(pattern.filter_for("water"), "city/+/water/+");
     }
 
