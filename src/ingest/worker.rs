@@ -146,9 +146,22 @@ impl DecodeWorker {
                 self.metrics.set_queue_depth(self.index, rx.len());
             }
             match item {
-                Ok(Ingest::Message(msg)) => self.on_message(&msg.received()),
-                Ok(Ingest::Messages(burst)) => burst.iter().for_each(|msg| self.on_message(&msg.received())),
-                Ok(Ingest::Lines(burst)) => burst.received().for_each(|msg| self.on_message(&msg)),
+                Ok(Ingest::Message(msg)) => {
+                    self.on_message(&msg.received(), Instant::now());
+                }
+                // One clock reading per message: each starts when the one before ended.
+                Ok(Ingest::Messages(burst)) => {
+                    let mut now = Instant::now();
+                    for msg in &burst {
+                        now = self.on_message(&msg.received(), now);
+                    }
+                }
+                Ok(Ingest::Lines(burst)) => {
+                    let mut now = Instant::now();
+                    for msg in burst.received() {
+                        now = self.on_message(&msg, now);
+                    }
+                }
                 Ok(Ingest::Tick { now_ms }) => self.on_tick(now_ms),
                 Ok(Ingest::Reroute(fanout)) => {
                     // Everything before the reroute goes to the versions that were running.
@@ -206,7 +219,8 @@ impl DecodeWorker {
         }
     }
 
-    fn on_message(&mut self, msg: &Received<'_>) {
+    /// Decodes a message the worker took up at `started`; returns when it was done with it.
+    fn on_message(&mut self, msg: &Received<'_>, started: Instant) -> Instant {
         if msg.rebuild != self.rebuilding {
             // Refill rows and live rows never share a batch.
             self.flush_all();
@@ -214,10 +228,9 @@ impl DecodeWorker {
         }
         if msg.rebuild {
             self.refill(msg);
-            return;
+            return Instant::now();
         }
         self.messages += 1;
-        let started = Instant::now();
         let now_ns = started.saturating_duration_since(self.metrics.started()).as_nanos() as u64;
         self.queue_wait.record(now_ns.saturating_sub(msg.arrived_ns).max(1));
         self.batchers.last_table = None;
@@ -234,7 +247,9 @@ impl DecodeWorker {
             },
         );
         self.unpublished_accepted += outcome.accepted;
-        self.decode_latency.record(started.elapsed().as_nanos().max(1) as u64);
+        let decoded = Instant::now();
+        self.decode_latency
+            .record(decoded.saturating_duration_since(started).as_nanos().max(1) as u64);
         if let Some(table) = self.batchers.last_table {
             self.last_arrival_ms[table] = Some(msg.at_ms);
             let full = self.batchers.by_table[table]
@@ -242,8 +257,10 @@ impl DecodeWorker {
                 .is_some_and(|b| b.len() >= self.settings.batch_rows);
             if full {
                 self.flush(table);
+                return Instant::now();
             }
         }
+        decoded
     }
 
     /// The wall clock a message is judged against (readings too far ahead): when the source
