@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
+use crossbeam_utils::CachePadded;
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 
@@ -124,7 +125,10 @@ pub(crate) const MAX_DECODE_WORKERS: usize = 64;
 /// Everything the pipeline counts and times.
 pub struct Metrics {
     start: Instant,
-    pub messages_in: AtomicU64,
+    /// Raised by the source for every message: on a cache line of its own, apart from
+    /// `start`, which every thread reads for every message (sharing one, each raise cost
+    /// the reader a twentieth of its time).
+    pub messages_in: CachePadded<AtomicU64>,
     pub readings_accepted: AtomicU64,
     rejected: [AtomicU64; Reason::ALL.len()],
     late: Mutex<BTreeMap<(String, String), u64>>,
@@ -272,7 +276,7 @@ impl Metrics {
     pub fn new() -> Self {
         Metrics {
             start: Instant::now(),
-            messages_in: AtomicU64::new(0),
+            messages_in: CachePadded::new(AtomicU64::new(0)),
             readings_accepted: AtomicU64::new(0),
             rejected: std::array::from_fn(|_| AtomicU64::new(0)),
             late: Mutex::new(BTreeMap::new()),
