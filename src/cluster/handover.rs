@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use super::instance::{Running, send, stop};
+use super::consumer::send;
+use super::instance::{Running, stop};
 use super::ownership::Ownership;
 use crate::ingest::partition_feed::Fed;
 

@@ -18,8 +18,9 @@
 //!   what is held now, shared.
 //! - `checkpoints`: each partition's checkpoint in the object store.
 //! - `instance`: the source loop of `run --nats` (a pipeline per partition, ticks);
-//!   `forward`: the partition pipelines' sink; `fence`: what the instance may send;
-//!   `handover`: a stop's last checkpoints.
+//!   `consumer`: a held partition's reader; `forward`: the partition pipelines' sink;
+//!   `fence`: what the instance may send; `handover`: a stop's or a balance release's last
+//!   checkpoints.
 //! - `publish`: `replay --to-nats`.
 //!
 //! Exactness: a partition's pipeline is a pure function of the partition's stream (its
@@ -31,6 +32,7 @@
 //! partition, which reads every partition in stream order (see `partition`).
 
 pub(crate) mod checkpoints;
+pub(crate) mod consumer;
 pub(crate) mod fence;
 pub(crate) mod forward;
 pub(crate) mod handover;
