@@ -35,7 +35,6 @@
 //! | `delivery-record` (`run --nats`) | `cluster::instance::open_fence` | the run ends | dropped with the fence |
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -43,29 +42,28 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 mod operations;
+mod options;
 mod partitions;
 mod restart;
 mod sources;
 
+pub use options::{PartitionFeed, RunError, RunOptions, RunOutcome, Source, StateOptions};
 use restart::{last_arrivals, open_state, recover, remember_client_id, resolutions_of_removed};
 use sources::{from_broker, replay_source};
 
 use crate::alert::durable::Durable;
-use crate::alert::sink::{self, Notice, SinkConfig, SinkError};
-use crate::alert::warning::Warning;
-use crate::cluster::ClusterSource;
+use crate::alert::sink::{self, Notice};
 use crate::cluster::forward::ForwardSink;
 use crate::cluster::instance::open_fence;
 use crate::config::Config;
 use crate::deadletter;
-use crate::flow::{Ingest, Message};
+use crate::flow::Ingest;
 use crate::http::live::{DashboardFeed, LiveState};
 use crate::http::{self, HttpError};
 use crate::ingest::decode::Decoder;
-use crate::ingest::fixture::FixtureError;
-use crate::ingest::mqtt::{Logged, MqttSource};
-use crate::ingest::partition_feed::{Fed, FeedPlan, feed};
-use crate::ingest::replay::{Bursting, Speed};
+use crate::ingest::mqtt::Logged;
+use crate::ingest::partition_feed::feed;
+use crate::ingest::replay::Bursting;
 use crate::ingest::wal::Intake;
 use crate::ingest::worker::{DecodeSettings, DecodeWorker};
 use crate::metrics::Metrics;
@@ -73,12 +71,9 @@ use crate::queue::Handoff;
 use crate::rules::compile::{CompiledRule, compile_all};
 use crate::rules::loader::load_dir;
 use crate::rules::problem::{Problem, Severity};
-use crate::rules::reload::{PublishFanout, ReloadReport, Reloader, Watcher};
+use crate::rules::reload::{PublishFanout, Reloader, Watcher};
 use crate::rules::running::RuleSet;
-use crate::rules::worker::{DetectionClock, RuleReport, WindowResult, WorkerContext};
-use crate::shutdown::Shutdown;
-use crate::state::StateError;
-use crate::state::checkpoint::Checkpoint;
+use crate::rules::worker::WorkerContext;
 use crate::state::snapshot::RuleSnapshot;
 use crate::summary::Summary;
 use crate::topic::TopicPattern;
@@ -87,114 +82,6 @@ use crate::topic::TopicPattern;
 const WARNING_QUEUE: usize = 4096;
 /// Dead letters the writer's queue holds before stages wait.
 const DEAD_LETTER_QUEUE: usize = 65_536;
-
-/// Where messages come from.
-#[derive(Debug, Clone)]
-pub enum Source {
-    /// The demo city embedded in the binary.
-    Demo,
-    File(PathBuf),
-    /// Messages handed over one by one (tests, and sources that record as they go); the
-    /// stream ends when every sender is dropped.
-    Channel(crossbeam_channel::Receiver<Message>),
-    /// A live MQTT subscription.
-    Mqtt(Box<MqttSource>),
-    /// A cluster instance on a NATS JetStream stream (`run --nats`): a pipeline per
-    /// partition it holds, their warnings sent from this run.
-    Cluster(Box<ClusterSource>),
-    /// One partition of a cluster instance (its readings and ticks in stream order); its
-    /// warnings go to the instance.
-    Partition(PartitionFeed),
-}
-
-/// A partition's input and where its warnings go (see `cluster::instance`).
-#[derive(Debug, Clone)]
-pub struct PartitionFeed {
-    pub(crate) partition: u32,
-    /// Whether this is the whole-stream slot (every partition's readings, for the rules
-    /// over many devices) rather than a partition (the rules over one device at a time).
-    pub(crate) whole_stream: bool,
-    pub(crate) items: crossbeam_channel::Receiver<Fed>,
-    pub(crate) forward: mpsc::Sender<Notice>,
-    /// The lease epoch this pipeline runs under: its checkpoints are stored only while the
-    /// instance still holds the partition at that epoch.
-    pub(crate) epoch: u64,
-    /// The checkpoint it goes on from (`None`: from the partition's first reading).
-    pub(crate) resume: Option<Arc<Checkpoint>>,
-    pub(crate) plan: FeedPlan,
-}
-
-/// Everything a run needs.
-#[derive(Debug, Clone)]
-pub struct RunOptions {
-    pub config: Config,
-    pub fixture: Source,
-    pub speed: Speed,
-    pub sinks: SinkConfig,
-    pub dead_letter_path: PathBuf,
-    pub clock: DetectionClock,
-    /// Keep every closed window's result rows (rule tests).
-    pub capture_results: bool,
-    /// Where each hot reload's report goes, besides the log.
-    pub reload_reports: Option<crossbeam_channel::Sender<ReloadReport>>,
-    /// Requested to end a live source (Ctrl-C); replays end with their fixture.
-    pub stop: Option<Shutdown>,
-    /// Counters and histograms to fill, when the caller watches them live (dashboard).
-    pub metrics: Option<Arc<Metrics>>,
-    /// Keep durable state in this directory (write-ahead log, checkpoints): a run killed at
-    /// any point starts again where it was, with nothing lost.
-    pub state: Option<StateOptions>,
-}
-
-/// Where and how often a run keeps its state.
-#[derive(Debug, Clone)]
-pub struct StateOptions {
-    pub dir: PathBuf,
-    pub checkpoint_interval: Duration,
-}
-
-/// What a finished run hands back.
-#[derive(Debug)]
-pub struct RunOutcome {
-    pub summary: Summary,
-    /// Delivered warnings, when the sink config collects them.
-    pub warnings: Vec<Warning>,
-    /// Per rule: alerts firing at the end and evaluation errors.
-    pub reports: Vec<RuleReport>,
-    /// Rule warnings from `check` (the run went ahead).
-    pub rule_warnings: Vec<Problem>,
-    /// Closed windows' result rows, when captured.
-    pub results: Vec<WindowResult>,
-}
-
-/// A run that could not start or finish.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error("{} rule problem(s):\n{}", .0.len(), .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
-    Rules(Vec<Problem>),
-    #[error(transparent)]
-    Fixture(#[from] FixtureError),
-    #[error(transparent)]
-    Sink(#[from] SinkError),
-    /// The config names something that cannot work (a bad topic pattern or HTTP address).
-    #[error("config: {0}")]
-    Config(String),
-    #[error(transparent)]
-    Http(#[from] HttpError),
-    #[error("mqtt: {0}")]
-    Mqtt(String),
-    #[error("nats: {0}")]
-    Nats(String),
-    /// The decode queues closed early: a decode worker is gone.
-    #[error("the decode workers have stopped")]
-    DecodeStopped,
-    #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
-    #[error(transparent)]
-    State(#[from] StateError),
-    #[error("internal: {0}")]
-    Internal(String),
-}
 
 fn io(context: &str) -> impl FnOnce(std::io::Error) -> RunError + '_ {
     move |source| RunError::Io {
