@@ -106,11 +106,50 @@ impl Handoff {
     }
 }
 
-/// Messages gathered per worker until the source's read is done (or a burst is full).
-pub(crate) struct Bursts {
-    pending: Vec<Vec<Message>>,
+/// Items gathered per worker into bursts: a burst is full at `Bursts::MAX` items or
+/// `Bursts::MAX_BYTES` of payload.
+struct Gathered<T> {
+    pending: Vec<Vec<T>>,
     /// The payload bytes of each pending burst.
     bytes: Vec<usize>,
+}
+
+impl<T> Gathered<T> {
+    fn new(workers: usize) -> Self {
+        Gathered {
+            pending: (0..workers).map(|_| Vec::new()).collect(),
+            bytes: vec![0; workers],
+        }
+    }
+
+    /// Adds an item of `bytes` payload bytes for `worker`; that worker and its burst once
+    /// the burst is full.
+    fn push(&mut self, worker: usize, item: T, bytes: usize) -> Option<(usize, Vec<T>)> {
+        let worker = worker.min(self.pending.len() - 1);
+        let burst = &mut self.pending[worker];
+        self.bytes[worker] += bytes;
+        burst.push(item);
+        if burst.len() < Bursts::MAX && self.bytes[worker] < Bursts::MAX_BYTES {
+            return None;
+        }
+        self.bytes[worker] = 0;
+        Some((worker, std::mem::replace(burst, Vec::with_capacity(Bursts::MAX))))
+    }
+
+    /// Every waiting burst, with its worker, in worker order.
+    fn drain(&mut self) -> impl Iterator<Item = (usize, Vec<T>)> + '_ {
+        self.bytes.fill(0);
+        self.pending
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, burst)| !burst.is_empty())
+            .map(|(worker, burst)| (worker, std::mem::take(burst)))
+    }
+}
+
+/// Messages gathered per worker until the source's read is done (or a burst is full).
+pub(crate) struct Bursts {
+    gathered: Gathered<Message>,
 }
 
 impl Bursts {
@@ -124,37 +163,27 @@ impl Bursts {
 
     pub(crate) fn new(handoff: &Handoff) -> Self {
         Bursts {
-            pending: (0..handoff.workers()).map(|_| Vec::new()).collect(),
-            bytes: vec![0; handoff.workers()],
+            gathered: Gathered::new(handoff.workers()),
         }
     }
 
     /// Adds a message for `worker`; hands that worker's burst over once it is full.
     pub(crate) fn push(&mut self, handoff: &Handoff, worker: usize, msg: Message) -> Result<(), Closed> {
-        let worker = worker.min(self.pending.len() - 1);
-        let burst = &mut self.pending[worker];
-        self.bytes[worker] += msg.payload.len();
-        burst.push(msg);
-        if burst.len() >= Self::MAX || self.bytes[worker] >= Self::MAX_BYTES {
-            self.bytes[worker] = 0;
-            let full = std::mem::replace(burst, Vec::with_capacity(Self::MAX));
-            handoff.send(worker, Ingest::Messages(full))?;
+        let bytes = msg.payload.len();
+        match self.gathered.push(worker, msg, bytes) {
+            Some((worker, full)) => handoff.send(worker, Ingest::Messages(full)),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Hands every waiting burst over (a single message travels alone).
     pub(crate) fn flush(&mut self, handoff: &Handoff) -> Result<(), Closed> {
-        self.bytes.fill(0);
-        for (worker, burst) in self.pending.iter_mut().enumerate() {
-            let item = match burst.len() {
-                0 => continue,
-                1 => burst.pop().map(Ingest::Message),
-                _ => Some(Ingest::Messages(std::mem::take(burst))),
+        for (worker, burst) in self.gathered.drain() {
+            let item = match <[Message; 1]>::try_from(burst) {
+                Ok([msg]) => Ingest::Message(msg),
+                Err(burst) => Ingest::Messages(burst),
             };
-            if let Some(item) = item {
-                handoff.send(worker, item)?;
-            }
+            handoff.send(worker, item)?;
         }
         Ok(())
     }
@@ -162,29 +191,26 @@ impl Bursts {
     /// Messages gathered and not yet handed over.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.pending.iter().map(Vec::len).sum()
+        self.gathered.pending.iter().map(Vec::len).sum()
     }
 
     /// Whether no message waits.
     pub(crate) fn is_empty(&self) -> bool {
-        self.pending.iter().all(Vec::is_empty)
+        self.gathered.pending.iter().all(Vec::is_empty)
     }
 }
 
 /// Fixture lines gathered per worker, like `Bursts`, all lying in one block of the file.
 pub(crate) struct LineBursts {
     block: Bytes,
-    pending: Vec<Vec<LineAt>>,
-    /// The payload bytes of each pending burst.
-    bytes: Vec<usize>,
+    gathered: Gathered<LineAt>,
 }
 
 impl LineBursts {
     pub(crate) fn new(handoff: &Handoff) -> Self {
         LineBursts {
             block: Bytes::new(),
-            pending: (0..handoff.workers()).map(|_| Vec::new()).collect(),
-            bytes: vec![0; handoff.workers()],
+            gathered: Gathered::new(handoff.workers()),
         }
     }
 
@@ -195,34 +221,28 @@ impl LineBursts {
         Ok(())
     }
 
-    /// Adds a line for `worker`; hands that worker's burst over once it is full (the
-    /// limits of `Bursts`).
+    /// Adds a line for `worker`; hands that worker's burst over once it is full.
     pub(crate) fn push(&mut self, handoff: &Handoff, worker: usize, line: LineAt) -> Result<(), Closed> {
-        let worker = worker.min(self.pending.len() - 1);
-        let burst = &mut self.pending[worker];
-        self.bytes[worker] += line.payload.1 - line.payload.0;
-        burst.push(line);
-        if burst.len() >= Bursts::MAX || self.bytes[worker] >= Bursts::MAX_BYTES {
-            self.bytes[worker] = 0;
-            let lines = std::mem::replace(burst, Vec::with_capacity(Bursts::MAX));
-            let block = self.block.clone();
-            handoff.send(worker, Ingest::Lines(LineBurst { block, lines }))?;
+        let bytes = line.payload.1 - line.payload.0;
+        match self.gathered.push(worker, line, bytes) {
+            Some((worker, lines)) => send_lines(handoff, worker, &self.block, lines),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Hands every waiting burst over.
     pub(crate) fn flush(&mut self, handoff: &Handoff) -> Result<(), Closed> {
-        self.bytes.fill(0);
-        for (worker, burst) in self.pending.iter_mut().enumerate() {
-            if !burst.is_empty() {
-                let lines = std::mem::take(burst);
-                let block = self.block.clone();
-                handoff.send(worker, Ingest::Lines(LineBurst { block, lines }))?;
-            }
+        for (worker, lines) in self.gathered.drain() {
+            send_lines(handoff, worker, &self.block, lines)?;
         }
         Ok(())
     }
+}
+
+/// Hands `worker` its lines of `block`.
+fn send_lines(handoff: &Handoff, worker: usize, block: &Bytes, lines: Vec<LineAt>) -> Result<(), Closed> {
+    let block = block.clone();
+    handoff.send(worker, Ingest::Lines(LineBurst { block, lines }))
 }
 
 #[cfg(test)]
