@@ -53,8 +53,11 @@ fn nats_binary() -> Option<String> {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// `n` distinct free loopback ports: every listener is held until all are chosen, so no two
+/// are the same port.
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
 /// A nats-server process, killed on drop.
@@ -82,68 +85,100 @@ impl Drop for Server {
     }
 }
 
-fn start_server(binary: &str, config: &Path, port: u16) -> Server {
+/// How many times a server (or a cluster) is started on fresh ports when a port it was given
+/// was taken between choosing it and the server binding it (another process's outgoing
+/// connection can take any ephemeral port).
+const START_TRIES: usize = 5;
+
+/// Starts nats-server on `config` and waits until it listens on `port`; `Err` (with the
+/// server's own log) when it exits first, as it does when one of its ports is taken.
+fn start_server(binary: &str, config: &Path, port: u16) -> Result<Server, String> {
+    let log = config.with_extension("log");
     let child = Command::new(binary)
         .arg("-c")
         .arg(config)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("nats-server starts");
+    let mut server = Server {
+        child: Some(child),
+        port,
+    };
     let started = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let exited = server.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+        if let Some(status) = exited {
+            server.child = None;
+            let said = std::fs::read_to_string(&log).unwrap_or_default();
+            return Err(format!("nats-server on port {port} exited ({status}): {said}"));
+        }
         assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "nats-server did not listen"
+            started.elapsed() < Duration::from_secs(60),
+            "nats-server did not listen on port {port} within 60 s"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    Server {
-        child: Some(child),
-        port,
+    Ok(server)
+}
+
+/// Runs `start` on fresh ports until it succeeds, at most `START_TRIES` times; each try
+/// has a directory of its own under `dir` (a failed try's store stays out of the next).
+fn start_on_fresh_ports<T>(dir: &Path, mut start: impl FnMut(&Path) -> Result<T, String>) -> T {
+    let mut errors = Vec::new();
+    for attempt in 0..START_TRIES {
+        let dir = dir.join(format!("try-{attempt}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        match start(&dir) {
+            Ok(started) => return started,
+            Err(e) => errors.push(e),
+        }
     }
+    panic!("nats-server did not start in {START_TRIES} tries: {errors:#?}");
 }
 
 /// One JetStream server with `extra` in its config.
 fn single_server(binary: &str, dir: &Path, extra: &str) -> Server {
-    let port = free_port();
-    let config = dir.join("single.conf");
-    std::fs::write(
-        &config,
-        format!(
-            "listen: 127.0.0.1:{port}\nserver_name: single\njetstream {{ store_dir: {:?} }}\n{extra}\n",
-            dir.join("single-store")
-        ),
-    )
-    .unwrap();
-    start_server(binary, &config, port)
+    start_on_fresh_ports(dir, |dir| {
+        let port = free_ports(1)[0];
+        let config = dir.join("single.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listen: 127.0.0.1:{port}\nserver_name: single\njetstream {{ store_dir: {:?} }}\n{extra}\n",
+                dir.join("single-store")
+            ),
+        )
+        .unwrap();
+        start_server(binary, &config, port)
+    })
 }
 
-/// A 3-node JetStream cluster on loopback.
+/// A 3-node JetStream cluster on loopback (all three on fresh ports again when one fails to
+/// start: the nodes name each other's ports).
 fn three_node_cluster(binary: &str, dir: &Path) -> Vec<Server> {
-    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-    let routes: Vec<String> = ports
-        .iter()
-        .map(|(_, c)| format!("nats-route://127.0.0.1:{c}"))
-        .collect();
-    let servers: Vec<Server> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, (port, cluster_port))| {
-            let config = dir.join(format!("n{i}.conf"));
-            std::fs::write(
-                &config,
-                format!(
-                    "listen: 127.0.0.1:{port}\nserver_name: n{i}\njetstream {{ store_dir: {:?} }}\ncluster {{\n  name: cityops-test\n  listen: 127.0.0.1:{cluster_port}\n  routes: [{}]\n}}\n",
-                    dir.join(format!("n{i}-store")),
-                    routes.join(", ")
-                ),
-            )
-            .unwrap();
-            start_server(binary, &config, *port)
-        })
-        .collect();
-    servers
+    start_on_fresh_ports(dir, |dir| {
+        let ports = free_ports(6);
+        let (client, cluster) = ports.split_at(3);
+        let routes: Vec<String> = cluster.iter().map(|c| format!("nats-route://127.0.0.1:{c}")).collect();
+        (0..3)
+            .map(|i| {
+                let config = dir.join(format!("n{i}.conf"));
+                std::fs::write(
+                    &config,
+                    format!(
+                        "listen: 127.0.0.1:{}\nserver_name: n{i}\njetstream {{ store_dir: {:?} }}\ncluster {{\n  name: cityops-test\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                        client[i],
+                        dir.join(format!("n{i}-store")),
+                        cluster[i],
+                        routes.join(", ")
+                    ),
+                )
+                .unwrap();
+                start_server(binary, &config, client[i])
+            })
+            .collect()
+    })
 }
 
 fn urls(servers: &[Server]) -> String {
