@@ -14,7 +14,9 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::scan::{FieldIndex, Scalar, Scanned, scalar_of, scan};
+use smallvec::SmallVec;
+
+use super::scan::{FieldIndex, INLINE_SLOTS, Scalar, Scanned, scalar_of, scan};
 use crate::batch::{Cell, Row, RowSink};
 use crate::flow::{DeadLetter, Message, Reason, Received};
 use crate::schema::{Catalog, ColumnType, TableDef};
@@ -233,8 +235,9 @@ impl RowContext<'_> {
     /// the message and explains each bad row).
     fn push_scanned(&self, scanned: &Scanned<'_>, msg: &Received<'_>, sink: &mut impl RowSink) -> Option<Outcome> {
         let columns = self.def.columns.len();
-        let mut heads = Vec::new();
-        let mut cells = Vec::new();
+        // Inline room for one row: a message of one reading allocates nothing here.
+        let mut heads: SmallVec<[_; 1]> = SmallVec::new();
+        let mut cells: SmallVec<[Cell<'_>; INLINE_SLOTS]> = SmallVec::new();
         for row in scanned.rows() {
             heads.push(self.head(&row[..3]).ok()?);
             for (column, slot) in self.def.columns.iter().zip(&row[3..]) {

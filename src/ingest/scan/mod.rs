@@ -9,6 +9,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use smallvec::SmallVec;
+
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 mod plain;
@@ -56,6 +58,26 @@ impl Scalar<'_> {
 #[derive(Debug, Clone)]
 pub(crate) struct FieldIndex {
     names: Vec<Box<str>>,
+    /// Per name, its length and first eight bytes (`KeyWord`): a key is compared with a
+    /// name's text only where both agree, so a search costs no string comparison per name.
+    words: Vec<KeyWord>,
+}
+
+/// A key's length and its first eight bytes, as one comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct KeyWord {
+    len: usize,
+    head: u64,
+}
+
+impl KeyWord {
+    fn of(key: &str) -> Self {
+        let mut head = 0u64;
+        for (i, &b) in key.as_bytes().iter().take(8).enumerate() {
+            head |= u64::from(b) << (8 * i);
+        }
+        KeyWord { len: key.len(), head }
+    }
 }
 
 /// Key of the ThingsBoard-style nested object whose fields take precedence.
@@ -66,9 +88,10 @@ impl FieldIndex {
         let names = ["ts", "device_id", "district"]
             .into_iter()
             .chain(columns)
-            .map(Box::from)
-            .collect();
-        FieldIndex { names }
+            .map(Box::<str>::from)
+            .collect::<Vec<_>>();
+        let words = names.iter().map(|n| KeyWord::of(n)).collect();
+        FieldIndex { names, words }
     }
 
     /// Fields per row.
@@ -79,25 +102,31 @@ impl FieldIndex {
     /// The field named `key`, trying `hint` first: payloads of one kind of device list
     /// their fields in the same order, so the field after the last one usually matches.
     pub(super) fn position(&self, key: &str, hint: usize) -> Option<usize> {
-        if self.names.get(hint).is_some_and(|n| n.as_ref() == key) {
+        let word = KeyWord::of(key);
+        let is = |i: usize| self.words[i] == word && (word.len <= 8 || self.names[i].as_ref() == key);
+        if hint < self.words.len() && is(hint) {
             return Some(hint);
         }
-        self.names.iter().position(|n| n.as_ref() == key)
+        (0..self.words.len()).find(|&i| is(i))
     }
 }
+
+/// How many slots a scan keeps without allocating: a row of the widest built-in table
+/// (`heating`, 11 fields). Most messages carry one row, so most scans allocate nothing.
+pub(crate) const INLINE_SLOTS: usize = 16;
 
 /// The known fields of every row of one payload: `width` slots per row, the `values`
 /// object's field where it has one, else the row's own.
 #[derive(Debug, Default)]
 pub(crate) struct Scanned<'a> {
-    pub(super) slots: Vec<Option<Scalar<'a>>>,
+    pub(super) slots: SmallVec<[Option<Scalar<'a>>; INLINE_SLOTS]>,
     width: usize,
 }
 
 impl<'a> Scanned<'a> {
     pub(super) fn with_width(width: usize) -> Self {
         Scanned {
-            slots: Vec::with_capacity(width),
+            slots: SmallVec::new(),
             width,
         }
     }
@@ -393,6 +422,33 @@ mod tests {
         assert_eq!(got[0][4], Some(Scalar::Int(2)));
         let not_an_object = rows(r#"{"value": 1, "values": 7}"#).unwrap();
         assert_eq!(not_an_object[0][4], Some(Scalar::Int(1)));
+    }
+
+    #[test]
+    fn fields_are_found_by_their_whole_name() {
+        let fields = FieldIndex::new(["supply_temp_c", "supply_temp_k", "kind", "kin", "kind2"].into_iter());
+        assert_eq!(fields.position("supply_temp_k", 0), Some(4));
+        assert_eq!(fields.position("supply_temp_c", 4), Some(3));
+        assert_eq!(fields.position("supply_temp_", 0), None);
+        assert_eq!(fields.position("supply_temp_cc", 3), None);
+        assert_eq!(fields.position("kin", 0), Some(6));
+        assert_eq!(fields.position("kind", 6), Some(5));
+        assert_eq!(fields.position("kind\0", 0), None);
+        assert_eq!(fields.position("ts", 0), Some(0));
+        assert_eq!(fields.position("", 0), None);
+    }
+
+    #[test]
+    fn a_row_of_the_widest_table_is_scanned_without_allocating() {
+        let heating = crate::schema::Catalog::builtin()
+            .get("heating")
+            .cloned()
+            .expect("heating table");
+        let fields = FieldIndex::new(heating.columns.iter().map(|c| c.name.as_str()));
+        let payload = br#"{"flow_m3h":54.06,"kind":"station","outdoor_temp_c":-3.0,"return_pressure_mpa":0.3,"return_temp_c":55.81,"supply_pressure_mpa":0.6,"supply_temp_c":75.81,"room_temp_c":20.5,"ts":1768435200000,"device_id":"hs-1","district":"haidian"}"#;
+        let scanned = scan(payload, &fields).expect("plain payload");
+        assert_eq!(scanned.rows().count(), 1);
+        assert!(!scanned.slots.spilled(), "{} slots", scanned.slots.len());
     }
 
     #[test]

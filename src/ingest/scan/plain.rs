@@ -8,7 +8,9 @@
 
 use std::borrow::Cow;
 
-use super::{FieldIndex, Scalar, Scanned, VALUES};
+use smallvec::SmallVec;
+
+use super::{FieldIndex, INLINE_SLOTS, Scalar, Scanned, VALUES};
 
 /// Powers of ten that are exact in an `f64`: a significand up to 2^53 times or over one of
 /// them is a single correctly rounded operation, as in serde_json.
@@ -75,7 +77,7 @@ struct Cursor<'a> {
 /// one comparison instead of a search of the table's fields.
 #[derive(Default)]
 struct KeyOrder<'a> {
-    previous: Vec<(&'a str, Option<usize>)>,
+    previous: SmallVec<[(&'a str, Option<usize>); INLINE_SLOTS]>,
 }
 
 impl<'a> KeyOrder<'a> {
