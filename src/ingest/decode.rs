@@ -133,8 +133,10 @@ impl Decoder {
             topic_device: parts.device_id,
             max_ts: now_ms.saturating_add(self.max_future_ms),
         };
-        if let Some(outcome) =
-            scan(msg.payload, &self.fields[table]).and_then(|rows| ctx.push_scanned(&rows, msg, sink))
+        let fields = &self.fields[table];
+        let mut scanned = Scanned::with_width(fields.width());
+        if scan(msg.payload, fields, &mut scanned)
+            && let Some(outcome) = ctx.push_scanned(&scanned, msg, sink)
         {
             return outcome;
         }

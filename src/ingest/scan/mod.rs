@@ -15,7 +15,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 
 mod plain;
 
-use plain::scan_plain;
+use plain::fill_plain;
 
 /// One field value as the payload wrote it.
 #[derive(Debug, Clone, PartialEq)]
@@ -124,7 +124,7 @@ pub(crate) struct Scanned<'a> {
 }
 
 impl<'a> Scanned<'a> {
-    pub(super) fn with_width(width: usize) -> Self {
+    pub(crate) fn with_width(width: usize) -> Self {
         Scanned {
             slots: SmallVec::new(),
             width,
@@ -136,28 +136,43 @@ impl<'a> Scanned<'a> {
     }
 }
 
-/// Scans `payload` (one object or a non-empty array of objects); `None` means "take the
-/// full path". The payload is checked as UTF-8 once, with SIMD, so neither scanner need
-/// check each string it reads (a third of a gateway payload's parse time). The plain
-/// scanner (`plain`) tries first; the serde scan takes what it gives up.
-pub(crate) fn scan<'a>(payload: &'a [u8], fields: &FieldIndex) -> Option<Scanned<'a>> {
-    let text = simdutf8::basic::from_utf8(payload).ok()?;
-    scan_plain(text, fields).or_else(|| scan_serde(text, fields))
+/// Scans `payload` (one object or a non-empty array of objects) into `scanned` (empty, of
+/// the fields' width); `false` means "take the full path". The payload is checked as UTF-8
+/// once, with SIMD, so neither scanner need check each string it reads (a third of a
+/// gateway payload's parse time). The plain scanner (`plain`) tries first; the serde scan
+/// takes what it gives up. The slots are filled in place: a one-row scan, inline, is not
+/// moved from scanner to caller.
+pub(crate) fn scan<'a>(payload: &'a [u8], fields: &FieldIndex, scanned: &mut Scanned<'a>) -> bool {
+    let Ok(text) = simdutf8::basic::from_utf8(payload) else {
+        return false;
+    };
+    if fill_plain(text, fields, scanned).is_some() {
+        return true;
+    }
+    scanned.slots.clear();
+    fill_serde(text, fields, scanned).is_some()
 }
 
 /// The serde scan: any JSON serde_json reads, with escapes and nested values skipped.
+#[cfg(test)]
 pub(super) fn scan_serde<'a>(text: &'a str, fields: &FieldIndex) -> Option<Scanned<'a>> {
     let mut scanned = Scanned::with_width(fields.width());
+    fill_serde(text, fields, &mut scanned)?;
+    Some(scanned)
+}
+
+/// `scan_serde` into `scanned` (empty), in place.
+fn fill_serde<'a>(text: &'a str, fields: &FieldIndex, scanned: &mut Scanned<'a>) -> Option<()> {
     let mut de = serde_json::Deserializer::from_str(text);
     RowsSeed {
         fields,
-        out: &mut scanned,
+        out: scanned,
         nested: false,
     }
     .deserialize(&mut de)
     .ok()?;
     de.end().ok()?;
-    (!scanned.slots.is_empty()).then_some(scanned)
+    (!scanned.slots.is_empty()).then_some(())
 }
 
 /// Gives up the scan (the full path will explain).
@@ -397,7 +412,8 @@ mod tests {
     }
 
     fn rows(payload: &str) -> Option<Vec<Vec<Option<Scalar<'_>>>>> {
-        scan(payload.as_bytes(), &fields()).map(|s| s.rows().map(<[_]>::to_vec).collect())
+        let mut scanned = Scanned::with_width(fields().width());
+        scan(payload.as_bytes(), &fields(), &mut scanned).then(|| scanned.rows().map(<[_]>::to_vec).collect())
     }
 
     #[test]
@@ -446,7 +462,8 @@ mod tests {
             .expect("heating table");
         let fields = FieldIndex::new(heating.columns.iter().map(|c| c.name.as_str()));
         let payload = br#"{"flow_m3h":54.06,"kind":"station","outdoor_temp_c":-3.0,"return_pressure_mpa":0.3,"return_temp_c":55.81,"supply_pressure_mpa":0.6,"supply_temp_c":75.81,"room_temp_c":20.5,"ts":1768435200000,"device_id":"hs-1","district":"haidian"}"#;
-        let scanned = scan(payload, &fields).expect("plain payload");
+        let mut scanned = Scanned::with_width(fields.width());
+        assert!(scan(payload, &fields, &mut scanned), "plain payload");
         assert_eq!(scanned.rows().count(), 1);
         assert!(!scanned.slots.spilled(), "{} slots", scanned.slots.len());
     }

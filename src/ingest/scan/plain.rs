@@ -28,20 +28,27 @@ const MAX_RESERVED_ROWS: usize = 1024;
 /// Scans `text` (already checked as UTF-8); `None` means "let the serde scan decide".
 /// The numbers match serde_json's as long as its `arbitrary_precision` feature stays off
 /// (with it, the serde scan would see numbers as maps and give up).
+#[cfg(test)]
 pub(super) fn scan_plain<'a>(text: &'a str, fields: &FieldIndex) -> Option<Scanned<'a>> {
+    let mut scanned = Scanned::with_width(fields.width());
+    fill_plain(text, fields, &mut scanned)?;
+    Some(scanned)
+}
+
+/// `scan_plain` into `scanned` (empty), in place: a scan's slots are not moved about.
+pub(super) fn fill_plain<'a>(text: &'a str, fields: &FieldIndex, scanned: &mut Scanned<'a>) -> Option<()> {
     let mut cursor = Cursor {
         text,
         at: 0,
         keys: KeyOrder::default(),
     };
-    let mut scanned = Scanned::with_width(fields.width());
     match cursor.peek_past_space()? {
         b'[' => {
             cursor.at += 1;
             loop {
                 cursor.consume(b'{')?;
                 let row_from = cursor.at;
-                cursor.row(fields, &mut scanned)?;
+                cursor.row(fields, scanned)?;
                 if scanned.slots.len() == fields.width() {
                     // Room for as many rows as the payload holds if they are all this long
                     // (at most `MAX_RESERVED_ROWS`: a tiny first row must not reserve megabytes).
@@ -57,12 +64,12 @@ pub(super) fn scan_plain<'a>(text: &'a str, fields: &FieldIndex) -> Option<Scann
         }
         b'{' => {
             cursor.at += 1;
-            cursor.row(fields, &mut scanned)?;
+            cursor.row(fields, scanned)?;
         }
         _ => return None,
     }
     cursor.skip_space();
-    (cursor.at == text.len()).then_some(scanned)
+    (cursor.at == text.len()).then_some(())
 }
 
 /// A position in the payload.
