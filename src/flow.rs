@@ -55,6 +55,7 @@ impl Message {
             received_ms: self.received_ms,
             seq: self.seq,
             rebuild: self.rebuild,
+            cut_from: None,
         }
     }
 }
@@ -72,6 +73,19 @@ pub struct Received<'a> {
     pub received_ms: i64,
     pub seq: u64,
     pub rebuild: bool,
+    /// The fixture line it was cut from, when its payload is a cut the decoder must check
+    /// (`envelope::cut`); `None` for a payload known to be the message's.
+    pub cut_from: Option<CutLine<'a>>,
+}
+
+/// The fixture line a payload was cut from: what the decoder needs to read it again.
+#[derive(Debug, Clone, Copy)]
+pub struct CutLine<'a> {
+    /// The whole line (trimmed).
+    pub text: &'a [u8],
+    /// Its number in the file (from 1) and the file's name, for a dead letter's detail.
+    pub line_no: u64,
+    pub source: &'a str,
 }
 
 /// Fixture lines a file replay read for one decode worker, in file order: one shared
@@ -82,7 +96,16 @@ pub struct Received<'a> {
 #[derive(Debug)]
 pub(crate) struct LineBurst {
     pub block: bytes::Bytes,
+    /// The name of the file the block was read from.
+    pub source: Arc<str>,
     pub lines: Vec<LineAt>,
+}
+
+/// A block of whole lines of a fixture file, and the file's name.
+#[derive(Debug, Clone)]
+pub(crate) struct LineBlock {
+    pub bytes: bytes::Bytes,
+    pub source: Arc<str>,
 }
 
 /// One fixture line of a [`LineBurst`]: its envelope's time, when it was handed over, and
@@ -93,6 +116,11 @@ pub(crate) struct LineAt {
     pub arrived_ns: u64,
     pub topic: (usize, usize),
     pub payload: (usize, usize),
+    /// The line's number in the file, from 1.
+    pub line_no: u64,
+    /// Whether the payload was cut, not scanned (`envelope::cut`): only the decoder, which
+    /// checks it, may take such a line (`Downstream::takes_cut_lines`).
+    pub cut: bool,
 }
 
 impl LineAt {
@@ -126,8 +154,20 @@ impl LineBurst {
             received_ms: 0,
             seq: 0,
             rebuild: false,
+            cut_from: line.cut.then(|| CutLine {
+                text: line_text(&self.block, line.payload),
+                line_no: line.line_no,
+                source: &self.source,
+            }),
         })
     }
+}
+
+/// The whole line (trimmed) of `block` that the bytes at `within` lie in.
+fn line_text(block: &[u8], within: (usize, usize)) -> &[u8] {
+    let start = memchr::memrchr(b'\n', &block[..within.0]).map_or(0, |newline| newline + 1);
+    let end = memchr::memchr(b'\n', &block[within.1..]).map_or(block.len(), |newline| within.1 + newline);
+    block[start..end].trim_ascii()
 }
 
 /// What travels through the decode queues, in order.

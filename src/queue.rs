@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 
 use bytes::Bytes;
 
-use crate::flow::{Closed, Ingest, LineAt, LineBurst, Message};
+use crate::flow::{Closed, Ingest, LineAt, LineBlock, LineBurst, Message};
 use crate::metrics::Metrics;
 use crate::schema::Catalog;
 use crate::topic::TopicPattern;
@@ -202,20 +202,23 @@ impl Bursts {
 
 /// Fixture lines gathered per worker, like `Bursts`, all lying in one block of the file.
 pub(crate) struct LineBursts {
-    block: Bytes,
+    block: LineBlock,
     gathered: Gathered<LineAt>,
 }
 
 impl LineBursts {
     pub(crate) fn new(handoff: &Handoff) -> Self {
         LineBursts {
-            block: Bytes::new(),
+            block: LineBlock {
+                bytes: Bytes::new(),
+                source: Arc::from(""),
+            },
             gathered: Gathered::new(handoff.workers()),
         }
     }
 
     /// The lines that follow lie in `block`: those gathered in the one before go first.
-    pub(crate) fn begin(&mut self, handoff: &Handoff, block: &Bytes) -> Result<(), Closed> {
+    pub(crate) fn begin(&mut self, handoff: &Handoff, block: &LineBlock) -> Result<(), Closed> {
         self.flush(handoff)?;
         self.block = block.clone();
         Ok(())
@@ -240,9 +243,13 @@ impl LineBursts {
 }
 
 /// Hands `worker` its lines of `block`.
-fn send_lines(handoff: &Handoff, worker: usize, block: &Bytes, lines: Vec<LineAt>) -> Result<(), Closed> {
-    let block = block.clone();
-    handoff.send(worker, Ingest::Lines(LineBurst { block, lines }))
+fn send_lines(handoff: &Handoff, worker: usize, block: &LineBlock, lines: Vec<LineAt>) -> Result<(), Closed> {
+    let burst = LineBurst {
+        block: block.bytes.clone(),
+        source: Arc::clone(&block.source),
+        lines,
+    };
+    handoff.send(worker, Ingest::Lines(burst))
 }
 
 #[cfg(test)]

@@ -98,6 +98,68 @@ fn every_rejection_reason_is_dead_lettered_and_counted() {
     );
 }
 
+/// A replay cuts each line's payload from between its envelope keys without scanning it;
+/// the decoder, which parses it anyway, finds the lines where that was not the payload and
+/// reads them whole: they end as they would have.
+#[test]
+fn lines_whose_cut_is_not_their_payload_read_as_whole_lines() {
+    let s = Scenario::new();
+    s.rule("busy", COUNT_RULE);
+    let reading = |ms: i64| json!({"ts": T0 + ms, "kind": "pressure", "pressure_mpa": 0.3}).to_string();
+    let topic = "city/a/water/w1";
+    let pad = "x".repeat(70_000);
+    let lines = vec![
+        format!(r#"{{"at":0,"payload":{},"topic":"{topic}"}}"#, reading(0)),
+        // Another key between payload and topic: the full parser ignores it.
+        format!(
+            r#"{{"at":1,"payload":{},"note":{{"by":"}}"}},"topic":"{topic}"}}"#,
+            reading(1)
+        ),
+        // A repeated key after the payload: a broken line, dead-lettered with its number.
+        format!(r#"{{"at":2,"payload":{},"at":3,"x":[],"topic":"{topic}"}}"#, reading(2)),
+        // A payload that closes but is not JSON: malformed, under its topic.
+        format!(r#"{{"at":4,"payload":{{"ts":{},}},"topic":"{topic}"}}"#, T0 + 4),
+        // A long key after a small payload: the payload is not oversized.
+        format!(
+            r#"{{"at":5,"payload":{},"pad":["{pad}"],"topic":"{topic}"}}"#,
+            reading(5)
+        ),
+        format!(r#"{{"at":6,"payload":{},"topic":"{topic}"}}"#, reading(6)),
+    ];
+    let outcome = s.run(&s.raw_fixture(&lines), |_| {});
+    let summary = &outcome.summary;
+    assert_eq!(
+        (
+            summary.messages_in,
+            summary.readings_accepted,
+            summary.readings_rejected
+        ),
+        (6, 4, 2)
+    );
+    let letters = s.dead_letters();
+    let described: Vec<(String, String, bool)> = letters
+        .iter()
+        .map(|d| {
+            let detail = d["detail"].as_str().unwrap_or_default();
+            (
+                d["reason"].as_str().unwrap_or_default().to_string(),
+                d["topic"].as_str().unwrap_or_default().to_string(),
+                detail.contains("line 3: duplicate field `at`") || detail.contains("trailing comma"),
+            )
+        })
+        .collect();
+    let mut described = described;
+    described.sort();
+    assert_eq!(
+        described,
+        [
+            ("malformed_json".to_string(), String::new(), true),
+            ("malformed_json".to_string(), topic.to_string(), true)
+        ],
+        "{letters:?}"
+    );
+}
+
 #[test]
 fn late_rows_are_counted_per_rule_and_dead_lettered() {
     let s = Scenario::new();

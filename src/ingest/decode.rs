@@ -8,6 +8,10 @@
 //! scan of `scan` (no JSON tree); any other payload is parsed whole into a `serde_json::Value`,
 //! which keeps each bad row for its dead letter. Both read fields through the same
 //! `Scalar` conversions, so they accept and reject alike.
+//!
+//! A payload a file replay cut from its line unchecked (`envelope::cut`) is checked here,
+//! where it is parsed anyway: taken once a path reads it whole as one JSON value, and
+//! otherwise the line is read again as the reader reads an uncut one (`decode_line`).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -16,9 +20,10 @@ use serde_json::Value;
 
 use smallvec::SmallVec;
 
+use super::fixture::{FixtureError, LineParts, bad_line_letter, read_line};
 use super::scan::{FieldIndex, INLINE_SLOTS, Scalar, Scanned, scalar_of, scan};
 use crate::batch::{Cell, Row, RowSink};
-use crate::flow::{DeadLetter, Message, Reason, Received};
+use crate::flow::{CutLine, DeadLetter, Message, Reason, Received};
 use crate::schema::{Catalog, ColumnType, TableDef};
 use crate::time::{EpochMs, parse_ts_text};
 use crate::topic::TopicPattern;
@@ -78,6 +83,9 @@ impl Decoder {
     }
 
     /// `decode`, for a message read in place (from a `Message` or a block of fixture lines).
+    /// A payload cut from a fixture line (`Received::cut_from`) is decoded as it is once the
+    /// scan or the parser has read it whole, one JSON value; otherwise, before anything is
+    /// accepted or rejected, the line is read again as the reader reads an uncut line.
     pub(crate) fn decode_received(
         &self,
         msg: &Received<'_>,
@@ -85,13 +93,35 @@ impl Decoder {
         sink: &mut impl RowSink,
         reject: &mut impl FnMut(DeadLetter),
     ) -> Outcome {
-        let whole = |reason: Reason, detail: String| DeadLetter {
-            reason,
-            detail,
-            topic: msg.topic.to_string(),
-            at: msg.at_ms,
-            rules: Vec::new(),
-            payload: Value::String(kept_text(msg.payload)),
+        if let Some(outcome) = self.decode_payload(msg, now_ms, sink, reject) {
+            return outcome;
+        }
+        match msg.cut_from {
+            Some(line) => self.decode_line(&line, msg, now_ms, sink, reject),
+            None => Outcome::default(),
+        }
+    }
+
+    /// Decodes a message whose payload is known to be its own, or one whose cut proves to
+    /// be a whole JSON value; `None` (nothing done) for a cut that is not.
+    fn decode_payload(
+        &self,
+        msg: &Received<'_>,
+        now_ms: EpochMs,
+        sink: &mut impl RowSink,
+        reject: &mut impl FnMut(DeadLetter),
+    ) -> Option<Outcome> {
+        // A message rejected whole, unless its payload is an unchecked cut: its line may say
+        // otherwise (another key after the payload, say), and is read again.
+        let whole = |reason: Reason, detail: String| {
+            msg.cut_from.is_none().then(|| DeadLetter {
+                reason,
+                detail,
+                topic: msg.topic.to_string(),
+                at: msg.at_ms,
+                rules: Vec::new(),
+                payload: Value::String(kept_text(msg.payload)),
+            })
         };
         let rejected_whole = Outcome {
             accepted: 0,
@@ -105,26 +135,29 @@ impl Decoder {
                     msg.payload.len(),
                     self.max_payload_bytes
                 ),
-            ));
-            return rejected_whole;
+            )?);
+            return Some(rejected_whole);
         }
         let Some(parts) = self.pattern.parts(msg.topic) else {
             reject(whole(
                 Reason::UnknownTopic,
                 "topic does not match the topic pattern".to_string(),
-            ));
-            return rejected_whole;
+            )?);
+            return Some(rejected_whole);
         };
         let Some(table) = self.catalog.index_of(parts.table) else {
-            reject(whole(Reason::UnknownTopic, format!("no table named `{}`", parts.table)));
-            return rejected_whole;
+            reject(whole(
+                Reason::UnknownTopic,
+                format!("no table named `{}`", parts.table),
+            )?);
+            return Some(rejected_whole);
         };
         if msg.recorded_invalid {
             reject(whole(
                 Reason::MalformedJson,
                 "recorded payload was not JSON".to_string(),
-            ));
-            return rejected_whole;
+            )?);
+            return Some(rejected_whole);
         }
         let ctx = RowContext {
             def: &self.tables[table],
@@ -138,13 +171,13 @@ impl Decoder {
         if scan(msg.payload, fields, &mut scanned)
             && let Some(outcome) = ctx.push_scanned(&scanned, msg, sink)
         {
-            return outcome;
+            return Some(outcome);
         }
         let value: Value = match serde_json::from_slice(msg.payload) {
             Ok(v) => v,
             Err(e) => {
-                reject(whole(Reason::MalformedJson, e.to_string()));
-                return rejected_whole;
+                reject(whole(Reason::MalformedJson, e.to_string())?);
+                return Some(rejected_whole);
             }
         };
         let mut outcome = Outcome::default();
@@ -166,7 +199,57 @@ impl Decoder {
             Value::Array(rows) if !rows.is_empty() => rows.iter().for_each(&mut one),
             other => one(other),
         }
-        outcome
+        Some(outcome)
+    }
+
+    /// Decodes the fixture line a payload was cut from, read again as the reader reads an
+    /// uncut line: its real payload decoded, or the line dead-lettered as unreadable (as the
+    /// replay does with a line it cannot read).
+    fn decode_line(
+        &self,
+        line: &CutLine<'_>,
+        msg: &Received<'_>,
+        now_ms: EpochMs,
+        sink: &mut impl RowSink,
+        reject: &mut impl FnMut(DeadLetter),
+    ) -> Outcome {
+        let read = match read_line(line.text) {
+            Ok(read) => read,
+            Err(message) => {
+                reject(bad_line_letter(&FixtureError::Line {
+                    source_name: line.source.to_string(),
+                    line: line.line_no,
+                    message,
+                }));
+                return Outcome {
+                    accepted: 0,
+                    rejected: 1,
+                };
+            }
+        };
+        let again = match &read {
+            LineParts::Common(envelope) => Received {
+                at_ms: envelope.at as i64,
+                topic: envelope.topic,
+                payload: envelope.payload,
+                cut_from: None,
+                ..*msg
+            },
+            LineParts::Parsed {
+                at_ms,
+                topic,
+                payload,
+                recorded_invalid,
+            } => Received {
+                at_ms: *at_ms,
+                topic,
+                payload,
+                recorded_invalid: *recorded_invalid,
+                cut_from: None,
+                ..*msg
+            },
+        };
+        self.decode_payload(&again, now_ms, sink, reject).unwrap_or_default()
     }
 }
 
@@ -528,5 +611,102 @@ mod tests {
         let (rows, rejects, _) = run("city/a/water/w1", r#"{"ts": "20260114T191500Z", "ph": "7.4"}"#);
         assert!(rejects.is_empty(), "{rejects:?}");
         assert_eq!((rows.0[0].1, &rows.0[0].4[5]), (NOW, &Cell::Float(7.4)));
+    }
+
+    /// Each line of `text` as decoded after a replay read it, its payload cut or not:
+    /// outcome, rows and dead letters; and how many lines were read in place, and how many
+    /// of them had their payload cut.
+    fn decoded_lines(text: &str, cut: bool) -> (Vec<String>, usize, usize) {
+        use crate::flow::{LineBlock, LineBurst};
+        use crate::ingest::fixture::{FixtureReader, LineRead};
+        let decoder = decoder();
+        let bytes = std::io::Cursor::new(text.as_bytes().to_vec());
+        let mut reader = FixtureReader::from_reader(Box::new(bytes), "lines.jsonl".to_string());
+        reader.cut_payloads(cut);
+        let mut block: Option<LineBlock> = None;
+        let (mut seen, mut in_place, mut cuts) = (Vec::new(), 0, 0);
+        for read in reader.reads() {
+            let mut rows = Collected::default();
+            let mut letters = Vec::new();
+            let outcome = match read {
+                Ok(LineRead::Block(next)) => {
+                    block = Some(next);
+                    continue;
+                }
+                Ok(LineRead::Line(line)) => {
+                    in_place += 1;
+                    cuts += usize::from(line.cut);
+                    let block = block.as_ref().expect("lines come after their block");
+                    let burst = LineBurst {
+                        block: block.bytes.clone(),
+                        source: Arc::clone(&block.source),
+                        lines: vec![line],
+                    };
+                    let msg = burst.received().next().expect("one line");
+                    decoder.decode_received(&msg, NOW, &mut rows, &mut |d| letters.push(d))
+                }
+                Ok(LineRead::Message(msg)) => decoder.decode(&msg, NOW, &mut rows, &mut |d| letters.push(d)),
+                Err(bad) => {
+                    letters.push(bad_line_letter(&bad));
+                    Outcome {
+                        accepted: 0,
+                        rejected: 1,
+                    }
+                }
+            };
+            let letters: Vec<_> = letters
+                .iter()
+                .map(|d| format!("{} {} {} {} {}", d.reason.as_str(), d.detail, d.topic, d.at, d.payload))
+                .collect();
+            seen.push(format!(
+                "{}/{} {:?} {letters:?}",
+                outcome.accepted, outcome.rejected, rows.0
+            ));
+        }
+        (seen, in_place, cuts)
+    }
+
+    #[test]
+    fn a_cut_line_decodes_as_the_line_read_whole_does() {
+        let pad = "x".repeat(1_100);
+        let lines = [
+            r#"{"at":1,"payload":{"ts":1768418100000,"ph":7.1},"topic":"city/a/water/w1"}"#.to_string(),
+            r#"{"at":2,"topic":"city/a/water/w1","payload":{"ts":1768418100000,"ph":7.2}}"#.to_string(),
+            r#"{"at":3,"payload":{"ts":1768418100000,"ph":7.3},"note":{"s":"}"},"topic":"city/a/water/w1"}"#.to_string(),
+            r#"{"at":4,"payload":{"ts":1768418100000},"at":5,"x":[],"topic":"city/a/water/w1"}"#.to_string(),
+            r#"{"at":6,"payload":{"ts":1768418100000,},"topic":"city/a/water/w1"}"#.to_string(),
+            format!(r#"{{"at":7,"payload":{{"ts":1768418100000,"ph":7.4}},"pad":["{pad}"],"topic":"city/a/water/w1"}}"#),
+            r#"{"at":8,"payload":{"ts":1},"x":{},"topic":"nowhere"}"#.to_string(),
+            r#"{"at":9,"payload":{},"at":10,"x":{},"topic":"nowhere"}"#.to_string(),
+            r#"{"at":11,"topic":"city/a/water/w1","raw":"{oops"}"#.to_string(),
+            r#"{"at":12,"payload":[{"device_id":"w2","ts":1768418100000,"ph":7.0},{"ts":"soon"}],"topic":"city/a/water/gw"}"#.to_string(),
+            r#"{"at":13,"payload":42,"topic":"city/a/water/w1"}"#.to_string(),
+            r#"{"at":14,"payload":null,"topic":"city/a/water/w1"}"#.to_string(),
+            r#"{"at":15,"payload":{"ts":1768418100000},"topic":"city\/a\/water\/w1"}"#.to_string(),
+            r#"{"at":16,"payload":{"ts":1768418100000},"topic":"city/a/water/w1"} x"#.to_string(),
+            r#"{"at":17,"payload":{"ts":1768418100000}},"topic":"city/a/water/w1"}"#.to_string(),
+        ];
+        let text = lines.join("\n");
+        let (whole, scanned, none_cut) = decoded_lines(&text, false);
+        let (cut, in_place, cuts) = decoded_lines(&text, true);
+        assert_eq!(cut, whole);
+        assert_eq!((scanned, none_cut), (4, 0), "lines 1, 2, 5 and 10 scanned");
+        assert_eq!((in_place, cuts), (10, 10), "lines 1-8, 10 and 15 cut");
+        let outcomes: Vec<&str> = whole.iter().map(|line| &line[..3]).collect();
+        assert_eq!(
+            outcomes,
+            [
+                "1/0", "1/0", "1/0", "0/1", "0/1", "1/0", "0/1", "0/1", "0/1", "1/1", "0/1", "0/1", "1/0", "0/1", "0/1"
+            ]
+        );
+        for (line, expected) in [
+            (4, "malformed_json fixture lines.jsonl line 4: duplicate field `at`"),
+            (5, "malformed_json trailing comma"),
+            (7, "unknown_topic topic does not match"),
+            (8, "malformed_json fixture lines.jsonl line 8: duplicate field `at`"),
+            (15, "malformed_json fixture lines.jsonl line 15: missing field `topic`"),
+        ] {
+            assert!(whole[line - 1].contains(expected), "line {line}: {}", whole[line - 1]);
+        }
     }
 }

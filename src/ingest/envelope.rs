@@ -5,6 +5,15 @@
 //! trailing bytes, a payload whose brackets do not close) is left to the full parser, so
 //! every line reads as it did; a payload that closes but is not JSON inside reaches the
 //! decoder, which dead-letters it as `malformed_json` with its topic.
+//!
+//! `cut` is the cheaper reading a file replay at full speed uses: the keys before the
+//! payload are scanned, the topic is read back from the line's end, and the payload is what
+//! lies between, not looked at. Whether that really is the payload is settled by the
+//! decoder, which parses it anyway: a cut that is not one JSON value sends the decoder back
+//! to the whole line, read as `scan` and the full parser read it (`decode`). The one thing
+//! a cut line does before it is checked is move the replay's clock to its `at`: a broken line
+//! whose `at` and topic read (a repeated key after the payload, say) still moves it, where a
+//! broken line read whole does not.
 
 /// The envelope's parts, borrowed from the line.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -45,6 +54,60 @@ pub(crate) fn scan(line: &[u8]) -> Option<Envelope<'_>> {
         topic: topic?,
         payload: payload?,
     })
+}
+
+/// The common envelope with its payload cut, not scanned: `{"at": …, "payload": …,
+/// "topic": "…"}` (the topic read back from the end) or `{"at": …, "topic": "…",
+/// "payload": …}`, the payload everything between (trimmed) and starting and ending with a
+/// bracket. `None` for any other shape (`scan` then reads it). What is cut is the payload
+/// only if it is one JSON value: a line with another key after the payload, or a payload
+/// that does not parse, is cut all the same, and the decoder reads such a line again.
+pub(crate) fn cut(line: &[u8]) -> Option<Envelope<'_>> {
+    let mut s = Scanner { bytes: line, at: 0 };
+    s.eat(b'{')?;
+    let (mut at, mut topic) = (None, None);
+    loop {
+        let key = s.plain_string()?;
+        s.eat(b':')?;
+        s.skip_space();
+        match key {
+            b"at" if at.is_none() => at = Some(s.number()?),
+            b"topic" if topic.is_none() => topic = Some(s.plain_string()?),
+            b"payload" => break,
+            _ => return None,
+        }
+        s.eat(b',')?;
+    }
+    let rest = line[s.at..].trim_ascii_end().strip_suffix(b"}")?;
+    let (payload, topic) = match topic {
+        Some(topic) => (rest, topic),
+        None => topic_at_end(rest)?,
+    };
+    let payload = payload.trim_ascii();
+    let brackets = (payload.first()?, payload.last()?);
+    if !matches!(brackets, (b'{' | b'[', b'}' | b']')) {
+        return None;
+    }
+    Some(Envelope {
+        at: at?,
+        topic: std::str::from_utf8(topic).ok()?,
+        payload,
+    })
+}
+
+/// `…, "topic": "<text>"` (the line's end, its closing brace taken off) split into what
+/// comes before the comma and the topic's text, which has no escape.
+fn topic_at_end(rest: &[u8]) -> Option<(&[u8], &[u8])> {
+    let rest = rest.trim_ascii_end().strip_suffix(b"\"")?;
+    let open = memchr::memrchr(b'"', rest)?;
+    let topic = &rest[open + 1..];
+    if topic.contains(&b'\\') {
+        return None;
+    }
+    let before = rest[..open].trim_ascii_end().strip_suffix(b":")?;
+    let before = before.trim_ascii_end().strip_suffix(b"\"topic\"")?;
+    let before = before.trim_ascii_end().strip_suffix(b",")?;
+    Some((before, topic))
 }
 
 /// Where the first `"` or `\\` of `bytes` is. The strings of an envelope and its payload
@@ -205,6 +268,62 @@ mod tests {
             "",
         ] {
             assert_eq!(scan(line.as_bytes()), None, "{line}");
+        }
+    }
+
+    #[test]
+    fn a_cut_is_the_scanned_payload_wherever_the_line_is_common() {
+        for line in [
+            r#"{"at":0,"payload":{"kind":"station","ts":1768435200000},"topic":"city/chaoyang/heating/hs-1"}"#,
+            r#"{"at":2460,"topic":"city/a/water/w1","payload":{"ts":"2026-01-14T16:00:02Z","v":-1.5e3}}"#,
+            r#"{ "at" : 12.5 , "payload" : [ {"a":"}]{["}, 5, "\"}\\" ] , "topic" : "t/x" }"#,
+            r#"{"at":3,"payload":{"a":{"b":[1,{"c":"]"}]},"topic":"x"},"topic":"t"}"#,
+            "{\"at\":1,\"payload\":{\"名\":\"朝阳区 {\"},\"topic\":\"城市/朝阳\"}",
+        ] {
+            assert_eq!(cut(line.as_bytes()), scan(line.as_bytes()), "{line}");
+            assert!(cut(line.as_bytes()).is_some(), "{line}");
+        }
+    }
+
+    #[test]
+    fn a_cut_takes_what_lies_between_and_leaves_other_shapes_to_the_scan() {
+        // Cut though the payload is not all that lies between: the decoder finds out.
+        for (line, between) in [
+            (r#"{"at":1,"payload":{"a":1},"x":{},"topic":"t"}"#, r#"{"a":1},"x":{}"#),
+            (
+                r#"{"at":1,"payload":{"a":1},"at":2,"payload":[],"topic":"t"}"#,
+                r#"{"a":1},"at":2,"payload":[]"#,
+            ),
+            (r#"{"at":1,"payload":{"a":1,},"topic":"t"}"#, r#"{"a":1,}"#),
+            (r#"{"at":1,"payload":{"a":1}},"topic":"t"}"#, r#"{"a":1}}"#),
+        ] {
+            let envelope = cut(line.as_bytes()).unwrap_or_else(|| panic!("not cut: {line}"));
+            assert_eq!(
+                (envelope.at, envelope.topic, envelope.payload),
+                (1.0, "t", between.as_bytes()),
+                "{line}"
+            );
+        }
+        for line in [
+            r#"{"payload":{},"at":1,"topic":"t"}"#,
+            r#"{"topic":"t","payload":{},"at":1}"#,
+            r#"{"at":1,"topic":"t","raw":"{not json"}"#,
+            r#"{"at":1,"payload":42,"topic":"t"}"#,
+            r#"{"at":1,"payload":null,"topic":"t"}"#,
+            r#"{"at":1,"payload":{},"topic":"a\/b"}"#,
+            r#"{"at":1,"payload":{},"topic":"a\"b"}"#,
+            r#"{"at":1,"payload":{},"topic":"t"} x"#,
+            r#"{"at":1,"payload":{},"topic":5}"#,
+            r#"{"at":1,"payload":{},"subject":"t"}"#,
+            r#"{"at":1,"payload":{}"topic":"t"}"#,
+            r#"{"at":1,"topic":"t","payload":{},"x":1}"#,
+            r#"{"at":1,"topic":"t","payload":{},"topic":"u"}"#,
+            r#"{"at":1,"at":2,"payload":{},"topic":"t"}"#,
+            r#"{"at":1,"payload":{},"topic":"t""#,
+            r#"{"at":1,"payload":"#,
+            "",
+        ] {
+            assert_eq!(cut(line.as_bytes()), None, "{line}");
         }
     }
 }

@@ -4,10 +4,13 @@
 //! (the common shape is scanned by hand, `envelope`; the rest goes through serde). It reads
 //! blocks of whole lines; a replay takes the common envelope's lines in place (`reads`: a
 //! block, then each line's topic and payload as ranges of it), other users whole
-//! `Message`s (`messages`).
+//! `Message`s (`messages`). A replay into the decode workers has payloads cut rather than
+//! scanned (`cut_payloads`, `envelope::cut`): the decoder checks them (`read_line`).
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::Read;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use std::path::{Path, PathBuf};
@@ -15,7 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::flow::{LineAt, Message};
+use crate::flow::{DeadLetter, LineAt, LineBlock, Message, Reason};
 
 /// The demo city's recorded day, embedded so `cityops run` works from any directory.
 pub(crate) const DEMO_FIXTURE: &[u8] = include_bytes!("../../fixtures/demo/city-day.jsonl.zst");
@@ -38,8 +41,9 @@ pub enum FixtureError {
     },
 }
 
+/// Any envelope, as the full parser reads it.
 #[derive(Deserialize)]
-struct Envelope<'a> {
+struct FullEnvelope<'a> {
     at: f64,
     topic: String,
     #[serde(borrow)]
@@ -53,15 +57,17 @@ pub struct FixtureReader {
     /// The block whose lines are being read, and where the next line starts in it.
     block: Bytes,
     at: usize,
-    source_name: String,
+    source_name: Arc<str>,
     line_no: u64,
+    /// Whether common lines have their payload cut rather than scanned (`cut_payloads`).
+    cut: bool,
 }
 
 /// What the reader reads next (`FixtureReader::next_read`).
 #[derive(Debug)]
 pub(crate) enum LineRead {
     /// A new block of whole lines begins: the `Line`s that follow lie in it.
-    Block(Bytes),
+    Block(LineBlock),
     /// A line of the common envelope, in place in the current block.
     Line(LineAt),
     /// A line read into a message of its own (`raw`, or an envelope the hand scan leaves
@@ -169,9 +175,18 @@ impl FixtureReader {
             },
             block: Bytes::new(),
             at: 0,
-            source_name,
+            source_name: source_name.into(),
             line_no: 0,
+            cut: false,
         }
+    }
+
+    /// From now on, cut the payload of common lines rather than scan it (`envelope::cut`):
+    /// for a reader whose lines all reach a decode worker, which checks each cut as it
+    /// parses the payload. A cut line of another shape than its payload suggests (another
+    /// key after the payload, say) is found there and read again (`read_line`).
+    pub(crate) fn cut_payloads(&mut self, cut: bool) {
+        self.cut = cut;
     }
 
     /// The messages in order (a broken line is an `Err` item; reading goes on after it).
@@ -203,7 +218,7 @@ impl FixtureReader {
         loop {
             if self.at >= self.block.len() {
                 let block = self.blocks.next_block().map_err(|source| FixtureError::Io {
-                    source_name: self.source_name.clone(),
+                    source_name: self.source_name.to_string(),
                     source,
                 })?;
                 let Some(block) = block else {
@@ -211,7 +226,10 @@ impl FixtureReader {
                 };
                 self.block = block;
                 self.at = 0;
-                return Ok(Some(LineRead::Block(self.block.clone())));
+                return Ok(Some(LineRead::Block(LineBlock {
+                    bytes: self.block.clone(),
+                    source: Arc::clone(&self.source_name),
+                })));
             }
             let rest = &self.block[self.at..];
             let start = self.at;
@@ -221,43 +239,111 @@ impl FixtureReader {
             if text.is_empty() {
                 continue;
             }
-            if let Some(fast) = super::envelope::scan(text)
-                && fast.at.is_finite()
-                && fast.at >= 0.0
+            if self.cut
+                && let Some(cut) = super::envelope::cut(text)
+                && valid_at(cut.at)
             {
-                return Ok(Some(LineRead::Line(LineAt {
-                    at_ms: fast.at as i64,
+                return Ok(Some(LineRead::Line(self.line_at(cut, true))));
+            }
+            let line = read_line(text).map_err(|message| self.line_error(message))?;
+            return Ok(Some(match line {
+                LineParts::Common(envelope) => LineRead::Line(self.line_at(envelope, false)),
+                LineParts::Parsed {
+                    at_ms,
+                    topic,
+                    payload,
+                    recorded_invalid,
+                } => LineRead::Message(Message {
+                    at_ms,
+                    topic,
+                    payload: match payload {
+                        Cow::Borrowed(payload) => slice_of(&self.block, payload),
+                        Cow::Owned(raw) => Bytes::from(raw),
+                    },
+                    recorded_invalid,
                     arrived_ns: 0,
-                    topic: range_in(&self.block, fast.topic.as_bytes()),
-                    payload: range_in(&self.block, fast.payload),
-                })));
-            }
-            let envelope: Envelope = serde_json::from_slice(text).map_err(|e| self.line_error(e.to_string()))?;
-            let (payload, recorded_invalid) = match (envelope.payload, envelope.raw) {
-                (Some(p), None) => (slice_of(&self.block, p.get().as_bytes()), false),
-                (None, Some(raw)) => (Bytes::from(raw.into_bytes()), true),
-                _ => return Err(self.line_error("needs exactly one of `payload` and `raw`".to_string())),
-            };
-            if !envelope.at.is_finite() || envelope.at < 0.0 {
-                return Err(self.line_error("`at` must be a non-negative number of milliseconds".to_string()));
-            }
-            return Ok(Some(LineRead::Message(Message {
-                at_ms: envelope.at as i64,
-                topic: envelope.topic,
-                payload,
-                recorded_invalid,
-                arrived_ns: 0,
-                ..Message::default()
-            })));
+                    ..Message::default()
+                }),
+            }));
+        }
+    }
+
+    /// The current line, whose envelope (borrowed from the block) is `envelope`.
+    fn line_at(&self, envelope: super::envelope::Envelope<'_>, cut: bool) -> LineAt {
+        LineAt {
+            at_ms: envelope.at as i64,
+            arrived_ns: 0,
+            topic: range_in(&self.block, envelope.topic.as_bytes()),
+            payload: range_in(&self.block, envelope.payload),
+            line_no: self.line_no,
+            cut,
         }
     }
 
     fn line_error(&self, message: String) -> FixtureError {
         FixtureError::Line {
-            source_name: self.source_name.clone(),
+            source_name: self.source_name.to_string(),
             line: self.line_no,
             message,
         }
+    }
+}
+
+/// A fixture line as read without cutting.
+#[derive(Debug)]
+pub(crate) enum LineParts<'a> {
+    /// The common envelope, scanned: its parts borrowed from the line.
+    Common(super::envelope::Envelope<'a>),
+    /// Any other line, read by the full parser.
+    Parsed {
+        at_ms: i64,
+        topic: String,
+        /// The payload as it lies in the line, or a `raw` one's text.
+        payload: Cow<'a, [u8]>,
+        recorded_invalid: bool,
+    },
+}
+
+/// Reads a fixture line (trimmed, not empty): the common envelope by hand
+/// (`envelope::scan`), anything else with the full parser; what is wrong with it otherwise.
+pub(crate) fn read_line(text: &[u8]) -> Result<LineParts<'_>, String> {
+    if let Some(fast) = super::envelope::scan(text)
+        && valid_at(fast.at)
+    {
+        return Ok(LineParts::Common(fast));
+    }
+    let envelope: FullEnvelope = serde_json::from_slice(text).map_err(|e| e.to_string())?;
+    let (payload, recorded_invalid) = match (envelope.payload, envelope.raw) {
+        (Some(p), None) => (Cow::Borrowed(p.get().as_bytes()), false),
+        (None, Some(raw)) => (Cow::Owned(raw.into_bytes()), true),
+        _ => return Err("needs exactly one of `payload` and `raw`".to_string()),
+    };
+    if !valid_at(envelope.at) {
+        return Err("`at` must be a non-negative number of milliseconds".to_string());
+    }
+    Ok(LineParts::Parsed {
+        at_ms: envelope.at as i64,
+        topic: envelope.topic,
+        payload,
+        recorded_invalid,
+    })
+}
+
+/// An envelope's `at` is a non-negative number of milliseconds.
+fn valid_at(at: f64) -> bool {
+    at.is_finite() && at >= 0.0
+}
+
+/// The dead letter of a fixture line that could not be read: counted as one malformed
+/// message, with no topic or time (it has none that can be trusted).
+pub(crate) fn bad_line_letter(error: &FixtureError) -> DeadLetter {
+    DeadLetter {
+        reason: Reason::MalformedJson,
+        detail: error.to_string(),
+        topic: String::new(),
+        at: 0,
+        rules: Vec::new(),
+        payload: serde_json::Value::Null,
     }
 }
 
@@ -316,34 +402,38 @@ mod tests {
         let text = "{\"at\": 5, \"topic\": \"city/a/water/w1\", \"payload\": {\"ts\": 1}}\n\
                     {\"at\": 9, \"topic\": \"city/a/water/w1\", \"raw\": \"{not json\"}\n\n\
                     {\"at\": 12, \"topic\": \"city/b/water/w2\", \"payload\": [{\"ts\": 2}]}";
-        let mut r = FixtureReader::from_reader(Box::new(Trickle(text.as_bytes())), "test".to_string());
-        let mut block = Bytes::new();
-        let mut seen = Vec::new();
-        for read in r.reads() {
-            match read.expect("readable") {
-                LineRead::Block(next) => {
-                    assert!(next.ends_with(b"\n") || next.ends_with(b"}]}"), "{next:?}");
-                    block = next;
-                }
-                LineRead::Line(line) => seen.push(format!(
-                    "{} {} {}",
-                    line.at_ms,
-                    line.topic_in(&block),
-                    String::from_utf8_lossy(&block[line.payload.0..line.payload.1])
-                )),
-                LineRead::Message(msg) => {
-                    seen.push(format!("{} {} raw {}", msg.at_ms, msg.topic, msg.recorded_invalid))
+        for cut in [false, true] {
+            let mut r = FixtureReader::from_reader(Box::new(Trickle(text.as_bytes())), "test".to_string());
+            r.cut_payloads(cut);
+            let mut block = Bytes::new();
+            let mut seen = Vec::new();
+            for read in r.reads() {
+                match read.expect("readable") {
+                    LineRead::Block(next) => {
+                        assert!(next.bytes.ends_with(b"\n") || next.bytes.ends_with(b"}]}"), "{next:?}");
+                        assert_eq!(&*next.source, "test");
+                        block = next.bytes;
+                    }
+                    LineRead::Line(line) => seen.push(format!(
+                        "{} {} {}",
+                        line.at_ms,
+                        line.topic_in(&block),
+                        String::from_utf8_lossy(&block[line.payload.0..line.payload.1])
+                    )),
+                    LineRead::Message(msg) => {
+                        seen.push(format!("{} {} raw {}", msg.at_ms, msg.topic, msg.recorded_invalid))
+                    }
                 }
             }
+            assert_eq!(
+                seen,
+                [
+                    r#"5 city/a/water/w1 {"ts": 1}"#,
+                    "9 city/a/water/w1 raw true",
+                    r#"12 city/b/water/w2 [{"ts": 2}]"#
+                ]
+            );
         }
-        assert_eq!(
-            seen,
-            [
-                r#"5 city/a/water/w1 {"ts": 1}"#,
-                "9 city/a/water/w1 raw true",
-                r#"12 city/b/water/w2 [{"ts": 2}]"#
-            ]
-        );
     }
 
     #[test]

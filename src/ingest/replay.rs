@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::fixture::{FixtureError, LineRead};
-use crate::flow::{Closed, Ingest, LineAt, Message};
+use crate::flow::{Closed, Ingest, LineAt, LineBlock, Message};
 use crate::metrics::Metrics;
 use crate::queue::{Bursts, Handoff, LineBursts};
 
@@ -132,12 +132,17 @@ pub(crate) trait Downstream {
     fn message(&mut self, msg: Message) -> Result<(), Closed>;
     fn tick(&mut self, now_ms: i64) -> Result<(), Closed>;
     /// A new block of fixture lines begins: the `line`s that follow lie in it.
-    fn block(&mut self, _block: &Bytes) -> Result<(), Closed> {
+    fn block(&mut self, _block: &LineBlock) -> Result<(), Closed> {
         Ok(())
     }
     /// A fixture line read in place in `block`; unless taken as it is, a message of its own.
     fn line(&mut self, block: &Bytes, line: LineAt) -> Result<(), Closed> {
         self.message(line.message_in(block))
+    }
+    /// Whether it takes lines whose payload was cut, not scanned (`LineAt::cut`): only
+    /// where every line reaches a decode worker as it is, since the decoder checks the cut.
+    fn takes_cut_lines(&self) -> bool {
+        false
     }
     /// Hands over what is held back (see `Bursting`): before the source waits or ends.
     fn flush(&mut self) -> Result<(), Closed> {
@@ -198,7 +203,7 @@ impl Downstream for Bursting<'_> {
         self.handoff.broadcast(|| Ingest::Tick { now_ms })
     }
 
-    fn block(&mut self, block: &Bytes) -> Result<(), Closed> {
+    fn block(&mut self, block: &LineBlock) -> Result<(), Closed> {
         self.lines.begin(self.handoff, block)
     }
 
@@ -213,6 +218,10 @@ impl Downstream for Bursting<'_> {
     fn flush(&mut self) -> Result<(), Closed> {
         self.bursts.flush(self.handoff)?;
         self.lines.flush(self.handoff)
+    }
+
+    fn takes_cut_lines(&self) -> bool {
+        true
     }
 }
 
@@ -245,7 +254,7 @@ pub(crate) fn replay(
         let read = match next {
             Ok(LineRead::Block(next)) => {
                 downstream.block(&next)?;
-                block = next;
+                block = next.bytes;
                 continue;
             }
             Ok(read) => read,

@@ -2,8 +2,8 @@
 //! (the demo, a file, a channel), with broken fixture lines dead-lettered.
 
 use super::{RunError, Source};
-use crate::flow::{DeadLetter, Reason};
-use crate::ingest::fixture::{FixtureError, FixtureReader, LineRead};
+use crate::flow::DeadLetter;
+use crate::ingest::fixture::{FixtureError, FixtureReader, LineRead, bad_line_letter};
 use crate::ingest::mqtt::{Logged, MqttError, MqttSource, subscribe};
 use crate::ingest::replay::{Downstream, ReplayError, Speed, replay};
 use crate::metrics::Metrics;
@@ -45,6 +45,7 @@ pub(super) fn replay_source(
             return Err(RunError::Internal("a live source is not a replay".to_string()));
         }
     };
+    reader.cut_payloads(downstream.takes_cut_lines());
     replay_all(&mut reader.reads(), downstream, speed, metrics, dead_letters, skip).map_err(RunError::from)
 }
 
@@ -68,15 +69,9 @@ fn replay_all(
 ) -> Result<(), ReplayError> {
     let mut on_bad_line = |error: FixtureError| {
         metrics.messages_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        metrics.add_rejected(Reason::MalformedJson, 1);
-        let _ = dead_letters.send(DeadLetter {
-            reason: Reason::MalformedJson,
-            detail: error.to_string(),
-            topic: String::new(),
-            at: 0,
-            rules: Vec::new(),
-            payload: serde_json::Value::Null,
-        });
+        let letter = bad_line_letter(&error);
+        metrics.add_rejected(letter.reason, 1);
+        let _ = dead_letters.send(letter);
     };
     replay(reads, downstream, speed, metrics, skip, &mut on_bad_line).map(|_| ())
 }
