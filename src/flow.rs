@@ -81,8 +81,10 @@ pub struct Received<'a> {
 /// The fixture line a payload was cut from: what the decoder needs to read it again.
 #[derive(Debug, Clone, Copy)]
 pub struct CutLine<'a> {
-    /// The whole line (trimmed).
-    pub text: &'a [u8],
+    /// The block the line lies in, and where its cut payload lies in the block: the line
+    /// itself is only looked for when the decoder reads it again (`text`), which is rare.
+    pub block: &'a [u8],
+    pub payload: (usize, usize),
     /// Its number in the file (from 1) and the file's name, for a dead letter's detail.
     pub line_no: u64,
     pub source: &'a str,
@@ -155,7 +157,8 @@ impl LineBurst {
             seq: 0,
             rebuild: false,
             cut_from: line.cut.then(|| CutLine {
-                text: line_text(&self.block, line.payload),
+                block: &self.block,
+                payload: line.payload,
                 line_no: line.line_no,
                 source: &self.source,
             }),
@@ -163,11 +166,14 @@ impl LineBurst {
     }
 }
 
-/// The whole line (trimmed) of `block` that the bytes at `within` lie in.
-fn line_text(block: &[u8], within: (usize, usize)) -> &[u8] {
-    let start = memchr::memrchr(b'\n', &block[..within.0]).map_or(0, |newline| newline + 1);
-    let end = memchr::memchr(b'\n', &block[within.1..]).map_or(block.len(), |newline| within.1 + newline);
-    block[start..end].trim_ascii()
+impl<'a> CutLine<'a> {
+    /// The whole line (trimmed): the bytes around the payload up to the newlines either side.
+    pub fn text(&self) -> &'a [u8] {
+        let (from, to) = self.payload;
+        let start = memchr::memrchr(b'\n', &self.block[..from]).map_or(0, |newline| newline + 1);
+        let end = memchr::memchr(b'\n', &self.block[to..]).map_or(self.block.len(), |newline| to + newline);
+        self.block[start..end].trim_ascii()
+    }
 }
 
 /// What travels through the decode queues, in order.

@@ -213,7 +213,7 @@ impl Decoder {
         sink: &mut impl RowSink,
         reject: &mut impl FnMut(DeadLetter),
     ) -> Outcome {
-        let read = match read_line(line.text) {
+        let read = match read_line(line.text()) {
             Ok(read) => read,
             Err(message) => {
                 reject(bad_line_letter(&FixtureError::Line {

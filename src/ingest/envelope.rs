@@ -29,10 +29,7 @@ pub(crate) fn scan(line: &[u8]) -> Option<Envelope<'_>> {
     s.eat(b'{')?;
     let (mut at, mut topic, mut payload) = (None, None, None);
     loop {
-        let key = s.plain_string()?;
-        s.eat(b':')?;
-        s.skip_space();
-        match key {
+        match s.key()? {
             b"at" if at.is_none() => at = Some(s.number()?),
             b"topic" if topic.is_none() => topic = Some(std::str::from_utf8(s.plain_string()?).ok()?),
             b"payload" if payload.is_none() => payload = Some(s.container()?),
@@ -67,10 +64,7 @@ pub(crate) fn cut(line: &[u8]) -> Option<Envelope<'_>> {
     s.eat(b'{')?;
     let (mut at, mut topic) = (None, None);
     loop {
-        let key = s.plain_string()?;
-        s.eat(b':')?;
-        s.skip_space();
-        match key {
+        match s.key()? {
             b"at" if at.is_none() => at = Some(s.number()?),
             b"topic" if topic.is_none() => topic = Some(s.plain_string()?),
             b"payload" => break,
@@ -137,6 +131,14 @@ impl<'a> Scanner<'a> {
     fn eat(&mut self, byte: u8) -> Option<()> {
         self.skip_space();
         (self.next()? == byte).then_some(())
+    }
+
+    /// An object key without escapes and its colon, up to the value.
+    fn key(&mut self) -> Option<&'a [u8]> {
+        let key = self.plain_string()?;
+        self.eat(b':')?;
+        self.skip_space();
+        Some(key)
     }
 
     /// A string without escapes (its bytes between the quotes).
