@@ -65,12 +65,15 @@ impl Handoff {
         self.owner_of_table.get(table).copied().unwrap_or(0)
     }
 
-    /// The worker that owns the table a topic names. A topic naming no known table goes to
-    /// the first worker, whose decoder dead-letters it.
-    pub(crate) fn worker_for(&self, topic: &str) -> usize {
+    /// The worker that owns the table a topic names, found from the table segment alone (the
+    /// topic's bytes as they arrived: no UTF-8 check, no full split; the decoder does both).
+    /// A topic naming no known table goes to the first worker, whose decoder dead-letters it;
+    /// one that names a table but breaks the pattern elsewhere goes to that table's owner,
+    /// whose decoder dead-letters it.
+    pub(crate) fn worker_for(&self, topic: &[u8]) -> usize {
         self.pattern
-            .parts(topic)
-            .and_then(|parts| self.catalog.index_of(parts.table))
+            .table_segment(topic)
+            .and_then(|table| self.catalog.index_of_bytes(table))
             .map_or(0, |table| self.owner(table))
     }
 
@@ -344,10 +347,12 @@ mod tests {
         let (handoff, _rx) = Handoff::new(2, city_topics(), catalog.clone(), 8, Arc::new(Metrics::new()));
         for (t, table) in catalog.tables().iter().enumerate() {
             let topic = format!("city/chaoyang/{}/dev-1", table.name);
-            assert_eq!(handoff.worker_for(&topic), t % 2, "{topic}");
+            assert_eq!(handoff.worker_for(topic.as_bytes()), t % 2, "{topic}");
         }
-        assert_eq!(handoff.worker_for("city/chaoyang/weather/dev-1"), 0);
-        assert_eq!(handoff.worker_for("not/a/city/topic/at/all"), 0);
+        assert_eq!(handoff.worker_for(b"city/chaoyang/weather/dev-1"), 0);
+        assert_eq!(handoff.worker_for(b"not/a/city/topic/at/all"), 0);
+        // Broken elsewhere, it goes to its table's owner, which dead-letters it.
+        assert_eq!(handoff.worker_for(b"town/chaoyang/traffic"), 1);
     }
 
     fn city_topics() -> TopicPattern {

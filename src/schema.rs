@@ -229,6 +229,11 @@ impl Catalog {
         self.tables.iter().position(|t| t.name == name)
     }
 
+    /// The index of a table by its name's bytes (a topic segment not yet checked as UTF-8).
+    pub fn index_of_bytes(&self, name: &[u8]) -> Option<usize> {
+        self.tables.iter().position(|t| t.name.as_bytes() == name)
+    }
+
     /// A table by name.
     pub fn get(&self, name: &str) -> Option<&Arc<TableDef>> {
         self.tables.iter().find(|t| t.name == name)

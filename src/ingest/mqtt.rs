@@ -398,7 +398,7 @@ async fn poll_loop(
                     }
                     None => {
                         metrics.messages_in.fetch_add(1, Ordering::Relaxed);
-                        let worker = handoff.worker_for(&msg.topic);
+                        let worker = handoff.worker_for(msg.topic.as_bytes());
                         // Waits while the queue is full: the socket is not read meanwhile.
                         bursts.push(handoff, worker, msg)?;
                         if let Some(publish) = ack {

@@ -70,7 +70,7 @@ pub(crate) fn replay_log(
                     seq,
                     rebuild,
                 };
-                let worker = handoff.worker_for(&msg.topic);
+                let worker = handoff.worker_for(msg.topic.as_bytes());
                 bursts.push(handoff, worker, msg)
             }
             // Ticks before the cut are the checkpoint's past: the refill needs none.

@@ -152,7 +152,7 @@ pub(crate) trait Downstream {
 
 impl Downstream for &Handoff {
     fn message(&mut self, msg: Message) -> Result<(), Closed> {
-        let worker = self.worker_for(&msg.topic);
+        let worker = self.worker_for(msg.topic.as_bytes());
         self.send(worker, Ingest::Message(msg))
     }
 
@@ -194,7 +194,7 @@ impl<'h> Bursting<'h> {
 impl Downstream for Bursting<'_> {
     fn message(&mut self, msg: Message) -> Result<(), Closed> {
         self.lines.flush(self.handoff)?;
-        let worker = self.handoff.worker_for(&msg.topic);
+        let worker = self.handoff.worker_for(msg.topic.as_bytes());
         self.bursts.push(self.handoff, worker, msg)
     }
 
@@ -211,7 +211,7 @@ impl Downstream for Bursting<'_> {
         if !self.bursts.is_empty() {
             self.bursts.flush(self.handoff)?;
         }
-        let worker = self.handoff.worker_for(line.topic_in(block));
+        let worker = self.handoff.worker_for(&block[line.topic.0..line.topic.1]);
         self.lines.push(self.handoff, worker, line)
     }
 

@@ -262,7 +262,7 @@ impl Stage {
             match item {
                 Intake::Message(msg, ack) => {
                     messages += 1;
-                    let worker = self.handoff.worker_for(&msg.topic);
+                    let worker = self.handoff.worker_for(msg.topic.as_bytes());
                     self.bursts.push(&self.handoff, worker, msg)?;
                     acks.extend(ack);
                 }
