@@ -12,7 +12,7 @@ use std::fs::File;
 use std::io::Read;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -94,8 +94,9 @@ const CHUNK: usize = 64 << 10;
 /// A byte stream cut into blocks of whole lines.
 struct Blocks {
     reader: Box<dyn Read + Send>,
-    /// What was read and not yet handed out as a block: a line still unfinished.
-    buf: BytesMut,
+    /// What was read and not yet handed out as a block: a line still unfinished, then what
+    /// the last read brought.
+    buf: Vec<u8>,
     eof: bool,
 }
 
@@ -107,30 +108,23 @@ impl Blocks {
         let mut searched = 0;
         loop {
             if let Some(last) = memchr::memrchr(b'\n', &self.buf[searched..]) {
-                return Ok(Some(self.buf.split_to(searched + last + 1).freeze()));
+                let end = searched + last + 1;
+                // The unfinished line starts the next buffer; this one becomes the block, its
+                // allocation handed over, not copied (it stays alive while its messages are in
+                // flight).
+                let mut next = Vec::with_capacity(self.buf.len() - end + CHUNK);
+                next.extend_from_slice(&self.buf[end..]);
+                let whole = Bytes::from(std::mem::replace(&mut self.buf, next));
+                return Ok(Some(whole.slice(..end)));
             }
             searched = self.buf.len();
             if self.eof {
-                return Ok((!self.buf.is_empty()).then(|| self.buf.split().freeze()));
+                return Ok((!self.buf.is_empty()).then(|| Bytes::from(std::mem::take(&mut self.buf))));
             }
-            // A new chunk (the old one stays alive while its messages are in flight).
-            let filled = self.buf.len();
+            // `read_to_end` lets a file fill the spare room as it is, where `read` needs it
+            // zeroed first (a memset of every byte of the file).
             self.buf.reserve(CHUNK);
-            self.buf.resize(filled + CHUNK, 0);
-            let read = loop {
-                match self.reader.read(&mut self.buf[filled..]) {
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    other => break other,
-                }
-            };
-            let read = match read {
-                Ok(n) => n,
-                Err(e) => {
-                    self.buf.truncate(filled);
-                    return Err(e);
-                }
-            };
-            self.buf.truncate(filled + read);
+            let read = (&mut self.reader).take(CHUNK as u64).read_to_end(&mut self.buf)?;
             self.eof = read == 0;
         }
     }
@@ -170,7 +164,7 @@ impl FixtureReader {
         FixtureReader {
             blocks: Blocks {
                 reader,
-                buf: BytesMut::new(),
+                buf: Vec::new(),
                 eof: false,
             },
             block: Bytes::new(),
