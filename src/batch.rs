@@ -159,6 +159,7 @@ impl TableBatcher {
             rebuild: self.rebuild,
             late: LateRows::default(),
             distinct: Default::default(),
+            ts_range: Default::default(),
         })
     }
 }

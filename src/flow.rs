@@ -9,7 +9,8 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::StringArray;
+use datafusion::arrow::array::{AsArray, StringArray};
+use datafusion::arrow::datatypes::TimestampMillisecondType;
 use datafusion::arrow::record_batch::RecordBatch;
 use serde::Serialize;
 use serde_json::Value;
@@ -240,6 +241,22 @@ pub struct TableBatch {
     pub late: LateRows,
     /// The distinct values of the text columns rules gate on, worked out once per batch.
     pub distinct: DistinctText,
+    /// The least and greatest `ts` of the rows (`None` without rows), worked out when a
+    /// rule first asks: every rule of the table needs them for every batch.
+    pub ts_range: std::sync::OnceLock<Option<(EpochMs, EpochMs)>>,
+}
+
+impl TableBatch {
+    /// The least and greatest `ts` of the rows; `None` when there are none.
+    pub fn ts_range(&self) -> Option<(EpochMs, EpochMs)> {
+        *self.ts_range.get_or_init(|| {
+            let ts = self.batch.column(0).as_primitive_opt::<TimestampMillisecondType>()?;
+            Some((
+                datafusion::arrow::compute::min(ts)?,
+                datafusion::arrow::compute::max(ts)?,
+            ))
+        })
+    }
 }
 
 /// The distinct values of some text columns of one batch, each worked out when a rule first
@@ -508,4 +525,41 @@ pub struct DeadLetter {
     pub rules: Vec<String>,
     /// The row (or the payload text when it was not JSON, truncated when oversized).
     pub payload: Value,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::TimestampMillisecondArray;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+
+    fn batch_at(ts: Vec<EpochMs>) -> TableBatch {
+        let schema = Schema::new(vec![Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        )]);
+        let rows = ts.len();
+        TableBatch {
+            table: 0,
+            batch: RecordBatch::try_new(Arc::new(schema), vec![Arc::new(TimestampMillisecondArray::from(ts))])
+                .expect("a batch"),
+            arrivals_ns: vec![0; rows],
+            at_ms: vec![0; rows],
+            topics: StringArray::from(vec!["t"; rows]),
+            first_seq: 0,
+            rebuild: false,
+            late: LateRows::default(),
+            distinct: Default::default(),
+            ts_range: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_batch_knows_its_least_and_greatest_ts_and_an_empty_one_has_none() {
+        let batch = batch_at(vec![3_000, 1_000, 2_000]);
+        assert_eq!(batch.ts_range(), Some((1_000, 3_000)));
+        assert_eq!(batch.ts_range(), Some((1_000, 3_000)), "asked again, the same");
+        assert_eq!(batch_at(Vec::new()).ts_range(), None);
+    }
 }

@@ -268,6 +268,7 @@ mod tests {
             rebuild: false,
             late: Default::default(),
             distinct: Default::default(),
+            ts_range: Default::default(),
         }
     }
 

@@ -21,8 +21,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use datafusion::arrow::array::{AsArray, RecordBatch};
-use datafusion::arrow::datatypes::TimestampMillisecondType;
 use tokio::sync::mpsc;
 
 use super::compile::{CompiledRule, RuleKind};
@@ -280,9 +278,8 @@ impl RuleWorker {
     }
 
     /// Notes the event time of a batch's rows.
-    fn observe_times(&mut self, batch: &RecordBatch) {
-        let ts = batch.column(0).as_primitive::<TimestampMillisecondType>();
-        let (Some(min), Some(max)) = (datafusion::arrow::compute::min(ts), datafusion::arrow::compute::max(ts)) else {
+    fn observe_times(&mut self, batch: &TableBatch) {
+        let Some((min, max)) = batch.ts_range() else {
             return;
         };
         self.last_event_ms = self.last_event_ms.max(Some(max));
@@ -384,7 +381,7 @@ impl RuleWorker {
                 } => self.on_cut(cut, table, last_arrival_ms, rules).await,
                 TableEvent::Batch(batch) => {
                     let started = Instant::now();
-                    self.observe_times(&batch.batch);
+                    self.observe_times(&batch);
                     self.on_batch(&batch).await;
                     let took_ns = started.elapsed().as_nanos().max(1) as u64;
                     self.eval_latency.record(took_ns);

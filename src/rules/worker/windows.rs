@@ -147,11 +147,14 @@ impl WindowState {
         // Rows failing the WHERE clause still move event time, but are fed to no window.
         let passing = rule.passing_in(input)?;
         let routing = match &passing {
+            // No row passes (most often a gate: the batch lacks the rule's kind): the rows
+            // still move event time, and no row is looked up in the mask.
+            Some(mask) if mask.true_count() == 0 => self.clock.route_kept(ts.values(), |_| false),
             Some(mask) => self.clock.route_kept(ts.values(), |r| mask.value(r)),
             None => self.clock.route(ts.values()),
         };
         let spec = self.clock.spec();
-        let batch_max = ts.values().iter().copied().max();
+        let batch_max = input.ts_range().map(|(_, max)| max);
         self.row_max_ts = self.row_max_ts.max(batch_max);
 
         for (end, rows) in routing.windows {
