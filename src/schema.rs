@@ -226,7 +226,7 @@ impl Catalog {
 
     /// Position of a table by name.
     pub fn index_of(&self, name: &str) -> Option<usize> {
-        self.tables.iter().position(|t| t.name == name)
+        self.index_of_bytes(name.as_bytes())
     }
 
     /// The index of a table by its name's bytes (a topic segment not yet checked as UTF-8).

@@ -15,6 +15,8 @@ pub(crate) enum Segment {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicPattern {
     segments: Vec<Segment>,
+    /// The place of the `{table}` segment (routing reads only that one).
+    table_place: usize,
 }
 
 /// The parts of a topic that matched a pattern.
@@ -48,7 +50,8 @@ impl TopicPattern {
                 return Err(format!("`{pattern}` must contain {name} exactly once"));
             }
         }
-        Ok(TopicPattern { segments })
+        let table_place = segments.iter().position(|s| *s == Segment::Table).unwrap_or_default();
+        Ok(TopicPattern { segments, table_place })
     }
 
     /// Splits a topic by the pattern; `None` when it does not match. Runs for every
@@ -94,8 +97,7 @@ impl TopicPattern {
     /// others hold); `None` when the topic has fewer segments. Routing needs only this: the
     /// decoder that gets the topic checks the rest.
     pub fn table_segment<'a>(&self, topic: &'a [u8]) -> Option<&'a [u8]> {
-        let place = self.segments.iter().position(|s| *s == Segment::Table)?;
-        topic.split(|&b| b == b'/').nth(place)
+        topic.split(|&b| b == b'/').nth(self.table_place)
     }
 
     /// The pattern's segments, in order.
